@@ -1,0 +1,9 @@
+//! The load balancer's agent as a library: the binary (`main.rs`) is its CLI, and the
+//! integration tests drive the same modules.
+
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod maglev;
+pub mod neighbor;
+pub mod state;
