@@ -1,1 +1,201 @@
-//! TODO
+//! The local control socket: one JSON request per line, one JSON response per line.
+//!
+//! The CLI's `targets`, `stats` and `detach` commands are clients of this socket. The socket
+//! file is created with mode 0600: whoever can use it can reprogram the load balancer.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::{
+        unix::{fs::PermissionsExt as _, net::UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::watch,
+};
+
+use crate::{dataplane::Dataplane, neighbor, state::State};
+
+/// A request to the running agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Register a target in a group; `port` defaults to the group's.
+    TargetsAdd { group: String, address: IpAddr, port: Option<u16>, weight: u32 },
+    /// Deregister a target from a group.
+    TargetsRemove { group: String, address: IpAddr, port: Option<u16> },
+    /// List targets, of one group or all.
+    TargetsList { group: Option<String> },
+    /// Counters of listeners, targets and data-plane verdicts.
+    Stats,
+    /// Detach the XDP program and stop the agent.
+    Detach,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; `result` depends on the request.
+    Ok { result: serde_json::Value },
+    /// Refused or failed; nothing was changed.
+    Error { message: String },
+}
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No agent listens on the socket.
+    #[error("cannot reach the agent at {path}: {source} (is `lb-agent run` running? see --socket)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke or the answer was not JSON.
+    #[error("talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    /// The answer was not a response.
+    #[error("the agent's answer is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The agent refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// Another agent already serves this socket.
+    #[error("another agent is already running on {0}; stop it or use another --socket")]
+    InUse(PathBuf),
+}
+
+/// The agent's mutable parts, shared by the control socket's connections.
+pub struct Agent {
+    pub dataplane: Dataplane,
+    pub state: State,
+}
+
+/// Sends one request and waits for its answer (client side, blocking).
+pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|source| ControlError::Connect { path: socket.to_owned(), source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    match serde_json::from_str(&answer)? {
+        Response::Ok { result } => Ok(result),
+        Response::Error { message } => Err(ControlError::Refused(message)),
+    }
+}
+
+/// Binds the control socket: refuses if another agent answers on it, replaces a stale file.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until `shutdown` turns true; a `Detach` request turns it true itself.
+pub async fn serve(listener: UnixListener, agent: Arc<Mutex<Agent>>, shutdown: watch::Sender<bool>) {
+    let mut stop = shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let agent = agent.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = tokio::io::BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let (response, detach) = match serde_json::from_str::<Request>(&line) {
+                            Ok(request) => {
+                                let detach = matches!(request, Request::Detach);
+                                let agent = agent.clone();
+                                let response = tokio::task::spawn_blocking(move || handle(&agent, request))
+                                    .await
+                                    .unwrap_or_else(|e| Response::Error { message: format!("internal error: {e}") });
+                                (response, detach)
+                            }
+                            Err(e) => (Response::Error { message: format!("bad request: {e}") }, false),
+                        };
+                        let mut out = serde_json::to_string(&response).unwrap_or_default();
+                        out.push('\n');
+                        if write.write_all(out.as_bytes()).await.is_err() {
+                            break;
+                        }
+                        if detach && matches!(response, Response::Ok { .. }) {
+                            let _ = shutdown.send(true);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn ok(value: impl Serialize) -> Response {
+    match serde_json::to_value(value) {
+        Ok(result) => Response::Ok { result },
+        Err(e) => Response::Error { message: e.to_string() },
+    }
+}
+
+fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
+    let mut guard = match agent.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let Agent { dataplane, state } = &mut *guard;
+    let result = match request {
+        Request::TargetsAdd { group, address, port, weight } => {
+            state.resolve_target(&group, address, port).and_then(|target| {
+                state.add_target(dataplane, &group, target, weight)?;
+                tracing::info!(group, %target, weight, "target registered");
+                if let Err(e) = neighbor::keep_resolved(target.ip()) {
+                    tracing::warn!(%target, error = %e, "cannot keep the target's next hop resolved");
+                }
+                Ok(serde_json::json!({ "group": group, "target": target, "weight": weight }))
+            })
+        }
+        Request::TargetsRemove { group, address, port } => {
+            state.resolve_target(&group, address, port).and_then(|target| {
+                state.remove_target(dataplane, &group, target)?;
+                tracing::info!(group, %target, "target deregistered");
+                Ok(serde_json::json!({ "group": group, "target": target }))
+            })
+        }
+        Request::TargetsList { group } => {
+            state.targets(dataplane, group.as_deref()).map(|t| serde_json::json!(t))
+        }
+        Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
+        Request::Detach => match dataplane.detach() {
+            Ok(()) => {
+                tracing::info!("detached on request");
+                Ok(serde_json::json!({ "detached": true }))
+            }
+            Err(e) => Err(e.into()),
+        },
+    };
+    match result {
+        Ok(value) => ok(value),
+        Err(e) => Response::Error { message: e.to_string() },
+    }
+}

@@ -1,1 +1,315 @@
-//! TODO
+//! The kernel side as the agent sees it: load the XDP object, attach it, and read and write
+//! its maps. Every map write of the agent goes through here; layouts are `lb-common`'s.
+
+use std::ffi::CString;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS,
+    ReverseFlow, Settings, VipKey, map_names, program_names, verdict,
+};
+
+/// The compiled XDP object (`lb-ebpf`), embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Errors of the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The embedded object is empty: the agent was built with `AYA_BUILD_SKIP`.
+    #[error("this lb-agent was built without its XDP program (AYA_BUILD_SKIP); rebuild it")]
+    NoObject,
+    /// The kernel refused to load the object or one of its maps.
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program is missing from the object or failed the verifier.
+    #[error("program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing from the object (agent and program disagree).
+    #[error("map `{0}` is missing from the XDP object")]
+    MissingMap(&'static str),
+    /// A map read or write failed in the kernel.
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The interface does not exist.
+    #[error("interface `{0}` not found")]
+    NoInterface(String),
+    /// Neither native nor generic XDP could be attached.
+    #[error("attaching XDP to `{iface}` failed: native: {native}; generic: {generic}")]
+    Attach { iface: String, native: ProgramError, generic: ProgramError },
+    /// The Maglev table does not have the configured size.
+    #[error("a Maglev table has {got} entries, the data plane expects {expected}")]
+    TableSize { got: usize, expected: u32 },
+    /// The interface could not be added to the redirect map.
+    #[error("adding the interface to the redirect map: {0}")]
+    TxPort(String),
+    /// A group id beyond the capacity the maps were sized for.
+    #[error("target group id {0} exceeds the data plane's capacity")]
+    GroupCapacity(u32),
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// How the program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// In the driver: the fast path.
+    Native,
+    /// In the kernel stack (`xdpgeneric`): works everywhere, much slower.
+    Generic,
+}
+
+/// The loaded XDP object and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maglev_size: u32,
+    group_capacity: u32,
+    attachment: Option<(XdpLinkId, AttachMode, String)>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+impl Dataplane {
+    /// Loads the object with `group_capacity` target groups of Maglev tables of `maglev_size`
+    /// entries each (two per group), and loads (verifies) the load-balancer program.
+    pub fn load(maglev_size: u32, group_capacity: u32) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let group_capacity = group_capacity.clamp(1, MAX_GROUPS);
+        let maglev_entries = group_capacity * 2 * maglev_size;
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::MAGLEV, maglev_entries)
+            .load(OBJECT)?;
+        let mut dataplane = Self { ebpf, maglev_size, group_capacity, attachment: None };
+        dataplane.program(program_names::LB)?;
+        Ok(dataplane)
+    }
+
+    /// The loaded program `name` (loading it on first use).
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        Ok(program)
+    }
+
+    /// Maglev table size the maps were built for.
+    pub fn maglev_size(&self) -> u32 {
+        self.maglev_size
+    }
+
+    /// Attaches the load balancer to `iface`: native mode, else generic with a warning.
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
+        let c_iface =
+            CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))?;
+        // SAFETY: a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c_iface.as_ptr()) };
+        if ifindex == 0 {
+            return Err(DataplaneError::NoInterface(iface.to_owned()));
+        }
+        let program = self.program(program_names::LB)?;
+        let (link, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(link) => (link, AttachMode::Native),
+            Err(native) => match program.attach_to_if_index(ifindex, XdpMode::Skb) {
+                Ok(link) => {
+                    tracing::warn!(
+                        iface,
+                        error = %native,
+                        "native XDP unavailable; attached in generic mode, which is much slower"
+                    );
+                    (link, AttachMode::Generic)
+                }
+                Err(generic) => {
+                    return Err(DataplaneError::Attach { iface: iface.to_owned(), native, generic });
+                }
+            },
+        };
+        self.tx_ports()?
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
+        self.attachment = Some((link, mode, iface.to_owned()));
+        Ok(mode)
+    }
+
+    /// Detaches the program (it also goes when the agent exits).
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some((link, _, _)) = self.attachment.take() {
+            self.program(program_names::LB)?
+                .detach(link)
+                .map_err(|source| DataplaneError::Program { name: program_names::LB, source })?;
+        }
+        Ok(())
+    }
+
+    /// Where and how the program is attached.
+    pub fn attachment(&self) -> Option<(&str, AttachMode)> {
+        self.attachment.as_ref().map(|(_, mode, iface)| (iface.as_str(), *mode))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn tx_ports(&mut self) -> Result<DevMapHash<&mut MapData>> {
+        DevMapHash::try_from(self.map_mut(map_names::TX_PORTS)?)
+            .map_err(map_err(map_names::TX_PORTS))
+    }
+
+    /// Writes the data-plane settings.
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        let mut map: Array<_, Settings> = Array::try_from(self.map_mut(map_names::SETTINGS)?)
+            .map_err(map_err(map_names::SETTINGS))?;
+        map.set(0, settings, 0).map_err(map_err(map_names::SETTINGS))
+    }
+
+    /// Adds or replaces a listener entry.
+    pub fn set_listener(&mut self, key: &ListenerKey, info: &ListenerInfo) -> Result<()> {
+        let mut map: HashMap<_, ListenerKey, ListenerInfo> =
+            HashMap::try_from(self.map_mut(map_names::LISTENERS)?)
+                .map_err(map_err(map_names::LISTENERS))?;
+        map.insert(key, info, 0).map_err(map_err(map_names::LISTENERS))
+    }
+
+    /// Marks an address as a VIP.
+    pub fn set_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut map: HashMap<_, VipKey, u32> = HashMap::try_from(self.map_mut(map_names::VIPS)?)
+            .map_err(map_err(map_names::VIPS))?;
+        map.insert(key, 1, 0).map_err(map_err(map_names::VIPS))
+    }
+
+    /// Writes a backend entry.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let mut map: Array<_, Backend> = Array::try_from(self.map_mut(map_names::BACKENDS)?)
+            .map_err(map_err(map_names::BACKENDS))?;
+        map.set(id, backend, 0).map_err(map_err(map_names::BACKENDS))
+    }
+
+    /// A group's entry (active slot, flags).
+    pub fn group(&self, id: u32) -> Result<GroupInfo> {
+        let map: Array<_, GroupInfo> = Array::try_from(self.map(map_names::GROUPS)?)
+            .map_err(map_err(map_names::GROUPS))?;
+        map.get(&id, 0).map_err(map_err(map_names::GROUPS))
+    }
+
+    /// Writes a group's entry: the one write that switches new flows to another table.
+    pub fn set_group(&mut self, id: u32, info: &GroupInfo) -> Result<()> {
+        if id >= self.group_capacity {
+            return Err(DataplaneError::GroupCapacity(id));
+        }
+        let mut map: Array<_, GroupInfo> = Array::try_from(self.map_mut(map_names::GROUPS)?)
+            .map_err(map_err(map_names::GROUPS))?;
+        map.set(id, info, 0).map_err(map_err(map_names::GROUPS))
+    }
+
+    /// Writes a whole Maglev table (backend ids) into `slot` of group `id`.
+    pub fn write_maglev(&mut self, id: u32, slot: u32, table: &[u32]) -> Result<()> {
+        if id >= self.group_capacity {
+            return Err(DataplaneError::GroupCapacity(id));
+        }
+        if table.len() != self.maglev_size as usize {
+            return Err(DataplaneError::TableSize { got: table.len(), expected: self.maglev_size });
+        }
+        let base = GroupInfo::maglev_base(id, slot, self.maglev_size);
+        let mut map: Array<_, u32> = Array::try_from(self.map_mut(map_names::MAGLEV)?)
+            .map_err(map_err(map_names::MAGLEV))?;
+        for (i, backend_id) in (base..).zip(table) {
+            map.set(i, backend_id, 0).map_err(map_err(map_names::MAGLEV))?;
+        }
+        Ok(())
+    }
+
+    /// One entry of a group's Maglev slot (for tests and diagnostics).
+    pub fn maglev_entry(&self, id: u32, slot: u32, index: u32) -> Result<u32> {
+        let map: Array<_, u32> = Array::try_from(self.map(map_names::MAGLEV)?)
+            .map_err(map_err(map_names::MAGLEV))?;
+        map.get(&(GroupInfo::maglev_base(id, slot, self.maglev_size) + index), 0)
+            .map_err(map_err(map_names::MAGLEV))
+    }
+
+    fn sum_counters(&self, name: &'static str, id: u32) -> Result<Counters> {
+        let map: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        let values = map.get(&id, 0).map_err(map_err(name))?;
+        Ok(values.iter().fold(Counters::default(), |a, c| Counters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+        }))
+    }
+
+    /// A listener's counters, summed over CPUs.
+    pub fn listener_counters(&self, listener_id: u32) -> Result<Counters> {
+        self.sum_counters(map_names::LISTENER_STATS, listener_id)
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<Counters> {
+        self.sum_counters(map_names::BACKEND_STATS, backend_id)
+    }
+
+    /// Packets per verdict reason (`lb_common::verdict`), summed over CPUs.
+    pub fn verdicts(&self) -> Result<[u64; verdict::COUNT as usize]> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(map_names::VERDICTS)?)
+            .map_err(map_err(map_names::VERDICTS))?;
+        let mut out = [0; verdict::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = map.get(&(i as u32), 0).map_err(map_err(map_names::VERDICTS))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Every connection-table entry (for tests and `stats`; walks the whole table).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        // aya's `HashMap` reads LRU hash maps too.
+        let map: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.map(map_names::CONNTRACK)?)
+            .map_err(map_err(map_names::CONNTRACK))?;
+        map.iter().map(|r| r.map_err(map_err(map_names::CONNTRACK))).collect()
+    }
+
+    /// Every reverse-NAT entry.
+    pub fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
+        let map: HashMap<_, FlowKey, ReverseFlow> =
+            HashMap::try_from(self.map(map_names::SNAT)?).map_err(map_err(map_names::SNAT))?;
+        map.iter().map(|r| r.map_err(map_err(map_names::SNAT))).collect()
+    }
+}
+
+/// Turns on IP forwarding on `iface`: `bpf_fib_lookup` refuses to route packets that arrive on
+/// an interface without it (BPF_FIB_LKUP_RET_FWD_DISABLED). Returns the sysctls it changed.
+pub fn enable_forwarding(iface: &str) -> std::io::Result<Vec<String>> {
+    let mut changed = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path)?.trim() != "1" {
+            std::fs::write(&path, "1")?;
+            changed.push(format!("net.{family}.conf.{iface}.forwarding=1"));
+        }
+    }
+    Ok(changed)
+}

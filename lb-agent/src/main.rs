@@ -1,1 +1,337 @@
-fn main() {}
+//! `lb-agent`: runs the load balancer, and talks to a running one.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lb_agent::{
+    config::Config,
+    control::{self, Agent, Request},
+    dataplane::{self, Dataplane},
+    neighbor,
+    state::{State, StatsView, TargetView},
+};
+
+/// Default control socket, as in the config's `agent.control_socket`.
+const DEFAULT_SOCKET: &str = "/run/lb-agent.sock";
+
+/// Exit status for a bad config file (EX_DATAERR-like, as sysexits' EX_USAGE family).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Target groups the maps are sized for beyond those in the config.
+const MIN_GROUP_CAPACITY: u32 = 16;
+
+#[derive(Parser)]
+#[command(name = "lb-agent", version, about = "XDP load balancer agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the XDP program, program it from the config, serve the control socket.
+    ///
+    /// The agent keeps the program attached while it runs; SIGTERM or ctrl-c stops it and
+    /// detaches the program (the data plane does not yet survive the agent).
+    Run {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Interface to attach to (overrides `agent.interface`).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Control socket (overrides `agent.control_socket`).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Validate a config file without touching anything.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Register, deregister or list targets of a running agent.
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+    },
+    /// Counters of listeners, targets and data-plane verdicts.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Detach the XDP program and stop the running agent.
+    Detach {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCommand {
+    /// Register ADDR[:PORT] in a group; new flows may reach it at once.
+    Add {
+        #[arg(long)]
+        group: String,
+        /// IPv4 or IPv6 address, optionally with a port (`[v6]:port`); default port: the group's.
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Deregister ADDR[:PORT]: no new flows; established flows keep their backend.
+    Remove {
+        #[arg(long)]
+        group: String,
+        target: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// List targets with their weights and counters.
+    List {
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config, iface, socket } => match Config::load(&config) {
+            Ok(cfg) => run(cfg, iface, socket),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+        Command::Targets { command } => targets(command),
+        Command::Stats { json, socket } => stats(&socket, json),
+        Command::Detach { socket } => {
+            control::request(&socket, &Request::Detach).map(|_| println!("detached")).map_err(Into::into)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} listeners, {} target groups)",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.target_groups.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+/// Parses `ADDR`, `ADDR:PORT`, `[V6]:PORT`.
+fn parse_target(text: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    let ip = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .with_context(|| format!("`{text}` is not ADDR, ADDR:PORT or [IPV6]:PORT"))?;
+    Ok((ip, None))
+}
+
+fn targets(command: TargetsCommand) -> anyhow::Result<()> {
+    match command {
+        TargetsCommand::Add { group, target, weight, socket } => {
+            let (address, port) = parse_target(&target)?;
+            let r = control::request(&socket, &Request::TargetsAdd { group, address, port, weight })?;
+            println!("registered {} in {} (weight {})", r["target"], r["group"], r["weight"]);
+        }
+        TargetsCommand::Remove { group, target, socket } => {
+            let (address, port) = parse_target(&target)?;
+            let r = control::request(&socket, &Request::TargetsRemove { group, address, port })?;
+            println!("deregistered {} from {}", r["target"], r["group"]);
+        }
+        TargetsCommand::List { group, json, socket } => {
+            let r = control::request(&socket, &Request::TargetsList { group })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let list: Vec<TargetView> = serde_json::from_value(r)?;
+                print_targets(&list);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_targets(list: &[TargetView]) {
+    println!("{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}", "GROUP", "TARGET", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
+    for t in list {
+        println!(
+            "{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}",
+            t.group, t.address, t.weight, t.counters.packets, t.counters.bytes, t.counters.new_flows
+        );
+    }
+}
+
+fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let r = control::request(socket, &Request::Stats)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let s: StatsView = serde_json::from_value(r)?;
+    println!("{:<16} {:<40} {:<8} {:<16} {:>12} {:>14} {:>10}", "LISTENER", "ADDRESS", "PROTO", "GROUP", "PACKETS", "BYTES", "NEW FLOWS");
+    for l in &s.listeners {
+        println!(
+            "{:<16} {:<40} {:<8} {:<16} {:>12} {:>14} {:>10}",
+            l.name, l.address, l.protocol, l.target_group, l.counters.packets, l.counters.bytes, l.counters.new_flows
+        );
+    }
+    println!();
+    print_targets(&s.targets);
+    println!("\nconnection table: {} flows", s.flows);
+    println!("verdicts:");
+    for (name, count) in s.verdicts.iter().filter(|(_, c)| **c > 0) {
+        println!("  {name:<24} {count}");
+    }
+    Ok(())
+}
+
+/// The interface's own addresses: the default full-NAT sources (first IPv4, first global IPv6).
+fn interface_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; we only read it in between.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a C string.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() != iface.as_bytes() {
+            continue;
+        }
+        // SAFETY: the family says which sockaddr it is.
+        let ip = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::from(sin6.sin6_addr.s6_addr)
+                }
+                _ => continue,
+            }
+        };
+        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if !link_local && !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            out.push(ip);
+        }
+    }
+    // SAFETY: the list getifaddrs allocated.
+    unsafe { libc::freeifaddrs(ifap) };
+    Ok(out)
+}
+
+fn run(cfg: Config, iface: Option<String>, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let iface = iface
+        .or_else(|| cfg.agent.interface.clone())
+        .context("no interface: set agent.interface in the config or pass --iface")?;
+    let socket = socket.unwrap_or_else(|| cfg.agent.control_socket.clone());
+    let snat = if cfg.agent.snat_addresses.is_empty() {
+        interface_addresses(&iface)?
+    } else {
+        cfg.agent.snat_addresses.clone()
+    };
+    let group_capacity = (cfg.target_groups.len() as u32).max(MIN_GROUP_CAPACITY);
+    let mut dataplane = Dataplane::load(cfg.agent.maglev_table_size, group_capacity)
+        .context("loading the XDP program")?;
+    let state = State::apply(&cfg, &snat, &mut dataplane).context("programming the data plane")?;
+    for group in &cfg.target_groups {
+        for target in &group.targets {
+            if let Err(e) = neighbor::keep_resolved(target.address) {
+                tracing::warn!(target = %target.address, error = %e, "cannot keep the target's next hop resolved");
+            }
+        }
+    }
+    let listener = control::bind(&socket)?;
+    let changed = dataplane::enable_forwarding(&iface)
+        .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
+    if !changed.is_empty() {
+        tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+    }
+    let mode = dataplane.attach(&iface)?;
+    tracing::info!(
+        iface,
+        mode = ?mode,
+        socket = %socket.display(),
+        snat = ?snat,
+        listeners = cfg.listeners.len(),
+        target_groups = cfg.target_groups.len(),
+        "load balancer running"
+    );
+    let agent = Arc::new(Mutex::new(Agent { dataplane, state }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(control::serve(listener, agent.clone(), shutdown.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+            _ = stopped.changed() => {}
+        }
+        let _ = shutdown.send(true);
+        let _ = server.await;
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_file(&socket);
+    let mut agent = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+    agent.dataplane.detach()?;
+    Ok(())
+}

@@ -24,15 +24,15 @@ impl Delta {
     /// An address changed; `len` is 4 (IPv4) or 16 (IPv6) bytes.
     #[inline(always)]
     pub fn addr(&mut self, old: &Addr, new: &Addr, len: usize) {
-        let mut i = 0;
-        while i < 16 {
-            if i < len {
-                self.word(
-                    u16::from_ne_bytes([old[i], old[i + 1]]),
-                    u16::from_ne_bytes([new[i], new[i + 1]]),
-                );
+        let (old, new) = (old.halves(), new.halves());
+        self.word(old[0], new[0]);
+        self.word(old[1], new[1]);
+        if len > 4 {
+            let mut i = 2;
+            while i < 8 {
+                self.word(old[i], new[i]);
+                i += 1;
             }
-            i += 2;
         }
     }
 
@@ -95,14 +95,9 @@ mod tests {
         let before = header([198, 18, 0, 10], [198, 18, 1, 100]);
         let after = header([198, 18, 0, 1], [198, 18, 0, 21]);
         let mut d = Delta::new();
-        let mut old = [0u8; 16];
-        let mut new = [0u8; 16];
-        old[..4].copy_from_slice(&before[12..16]);
-        new[..4].copy_from_slice(&after[12..16]);
-        d.addr(&old, &new, 4);
-        old[..4].copy_from_slice(&before[16..20]);
-        new[..4].copy_from_slice(&after[16..20]);
-        d.addr(&old, &new, 4);
+        let v4 = |b: &[u8]| Addr::v4([b[0], b[1], b[2], b[3]]);
+        d.addr(&v4(&before[12..16]), &v4(&after[12..16]), 4);
+        d.addr(&v4(&before[16..20]), &v4(&after[16..20]), 4);
         let csum = d.apply(u16::from_ne_bytes([before[10], before[11]]));
         assert_eq!(csum.to_ne_bytes(), [after[10], after[11]]);
         assert_eq!(internet_checksum(&after, 0), 0);

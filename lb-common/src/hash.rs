@@ -24,17 +24,15 @@ fn finish(mut h: u32, len: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-#[inline(always)]
-fn word(a: &Addr, i: usize) -> u32 {
-    u32::from_le_bytes([a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]])
-}
-
+/// Mixes the address's words as loaded natively: the hash is defined on little-endian hosts
+/// (x86-64, arm64) and the bpfel target, the only ones we build for.
 #[inline(always)]
 fn mix_addr(mut h: u32, a: &Addr) -> u32 {
-    h = mix(h, word(a, 0));
-    h = mix(h, word(a, 1));
-    h = mix(h, word(a, 2));
-    mix(h, word(a, 3))
+    let w = a.words();
+    h = mix(h, w[0]);
+    h = mix(h, w[1]);
+    h = mix(h, w[2]);
+    mix(h, w[3])
 }
 
 /// Hash of a client→VIP flow's 5-tuple (and family).
@@ -60,9 +58,7 @@ mod tests {
     use crate::{FAMILY_V4, PROTO_TCP};
 
     fn v4(a: [u8; 4]) -> Addr {
-        let mut out = [0; 16];
-        out[..4].copy_from_slice(&a);
-        out
+        Addr::v4(a)
     }
 
     fn key(sport: u16) -> FlowKey {

@@ -57,7 +57,43 @@ pub const CONNTRACK_SIZE: u32 = 1 << 20;
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65537;
 
 /// An IP address as 16 bytes in network byte order. IPv4 fills the first 4 bytes, rest zero.
-pub type Addr = [u8; 16];
+///
+/// 4-byte aligned so the data plane compares, copies and hashes it in 32-bit words: BPF has no
+/// unaligned loads, and byte-wise code spills registers until the 512-byte stack overflows.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Eq, Hash, Default)]
+pub struct Addr(pub [u8; 16]);
+const _: () = assert!(size_of::<Addr>() == 16);
+
+impl Addr {
+    /// An IPv4 address from its 4 octets.
+    #[inline(always)]
+    pub const fn v4(o: [u8; 4]) -> Self {
+        Self([o[0], o[1], o[2], o[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    }
+
+    /// The address as four native-endian words (aligned loads).
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 4] {
+        // SAFETY: `Addr` is 16 bytes, 4-byte aligned, every bit pattern valid.
+        unsafe { core::ptr::read((self as *const Self).cast::<[u32; 4]>()) }
+    }
+
+    /// The address as eight native-endian 16-bit words, as the Internet checksum sums them.
+    #[inline(always)]
+    pub fn halves(&self) -> [u16; 8] {
+        // SAFETY: as for `words`.
+        unsafe { core::ptr::read((self as *const Self).cast::<[u16; 8]>()) }
+    }
+}
+
+impl PartialEq for Addr {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+    }
+}
 
 /// `LISTENERS` key: what a packet is matched on.
 #[repr(C)]
@@ -233,8 +269,8 @@ pub mod verdict {
     pub const PASS_TO_STACK: u32 = 2;
     /// IP header too short or inconsistent: passed for the kernel to discard.
     pub const PASS_BAD_IP: u32 = 3;
-    /// A fragment to an address that is no VIP: passed.
-    pub const PASS_FRAGMENT: u32 = 4;
+    /// A fragment, or IPv6 extension headers, to an address that is no VIP: passed.
+    pub const PASS_FRAGMENT_OR_EXT: u32 = 4;
     /// Forwarded to a backend (client → backend) with XDP_TX or a redirect.
     pub const FWD_TO_BACKEND: u32 = 5;
     /// Reply reverse-NATed to its client.
@@ -253,12 +289,10 @@ pub mod verdict {
     pub const DROP_NO_ROUTE: u32 = 12;
     /// Next hop's MAC not yet resolved: dropped (the agent keeps targets' neighbours resolved).
     pub const DROP_NO_NEIGH: u32 = 13;
-    /// IPv4 TTL or IPv6 hop limit would reach zero: dropped.
-    pub const DROP_TTL: u32 = 14;
     /// A map update failed: dropped.
-    pub const DROP_MAP_FULL: u32 = 15;
+    pub const DROP_MAP_FULL: u32 = 14;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 15;
 
     /// Names for stats output, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -266,7 +300,7 @@ pub mod verdict {
         "pass_no_listener",
         "pass_to_stack",
         "pass_bad_ip",
-        "pass_fragment",
+        "pass_fragment_or_ext",
         "fwd_to_backend",
         "fwd_to_client",
         "drop_fragment",
@@ -276,7 +310,6 @@ pub mod verdict {
         "drop_no_snat",
         "drop_no_route",
         "drop_no_neigh",
-        "drop_ttl",
         "drop_map_full",
     ];
 }

@@ -1,1 +1,233 @@
+//! Shared pieces of the integration tests: crafted frames and a test bed that runs the real
+//! XDP program with BPF_PROG_TEST_RUN, its maps filled by the agent's own code.
 
+pub mod packet;
+
+use std::{
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd as _,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_agent::{config::Config, dataplane::Dataplane, state::State};
+use lb_common::program_names;
+
+/// The config the test bed programs (addresses of the lab's plan).
+pub const TEST_CONFIG: &str = r#"
+[agent]
+snat_addresses = ["198.18.0.1", "fd00:198:18::1"]
+maglev_table_size = 65537
+
+[[target_group]]
+name = "web"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }, { address = "198.18.0.23" }]
+
+[[target_group]]
+name = "dns"
+protocol = "udp"
+port = 5353
+targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }]
+
+[[target_group]]
+name = "web6"
+protocol = "tcp_udp"
+port = 8080
+targets = [{ address = "fd00:198:18::21" }, { address = "fd00:198:18::22" }, { address = "fd00:198:18::23" }]
+
+[[listener]]
+name = "web"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "web" }
+
+[[listener]]
+name = "dns"
+address = "198.18.1.100"
+port = 53
+protocol = "udp"
+default_action = { forward = "dns" }
+
+[[listener]]
+name = "web6"
+address = "fd00:198:18:1::100"
+port = 80
+protocol = "tcp_udp"
+default_action = { forward = "web6" }
+"#;
+
+/// The neighbour MAC the test bed gives a lab host whose address ends in byte `last`.
+pub fn mac_of(last: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, last]
+}
+
+fn ip(ns: &str, args: &[&str]) {
+    let out = Command::new("ip").arg("-n").arg(ns).args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip -n {ns} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace that the current thread enters, left and deleted on drop.
+struct NetNs {
+    name: String,
+    original: File,
+}
+
+impl NetNs {
+    fn enter(name: String) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("ip netns add");
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let original = File::open("/proc/thread-self/ns/net").expect("open own netns");
+        let target = File::open(format!("/run/netns/{name}")).expect("open new netns");
+        // SAFETY: setns on this thread with a valid namespace fd.
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        Self { name, original }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // SAFETY: back to the namespace we came from.
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+static BED_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The XDP program loaded and programmed by the agent's code, runnable on crafted frames in a
+/// private namespace whose FIB and neighbour table know the lab's hosts.
+pub struct TestBed {
+    pub dataplane: Dataplane,
+    pub state: State,
+    pub config: Config,
+    ifindex: u32,
+    // Last: leave the namespace after the program's maps are gone.
+    _ns: NetNs,
+}
+
+impl TestBed {
+    /// A bed programmed from `TEST_CONFIG`.
+    pub fn new() -> Self {
+        Self::with_config(TEST_CONFIG)
+    }
+
+    /// A bed programmed from `toml`.
+    pub fn with_config(toml: &str) -> Self {
+        let name = format!("lbtr{}-{}", std::process::id(), BED_SEQ.fetch_add(1, Ordering::Relaxed));
+        let ns = NetNs::enter(name.clone());
+        ip(&name, &["link", "set", "lo", "up"]);
+        ip(&name, &["link", "add", "lbt0", "type", "veth", "peer", "name", "lbt1"]);
+        ip(&name, &["link", "set", "lbt0", "up"]);
+        ip(&name, &["link", "set", "lbt1", "up"]);
+        ip(&name, &["addr", "add", "198.18.0.1/24", "dev", "lbt0"]);
+        ip(&name, &["addr", "add", "fd00:198:18::1/64", "dev", "lbt0", "nodad"]);
+        // Lab hosts .10 (client) and .21-.23 (backends); a host's MAC ends in its address's
+        // last byte (IPv6 ::21 is 0x21).
+        for host in ["10", "21", "22", "23"] {
+            for addr in [format!("198.18.0.{host}"), format!("fd00:198:18::{host}")] {
+                let parsed: IpAddr = addr.parse().expect("lab address");
+                let last = match parsed {
+                    IpAddr::V4(v4) => v4.octets()[3],
+                    IpAddr::V6(v6) => v6.octets()[15],
+                };
+                let mac = mac_of(last).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+                ip(&name, &["neigh", "add", &addr, "lladdr", &mac, "dev", "lbt0", "nud", "permanent"]);
+            }
+        }
+        let ifindex = {
+            let c = std::ffi::CString::new("lbt0").expect("name");
+            // SAFETY: valid C string; this thread is inside the namespace.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        };
+        assert_ne!(ifindex, 0, "lbt0 not found in {name}");
+        lb_agent::dataplane::enable_forwarding("lbt0").expect("enable forwarding");
+        let config = Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
+        let mut dataplane = Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
+        let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();
+        let state = State::apply(&config, &snat, &mut dataplane).expect("program maps");
+        Self { dataplane, state, config, ifindex, _ns: ns }
+    }
+
+    /// Runs the load balancer once on `frame` as if it arrived on the bed's NIC.
+    /// Returns the XDP action and the frame as the program left it.
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(program_names::LB, frame, 1).0
+    }
+
+    /// Runs program `name` `repeat` times on `frame`; also returns the mean ns per run.
+    pub fn run_program(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> ((u32, Vec<u8>), f64) {
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+        let mut data = frame.to_vec();
+        if data.len() < 14 {
+            data.resize(14, 0);
+        }
+        let mut out = vec![0u8; data.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: [u32; 6] = [0, data.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let program = self.dataplane.program(name).expect("program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_bytes),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        out.truncate(result.data_size_out as usize);
+        let ns = result.duration.as_nanos() as f64;
+        ((result.return_value, out), ns)
+    }
+
+    /// The backend the program should pick for a new flow from `key`, predicted from the
+    /// agent's Maglev table in the maps and `lb_common`'s hash.
+    pub fn predict_backend(&self, group: &str, key: &lb_common::FlowKey, sticky: bool) -> SocketAddr {
+        let group_id = self.state.group_id(group).expect("group");
+        let info = self.dataplane.group(group_id).expect("group entry");
+        let hash = if sticky {
+            lb_common::hash::source_hash(&key.src, key.family)
+        } else {
+            lb_common::hash::flow_hash(key)
+        };
+        let id = self
+            .dataplane
+            .maglev_entry(group_id, info.active_slot, hash % self.dataplane.maglev_size())
+            .expect("maglev entry");
+        self.state
+            .targets(&self.dataplane, Some(group))
+            .expect("targets")
+            .into_iter()
+            .find(|t| self.state.backend_id(t.address) == Some(id))
+            .map(|t| t.address)
+            .unwrap_or_else(|| panic!("backend id {id} is no target of {group}"))
+    }
+}
+
+impl Default for TestBed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The data plane's flow key of a crafted frame (what the hash sees).
+pub fn flow_key(frame: &packet::Frame) -> lb_common::FlowKey {
+    let (src, family) = lb_agent::state::addr_of(frame.src);
+    let (dst, _) = lb_agent::state::addr_of(frame.dst);
+    lb_common::FlowKey {
+        src,
+        dst,
+        sport: frame.sport.to_be(),
+        dport: frame.dport.to_be(),
+        proto: frame.proto,
+        family,
+        _pad: [0; 2],
+    }
+}

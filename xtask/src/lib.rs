@@ -2,3 +2,4 @@
 //! as `cargo xtask lab up` and the demo.
 
 pub mod lab;
+pub mod agent;

@@ -1,0 +1,62 @@
+//! ns/packet of the load balancer (BPF_PROG_TEST_RUN with `repeat`) beside a trivial XDP_TX
+//! program, for a packet that matches no listener, a new flow and an established flow.
+//! Run by `cargo xtask bench l4`; needs root.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use lb_common::program_names;
+use tests::{TestBed, packet::Frame};
+
+const REPEAT: u32 = 200_000;
+const ROUNDS: usize = 5;
+const SINGLE_RUNS: usize = 2001;
+
+fn main() {
+    let mut bed = TestBed::new();
+    let client = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 100));
+    let miss = Frame::tcp(client, 40000, vip, 9999).build();
+    let established = Frame::tcp(client, 40001, vip, 80).build();
+    assert_eq!(bed.run(&established).0, 3, "established flow not forwarded");
+    let mut median = |name: &'static str, frames: &mut dyn FnMut(usize) -> Vec<u8>, repeat: u32| {
+        let mut v: Vec<f64> = (0..ROUNDS).map(|i| bed.run_program(name, &frames(i), repeat).1).collect();
+        v.sort_by(f64::total_cmp);
+        v[ROUNDS / 2]
+    };
+    let tx = median(program_names::TX, &mut |_| miss.clone(), REPEAT);
+    let pass = median(program_names::PASS, &mut |_| miss.clone(), REPEAT);
+    let lb_miss = median(program_names::LB, &mut |_| miss.clone(), REPEAT);
+    let lb_est = median(program_names::LB, &mut |_| established.clone(), REPEAT);
+    // A new flow needs a table miss on every run, so `repeat` (which would hit the flow its
+    // first run made) cannot measure it. Single runs carry a large fixed cost of the syscall's
+    // set-up; measure new and established flows both as single runs and add the difference to
+    // the established figure above.
+    let mut port = 50000u16;
+    let mut singles = |fresh: bool| {
+        let mut v: Vec<f64> = (0..SINGLE_RUNS)
+            .map(|_| {
+                let frame = if fresh {
+                    port = port.wrapping_add(1).max(1024);
+                    Frame::tcp(client, port, vip, 80).build()
+                } else {
+                    established.clone()
+                };
+                bed.run_program(program_names::LB, &frame, 1).1
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let single_new = singles(true);
+    let single_est = singles(false);
+    let lb_new = lb_est + (single_new - single_est);
+    println!("XDP per-packet cost, BPF_PROG_TEST_RUN, median of {ROUNDS} rounds of {REPEAT} runs:");
+    println!("  trivial XDP_TX program            {tx:7.1} ns");
+    println!("  trivial XDP_PASS program          {pass:7.1} ns");
+    println!("  lb, no listener (XDP_PASS)        {lb_miss:7.1} ns  ({:.2}x XDP_PASS)", lb_miss / pass);
+    println!("  lb, established flow (full NAT)   {lb_est:7.1} ns  ({:.2}x XDP_TX)", lb_est / tx);
+    println!(
+        "  lb, new flow (Maglev, SNAT claim)  {lb_new:7.1} ns  ({:.2}x XDP_TX; single runs: new {single_new:.0} ns, established {single_est:.0} ns)",
+        lb_new / tx
+    );
+}

@@ -1,0 +1,241 @@
+//! The XDP program on crafted frames (BPF_PROG_TEST_RUN), its maps filled by the agent's code.
+//! Needs root. Each test builds its own namespace and maps.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use lb_common::verdict;
+use tests::{
+    TestBed, flow_key, mac_of,
+    packet::{ACK, Frame, inspect},
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
+const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 100));
+const SNAT4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0x10));
+const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 0x100));
+const SNAT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 1));
+
+fn last_octet(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    }
+}
+
+/// Sends a client frame through the bed and checks the full-NAT rewrite: the predicted
+/// backend, our SNAT source, valid checksums, the payload intact, the next hop's MAC.
+fn assert_forwarded(bed: &mut TestBed, name: &str, group: &str, frame: &Frame, snat: IpAddr) -> SocketAddr {
+    let want = bed.predict_backend(group, &flow_key(frame), false);
+    let (action, out) = bed.run(&frame.build());
+    assert_eq!(action, XDP_TX, "{name}: verdict");
+    let seen = inspect(&out, frame).unwrap_or_else(|e| panic!("{name}: {e}\nout: {out:02x?}"));
+    assert_eq!(SocketAddr::new(seen.dst, seen.dport), want, "{name}: backend");
+    assert_eq!(seen.src, snat, "{name}: SNAT source address");
+    assert!((1024..=32767).contains(&seen.sport), "{name}: SNAT port {} outside the range", seen.sport);
+    assert_eq!(seen.payload, frame.payload, "{name}: payload");
+    assert_eq!(seen.dst_mac, mac_of(last_octet(want.ip())), "{name}: next-hop MAC");
+    want
+}
+
+#[test]
+fn listener_hits_are_rewritten_to_the_predicted_backend_with_valid_checksums() {
+    let mut bed = TestBed::new();
+    let rows: Vec<(&str, &str, Frame, IpAddr)> = vec![
+        ("ipv4 tcp", "web", Frame::tcp(CLIENT4, 40000, VIP4, 80), SNAT4),
+        ("ipv4 udp", "dns", Frame::udp(CLIENT4, 40001, VIP4, 53), SNAT4),
+        ("ipv6 tcp", "web6", Frame::tcp(CLIENT6, 40002, VIP6, 80), SNAT6),
+        ("ipv6 udp", "web6", Frame::udp(CLIENT6, 40003, VIP6, 80), SNAT6),
+        ("ipv4 tcp, vlan tag", "web", Frame { vlan: Some(7), ..Frame::tcp(CLIENT4, 40004, VIP4, 80) }, SNAT4),
+        ("ipv4 udp, no checksum", "dns", Frame { udp_no_checksum: true, ..Frame::udp(CLIENT4, 40005, VIP4, 53) }, SNAT4),
+    ];
+    for (name, group, frame, snat) in &rows {
+        assert_forwarded(&mut bed, name, group, frame, *snat);
+    }
+    // A UDP datagram sent without a checksum still has none.
+    let frame = &rows[5].2;
+    let (_, out) = bed.run(&frame.build());
+    assert_eq!(&out[frame.l4() + 6..frame.l4() + 8], &[0, 0], "zero UDP checksum kept zero");
+    // The VLAN tag is kept.
+    let frame = &rows[4].2;
+    let (_, out) = bed.run(&frame.build());
+    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 0x07]);
+    let verdicts = bed.dataplane.verdicts().expect("verdicts");
+    assert!(verdicts[verdict::FWD_TO_BACKEND as usize] >= rows.len() as u64);
+}
+
+#[test]
+fn many_flows_spread_over_all_backends_by_the_predicted_hash() {
+    let mut bed = TestBed::new();
+    let mut seen = std::collections::BTreeMap::new();
+    for port in 0..300u16 {
+        let frame = Frame::tcp(CLIENT4, 20000 + port, VIP4, 80);
+        let backend = assert_forwarded(&mut bed, "spread", "web", &frame, SNAT4);
+        *seen.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for n in seen.values() {
+        assert!((75..=125).contains(n), "uneven: {seen:?}");
+    }
+}
+
+#[test]
+fn replies_are_reverse_nated_to_the_client() {
+    let mut bed = TestBed::new();
+    for (name, client, vip, snat, proto, group) in [
+        ("ipv4 tcp", CLIENT4, VIP4, SNAT4, 6, "web"),
+        ("ipv4 udp", CLIENT4, VIP4, SNAT4, 17, "dns"),
+        ("ipv6 tcp", CLIENT6, VIP6, SNAT6, 6, "web6"),
+    ] {
+        let port = if proto == 17 && client.is_ipv4() { 53 } else { 80 };
+        let request = Frame { proto, ..Frame::tcp(client, 41000, vip, port) };
+        let (action, out) = bed.run(&request.build());
+        assert_eq!(action, XDP_TX, "{name}");
+        let fwd = inspect(&out, &request).expect("request checksums");
+        let backend = bed.predict_backend(group, &flow_key(&request), false);
+        assert_eq!(SocketAddr::new(fwd.dst, fwd.dport), backend);
+        // The backend answers the SNAT address and port.
+        let reply = Frame {
+            proto,
+            payload: b"hello, client".to_vec(),
+            ..Frame::tcp(backend.ip(), backend.port(), snat, fwd.sport)
+        };
+        let (action, out) = bed.run(&reply.build());
+        assert_eq!(action, XDP_TX, "{name}: reply verdict");
+        let back = inspect(&out, &reply).unwrap_or_else(|e| panic!("{name}: reply {e}"));
+        assert_eq!((back.src, back.sport), (vip, port), "{name}: reply source");
+        assert_eq!((back.dst, back.dport), (client, 41000), "{name}: reply destination");
+        assert_eq!(back.dst_mac, mac_of(last_octet(client)), "{name}: client MAC");
+        assert_eq!(back.payload, b"hello, client");
+    }
+}
+
+#[test]
+fn established_flows_keep_their_backend_when_targets_change() {
+    let mut bed = TestBed::new();
+    let frames: Vec<Frame> = (0..60).map(|i| Frame::tcp(CLIENT4, 42000 + i, VIP4, 80)).collect();
+    let first: Vec<(SocketAddr, u16)> = frames
+        .iter()
+        .map(|f| {
+            let (_, out) = bed.run(&f.build());
+            let s = inspect(&out, f).expect("checksums");
+            (SocketAddr::new(s.dst, s.dport), s.sport)
+        })
+        .collect();
+    let removed: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
+    assert!(first.iter().any(|(b, _)| *b == removed), "no flow went to {removed}");
+    bed.state.remove_target(&mut bed.dataplane, "web", removed).expect("remove live");
+    for (f, (backend, sport)) in frames.iter().zip(&first) {
+        let f = Frame { tcp_flags: ACK, ..f.clone() };
+        let (_, out) = bed.run(&f.build());
+        let s = inspect(&out, &f).expect("checksums");
+        assert_eq!((SocketAddr::new(s.dst, s.dport), s.sport), (*backend, *sport), "established flow moved");
+    }
+    // A new connection (SYN) that reuses the 5-tuple of a flow to the removed target goes to a
+    // live target, not to the stale entry.
+    for (f, (backend, _)) in frames.iter().zip(&first).filter(|(_, (b, _))| *b == removed) {
+        let (_, out) = bed.run(&f.build());
+        let s = inspect(&out, f).expect("checksums");
+        assert_ne!(SocketAddr::new(s.dst, s.dport), *backend, "SYN reused a stale flow");
+        assert_eq!(SocketAddr::new(s.dst, s.dport), bed.predict_backend("web", &flow_key(f), false));
+    }
+    // New flows avoid the removed target.
+    for i in 0..100 {
+        let f = Frame::tcp(CLIENT4, 43000 + i, VIP4, 80);
+        let (_, out) = bed.run(&f.build());
+        let s = inspect(&out, &f).expect("checksums");
+        assert_ne!(SocketAddr::new(s.dst, s.dport), removed, "new flow to a removed target");
+    }
+}
+
+#[test]
+fn traffic_without_a_listener_passes_byte_identical() {
+    let mut bed = TestBed::new();
+    let other = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    let rows = [
+        Frame::tcp(CLIENT4, 40000, VIP4, 81),
+        Frame::udp(CLIENT4, 40000, VIP4, 80),
+        Frame::tcp(CLIENT4, 40000, other, 22),
+        Frame::udp(CLIENT6, 40000, VIP6, 81),
+        Frame { proto: 1, ..Frame::tcp(CLIENT4, 0, VIP4, 0) },
+        // A fragment to an address that is no VIP.
+        Frame { frag: 0x2000, ..Frame::tcp(CLIENT4, 40000, other, 80) },
+    ];
+    for frame in &rows {
+        let bytes = frame.build();
+        let (action, out) = bed.run(&bytes);
+        assert_eq!(action, XDP_PASS, "{frame:?}");
+        assert_eq!(out, bytes, "{frame:?} was modified");
+    }
+    let arp = [vec![0xff; 6], vec![2, 0, 0, 0, 0, 9], vec![0x08, 0x06], vec![0; 28]].concat();
+    assert_eq!(bed.run(&arp), (XDP_PASS, arp.clone()));
+}
+
+#[test]
+fn fragments_and_extension_headers_to_a_vip_are_dropped() {
+    let mut bed = TestBed::new();
+    let rows = [
+        ("first fragment", Frame { frag: 0x2000, ..Frame::tcp(CLIENT4, 40000, VIP4, 80) }),
+        ("later fragment", Frame { frag: 0x0010, ..Frame::udp(CLIENT4, 40000, VIP4, 53) }),
+        ("ipv6 hop-by-hop", Frame { ipv6_hop_by_hop: true, ..Frame::tcp(CLIENT6, 40000, VIP6, 80) }),
+    ];
+    for (name, frame) in &rows {
+        assert_eq!(bed.run(&frame.build()).0, XDP_DROP, "{name}");
+    }
+}
+
+/// Deterministic xorshift, so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
+    let mut bed = TestBed::new();
+    let seeds = [
+        Frame::tcp(CLIENT4, 40000, VIP4, 80),
+        Frame::udp(CLIENT4, 40000, VIP4, 53),
+        Frame::tcp(CLIENT6, 40000, VIP6, 80),
+        Frame { vlan: Some(3), ..Frame::udp(CLIENT6, 40000, VIP6, 80) },
+    ];
+    let mut rng = Rng(0x5eed_1b0a_7c0f_fee1);
+    let mut runs = 0;
+    for frame in &seeds {
+        let bytes = frame.build();
+        // Every truncation that cuts into the TCP/UDP header.
+        for len in 0..frame.l4() + if frame.proto == 6 { 20 } else { 8 } {
+            let (action, _) = bed.run(&bytes[..len]);
+            runs += 1;
+            assert_ne!(action, XDP_ABORTED, "truncated to {len}");
+            assert!(action == XDP_PASS || action == XDP_DROP, "truncated to {len}: verdict {action}");
+        }
+        // Random corruption of the headers: never aborted.
+        for _ in 0..300 {
+            let mut b = bytes.clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() as usize) % frame.l4().max(1);
+                b[at] = rng.next() as u8;
+            }
+            b.truncate(14 + (rng.next() as usize) % (b.len() - 13));
+            let (action, _) = bed.run(&b);
+            runs += 1;
+            assert_ne!(action, XDP_ABORTED, "corrupted {b:02x?}");
+        }
+    }
+    // A bad IPv4 header length to a VIP.
+    let mut b = seeds[0].build();
+    b[14] = 0x43;
+    assert_eq!(bed.run(&b).0, XDP_PASS);
+    assert!(runs > 1000);
+}

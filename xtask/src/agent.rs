@@ -1,0 +1,81 @@
+//! Running `lb-agent` inside a lab: start it in the load-balancer namespace, wait until it
+//! serves its control socket, and talk to it through its own CLI (as an operator would).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::lab::Lab;
+
+/// An agent started in a lab's load-balancer namespace; the lab stops it on drop.
+pub struct LabAgent {
+    binary: PathBuf,
+    socket: PathBuf,
+    pid: u32,
+}
+
+impl LabAgent {
+    /// Starts `binary run --config CONFIG --iface eth0` in the lab's LB namespace and waits
+    /// (at most 30 s) until its control socket answers.
+    pub fn start(lab: &Lab, binary: &Path, config: &Path) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("lb-agent-{}", lab.name()));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        let args = [
+            binary.to_str().context("agent path is not UTF-8")?,
+            "run",
+            "--config",
+            config.to_str().context("config path is not UTF-8")?,
+            "--iface",
+            "eth0",
+            "--socket",
+            socket.to_str().context("socket path is not UTF-8")?,
+        ];
+        let pid = lab.spawn(lab.lb(), &args)?;
+        let agent = Self { binary: binary.to_owned(), socket, pid };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent.cli(&["stats", "--json"]).is_ok() {
+                return Ok(agent);
+            }
+            if Instant::now() > deadline {
+                bail!("lb-agent did not serve {} within 30 s; its log:\n{}", agent.socket.display(), lab.log(pid).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Runs `lb-agent ARGS --socket SOCKET` (a control-socket client) and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .context("running lb-agent")?;
+        if !out.status.success() {
+            bail!("lb-agent {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `targets list --json`, parsed.
+    pub fn targets(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli(&["targets", "list", "--json"])?)?)
+    }
+
+    /// `stats --json`, parsed.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli(&["stats", "--json"])?)?)
+    }
+}

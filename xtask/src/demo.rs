@@ -1,0 +1,108 @@
+//! `cargo xtask demo`: real traffic through the XDP load balancer in a namespace lab.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use anyhow::Context as _;
+use xtask::{
+    agent::LabAgent,
+    lab::{self, Lab, LabSpec, VIP4},
+};
+
+use crate::{cargo, workspace_root};
+
+/// The example config the demo runs (its addresses are the lab's).
+pub const DEMO_CONFIG: &str = "examples/l4-basic.toml";
+
+/// Builds the agent (release) and returns its path.
+pub fn build_agent() -> anyhow::Result<std::path::PathBuf> {
+    cargo(&["build", "--release", "-p", "lb-agent"])?;
+    Ok(workspace_root().join("target/release/lb-agent"))
+}
+
+/// Per-target `bytes`/`new_flows` from `targets list --json`, keyed "group target".
+fn target_counters(agent: &LabAgent) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let list = agent.targets()?;
+    let mut out = BTreeMap::new();
+    for t in list.as_array().context("targets list is not an array")? {
+        let key = format!("{} {}", t["group"].as_str().unwrap_or("?"), t["address"].as_str().unwrap_or("?"));
+        let c = &t["counters"];
+        out.insert(key, (c["bytes"].as_u64().unwrap_or(0), c["new_flows"].as_u64().unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+fn print_delta(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (u64, u64)>) {
+    for (key, (bytes, flows)) in after {
+        let (b0, f0) = before.get(key).copied().unwrap_or_default();
+        if bytes > &b0 || flows > &f0 {
+            println!("    {key:<36} {:>12} bytes {:>5} new flows", bytes - b0, flows - f0);
+        }
+    }
+}
+
+/// Runs iperf3 from the client and returns (Gbit/s received, the JSON).
+pub fn iperf3(lab: &Lab, target: &str, extra: &[&str]) -> anyhow::Result<(f64, serde_json::Value)> {
+    let mut args = vec!["iperf3", "-c", target, "-p", "5201", "-J"];
+    args.extend(extra);
+    let out = lab.run(lab.client(), &args)?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let end = &json["end"];
+    let bps = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .or_else(|| end["sum"]["bits_per_second"].as_f64())
+        .context("iperf3 reported no throughput")?;
+    Ok((bps / 1e9, json))
+}
+
+/// Opens `count` short TCP connections from the client to `addr:port`; returns who answered.
+pub fn short_connections(lab: &Lab, addr: &str, port: u16, count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let script = format!(
+        "import socket\n\
+         for i in range({count}):\n\
+         \x20   s = socket.create_connection(('{addr}', {port}), timeout=5)\n\
+         \x20   f = s.makefile('r')\n\
+         \x20   print(f.readline().strip())\n\
+         \x20   s.close()\n"
+    );
+    let out = lab.run(lab.client(), &["python3", "-c", &script])?;
+    let mut served = BTreeMap::new();
+    for line in out.lines() {
+        *served.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    Ok(served)
+}
+
+pub fn demo() -> anyhow::Result<()> {
+    let agent_bin = build_agent()?;
+    let started = Instant::now();
+    let lab = Lab::up(LabSpec { name: Lab::unique_name("demo"), backends: 3 })?;
+    println!("lab up: client {}, load balancer {}, backends {}", lab.client().v4, lab.lb().v4,
+        lab.backends().iter().map(|b| b.v4.to_string()).collect::<Vec<_>>().join(", "));
+    lab::start_backend_servers(&lab)?;
+    let config = workspace_root().join(DEMO_CONFIG);
+    let agent = LabAgent::start(&lab, &agent_bin, &config)?;
+    println!("lb-agent running with {DEMO_CONFIG}; VIP {VIP4}\n");
+    let vip = VIP4.to_string();
+
+    let before = target_counters(&agent)?;
+    let (tcp, _) = iperf3(&lab, &vip, &["-t", "5"])?;
+    println!("iperf3 TCP client -> {vip}:5201: {tcp:.2} Gbit/s");
+    let mid = target_counters(&agent)?;
+    print_delta(&before, &mid);
+
+    let (udp, json) = iperf3(&lab, &vip, &["-u", "-b", "200M", "-t", "3"])?;
+    let lost = json["end"]["sum"]["lost_percent"].as_f64().unwrap_or(f64::NAN);
+    println!("iperf3 UDP client -> {vip}:5201: {udp:.3} Gbit/s received, {lost:.2}% lost");
+    let after_udp = target_counters(&agent)?;
+    print_delta(&mid, &after_udp);
+
+    let served = short_connections(&lab, &vip, 80, 30)?;
+    println!("30 short TCP connections to {vip}:80, answered by:");
+    for (backend, n) in &served {
+        println!("    {backend:<8} {n}");
+    }
+    println!("\n{}", agent.cli(&["stats"])?);
+    drop(lab);
+    println!("lab removed; demo took {:.1} s after the build", started.elapsed().as_secs_f64());
+    Ok(())
+}
