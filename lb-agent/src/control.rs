@@ -96,7 +96,7 @@ pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, Co
 }
 
 /// Binds the control socket: refuses if another agent answers on it, replaces a stale file.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlError> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse(path.to_owned()));
@@ -106,13 +106,26 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
 /// Serves requests until `shutdown` turns true; a `Detach` request turns it true itself.
-pub async fn serve(listener: UnixListener, agent: Arc<Mutex<Agent>>, shutdown: watch::Sender<bool>) {
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    agent: Arc<Mutex<Agent>>,
+    shutdown: watch::Sender<bool>,
+) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "control socket unusable");
+            let _ = shutdown.send(true);
+            return;
+        }
+    };
     let mut stop = shutdown.subscribe();
     loop {
         tokio::select! {

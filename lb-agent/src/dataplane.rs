@@ -148,6 +148,16 @@ impl Dataplane {
         self.tx_ports()?
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
+        // Every other interface may be a next hop too (two-arm set-ups): a devmap redirect is
+        // the fast way there. One that refuses (no XDP transmit support) is left to the
+        // generic redirect.
+        for (name, other) in interfaces() {
+            if other != ifindex && name != "lo" {
+                if let Err(e) = self.tx_ports()?.insert(other, other, None, 0) {
+                    tracing::debug!(iface = name, error = %e, "not in the redirect map");
+                }
+            }
+        }
         self.attachment = Some((link, mode, iface.to_owned()));
         Ok(mode)
     }
@@ -298,6 +308,20 @@ impl Dataplane {
             HashMap::try_from(self.map(map_names::SNAT)?).map_err(map_err(map_names::SNAT))?;
         map.iter().map(|r| r.map_err(map_err(map_names::SNAT))).collect()
     }
+}
+
+/// The interfaces of this network namespace: (name, ifindex).
+fn interfaces() -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else { return Vec::new() };
+    dir.filter_map(std::result::Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let c_name = CString::new(name.as_str()).ok()?;
+            // SAFETY: a NUL-terminated string.
+            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            (index != 0).then_some((name, index))
+        })
+        .collect()
 }
 
 /// Turns on IP forwarding on `iface`: `bpf_fib_lookup` refuses to route packets that arrive on

@@ -43,6 +43,9 @@ impl LabAgent {
             if agent.cli(&["stats", "--json"]).is_ok() {
                 return Ok(agent);
             }
+            if !lab.is_running(pid) {
+                bail!("lb-agent exited; its log:\n{}", lab.log(pid).unwrap_or_default());
+            }
             if Instant::now() > deadline {
                 bail!("lb-agent did not serve {} within 30 s; its log:\n{}", agent.socket.display(), lab.log(pid).unwrap_or_default());
             }
