@@ -15,6 +15,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf");
-    let package = aya_build::Package { name: "lb-ebpf", root_dir, ..Default::default() };
+    let package = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

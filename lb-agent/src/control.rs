@@ -6,9 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::IpAddr,
-    os::{
-        unix::{fs::PermissionsExt as _, net::UnixStream},
-    },
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -28,9 +26,18 @@ use crate::{dataplane::Dataplane, neighbor, state::State};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Register a target in a group; `port` defaults to the group's.
-    TargetsAdd { group: String, address: IpAddr, port: Option<u16>, weight: u32 },
+    TargetsAdd {
+        group: String,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    },
     /// Deregister a target from a group.
-    TargetsRemove { group: String, address: IpAddr, port: Option<u16> },
+    TargetsRemove {
+        group: String,
+        address: IpAddr,
+        port: Option<u16>,
+    },
     /// List targets, of one group or all.
     TargetsList { group: Option<String> },
     /// Counters of listeners, targets and data-plane verdicts.
@@ -81,8 +88,10 @@ pub struct Agent {
 
 /// Sends one request and waits for its answer (client side, blocking).
 pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|source| ControlError::Connect { path: socket.to_owned(), source })?;
+    let mut stream = UnixStream::connect(socket).map_err(|source| ControlError::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
@@ -167,7 +176,9 @@ pub async fn serve(
 fn ok(value: impl Serialize) -> Response {
     match serde_json::to_value(value) {
         Ok(result) => Response::Ok { result },
-        Err(e) => Response::Error { message: e.to_string() },
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
     }
 }
 
@@ -209,6 +220,8 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
     };
     match result {
         Ok(value) => ok(value),
-        Err(e) => Response::Error { message: e.to_string() },
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
     }
 }

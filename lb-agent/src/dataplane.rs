@@ -47,7 +47,11 @@ pub enum DataplaneError {
     NoInterface(String),
     /// Neither native nor generic XDP could be attached.
     #[error("attaching XDP to `{iface}` failed: native: {native}; generic: {generic}")]
-    Attach { iface: String, native: ProgramError, generic: ProgramError },
+    Attach {
+        iface: String,
+        native: ProgramError,
+        generic: ProgramError,
+    },
     /// The Maglev table does not have the configured size.
     #[error("a Maglev table has {got} entries, the data plane expects {expected}")]
     TableSize { got: usize, expected: u32 },
@@ -95,7 +99,12 @@ impl Dataplane {
         let ebpf = EbpfLoader::new()
             .map_max_entries(map_names::MAGLEV, maglev_entries)
             .load(OBJECT)?;
-        let mut dataplane = Self { ebpf, maglev_size, group_capacity, attachment: None };
+        let mut dataplane = Self {
+            ebpf,
+            maglev_size,
+            group_capacity,
+            attachment: None,
+        };
         dataplane.program(program_names::LB)?;
         Ok(dataplane)
     }
@@ -105,11 +114,16 @@ impl Dataplane {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(name)
-            .ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?
+            .ok_or(DataplaneError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| DataplaneError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(program)
     }
@@ -141,7 +155,11 @@ impl Dataplane {
                     (link, AttachMode::Generic)
                 }
                 Err(generic) => {
-                    return Err(DataplaneError::Attach { iface: iface.to_owned(), native, generic });
+                    return Err(DataplaneError::Attach {
+                        iface: iface.to_owned(),
+                        native,
+                        generic,
+                    });
                 }
             },
         };
@@ -167,18 +185,25 @@ impl Dataplane {
         if let Some((link, _, _)) = self.attachment.take() {
             self.program(program_names::LB)?
                 .detach(link)
-                .map_err(|source| DataplaneError::Program { name: program_names::LB, source })?;
+                .map_err(|source| DataplaneError::Program {
+                    name: program_names::LB,
+                    source,
+                })?;
         }
         Ok(())
     }
 
     /// Where and how the program is attached.
     pub fn attachment(&self) -> Option<(&str, AttachMode)> {
-        self.attachment.as_ref().map(|(_, mode, iface)| (iface.as_str(), *mode))
+        self.attachment
+            .as_ref()
+            .map(|(_, mode, iface)| (iface.as_str(), *mode))
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
@@ -194,7 +219,8 @@ impl Dataplane {
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         let mut map: Array<_, Settings> = Array::try_from(self.map_mut(map_names::SETTINGS)?)
             .map_err(map_err(map_names::SETTINGS))?;
-        map.set(0, settings, 0).map_err(map_err(map_names::SETTINGS))
+        map.set(0, settings, 0)
+            .map_err(map_err(map_names::SETTINGS))
     }
 
     /// Adds or replaces a listener entry.
@@ -202,13 +228,14 @@ impl Dataplane {
         let mut map: HashMap<_, ListenerKey, ListenerInfo> =
             HashMap::try_from(self.map_mut(map_names::LISTENERS)?)
                 .map_err(map_err(map_names::LISTENERS))?;
-        map.insert(key, info, 0).map_err(map_err(map_names::LISTENERS))
+        map.insert(key, info, 0)
+            .map_err(map_err(map_names::LISTENERS))
     }
 
     /// Marks an address as a VIP.
     pub fn set_vip(&mut self, key: &VipKey) -> Result<()> {
-        let mut map: HashMap<_, VipKey, u32> = HashMap::try_from(self.map_mut(map_names::VIPS)?)
-            .map_err(map_err(map_names::VIPS))?;
+        let mut map: HashMap<_, VipKey, u32> =
+            HashMap::try_from(self.map_mut(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
         map.insert(key, 1, 0).map_err(map_err(map_names::VIPS))
     }
 
@@ -216,13 +243,14 @@ impl Dataplane {
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut map: Array<_, Backend> = Array::try_from(self.map_mut(map_names::BACKENDS)?)
             .map_err(map_err(map_names::BACKENDS))?;
-        map.set(id, backend, 0).map_err(map_err(map_names::BACKENDS))
+        map.set(id, backend, 0)
+            .map_err(map_err(map_names::BACKENDS))
     }
 
     /// A group's entry (active slot, flags).
     pub fn group(&self, id: u32) -> Result<GroupInfo> {
-        let map: Array<_, GroupInfo> = Array::try_from(self.map(map_names::GROUPS)?)
-            .map_err(map_err(map_names::GROUPS))?;
+        let map: Array<_, GroupInfo> =
+            Array::try_from(self.map(map_names::GROUPS)?).map_err(map_err(map_names::GROUPS))?;
         map.get(&id, 0).map_err(map_err(map_names::GROUPS))
     }
 
@@ -242,23 +270,30 @@ impl Dataplane {
             return Err(DataplaneError::GroupCapacity(id));
         }
         if table.len() != self.maglev_size as usize {
-            return Err(DataplaneError::TableSize { got: table.len(), expected: self.maglev_size });
+            return Err(DataplaneError::TableSize {
+                got: table.len(),
+                expected: self.maglev_size,
+            });
         }
         let base = GroupInfo::maglev_base(id, slot, self.maglev_size);
         let mut map: Array<_, u32> = Array::try_from(self.map_mut(map_names::MAGLEV)?)
             .map_err(map_err(map_names::MAGLEV))?;
         for (i, backend_id) in (base..).zip(table) {
-            map.set(i, backend_id, 0).map_err(map_err(map_names::MAGLEV))?;
+            map.set(i, backend_id, 0)
+                .map_err(map_err(map_names::MAGLEV))?;
         }
         Ok(())
     }
 
     /// One entry of a group's Maglev slot (for tests and diagnostics).
     pub fn maglev_entry(&self, id: u32, slot: u32, index: u32) -> Result<u32> {
-        let map: Array<_, u32> = Array::try_from(self.map(map_names::MAGLEV)?)
-            .map_err(map_err(map_names::MAGLEV))?;
-        map.get(&(GroupInfo::maglev_base(id, slot, self.maglev_size) + index), 0)
-            .map_err(map_err(map_names::MAGLEV))
+        let map: Array<_, u32> =
+            Array::try_from(self.map(map_names::MAGLEV)?).map_err(map_err(map_names::MAGLEV))?;
+        map.get(
+            &(GroupInfo::maglev_base(id, slot, self.maglev_size) + index),
+            0,
+        )
+        .map_err(map_err(map_names::MAGLEV))
     }
 
     fn sum_counters(&self, name: &'static str, id: u32) -> Result<Counters> {
@@ -288,7 +323,9 @@ impl Dataplane {
             .map_err(map_err(map_names::VERDICTS))?;
         let mut out = [0; verdict::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let values = map.get(&(i as u32), 0).map_err(map_err(map_names::VERDICTS))?;
+            let values = map
+                .get(&(i as u32), 0)
+                .map_err(map_err(map_names::VERDICTS))?;
             *slot = values.iter().sum();
         }
         Ok(out)
@@ -299,20 +336,26 @@ impl Dataplane {
         // aya's `HashMap` reads LRU hash maps too.
         let map: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.map(map_names::CONNTRACK)?)
             .map_err(map_err(map_names::CONNTRACK))?;
-        map.iter().map(|r| r.map_err(map_err(map_names::CONNTRACK))).collect()
+        map.iter()
+            .map(|r| r.map_err(map_err(map_names::CONNTRACK)))
+            .collect()
     }
 
     /// Every reverse-NAT entry.
     pub fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
         let map: HashMap<_, FlowKey, ReverseFlow> =
             HashMap::try_from(self.map(map_names::SNAT)?).map_err(map_err(map_names::SNAT))?;
-        map.iter().map(|r| r.map_err(map_err(map_names::SNAT))).collect()
+        map.iter()
+            .map(|r| r.map_err(map_err(map_names::SNAT)))
+            .collect()
     }
 }
 
 /// The interfaces of this network namespace: (name, ifindex).
 fn interfaces() -> Vec<(String, u32)> {
-    let Ok(dir) = std::fs::read_dir("/sys/class/net") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
     dir.filter_map(std::result::Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;

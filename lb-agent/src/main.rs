@@ -117,7 +117,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config, iface, socket } => match Config::load(&config) {
+        Command::Run {
+            config,
+            iface,
+            socket,
+        } => match Config::load(&config) {
             Ok(cfg) => run(cfg, iface, socket),
             Err(errors) => {
                 eprintln!("{errors}");
@@ -126,9 +130,9 @@ fn main() -> ExitCode {
         },
         Command::Targets { command } => targets(command),
         Command::Stats { json, socket } => stats(&socket, json),
-        Command::Detach { socket } => {
-            control::request(&socket, &Request::Detach).map(|_| println!("detached")).map_err(Into::into)
-        }
+        Command::Detach { socket } => control::request(&socket, &Request::Detach)
+            .map(|_| println!("detached"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,17 +176,48 @@ fn parse_target(text: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
 
 fn targets(command: TargetsCommand) -> anyhow::Result<()> {
     match command {
-        TargetsCommand::Add { group, target, weight, socket } => {
+        TargetsCommand::Add {
+            group,
+            target,
+            weight,
+            socket,
+        } => {
             let (address, port) = parse_target(&target)?;
-            let r = control::request(&socket, &Request::TargetsAdd { group, address, port, weight })?;
-            println!("registered {} in {} (weight {})", r["target"], r["group"], r["weight"]);
+            let r = control::request(
+                &socket,
+                &Request::TargetsAdd {
+                    group,
+                    address,
+                    port,
+                    weight,
+                },
+            )?;
+            println!(
+                "registered {} in {} (weight {})",
+                r["target"], r["group"], r["weight"]
+            );
         }
-        TargetsCommand::Remove { group, target, socket } => {
+        TargetsCommand::Remove {
+            group,
+            target,
+            socket,
+        } => {
             let (address, port) = parse_target(&target)?;
-            let r = control::request(&socket, &Request::TargetsRemove { group, address, port })?;
+            let r = control::request(
+                &socket,
+                &Request::TargetsRemove {
+                    group,
+                    address,
+                    port,
+                },
+            )?;
             println!("deregistered {} from {}", r["target"], r["group"]);
         }
-        TargetsCommand::List { group, json, socket } => {
+        TargetsCommand::List {
+            group,
+            json,
+            socket,
+        } => {
             let r = control::request(&socket, &Request::TargetsList { group })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -196,11 +231,19 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
 }
 
 fn print_targets(list: &[TargetView]) {
-    println!("{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}", "GROUP", "TARGET", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
+    println!(
+        "{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}",
+        "GROUP", "TARGET", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS"
+    );
     for t in list {
         println!(
             "{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}",
-            t.group, t.address, t.weight, t.counters.packets, t.counters.bytes, t.counters.new_flows
+            t.group,
+            t.address,
+            t.weight,
+            t.counters.packets,
+            t.counters.bytes,
+            t.counters.new_flows
         );
     }
 }
@@ -212,11 +255,20 @@ fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let s: StatsView = serde_json::from_value(r)?;
-    println!("{:<16} {:<40} {:<8} {:<16} {:>12} {:>14} {:>10}", "LISTENER", "ADDRESS", "PROTO", "GROUP", "PACKETS", "BYTES", "NEW FLOWS");
+    println!(
+        "{:<16} {:<40} {:<8} {:<16} {:>12} {:>14} {:>10}",
+        "LISTENER", "ADDRESS", "PROTO", "GROUP", "PACKETS", "BYTES", "NEW FLOWS"
+    );
     for l in &s.listeners {
         println!(
             "{:<16} {:<40} {:<8} {:<16} {:>12} {:>14} {:>10}",
-            l.name, l.address, l.protocol, l.target_group, l.counters.packets, l.counters.bytes, l.counters.new_flows
+            l.name,
+            l.address,
+            l.protocol,
+            l.target_group,
+            l.counters.packets,
+            l.counters.bytes,
+            l.counters.new_flows
         );
     }
     println!();
@@ -331,7 +383,9 @@ fn run(cfg: Config, iface: Option<String>, socket: Option<PathBuf>) -> anyhow::R
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);
-    let mut agent = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+    let mut agent = agent
+        .lock()
+        .map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
     agent.dataplane.detach()?;
     Ok(())
 }

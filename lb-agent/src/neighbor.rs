@@ -37,10 +37,17 @@ fn ip(args: &[&str]) -> Result<String, NeighborError> {
 pub fn next_hop(target: IpAddr) -> Result<(IpAddr, String), NeighborError> {
     let route = ip(&["route", "get", &target.to_string()])?;
     let words: Vec<&str> = route.split_whitespace().collect();
-    let after = |word: &str| words.iter().position(|w| *w == word).and_then(|i| words.get(i + 1));
+    let after = |word: &str| {
+        words
+            .iter()
+            .position(|w| *w == word)
+            .and_then(|i| words.get(i + 1))
+    };
     let dev = after("dev").ok_or_else(|| NeighborError::Route(target, route.clone()))?;
     let hop = match after("via") {
-        Some(gw) => gw.parse().map_err(|_| NeighborError::Route(target, route.clone()))?,
+        Some(gw) => gw
+            .parse()
+            .map_err(|_| NeighborError::Route(target, route.clone()))?,
         None => target,
     };
     Ok((hop, (*dev).to_owned()))

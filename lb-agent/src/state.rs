@@ -42,7 +42,12 @@ pub enum StateError {
     NoPort(IpAddr, String),
     /// The target's address family differs from the group's listeners (no NAT46/64).
     #[error("target {target} is IPv{got} but group `{group}` serves IPv{want} listeners")]
-    Family { group: String, target: SocketAddr, got: u8, want: u8 },
+    Family {
+        group: String,
+        target: SocketAddr,
+        got: u8,
+        want: u8,
+    },
     /// A weight outside 0..=1000.
     #[error("weight {0} is out of range 0..=1000")]
     Weight(u32),
@@ -53,7 +58,9 @@ pub enum StateError {
     #[error("no free backend id (at most {MAX_BACKENDS} backends)")]
     BackendsFull,
     /// No full-NAT source address for a family a listener uses.
-    #[error("no IPv{0} full-NAT source address: set agent.snat_addresses or give the interface one")]
+    #[error(
+        "no IPv{0} full-NAT source address: set agent.snat_addresses or give the interface one"
+    )]
     NoSnatAddress(u8),
 }
 
@@ -100,7 +107,11 @@ pub struct CountersView {
 
 impl From<Counters> for CountersView {
     fn from(c: Counters) -> Self {
-        Self { packets: c.packets, bytes: c.bytes, new_flows: c.new_flows }
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+        }
     }
 }
 
@@ -186,7 +197,10 @@ impl State {
                 settings.has_snat_v6 = 1;
             }
         }
-        let mut state = State { next_backend_id: 1, ..State::default() };
+        let mut state = State {
+            next_backend_id: 1,
+            ..State::default()
+        };
         for (id, group) in (0u32..).zip(&config.target_groups) {
             let flags = match group.stickiness {
                 Some(Stickiness::SourceIp) => group_flags::STICKY_SOURCE_IP,
@@ -199,14 +213,29 @@ impl State {
                 .map(|l| family_of(l.address));
             state.groups.insert(
                 group.name.clone(),
-                GroupState { id, port: group.port, flags, family, targets: Vec::new(), active_slot: 0 },
+                GroupState {
+                    id,
+                    port: group.port,
+                    flags,
+                    family,
+                    targets: Vec::new(),
+                    active_slot: 0,
+                },
             );
         }
         for listener in &config.listeners {
             let family = family_of(listener.address);
-            let has_snat = if family == FAMILY_V4 { settings.has_snat_v4 } else { settings.has_snat_v6 };
+            let has_snat = if family == FAMILY_V4 {
+                settings.has_snat_v4
+            } else {
+                settings.has_snat_v6
+            };
             if has_snat == 0 && listener.protocol.is_l4() {
-                return Err(StateError::NoSnatAddress(if family == FAMILY_V4 { 4 } else { 6 }));
+                return Err(StateError::NoSnatAddress(if family == FAMILY_V4 {
+                    4
+                } else {
+                    6
+                }));
             }
         }
         dp.set_settings(&settings)?;
@@ -215,7 +244,10 @@ impl State {
                 .targets
                 .iter()
                 .map(|t| {
-                    let port = t.port.or(group.port).ok_or(StateError::NoPort(t.address, group.name.clone()))?;
+                    let port = t
+                        .port
+                        .or(group.port)
+                        .ok_or(StateError::NoPort(t.address, group.name.clone()))?;
                     Ok((SocketAddr::new(t.address, port), t.weight))
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -225,7 +257,9 @@ impl State {
             state.publish(dp, &group.name)?;
         }
         for (id, listener) in (0u32..).zip(&config.listeners) {
-            let Some(group) = listener.forward_group() else { continue };
+            let Some(group) = listener.forward_group() else {
+                continue;
+            };
             let group_id = state.groups[group].id;
             let kind = if listener.protocol.is_l4() {
                 listener_kind::L4_NAT
@@ -234,11 +268,25 @@ impl State {
             };
             let (addr, family) = addr_of(listener.address);
             for &proto in protocols(listener.protocol) {
-                let key = ListenerKey { addr, port: listener.port.to_be(), proto, family };
-                let info = ListenerInfo { listener_id: id, group_id, kind, _pad: [0; 3] };
+                let key = ListenerKey {
+                    addr,
+                    port: listener.port.to_be(),
+                    proto,
+                    family,
+                };
+                let info = ListenerInfo {
+                    listener_id: id,
+                    group_id,
+                    kind,
+                    _pad: [0; 3],
+                };
                 dp.set_listener(&key, &info)?;
             }
-            dp.set_vip(&VipKey { addr, family, _pad: [0; 3] })?;
+            dp.set_vip(&VipKey {
+                addr,
+                family,
+                _pad: [0; 3],
+            })?;
             state.listeners.push(ListenerState {
                 id,
                 name: listener.name.clone(),
@@ -251,18 +299,35 @@ impl State {
     }
 
     /// Registers a target in a group (without publishing the group's table).
-    fn register(&mut self, dp: &mut Dataplane, group_name: &str, address: SocketAddr, weight: u32) -> Result<()> {
+    fn register(
+        &mut self,
+        dp: &mut Dataplane,
+        group_name: &str,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Result<()> {
         if weight > MAX_WEIGHT {
             return Err(StateError::Weight(weight));
         }
-        let group = self.groups.get(group_name).ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let group = self
+            .groups
+            .get(group_name)
+            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
         if group.targets.iter().any(|t| t.address == address) {
-            return Err(StateError::Duplicate { group: group_name.to_owned(), target: address });
+            return Err(StateError::Duplicate {
+                group: group_name.to_owned(),
+                target: address,
+            });
         }
         if let Some(want) = group.family {
             let got = family_of(address.ip());
             if got != want {
-                return Err(StateError::Family { group: group_name.to_owned(), target: address, got, want });
+                return Err(StateError::Family {
+                    group: group_name.to_owned(),
+                    target: address,
+                    got,
+                    want,
+                });
             }
         }
         let backend_id = match self.backends.get_mut(&address) {
@@ -280,49 +345,100 @@ impl State {
                     None => return Err(StateError::BackendsFull),
                 };
                 let (addr, family) = addr_of(address.ip());
-                dp.set_backend(id, &Backend { addr, port: address.port().to_be(), family, _pad: 0 })?;
+                dp.set_backend(
+                    id,
+                    &Backend {
+                        addr,
+                        port: address.port().to_be(),
+                        family,
+                        _pad: 0,
+                    },
+                )?;
                 self.backends.insert(address, (id, 1));
                 id
             }
         };
-        let group = self.groups.get_mut(group_name).ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
-        group.targets.push(TargetEntry { address, weight, backend_id });
+        let group = self
+            .groups
+            .get_mut(group_name)
+            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        group.targets.push(TargetEntry {
+            address,
+            weight,
+            backend_id,
+        });
         Ok(())
     }
 
     /// Builds the group's table into its idle slot, then flips the active slot.
     fn publish(&mut self, dp: &mut Dataplane, group_name: &str) -> Result<()> {
-        let group = self.groups.get_mut(group_name).ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let group = self
+            .groups
+            .get_mut(group_name)
+            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
         let size = dp.maglev_size();
         let table: Vec<u32> = if group.targets.iter().all(|t| t.weight == 0) {
             // No target may receive new flows: an empty table (0 = no backend) drops them.
             vec![0; size as usize]
         } else {
-            let keys: Vec<String> = group.targets.iter().map(|t| t.address.to_string()).collect();
+            let keys: Vec<String> = group
+                .targets
+                .iter()
+                .map(|t| t.address.to_string())
+                .collect();
             let targets: Vec<MaglevTarget<'_>> = keys
                 .iter()
                 .zip(&group.targets)
-                .map(|(key, t)| MaglevTarget { key: key.as_bytes(), weight: t.weight })
+                .map(|(key, t)| MaglevTarget {
+                    key: key.as_bytes(),
+                    weight: t.weight,
+                })
                 .collect();
             let built = MaglevTable::build(&targets, size)?;
-            built.slots().iter().map(|&i| group.targets[i as usize].backend_id).collect()
+            built
+                .slots()
+                .iter()
+                .map(|&i| group.targets[i as usize].backend_id)
+                .collect()
         };
         let idle = 1 - group.active_slot;
         dp.write_maglev(group.id, idle, &table)?;
-        dp.set_group(group.id, &GroupInfo { active_slot: idle, flags: group.flags })?;
+        dp.set_group(
+            group.id,
+            &GroupInfo {
+                active_slot: idle,
+                flags: group.flags,
+            },
+        )?;
         group.active_slot = idle;
         Ok(())
     }
 
     /// The port a target given without one gets: the group's default port.
-    pub fn resolve_target(&self, group_name: &str, ip: IpAddr, port: Option<u16>) -> Result<SocketAddr> {
-        let group = self.groups.get(group_name).ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
-        let port = port.or(group.port).ok_or_else(|| StateError::NoPort(ip, group_name.to_owned()))?;
+    pub fn resolve_target(
+        &self,
+        group_name: &str,
+        ip: IpAddr,
+        port: Option<u16>,
+    ) -> Result<SocketAddr> {
+        let group = self
+            .groups
+            .get(group_name)
+            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let port = port
+            .or(group.port)
+            .ok_or_else(|| StateError::NoPort(ip, group_name.to_owned()))?;
         Ok(SocketAddr::new(ip, port))
     }
 
     /// Registers a target live: new flows may reach it at once.
-    pub fn add_target(&mut self, dp: &mut Dataplane, group: &str, address: SocketAddr, weight: u32) -> Result<()> {
+    pub fn add_target(
+        &mut self,
+        dp: &mut Dataplane,
+        group: &str,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Result<()> {
         self.register(dp, group, address, weight)?;
         if let Err(e) = self.publish(dp, group) {
             // Nothing half-applied: forget the registration again.
@@ -333,7 +449,12 @@ impl State {
     }
 
     /// Deregisters a target live: it gets no new flows; its established flows stay.
-    pub fn remove_target(&mut self, dp: &mut Dataplane, group: &str, address: SocketAddr) -> Result<()> {
+    pub fn remove_target(
+        &mut self,
+        dp: &mut Dataplane,
+        group: &str,
+        address: SocketAddr,
+    ) -> Result<()> {
         let entry = self.unregister(group, address)?;
         if let Err(e) = self.publish(dp, group) {
             if let Some(g) = self.groups.get_mut(group) {
@@ -345,12 +466,18 @@ impl State {
     }
 
     fn unregister(&mut self, group_name: &str, address: SocketAddr) -> Result<TargetEntry> {
-        let group = self.groups.get_mut(group_name).ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let group = self
+            .groups
+            .get_mut(group_name)
+            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
         let index = group
             .targets
             .iter()
             .position(|t| t.address == address)
-            .ok_or_else(|| StateError::NoTarget { group: group_name.to_owned(), target: address })?;
+            .ok_or_else(|| StateError::NoTarget {
+                group: group_name.to_owned(),
+                target: address,
+            })?;
         let entry = group.targets.remove(index);
         if let Some((id, users)) = self.backends.get_mut(&address) {
             *users -= 1;
@@ -409,7 +536,12 @@ impl State {
             .zip(lb_common::verdict::NAMES)
             .map(|(count, name)| (name.to_owned(), *count))
             .collect();
-        Ok(StatsView { listeners, targets: self.targets(dp, None)?, verdicts, flows: dp.flows()?.len() })
+        Ok(StatsView {
+            listeners,
+            targets: self.targets(dp, None)?,
+            verdicts,
+            flows: dp.flows()?.len(),
+        })
     }
 
     /// The group's backend ids in slot order of its active table (for tests).

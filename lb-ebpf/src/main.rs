@@ -20,12 +20,12 @@ mod headers;
 mod maps;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     macros::xdp,
     maps::PerCpuArray,
     programs::XdpContext,
-    EbpfContext as _,
 };
 use headers::{
     ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr,
@@ -33,14 +33,15 @@ use headers::{
 };
 use lb_common::{
     Addr, Counters, FAMILY_V4, FAMILY_V6, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey,
-    PROTO_TCP, PROTO_UDP, ReverseFlow, Settings, VipKey, checksum::Delta, group_flags,
+    PROTO_TCP, PROTO_UDP, ReverseFlow, Settings, VipKey,
+    checksum::Delta,
+    group_flags,
     hash::{flow_hash, source_hash},
     listener_kind, verdict,
 };
 use maps::{
-    SCRATCH,
-    BACKEND_STATS, BACKENDS, CONNTRACK, GROUPS, LISTENER_STATS, LISTENERS, MAGLEV, SETTINGS, SNAT,
-    TX_PORTS, VERDICTS, VIPS,
+    BACKEND_STATS, BACKENDS, CONNTRACK, GROUPS, LISTENER_STATS, LISTENERS, MAGLEV, SCRATCH,
+    SETTINGS, SNAT, TX_PORTS, VERDICTS, VIPS,
 };
 
 /// How many SNAT source ports a new flow tries before it is dropped.
@@ -55,11 +56,17 @@ struct Verdict {
 
 impl Verdict {
     const fn pass(reason: u32) -> Self {
-        Self { action: xdp_action::XDP_PASS, reason }
+        Self {
+            action: xdp_action::XDP_PASS,
+            reason,
+        }
     }
 
     const fn drop(reason: u32) -> Self {
-        Self { action: xdp_action::XDP_DROP, reason }
+        Self {
+            action: xdp_action::XDP_DROP,
+            reason,
+        }
     }
 }
 
@@ -199,7 +206,10 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Parsed {
 /// IPv6 extension headers (RFC 8200 §4, and those IANA lists since).
 #[inline(always)]
 fn is_extension_header(next_header: u8) -> bool {
-    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+    matches!(
+        next_header,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
 }
 
 #[inline(always)]
@@ -375,9 +385,13 @@ fn new_flow(
     replace: bool,
 ) -> Result<*const Flow, Verdict> {
     let (backend_id, hash) = pick_backend(listener, &scratch.key)?;
-    let settings = SETTINGS.get(0).ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
+    let settings = SETTINGS
+        .get(0)
+        .ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
     let key = &scratch.key;
-    let backend = BACKENDS.get(backend_id).ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
+    let backend = BACKENDS
+        .get(backend_id)
+        .ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
     let snat_addr = snat_addr(settings, key.family).ok_or(Verdict::drop(verdict::DROP_NO_SNAT))?;
     // Field by field, into per-CPU memory: struct literals would be built on the stack.
     let reverse = &mut scratch.reverse;
@@ -404,7 +418,10 @@ fn new_flow(
     flow.backend_id = backend_id;
     flow.listener_id = listener.listener_id;
     let flags = if replace { BPF_ANY } else { BPF_NOEXIST };
-    if CONNTRACK.insert(&scratch.key, &scratch.flow, u64::from(flags)).is_err() {
+    if CONNTRACK
+        .insert(&scratch.key, &scratch.flow, u64::from(flags))
+        .is_err()
+    {
         // Another CPU created this flow first (or the table refused): undo our claim and
         // follow the winner, so both directions agree on one SNAT port.
         let _ = SNAT.remove(&scratch.reverse_key);
@@ -435,7 +452,10 @@ fn claim_snat_port(
         // A prime stride, so retries scatter instead of probing a crowded neighbourhood.
         let port = ((min + (start + attempt * 7919) % span) as u16).to_be();
         reverse_key.dport = port;
-        if SNAT.insert(&*reverse_key, reverse, u64::from(BPF_NOEXIST)).is_ok() {
+        if SNAT
+            .insert(&*reverse_key, reverse, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
             return Some(port);
         }
     }
@@ -564,7 +584,11 @@ fn send(
 ) -> Verdict {
     let ingress = ctx.ingress_ifindex() as u32;
     // Field by field, into per-CPU memory: a struct literal would be built on the stack.
-    fib.family = if key.family == FAMILY_V4 { AF_INET } else { AF_INET6 };
+    fib.family = if key.family == FAMILY_V4 {
+        AF_INET
+    } else {
+        AF_INET6
+    };
     fib.l4_protocol = key.proto;
     fib.sport = 0;
     fib.dport = 0;
@@ -579,7 +603,12 @@ fn send(
     fib.smac = [0; 6];
     fib.dmac = [0; 6];
     let rc = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), (fib as *mut FibParams).cast(), size_of::<FibParams>() as i32, 0)
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            (fib as *mut FibParams).cast(),
+            size_of::<FibParams>() as i32,
+            0,
+        )
     };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
@@ -594,7 +623,10 @@ fn send(
         (*eth).src = fib.smac;
     }
     if fib.ifindex == ingress {
-        return Verdict { action: xdp_action::XDP_TX, reason };
+        return Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+        };
     }
     let action = match TX_PORTS.redirect(fib.ifindex, 0) {
         Ok(action) => action,

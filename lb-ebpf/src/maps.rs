@@ -38,8 +38,7 @@ pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(C
 
 /// Backend → SNAT address flow → the client flow it belongs to (the reverse NAT index).
 #[map]
-pub static SNAT: LruHashMap<FlowKey, ReverseFlow> =
-    LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+pub static SNAT: LruHashMap<FlowKey, ReverseFlow> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
 
 /// `[0]`: data-plane settings.
 #[map]

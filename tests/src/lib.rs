@@ -67,8 +67,18 @@ pub fn mac_of(last: u8) -> [u8; 6] {
 }
 
 fn ip(ns: &str, args: &[&str]) {
-    let out = Command::new("ip").arg("-n").arg(ns).args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip -n {ns} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A network namespace that the current thread enters, left and deleted on drop.
@@ -80,8 +90,15 @@ struct NetNs {
 impl NetNs {
     fn enter(name: String) -> Self {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("ip netns add");
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let original = File::open("/proc/thread-self/ns/net").expect("open own netns");
         let target = File::open(format!("/run/netns/{name}")).expect("open new netns");
         // SAFETY: setns on this thread with a valid namespace fd.
@@ -95,7 +112,9 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         // SAFETY: back to the namespace we came from.
         unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -120,14 +139,26 @@ impl TestBed {
 
     /// A bed programmed from `toml`.
     pub fn with_config(toml: &str) -> Self {
-        let name = format!("lbtr{}-{}", std::process::id(), BED_SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "lbtr{}-{}",
+            std::process::id(),
+            BED_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let ns = NetNs::enter(name.clone());
         ip(&name, &["link", "set", "lo", "up"]);
-        ip(&name, &["link", "add", "lbt0", "type", "veth", "peer", "name", "lbt1"]);
+        ip(
+            &name,
+            &[
+                "link", "add", "lbt0", "type", "veth", "peer", "name", "lbt1",
+            ],
+        );
         ip(&name, &["link", "set", "lbt0", "up"]);
         ip(&name, &["link", "set", "lbt1", "up"]);
         ip(&name, &["addr", "add", "198.18.0.1/24", "dev", "lbt0"]);
-        ip(&name, &["addr", "add", "fd00:198:18::1/64", "dev", "lbt0", "nodad"]);
+        ip(
+            &name,
+            &["addr", "add", "fd00:198:18::1/64", "dev", "lbt0", "nodad"],
+        );
         // Lab hosts .10 (client) and .21-.23 (backends); a host's MAC ends in its address's
         // last byte (IPv6 ::21 is 0x21).
         for host in ["10", "21", "22", "23"] {
@@ -137,8 +168,25 @@ impl TestBed {
                     IpAddr::V4(v4) => v4.octets()[3],
                     IpAddr::V6(v6) => v6.octets()[15],
                 };
-                let mac = mac_of(last).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-                ip(&name, &["neigh", "add", &addr, "lladdr", &mac, "dev", "lbt0", "nud", "permanent"]);
+                let mac = mac_of(last)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                ip(
+                    &name,
+                    &[
+                        "neigh",
+                        "add",
+                        &addr,
+                        "lladdr",
+                        &mac,
+                        "dev",
+                        "lbt0",
+                        "nud",
+                        "permanent",
+                    ],
+                );
             }
         }
         let ifindex = {
@@ -148,11 +196,19 @@ impl TestBed {
         };
         assert_ne!(ifindex, 0, "lbt0 not found in {name}");
         lb_agent::dataplane::enable_forwarding("lbt0").expect("enable forwarding");
-        let config = Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
-        let mut dataplane = Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
+        let config =
+            Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
+        let mut dataplane =
+            Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
         let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();
         let state = State::apply(&config, &snat, &mut dataplane).expect("program maps");
-        Self { dataplane, state, config, ifindex, _ns: ns }
+        Self {
+            dataplane,
+            state,
+            config,
+            ifindex,
+            _ns: ns,
+        }
     }
 
     /// Runs the load balancer once on `frame` as if it arrived on the bed's NIC.
@@ -162,7 +218,12 @@ impl TestBed {
     }
 
     /// Runs program `name` `repeat` times on `frame`; also returns the mean ns per run.
-    pub fn run_program(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> ((u32, Vec<u8>), f64) {
+    pub fn run_program(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> ((u32, Vec<u8>), f64) {
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
         let mut data = frame.to_vec();
         if data.len() < 14 {
@@ -189,7 +250,12 @@ impl TestBed {
 
     /// The backend the program should pick for a new flow from `key`, predicted from the
     /// agent's Maglev table in the maps and `lb_common`'s hash.
-    pub fn predict_backend(&self, group: &str, key: &lb_common::FlowKey, sticky: bool) -> SocketAddr {
+    pub fn predict_backend(
+        &self,
+        group: &str,
+        key: &lb_common::FlowKey,
+        sticky: bool,
+    ) -> SocketAddr {
         let group_id = self.state.group_id(group).expect("group");
         let info = self.dataplane.group(group_id).expect("group entry");
         let hash = if sticky {
@@ -199,7 +265,11 @@ impl TestBed {
         };
         let id = self
             .dataplane
-            .maglev_entry(group_id, info.active_slot, hash % self.dataplane.maglev_size())
+            .maglev_entry(
+                group_id,
+                info.active_slot,
+                hash % self.dataplane.maglev_size(),
+            )
             .expect("maglev entry");
         self.state
             .targets(&self.dataplane, Some(group))

@@ -57,7 +57,10 @@ impl Frame {
 
     /// A UDP datagram.
     pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
-        Self { proto: 17, ..Self::tcp(src, sport, dst, dport) }
+        Self {
+            proto: 17,
+            ..Self::tcp(src, sport, dst, dport)
+        }
     }
 
     /// Offset of the IP header.
@@ -81,7 +84,24 @@ impl Frame {
         l4.extend(self.dport.to_be_bytes());
         match self.proto {
             6 => {
-                l4.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+                l4.extend([
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x50,
+                    self.tcp_flags,
+                    0xff,
+                    0xff,
+                    0,
+                    0,
+                    0,
+                    0,
+                ]);
             }
             17 => {
                 l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
@@ -185,7 +205,8 @@ pub fn inspect(bytes: &[u8], like: &Frame) -> Result<Seen, String> {
     dst_mac.copy_from_slice(&bytes[0..6]);
     src_mac.copy_from_slice(&bytes[6..12]);
     let (src, dst): (IpAddr, IpAddr) = if like.src.is_ipv4() {
-        let ip = etherparse::Ipv4HeaderSlice::from_slice(&bytes[l3..]).map_err(|e| e.to_string())?;
+        let ip =
+            etherparse::Ipv4HeaderSlice::from_slice(&bytes[l3..]).map_err(|e| e.to_string())?;
         let header = ip.to_header();
         if header.calc_header_checksum() != header.header_checksum {
             return Err(format!(
@@ -194,9 +215,13 @@ pub fn inspect(bytes: &[u8], like: &Frame) -> Result<Seen, String> {
                 header.calc_header_checksum()
             ));
         }
-        (IpAddr::from(header.source), IpAddr::from(header.destination))
+        (
+            IpAddr::from(header.source),
+            IpAddr::from(header.destination),
+        )
     } else {
-        let ip = etherparse::Ipv6HeaderSlice::from_slice(&bytes[l3..]).map_err(|e| e.to_string())?;
+        let ip =
+            etherparse::Ipv6HeaderSlice::from_slice(&bytes[l3..]).map_err(|e| e.to_string())?;
         (IpAddr::from(ip.source()), IpAddr::from(ip.destination()))
     };
     let l4_bytes = &bytes[l4..];
@@ -210,25 +235,48 @@ pub fn inspect(bytes: &[u8], like: &Frame) -> Result<Seen, String> {
             }
             .map_err(|e| e.to_string())?;
             if want != tcp.checksum() {
-                return Err(format!("TCP checksum {:#06x}, should be {want:#06x}", tcp.checksum()));
+                return Err(format!(
+                    "TCP checksum {:#06x}, should be {want:#06x}",
+                    tcp.checksum()
+                ));
             }
-            (tcp.source_port(), tcp.destination_port(), tcp.payload().to_vec())
+            (
+                tcp.source_port(),
+                tcp.destination_port(),
+                tcp.payload().to_vec(),
+            )
         }
         17 => {
-            let (udp, rest) = etherparse::UdpHeader::from_slice(l4_bytes).map_err(|e| e.to_string())?;
+            let (udp, rest) =
+                etherparse::UdpHeader::from_slice(l4_bytes).map_err(|e| e.to_string())?;
             let want = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => udp.calc_checksum_ipv4_raw(s.octets(), d.octets(), rest),
-                (IpAddr::V6(s), IpAddr::V6(d)) => udp.calc_checksum_ipv6_raw(s.octets(), d.octets(), rest),
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    udp.calc_checksum_ipv4_raw(s.octets(), d.octets(), rest)
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    udp.calc_checksum_ipv6_raw(s.octets(), d.octets(), rest)
+                }
                 _ => return Err("mixed families".into()),
             }
             .map_err(|e| e.to_string())?;
             let no_checksum_ok = src.is_ipv4() && udp.checksum == 0;
             if want != udp.checksum && !no_checksum_ok {
-                return Err(format!("UDP checksum {:#06x}, should be {want:#06x}", udp.checksum));
+                return Err(format!(
+                    "UDP checksum {:#06x}, should be {want:#06x}",
+                    udp.checksum
+                ));
             }
             (udp.source_port, udp.destination_port, rest.to_vec())
         }
         _ => return Err("not TCP/UDP".into()),
     };
-    Ok(Seen { src_mac, dst_mac, src, dst, sport, dport, payload })
+    Ok(Seen {
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        sport,
+        dport,
+        payload,
+    })
 }

@@ -19,13 +19,21 @@ fn agent_binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
     let bin = target.join("debug/lb-agent");
-    assert!(bin.exists(), "{} missing: run `cargo build -p lb-agent` (cargo xtask test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p lb-agent` (cargo xtask test does)",
+        bin.display()
+    );
     bin
 }
 
 /// A lab with backends serving, and an agent running `config`.
 fn lab_with_agent(tag: &str, backends: usize, config: &str) -> (Lab, LabAgent) {
-    let lab = Lab::up(LabSpec { name: Lab::unique_name(tag), backends }).expect("lab up");
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name(tag),
+        backends,
+    })
+    .expect("lab up");
     lab::start_backend_servers(&lab).expect("backend servers");
     let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
     std::fs::write(&path, config).expect("write config");
@@ -66,16 +74,20 @@ protocol = "tcp"
 default_action = { forward = "echo" }
 "#;
 
-/// `count` short connections from the client to VIP:80; who greeted each.
-fn short_connections(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
+/// `count` short connections from the client to VIP:80, from source ports `first_port`,
+/// `first_port + 1`, ... (fixed ports: the spread they get is the hash's, not the kernel's
+/// port choice); who greeted each.
+fn short_connections(lab: &Lab, first_port: u16, count: usize) -> BTreeMap<String, usize> {
     let script = format!(
         "import socket\n\
          for i in range({count}):\n\
-         \x20   s = socket.create_connection(('{VIP4}', 80), timeout=5)\n\
+         \x20   s = socket.create_connection(('{VIP4}', 80), timeout=5, source_address=('', {first_port} + i))\n\
          \x20   print(s.makefile('r').readline().strip(), flush=True)\n\
          \x20   s.close()\n"
     );
-    let out = lab.run(lab.client(), &["python3", "-c", &script]).expect("short connections");
+    let out = lab
+        .run(lab.client(), &["python3", "-c", &script])
+        .expect("short connections");
     let mut served = BTreeMap::new();
     for line in out.lines() {
         *served.entry(line.to_owned()).or_insert(0) += 1;
@@ -87,7 +99,9 @@ fn short_connections(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
 fn iperf3(lab: &Lab, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["iperf3", "-c", "198.18.1.100", "-p", "5201", "-J"];
     args.extend(extra);
-    let out = lab.run(lab.client(), &args).expect("iperf3 through the VIP");
+    let out = lab
+        .run(lab.client(), &args)
+        .expect("iperf3 through the VIP");
     serde_json::from_str(&out).expect("iperf3 JSON")
 }
 
@@ -95,13 +109,26 @@ fn iperf3(lab: &Lab, extra: &[&str]) -> serde_json::Value {
 fn iperf3_tcp_and_udp_through_the_vip_reach_the_backends() {
     let (lab, agent) = lab_with_agent("tu", 3, CONFIG);
     let tcp = iperf3(&lab, &["-t", "3"]);
-    let sent = tcp["end"]["sum_sent"]["bytes"].as_u64().expect("bytes sent");
-    let received = tcp["end"]["sum_received"]["bytes"].as_u64().expect("bytes received");
-    assert!(received > 1_000_000 && received == sent, "tcp: sent {sent}, received {received}");
+    let sent = tcp["end"]["sum_sent"]["bytes"]
+        .as_u64()
+        .expect("bytes sent");
+    let received = tcp["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .expect("bytes received");
+    // iperf3 stops its clock with bytes still in flight: the server's count trails a little.
+    assert!(
+        received > 1_000_000 && received as f64 >= sent as f64 * 0.98,
+        "tcp: sent {sent}, received {received}"
+    );
     let udp = iperf3(&lab, &["-u", "-b", "50M", "-t", "2"]);
     let packets = udp["end"]["sum"]["packets"].as_u64().expect("udp packets");
-    let lost = udp["end"]["sum"]["lost_percent"].as_f64().expect("udp loss");
-    assert!(packets > 1000 && lost < 5.0, "udp: {packets} packets, {lost}% lost");
+    let lost = udp["end"]["sum"]["lost_percent"]
+        .as_f64()
+        .expect("udp loss");
+    assert!(
+        packets > 1000 && lost < 5.0,
+        "udp: {packets} packets, {lost}% lost"
+    );
     // The agent saw it all go through one backend of the sticky group.
     let targets = agent.targets().expect("targets");
     let iperf_bytes: Vec<u64> = targets
@@ -111,17 +138,28 @@ fn iperf3_tcp_and_udp_through_the_vip_reach_the_backends() {
         .filter(|t| t["group"] == "iperf")
         .map(|t| t["counters"]["bytes"].as_u64().unwrap_or(0))
         .collect();
-    assert_eq!(iperf_bytes.iter().filter(|b| **b > 0).count(), 1, "sticky group used several backends: {iperf_bytes:?}");
-    assert!(iperf_bytes.iter().sum::<u64>() >= received, "{iperf_bytes:?} < {received}");
+    assert_eq!(
+        iperf_bytes.iter().filter(|b| **b > 0).count(),
+        1,
+        "sticky group used several backends: {iperf_bytes:?}"
+    );
+    assert!(
+        iperf_bytes.iter().sum::<u64>() >= received,
+        "{iperf_bytes:?} < {received}"
+    );
 }
 
 #[test]
 fn short_connections_spread_evenly_over_three_backends() {
     let (lab, _agent) = lab_with_agent("sp", 3, CONFIG);
-    let served = short_connections(&lab, 300);
+    let served = short_connections(&lab, 20000, 300);
+    println!("300 connections: {served:?}");
     assert_eq!(served.len(), 3, "{served:?}");
     for (backend, n) in &served {
-        assert!((75..=125).contains(n), "{backend} served {n} of 300: {served:?}");
+        assert!(
+            (75..=125).contains(n),
+            "{backend} served {n} of 300: {served:?}"
+        );
     }
 }
 
@@ -155,21 +193,40 @@ fn removing_a_target_keeps_established_flows_and_stops_its_new_flows() {
         .expect("long-lived client");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let serving = lines.next().expect("greeting").expect("read greeting");
-    let index: usize = serving.trim_start_matches('b').parse().expect("backend name like b2");
+    let index: usize = serving
+        .trim_start_matches('b')
+        .parse()
+        .expect("backend name like b2");
     // Remove another backend of the same group while the flow runs.
     let victim = lab.backends()[index % 3].clone();
     let victim_name = format!("b{}", index % 3 + 1);
     assert_ne!(victim_name, serving);
     agent
-        .cli(&["targets", "remove", "--group", "echo", &format!("{}:8080", victim.v4)])
+        .cli(&[
+            "targets",
+            "remove",
+            "--group",
+            "echo",
+            &format!("{}:8080", victim.v4),
+        ])
         .expect("remove target");
-    let served = short_connections(&lab, 100);
-    assert!(!served.contains_key(&victim_name), "{victim_name} got new flows after removal: {served:?}");
+    let served = short_connections(&lab, 21000, 100);
+    assert!(
+        !served.contains_key(&victim_name),
+        "{victim_name} got new flows after removal: {served:?}"
+    );
     // The client bounds itself: 6 s of echoing, 5 s socket timeouts.
     let result = lines.next().expect("result line").expect("read result");
     let status = child.wait().expect("client exit");
-    assert!(status.success() && result.starts_with("OK"), "long-lived flow: {result} ({status})");
-    let bytes: u64 = result.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("byte count");
+    assert!(
+        status.success() && result.starts_with("OK"),
+        "long-lived flow: {result} ({status})"
+    );
+    let bytes: u64 = result
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("byte count");
     assert!(bytes > 100_000, "only {bytes} bytes echoed");
 }
 
@@ -181,23 +238,38 @@ fn adding_a_target_live_brings_it_new_flows() {
     );
     assert_ne!(two_targets, CONFIG);
     let (lab, agent) = lab_with_agent("ad", 3, &two_targets);
-    let before = short_connections(&lab, 60);
+    let before = short_connections(&lab, 22000, 60);
     assert!(!before.contains_key("b3"), "{before:?}");
-    agent.cli(&["targets", "add", "--group", "echo", "198.18.0.23"]).expect("add target");
-    let after = short_connections(&lab, 90);
+    agent
+        .cli(&["targets", "add", "--group", "echo", "198.18.0.23"])
+        .expect("add target");
+    let after = short_connections(&lab, 23000, 90);
     let b3 = after.get("b3").copied().unwrap_or(0);
-    assert!(b3 >= 15, "b3 got {b3} of 90 new flows after being added: {after:?}");
+    assert!(
+        b3 >= 15,
+        "b3 got {b3} of 90 new flows after being added: {after:?}"
+    );
 }
 
 #[test]
 fn the_lab_is_removed_even_when_a_test_panics() {
     let name = Lab::unique_name("pn");
     let result = std::panic::catch_unwind(|| {
-        let _lab = Lab::up(LabSpec { name: name.clone(), backends: 1 }).expect("lab up");
+        let _lab = Lab::up(LabSpec {
+            name: name.clone(),
+            backends: 1,
+        })
+        .expect("lab up");
         panic!("a failing test");
     });
     assert!(result.is_err());
-    let list = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(!list.contains(&format!("{name}-")), "namespaces left: {list}");
+    assert!(
+        !list.contains(&format!("{name}-")),
+        "namespaces left: {list}"
+    );
 }

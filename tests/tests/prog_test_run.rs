@@ -30,16 +30,34 @@ fn last_octet(ip: IpAddr) -> u8 {
 
 /// Sends a client frame through the bed and checks the full-NAT rewrite: the predicted
 /// backend, our SNAT source, valid checksums, the payload intact, the next hop's MAC.
-fn assert_forwarded(bed: &mut TestBed, name: &str, group: &str, frame: &Frame, snat: IpAddr) -> SocketAddr {
+fn assert_forwarded(
+    bed: &mut TestBed,
+    name: &str,
+    group: &str,
+    frame: &Frame,
+    snat: IpAddr,
+) -> SocketAddr {
     let want = bed.predict_backend(group, &flow_key(frame), false);
     let (action, out) = bed.run(&frame.build());
     assert_eq!(action, XDP_TX, "{name}: verdict");
     let seen = inspect(&out, frame).unwrap_or_else(|e| panic!("{name}: {e}\nout: {out:02x?}"));
-    assert_eq!(SocketAddr::new(seen.dst, seen.dport), want, "{name}: backend");
+    assert_eq!(
+        SocketAddr::new(seen.dst, seen.dport),
+        want,
+        "{name}: backend"
+    );
     assert_eq!(seen.src, snat, "{name}: SNAT source address");
-    assert!((1024..=32767).contains(&seen.sport), "{name}: SNAT port {} outside the range", seen.sport);
+    assert!(
+        (1024..=32767).contains(&seen.sport),
+        "{name}: SNAT port {} outside the range",
+        seen.sport
+    );
     assert_eq!(seen.payload, frame.payload, "{name}: payload");
-    assert_eq!(seen.dst_mac, mac_of(last_octet(want.ip())), "{name}: next-hop MAC");
+    assert_eq!(
+        seen.dst_mac,
+        mac_of(last_octet(want.ip())),
+        "{name}: next-hop MAC"
+    );
     want
 }
 
@@ -47,12 +65,48 @@ fn assert_forwarded(bed: &mut TestBed, name: &str, group: &str, frame: &Frame, s
 fn listener_hits_are_rewritten_to_the_predicted_backend_with_valid_checksums() {
     let mut bed = TestBed::new();
     let rows: Vec<(&str, &str, Frame, IpAddr)> = vec![
-        ("ipv4 tcp", "web", Frame::tcp(CLIENT4, 40000, VIP4, 80), SNAT4),
-        ("ipv4 udp", "dns", Frame::udp(CLIENT4, 40001, VIP4, 53), SNAT4),
-        ("ipv6 tcp", "web6", Frame::tcp(CLIENT6, 40002, VIP6, 80), SNAT6),
-        ("ipv6 udp", "web6", Frame::udp(CLIENT6, 40003, VIP6, 80), SNAT6),
-        ("ipv4 tcp, vlan tag", "web", Frame { vlan: Some(7), ..Frame::tcp(CLIENT4, 40004, VIP4, 80) }, SNAT4),
-        ("ipv4 udp, no checksum", "dns", Frame { udp_no_checksum: true, ..Frame::udp(CLIENT4, 40005, VIP4, 53) }, SNAT4),
+        (
+            "ipv4 tcp",
+            "web",
+            Frame::tcp(CLIENT4, 40000, VIP4, 80),
+            SNAT4,
+        ),
+        (
+            "ipv4 udp",
+            "dns",
+            Frame::udp(CLIENT4, 40001, VIP4, 53),
+            SNAT4,
+        ),
+        (
+            "ipv6 tcp",
+            "web6",
+            Frame::tcp(CLIENT6, 40002, VIP6, 80),
+            SNAT6,
+        ),
+        (
+            "ipv6 udp",
+            "web6",
+            Frame::udp(CLIENT6, 40003, VIP6, 80),
+            SNAT6,
+        ),
+        (
+            "ipv4 tcp, vlan tag",
+            "web",
+            Frame {
+                vlan: Some(7),
+                ..Frame::tcp(CLIENT4, 40004, VIP4, 80)
+            },
+            SNAT4,
+        ),
+        (
+            "ipv4 udp, no checksum",
+            "dns",
+            Frame {
+                udp_no_checksum: true,
+                ..Frame::udp(CLIENT4, 40005, VIP4, 53)
+            },
+            SNAT4,
+        ),
     ];
     for (name, group, frame, snat) in &rows {
         assert_forwarded(&mut bed, name, group, frame, *snat);
@@ -60,7 +114,11 @@ fn listener_hits_are_rewritten_to_the_predicted_backend_with_valid_checksums() {
     // A UDP datagram sent without a checksum still has none.
     let frame = &rows[5].2;
     let (_, out) = bed.run(&frame.build());
-    assert_eq!(&out[frame.l4() + 6..frame.l4() + 8], &[0, 0], "zero UDP checksum kept zero");
+    assert_eq!(
+        &out[frame.l4() + 6..frame.l4() + 8],
+        &[0, 0],
+        "zero UDP checksum kept zero"
+    );
     // The VLAN tag is kept.
     let frame = &rows[4].2;
     let (_, out) = bed.run(&frame.build());
@@ -92,8 +150,15 @@ fn replies_are_reverse_nated_to_the_client() {
         ("ipv4 udp", CLIENT4, VIP4, SNAT4, 17, "dns"),
         ("ipv6 tcp", CLIENT6, VIP6, SNAT6, 6, "web6"),
     ] {
-        let port = if proto == 17 && client.is_ipv4() { 53 } else { 80 };
-        let request = Frame { proto, ..Frame::tcp(client, 41000, vip, port) };
+        let port = if proto == 17 && client.is_ipv4() {
+            53
+        } else {
+            80
+        };
+        let request = Frame {
+            proto,
+            ..Frame::tcp(client, 41000, vip, port)
+        };
         let (action, out) = bed.run(&request.build());
         assert_eq!(action, XDP_TX, "{name}");
         let fwd = inspect(&out, &request).expect("request checksums");
@@ -109,8 +174,16 @@ fn replies_are_reverse_nated_to_the_client() {
         assert_eq!(action, XDP_TX, "{name}: reply verdict");
         let back = inspect(&out, &reply).unwrap_or_else(|e| panic!("{name}: reply {e}"));
         assert_eq!((back.src, back.sport), (vip, port), "{name}: reply source");
-        assert_eq!((back.dst, back.dport), (client, 41000), "{name}: reply destination");
-        assert_eq!(back.dst_mac, mac_of(last_octet(client)), "{name}: client MAC");
+        assert_eq!(
+            (back.dst, back.dport),
+            (client, 41000),
+            "{name}: reply destination"
+        );
+        assert_eq!(
+            back.dst_mac,
+            mac_of(last_octet(client)),
+            "{name}: client MAC"
+        );
         assert_eq!(back.payload, b"hello, client");
     }
 }
@@ -118,7 +191,9 @@ fn replies_are_reverse_nated_to_the_client() {
 #[test]
 fn established_flows_keep_their_backend_when_targets_change() {
     let mut bed = TestBed::new();
-    let frames: Vec<Frame> = (0..60).map(|i| Frame::tcp(CLIENT4, 42000 + i, VIP4, 80)).collect();
+    let frames: Vec<Frame> = (0..60)
+        .map(|i| Frame::tcp(CLIENT4, 42000 + i, VIP4, 80))
+        .collect();
     let first: Vec<(SocketAddr, u16)> = frames
         .iter()
         .map(|f| {
@@ -128,28 +203,55 @@ fn established_flows_keep_their_backend_when_targets_change() {
         })
         .collect();
     let removed: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
-    assert!(first.iter().any(|(b, _)| *b == removed), "no flow went to {removed}");
-    bed.state.remove_target(&mut bed.dataplane, "web", removed).expect("remove live");
+    assert!(
+        first.iter().any(|(b, _)| *b == removed),
+        "no flow went to {removed}"
+    );
+    bed.state
+        .remove_target(&mut bed.dataplane, "web", removed)
+        .expect("remove live");
     for (f, (backend, sport)) in frames.iter().zip(&first) {
-        let f = Frame { tcp_flags: ACK, ..f.clone() };
+        let f = Frame {
+            tcp_flags: ACK,
+            ..f.clone()
+        };
         let (_, out) = bed.run(&f.build());
         let s = inspect(&out, &f).expect("checksums");
-        assert_eq!((SocketAddr::new(s.dst, s.dport), s.sport), (*backend, *sport), "established flow moved");
+        assert_eq!(
+            (SocketAddr::new(s.dst, s.dport), s.sport),
+            (*backend, *sport),
+            "established flow moved"
+        );
     }
     // A new connection (SYN) that reuses the 5-tuple of a flow to the removed target goes to a
     // live target, not to the stale entry.
-    for (f, (backend, _)) in frames.iter().zip(&first).filter(|(_, (b, _))| *b == removed) {
+    for (f, (backend, _)) in frames
+        .iter()
+        .zip(&first)
+        .filter(|(_, (b, _))| *b == removed)
+    {
         let (_, out) = bed.run(&f.build());
         let s = inspect(&out, f).expect("checksums");
-        assert_ne!(SocketAddr::new(s.dst, s.dport), *backend, "SYN reused a stale flow");
-        assert_eq!(SocketAddr::new(s.dst, s.dport), bed.predict_backend("web", &flow_key(f), false));
+        assert_ne!(
+            SocketAddr::new(s.dst, s.dport),
+            *backend,
+            "SYN reused a stale flow"
+        );
+        assert_eq!(
+            SocketAddr::new(s.dst, s.dport),
+            bed.predict_backend("web", &flow_key(f), false)
+        );
     }
     // New flows avoid the removed target.
     for i in 0..100 {
         let f = Frame::tcp(CLIENT4, 43000 + i, VIP4, 80);
         let (_, out) = bed.run(&f.build());
         let s = inspect(&out, &f).expect("checksums");
-        assert_ne!(SocketAddr::new(s.dst, s.dport), removed, "new flow to a removed target");
+        assert_ne!(
+            SocketAddr::new(s.dst, s.dport),
+            removed,
+            "new flow to a removed target"
+        );
     }
 }
 
@@ -162,9 +264,15 @@ fn traffic_without_a_listener_passes_byte_identical() {
         Frame::udp(CLIENT4, 40000, VIP4, 80),
         Frame::tcp(CLIENT4, 40000, other, 22),
         Frame::udp(CLIENT6, 40000, VIP6, 81),
-        Frame { proto: 1, ..Frame::tcp(CLIENT4, 0, VIP4, 0) },
+        Frame {
+            proto: 1,
+            ..Frame::tcp(CLIENT4, 0, VIP4, 0)
+        },
         // A fragment to an address that is no VIP.
-        Frame { frag: 0x2000, ..Frame::tcp(CLIENT4, 40000, other, 80) },
+        Frame {
+            frag: 0x2000,
+            ..Frame::tcp(CLIENT4, 40000, other, 80)
+        },
     ];
     for frame in &rows {
         let bytes = frame.build();
@@ -172,7 +280,13 @@ fn traffic_without_a_listener_passes_byte_identical() {
         assert_eq!(action, XDP_PASS, "{frame:?}");
         assert_eq!(out, bytes, "{frame:?} was modified");
     }
-    let arp = [vec![0xff; 6], vec![2, 0, 0, 0, 0, 9], vec![0x08, 0x06], vec![0; 28]].concat();
+    let arp = [
+        vec![0xff; 6],
+        vec![2, 0, 0, 0, 0, 9],
+        vec![0x08, 0x06],
+        vec![0; 28],
+    ]
+    .concat();
     assert_eq!(bed.run(&arp), (XDP_PASS, arp.clone()));
 }
 
@@ -180,9 +294,27 @@ fn traffic_without_a_listener_passes_byte_identical() {
 fn fragments_and_extension_headers_to_a_vip_are_dropped() {
     let mut bed = TestBed::new();
     let rows = [
-        ("first fragment", Frame { frag: 0x2000, ..Frame::tcp(CLIENT4, 40000, VIP4, 80) }),
-        ("later fragment", Frame { frag: 0x0010, ..Frame::udp(CLIENT4, 40000, VIP4, 53) }),
-        ("ipv6 hop-by-hop", Frame { ipv6_hop_by_hop: true, ..Frame::tcp(CLIENT6, 40000, VIP6, 80) }),
+        (
+            "first fragment",
+            Frame {
+                frag: 0x2000,
+                ..Frame::tcp(CLIENT4, 40000, VIP4, 80)
+            },
+        ),
+        (
+            "later fragment",
+            Frame {
+                frag: 0x0010,
+                ..Frame::udp(CLIENT4, 40000, VIP4, 53)
+            },
+        ),
+        (
+            "ipv6 hop-by-hop",
+            Frame {
+                ipv6_hop_by_hop: true,
+                ..Frame::tcp(CLIENT6, 40000, VIP6, 80)
+            },
+        ),
     ];
     for (name, frame) in &rows {
         assert_eq!(bed.run(&frame.build()).0, XDP_DROP, "{name}");
@@ -207,7 +339,10 @@ fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
         Frame::tcp(CLIENT4, 40000, VIP4, 80),
         Frame::udp(CLIENT4, 40000, VIP4, 53),
         Frame::tcp(CLIENT6, 40000, VIP6, 80),
-        Frame { vlan: Some(3), ..Frame::udp(CLIENT6, 40000, VIP6, 80) },
+        Frame {
+            vlan: Some(3),
+            ..Frame::udp(CLIENT6, 40000, VIP6, 80)
+        },
     ];
     let mut rng = Rng(0x5eed_1b0a_7c0f_fee1);
     let mut runs = 0;
@@ -218,7 +353,10 @@ fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
             let (action, _) = bed.run(&bytes[..len]);
             runs += 1;
             assert_ne!(action, XDP_ABORTED, "truncated to {len}");
-            assert!(action == XDP_PASS || action == XDP_DROP, "truncated to {len}: verdict {action}");
+            assert!(
+                action == XDP_PASS || action == XDP_DROP,
+                "truncated to {len}: verdict {action}"
+            );
         }
         // Random corruption of the headers: never aborted.
         for _ in 0..300 {

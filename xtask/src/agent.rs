@@ -37,17 +37,28 @@ impl LabAgent {
             socket.to_str().context("socket path is not UTF-8")?,
         ];
         let pid = lab.spawn(lab.lb(), &args)?;
-        let agent = Self { binary: binary.to_owned(), socket, pid };
+        let agent = Self {
+            binary: binary.to_owned(),
+            socket,
+            pid,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if agent.cli(&["stats", "--json"]).is_ok() {
                 return Ok(agent);
             }
             if !lab.is_running(pid) {
-                bail!("lb-agent exited; its log:\n{}", lab.log(pid).unwrap_or_default());
+                bail!(
+                    "lb-agent exited; its log:\n{}",
+                    lab.log(pid).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
-                bail!("lb-agent did not serve {} within 30 s; its log:\n{}", agent.socket.display(), lab.log(pid).unwrap_or_default());
+                bail!(
+                    "lb-agent did not serve {} within 30 s; its log:\n{}",
+                    agent.socket.display(),
+                    lab.log(pid).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -67,14 +78,20 @@ impl LabAgent {
             .output()
             .context("running lb-agent")?;
         if !out.status.success() {
-            bail!("lb-agent {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "lb-agent {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `targets list --json`, parsed.
     pub fn targets(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.cli(&["targets", "list", "--json"])?)?)
+        Ok(serde_json::from_str(
+            &self.cli(&["targets", "list", "--json"])?,
+        )?)
     }
 
     /// `stats --json`, parsed.

@@ -11,7 +11,10 @@ use crate::{cargo, demo, workspace_root};
 pub fn l4() -> anyhow::Result<()> {
     let agent_bin = demo::build_agent()?;
     {
-        let lab = Lab::up(LabSpec { name: Lab::unique_name("bench"), backends: 3 })?;
+        let lab = Lab::up(LabSpec {
+            name: Lab::unique_name("bench"),
+            backends: 3,
+        })?;
         lab::start_backend_servers(&lab)?;
         let _agent = LabAgent::start(&lab, &agent_bin, &workspace_root().join(demo::DEMO_CONFIG))?;
         let backend = lab.backends()[0].v4.to_string();
@@ -31,5 +34,13 @@ pub fn l4() -> anyhow::Result<()> {
     }
     // Per-packet cost: BPF_PROG_TEST_RUN with `repeat`, in a binary of the tests crate (it
     // links the agent's data-plane code, which xtask must not: xtask builds before bpf-linker).
-    cargo(&["run", "--release", "-q", "-p", "tests", "--bin", "prog-bench"])
+    cargo(&[
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "tests",
+        "--bin",
+        "prog-bench",
+    ])
 }

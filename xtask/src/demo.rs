@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::Context as _;
 use xtask::{
     agent::LabAgent,
-    lab::{self, Lab, LabSpec, VIP4},
+    lab::{self, Lab, LabSpec, VIP4, VIP6},
 };
 
 use crate::{cargo, workspace_root};
@@ -24,9 +24,19 @@ fn target_counters(agent: &LabAgent) -> anyhow::Result<BTreeMap<String, (u64, u6
     let list = agent.targets()?;
     let mut out = BTreeMap::new();
     for t in list.as_array().context("targets list is not an array")? {
-        let key = format!("{} {}", t["group"].as_str().unwrap_or("?"), t["address"].as_str().unwrap_or("?"));
+        let key = format!(
+            "{} {}",
+            t["group"].as_str().unwrap_or("?"),
+            t["address"].as_str().unwrap_or("?")
+        );
         let c = &t["counters"];
-        out.insert(key, (c["bytes"].as_u64().unwrap_or(0), c["new_flows"].as_u64().unwrap_or(0)));
+        out.insert(
+            key,
+            (
+                c["bytes"].as_u64().unwrap_or(0),
+                c["new_flows"].as_u64().unwrap_or(0),
+            ),
+        );
     }
     Ok(out)
 }
@@ -35,7 +45,11 @@ fn print_delta(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (
     for (key, (bytes, flows)) in after {
         let (b0, f0) = before.get(key).copied().unwrap_or_default();
         if bytes > &b0 || flows > &f0 {
-            println!("    {key:<36} {:>12} bytes {:>5} new flows", bytes - b0, flows - f0);
+            println!(
+                "    {key:<36} {:>12} bytes {:>5} new flows",
+                bytes - b0,
+                flows - f0
+            );
         }
     }
 }
@@ -55,7 +69,12 @@ pub fn iperf3(lab: &Lab, target: &str, extra: &[&str]) -> anyhow::Result<(f64, s
 }
 
 /// Opens `count` short TCP connections from the client to `addr:port`; returns who answered.
-pub fn short_connections(lab: &Lab, addr: &str, port: u16, count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+pub fn short_connections(
+    lab: &Lab,
+    addr: &str,
+    port: u16,
+    count: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
     let script = format!(
         "import socket\n\
          for i in range({count}):\n\
@@ -75,9 +94,20 @@ pub fn short_connections(lab: &Lab, addr: &str, port: u16, count: usize) -> anyh
 pub fn demo() -> anyhow::Result<()> {
     let agent_bin = build_agent()?;
     let started = Instant::now();
-    let lab = Lab::up(LabSpec { name: Lab::unique_name("demo"), backends: 3 })?;
-    println!("lab up: client {}, load balancer {}, backends {}", lab.client().v4, lab.lb().v4,
-        lab.backends().iter().map(|b| b.v4.to_string()).collect::<Vec<_>>().join(", "));
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name("demo"),
+        backends: 3,
+    })?;
+    println!(
+        "lab up: client {}, load balancer {}, backends {}",
+        lab.client().v4,
+        lab.lb().v4,
+        lab.backends()
+            .iter()
+            .map(|b| b.v4.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     lab::start_backend_servers(&lab)?;
     let config = workspace_root().join(DEMO_CONFIG);
     let agent = LabAgent::start(&lab, &agent_bin, &config)?;
@@ -91,18 +121,27 @@ pub fn demo() -> anyhow::Result<()> {
     print_delta(&before, &mid);
 
     let (udp, json) = iperf3(&lab, &vip, &["-u", "-b", "200M", "-t", "3"])?;
-    let lost = json["end"]["sum"]["lost_percent"].as_f64().unwrap_or(f64::NAN);
+    let lost = json["end"]["sum"]["lost_percent"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     println!("iperf3 UDP client -> {vip}:5201: {udp:.3} Gbit/s received, {lost:.2}% lost");
     let after_udp = target_counters(&agent)?;
     print_delta(&mid, &after_udp);
 
-    let served = short_connections(&lab, &vip, 80, 30)?;
-    println!("30 short TCP connections to {vip}:80, answered by:");
-    for (backend, n) in &served {
-        println!("    {backend:<8} {n}");
+    for addr in [vip.clone(), VIP6.to_string()] {
+        let served = short_connections(&lab, &addr, 80, 30)?;
+        println!(
+            "30 short TCP connections to [{addr}]:80, answered by (b3 has weight 2 for IPv4):"
+        );
+        for (backend, n) in &served {
+            println!("    {backend:<8} {n}");
+        }
     }
     println!("\n{}", agent.cli(&["stats"])?);
     drop(lab);
-    println!("lab removed; demo took {:.1} s after the build", started.elapsed().as_secs_f64());
+    println!(
+        "lab removed; demo took {:.1} s after the build",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -61,7 +61,11 @@ pub struct Lab {
 fn run_cmd(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -75,22 +79,45 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     /// A short name unique to this process and call: `l{tag}{pid%10000}{seq}`.
     pub fn unique_name(tag: &str) -> String {
-        let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
-        format!("l{tag}{}{}", std::process::id() % 10000, SEQ.fetch_add(1, Ordering::Relaxed))
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(4)
+            .collect();
+        format!(
+            "l{tag}{}{}",
+            std::process::id() % 10000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Builds the lab. On failure, whatever was built is removed before the error returns.
     pub fn up(spec: LabSpec) -> anyhow::Result<Lab> {
         anyhow::ensure!((1..=9).contains(&spec.backends), "backends must be 1..=9");
-        anyhow::ensure!(spec.name.len() <= 8, "lab name `{}` is longer than 8 characters", spec.name);
+        anyhow::ensure!(
+            spec.name.len() <= 8,
+            "lab name `{}` is longer than 8 characters",
+            spec.name
+        );
         let host = |role: &str, last: u8| Host {
             ns: format!("{}-{role}", spec.name),
             role: role.to_owned(),
             v4: Ipv4Addr::new(198, 18, 0, last),
             // ::10, ::1, ::21: the IPv6 address reads like the IPv4 one's last octet.
-            v6: Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, u16::from_str_radix(&last.to_string(), 16).unwrap_or(0)),
+            v6: Ipv6Addr::new(
+                0xfd00,
+                0x198,
+                0x18,
+                0,
+                0,
+                0,
+                0,
+                u16::from_str_radix(&last.to_string(), 16).unwrap_or(0),
+            ),
         };
-        let backends = (1..=spec.backends).map(|i| host(&format!("b{i}"), 20 + i as u8)).collect();
+        let backends = (1..=spec.backends)
+            .map(|i| host(&format!("b{i}"), 20 + i as u8))
+            .collect();
         let log_dir = std::env::temp_dir().join(format!("lab-{}", spec.name));
         let mut lab = Lab {
             name: spec.name.clone(),
@@ -119,7 +146,8 @@ impl Lab {
         // br_netfilter is built in and on by default: it would validate and filter bridged IP.
         for table in ["iptables", "ip6tables", "arptables"] {
             let path = format!("net.bridge.bridge-nf-call-{table}=0");
-            let _ = run_cmd(Command::new("ip").args(["netns", "exec", &sw, "sysctl", "-qw", &path]));
+            let _ =
+                run_cmd(Command::new("ip").args(["netns", "exec", &sw, "sysctl", "-qw", &path]));
         }
         let hosts: Vec<Host> = [self.client.clone(), self.lb.clone()]
             .into_iter()
@@ -129,20 +157,68 @@ impl Lab {
             ip(&["netns", "add", &h.ns])?;
             self.namespaces.push(h.ns.clone());
             ip(&["-n", &h.ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &h.ns, "link", "add", "eth0", "type", "veth", "peer", "name", &h.role, "netns", &sw])?;
+            ip(&[
+                "-n", &h.ns, "link", "add", "eth0", "type", "veth", "peer", "name", &h.role,
+                "netns", &sw,
+            ])?;
             ip(&["-n", &sw, "link", "set", &h.role, "master", "br0", "up"])?;
-            run_cmd(Command::new("ip").args(["netns", "exec", &h.ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]))?;
-            ip(&["-n", &h.ns, "addr", "add", &format!("{}/24", h.v4), "dev", "eth0"])?;
-            ip(&["-n", &h.ns, "addr", "add", &format!("{}/64", h.v6), "dev", "eth0", "nodad"])?;
+            run_cmd(Command::new("ip").args([
+                "netns",
+                "exec",
+                &h.ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]))?;
+            ip(&[
+                "-n",
+                &h.ns,
+                "addr",
+                "add",
+                &format!("{}/24", h.v4),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &h.ns,
+                "addr",
+                "add",
+                &format!("{}/64", h.v6),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ip(&["-n", &h.ns, "link", "set", "eth0", "up"])?;
             // XDP must see whole, checksummed frames: no offloads on the lab's links.
             for (ns, dev) in [(h.ns.as_str(), "eth0"), (sw.as_str(), h.role.as_str())] {
-                run_cmd(Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off"]))?;
+                run_cmd(Command::new("ip").args([
+                    "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "rx", "off", "tso",
+                    "off", "gso", "off", "gro", "off",
+                ]))?;
             }
         }
         let lb = self.lb.clone();
-        ip(&["-n", &self.client.ns, "route", "add", "198.18.1.0/24", "via", &lb.v4.to_string()])?;
-        ip(&["-n", &self.client.ns, "-6", "route", "add", "fd00:198:18:1::/64", "via", &lb.v6.to_string()])?;
+        ip(&[
+            "-n",
+            &self.client.ns,
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            &lb.v4.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            &self.client.ns,
+            "-6",
+            "route",
+            "add",
+            "fd00:198:18:1::/64",
+            "via",
+            &lb.v6.to_string(),
+        ])?;
         // Frames the LB sends with XDP_TX are dropped by its veth peer unless the peer runs an
         // XDP program (measured on this machine): give the bridge port a pass-only one.
         attach_pass_program(&sw, &lb.role)?;
@@ -244,11 +320,21 @@ impl Lab {
 
     /// The log of a process started with `spawn`.
     pub fn log(&self, pid: u32) -> anyhow::Result<String> {
-        let processes = self.processes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let seq = processes.iter().position(|p| *p == pid).context("not a process of this lab")?;
+        let processes = self
+            .processes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let seq = processes
+            .iter()
+            .position(|p| *p == pid)
+            .context("not a process of this lab")?;
         let dir = std::fs::read_dir(&self.log_dir)?;
         for entry in dir.filter_map(Result::ok) {
-            if entry.file_name().to_string_lossy().ends_with(&format!("-{seq}.log")) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .ends_with(&format!("-{seq}.log"))
+            {
                 return Ok(std::fs::read_to_string(entry.path())?);
             }
         }
@@ -256,16 +342,28 @@ impl Lab {
     }
 
     /// Waits until something listens on TCP `port` in `host`.
-    pub fn wait_tcp_listening(&self, host: &Host, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    pub fn wait_tcp_listening(
+        &self,
+        host: &Host,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let want = format!(":{port}");
         loop {
             let out = self.run(host, &["ss", "-Hltn"])?;
-            if out.lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(&want))) {
+            if out.lines().any(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|a| a.ends_with(&want))
+            }) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("nothing listens on TCP port {port} in {} after {timeout:?}", host.ns);
+                bail!(
+                    "nothing listens on TCP port {port} in {} after {timeout:?}",
+                    host.ns
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -324,9 +422,16 @@ fn attach_pass_program(ns: &str, dev: &str) -> anyhow::Result<()> {
     // SAFETY: bpf(BPF_PROG_LOAD) with a zeroed attr whose pointers outlive the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_mut_ptr(), attr.len()) };
     if fd < 0 {
-        bail!("loading the pass program: {}", std::io::Error::last_os_error());
+        bail!(
+            "loading the pass program: {}",
+            std::io::Error::last_os_error()
+        );
     }
-    let pin = format!("{bpffs}/pass-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let pin = format!(
+        "{bpffs}/pass-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let c_pin = std::ffi::CString::new(pin.clone())?;
     let mut attr = [0u8; 16];
     attr[0..8].copy_from_slice(&(c_pin.as_ptr() as u64).to_ne_bytes());
@@ -336,9 +441,14 @@ fn attach_pass_program(ns: &str, dev: &str) -> anyhow::Result<()> {
     // SAFETY: our fd; the pin (and then the attachment) keeps the program alive.
     unsafe { libc::close(fd as i32) };
     if rc < 0 {
-        bail!("pinning the pass program: {}", std::io::Error::last_os_error());
+        bail!(
+            "pinning the pass program: {}",
+            std::io::Error::last_os_error()
+        );
     }
-    let attached = ip(&["-n", ns, "link", "set", "dev", dev, "xdpdrv", "pinned", &pin]);
+    let attached = ip(&[
+        "-n", ns, "link", "set", "dev", dev, "xdpdrv", "pinned", &pin,
+    ]);
     let _ = std::fs::remove_file(&pin);
     attached.map(|_| ())
 }
@@ -348,7 +458,10 @@ fn attach_pass_program(ns: &str, dev: &str) -> anyhow::Result<()> {
 fn lab_bpffs() -> anyhow::Result<&'static str> {
     const DIR: &str = "/run/lb-lab-bpffs";
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if !mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(DIR)) {
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(DIR))
+    {
         std::fs::create_dir_all(DIR)?;
         run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", DIR]))?;
     }
@@ -414,13 +527,26 @@ mod tests {
     fn lab_hosts_reach_each_other_and_vanish_on_drop() {
         let name = Lab::unique_name("t");
         {
-            let lab = Lab::up(LabSpec { name: name.clone(), backends: 2 }).expect("lab up");
+            let lab = Lab::up(LabSpec {
+                name: name.clone(),
+                backends: 2,
+            })
+            .expect("lab up");
             for b in lab.backends() {
-                lab.run(lab.client(), &["ping", "-c1", "-W2", &b.v4.to_string()]).expect("ping v4");
-                lab.run(lab.client(), &["ping", "-6", "-c1", "-W2", &b.v6.to_string()]).expect("ping v6");
+                lab.run(lab.client(), &["ping", "-c1", "-W2", &b.v4.to_string()])
+                    .expect("ping v4");
+                lab.run(
+                    lab.client(),
+                    &["ping", "-6", "-c1", "-W2", &b.v6.to_string()],
+                )
+                .expect("ping v6");
             }
-            let link = ip(&["-n", &format!("{name}-sw"), "-d", "link", "show", "lb"]).expect("link");
-            assert!(link.contains("xdp"), "no XDP program on the LB's bridge port: {link}");
+            let link =
+                ip(&["-n", &format!("{name}-sw"), "-d", "link", "show", "lb"]).expect("link");
+            assert!(
+                link.contains("xdp"),
+                "no XDP program on the LB's bridge port: {link}"
+            );
             start_backend_servers(&lab).expect("servers");
             let greeting = lab
                 .run(lab.client(), &["python3", "-c", "import socket; s=socket.create_connection(('198.18.0.21',8080),timeout=5); print(s.makefile().readline().strip())"])

@@ -72,17 +72,28 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             test(&args)
         }
-        Command::Bench { which: BenchCommand::L4 } => {
+        Command::Bench {
+            which: BenchCommand::L4,
+        } => {
             setup::setup()?;
             bench::l4()
         }
-        Command::Lab { command: LabCommand::Up { name, backends } } => {
-            let lab = Lab::up(LabSpec { name: name.clone(), backends })?;
-            println!("lab `{name}` is up: namespaces {name}-cl, {name}-lb, {name}-b1..; remove it with `cargo xtask lab down --name {name}`");
+        Command::Lab {
+            command: LabCommand::Up { name, backends },
+        } => {
+            let lab = Lab::up(LabSpec {
+                name: name.clone(),
+                backends,
+            })?;
+            println!(
+                "lab `{name}` is up: namespaces {name}-cl, {name}-lb, {name}-b1..; remove it with `cargo xtask lab down --name {name}`"
+            );
             lab.leak();
             Ok(())
         }
-        Command::Lab { command: LabCommand::Down { name } } => Lab::down(&name),
+        Command::Lab {
+            command: LabCommand::Down { name },
+        } => Lab::down(&name),
     }
 }
 
@@ -93,7 +104,11 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    anyhow::ensure!(status.success(), "cargo {} failed ({status})", args.join(" "));
+    anyhow::ensure!(
+        status.success(),
+        "cargo {} failed ({status})",
+        args.join(" ")
+    );
     Ok(())
 }
 
@@ -105,9 +120,19 @@ pub fn workspace_root() -> std::path::PathBuf {
 fn test(args: &[String]) -> anyhow::Result<()> {
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
     // Unit tests: pure logic, run in parallel.
-    let mut unit = vec!["test", "--workspace", "--exclude", "lb-ebpf", "--exclude", "tests", "--"];
+    let mut unit = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--exclude",
+        "tests",
+        "--",
+    ];
     unit.extend(&extra);
     cargo(&unit)?;
+    // The lab tests run the agent's binary, as an operator would.
+    cargo(&["build", "-p", "lb-agent"])?;
     // Data-plane and lab tests share kernel state (interfaces, namespaces): one at a time.
     let mut integration = vec!["test", "-p", "tests", "--", "--test-threads=1"];
     integration.extend(&extra);

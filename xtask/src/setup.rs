@@ -56,8 +56,11 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> =
-        PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
@@ -71,7 +74,11 @@ fn debian_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;
-    anyhow::ensure!(status.success(), "apt-get install {} failed", missing.join(" "));
+    anyhow::ensure!(
+        status.success(),
+        "apt-get install {} failed",
+        missing.join(" ")
+    );
     Ok(())
 }
 
@@ -79,26 +86,29 @@ fn nightly() -> anyhow::Result<()> {
     let toolchains = run("rustup", &["toolchain", "list"])?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("setup: installing the nightly toolchain (the XDP program needs it)");
-        run("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+        run(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
     }
-    let components = run("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])?;
+    let components = run(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to nightly (to build core for the BPF target)");
-        run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+        run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
     }
     Ok(())
 }
 
 /// bpf-linker must use the same LLVM as nightly's rustc: it is built against nightly's own
-/// libLLVM, through a prefix folder that must outlive the build (the binary's rpath points
-/// into it).
+/// libLLVM through a prefix folder holding links to it. The folder must outlive the build:
+/// bpf-linker's rpath points into it and finds libLLVM there by its file name.
 fn bpf_linker() -> anyhow::Result<()> {
-    let linker = cargo_bin().join("bpf-linker");
-    if linker.exists()
-        && Command::new(&linker).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
-    {
-        return Ok(());
-    }
     let version = run("rustc", &["+nightly", "-vV"])?;
     let llvm = version
         .lines()
@@ -114,17 +124,38 @@ fn bpf_linker() -> anyhow::Result<()> {
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")) || n.starts_with(&format!("libLLVM-{major}")))
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")))
         })
-        .with_context(|| format!("no libLLVM {major} in {}", lib.display()))?;
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", lib.display()))?;
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     let prefix = home.join(".local/share/lb-llvm").join(&major);
     std::fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&libllvm, &link)
-        .with_context(|| format!("linking {}", link.display()))?;
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major}");
+    let file_name = libllvm.file_name().context("libLLVM has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), file_name] {
+        let link = prefix.join("lib").join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(libllvm.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&libllvm, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+    let linker = cargo_bin().join("bpf-linker");
+    let works = || {
+        Command::new(&linker)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if linker.exists() && works() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (a few minutes, once)"
+    );
     let feature = format!("llvm-{major}");
     let status = Command::new("cargo")
         .args([
@@ -141,5 +172,10 @@ fn bpf_linker() -> anyhow::Result<()> {
         .status()
         .context("running cargo install bpf-linker")?;
     anyhow::ensure!(status.success(), "cargo install bpf-linker failed");
+    anyhow::ensure!(
+        works(),
+        "{} still does not run after installing it",
+        linker.display()
+    );
     Ok(())
 }

@@ -19,7 +19,9 @@ fn main() {
     let established = Frame::tcp(client, 40001, vip, 80).build();
     assert_eq!(bed.run(&established).0, 3, "established flow not forwarded");
     let mut median = |name: &'static str, frames: &mut dyn FnMut(usize) -> Vec<u8>, repeat: u32| {
-        let mut v: Vec<f64> = (0..ROUNDS).map(|i| bed.run_program(name, &frames(i), repeat).1).collect();
+        let mut v: Vec<f64> = (0..ROUNDS)
+            .map(|i| bed.run_program(name, &frames(i), repeat).1)
+            .collect();
         v.sort_by(f64::total_cmp);
         v[ROUNDS / 2]
     };
@@ -53,8 +55,14 @@ fn main() {
     println!("XDP per-packet cost, BPF_PROG_TEST_RUN, median of {ROUNDS} rounds of {REPEAT} runs:");
     println!("  trivial XDP_TX program            {tx:7.1} ns");
     println!("  trivial XDP_PASS program          {pass:7.1} ns");
-    println!("  lb, no listener (XDP_PASS)        {lb_miss:7.1} ns  ({:.2}x XDP_PASS)", lb_miss / pass);
-    println!("  lb, established flow (full NAT)   {lb_est:7.1} ns  ({:.2}x XDP_TX)", lb_est / tx);
+    println!(
+        "  lb, no listener (XDP_PASS)        {lb_miss:7.1} ns  ({:.2}x XDP_PASS)",
+        lb_miss / pass
+    );
+    println!(
+        "  lb, established flow (full NAT)   {lb_est:7.1} ns  ({:.2}x XDP_TX)",
+        lb_est / tx
+    );
     println!(
         "  lb, new flow (Maglev, SNAT claim)  {lb_new:7.1} ns  ({:.2}x XDP_TX; single runs: new {single_new:.0} ns, established {single_est:.0} ns)",
         lb_new / tx
