@@ -29,7 +29,7 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 0x100)
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct LabSpec {
-    /// Prefix of every namespace (keep it short: interface names are at most 15 bytes).
+    /// Prefix of every namespace.
     pub name: String,
     /// Number of backends (1..=9).
     pub backends: usize,
@@ -95,8 +95,12 @@ impl Lab {
     pub fn up(spec: LabSpec) -> anyhow::Result<Lab> {
         anyhow::ensure!((1..=9).contains(&spec.backends), "backends must be 1..=9");
         anyhow::ensure!(
-            spec.name.len() <= 8,
-            "lab name `{}` is longer than 8 characters",
+            (1..=32).contains(&spec.name.len())
+                && spec
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "lab name `{}` must be 1-32 of [A-Za-z0-9-]",
             spec.name
         );
         let host = |role: &str, last: u8| Host {
