@@ -24,13 +24,13 @@ pub enum DataplaneError {
     NoObject,
     /// The kernel refused to load the object or one of its maps.
     #[error("loading the XDP object failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// A program is missing from the object or failed the verifier.
     #[error("program `{name}`: {source}")]
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map is missing from the object (agent and program disagree).
     #[error("map `{0}` is missing from the XDP object")]
@@ -40,7 +40,7 @@ pub enum DataplaneError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// The interface does not exist.
     #[error("interface `{0}` not found")]
@@ -49,8 +49,8 @@ pub enum DataplaneError {
     #[error("attaching XDP to `{iface}` failed: native: {native}; generic: {generic}")]
     Attach {
         iface: String,
-        native: ProgramError,
-        generic: ProgramError,
+        native: Box<ProgramError>,
+        generic: Box<ProgramError>,
     },
     /// The Maglev table does not have the configured size.
     #[error("a Maglev table has {got} entries, the data plane expects {expected}")]
@@ -84,7 +84,10 @@ pub struct Dataplane {
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
+    move |source| DataplaneError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 impl Dataplane {
@@ -98,7 +101,8 @@ impl Dataplane {
         let maglev_entries = group_capacity * 2 * maglev_size;
         let ebpf = EbpfLoader::new()
             .map_max_entries(map_names::MAGLEV, maglev_entries)
-            .load(OBJECT)?;
+            .load(OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let mut dataplane = Self {
             ebpf,
             maglev_size,
@@ -116,14 +120,18 @@ impl Dataplane {
             .program_mut(name)
             .ok_or(DataplaneError::Program {
                 name,
-                source: ProgramError::NotLoaded,
+                source: Box::new(ProgramError::NotLoaded),
             })?
             .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+            .map_err(|source| DataplaneError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         if program.fd().is_err() {
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
+            program.load().map_err(|source| DataplaneError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         }
         Ok(program)
     }
@@ -157,8 +165,8 @@ impl Dataplane {
                 Err(generic) => {
                     return Err(DataplaneError::Attach {
                         iface: iface.to_owned(),
-                        native,
-                        generic,
+                        native: Box::new(native),
+                        generic: Box::new(generic),
                     });
                 }
             },
@@ -170,10 +178,11 @@ impl Dataplane {
         // the fast way there. One that refuses (no XDP transmit support) is left to the
         // generic redirect.
         for (name, other) in interfaces() {
-            if other != ifindex && name != "lo" {
-                if let Err(e) = self.tx_ports()?.insert(other, other, None, 0) {
-                    tracing::debug!(iface = name, error = %e, "not in the redirect map");
-                }
+            if other != ifindex
+                && name != "lo"
+                && let Err(e) = self.tx_ports()?.insert(other, other, None, 0)
+            {
+                tracing::debug!(iface = name, error = %e, "not in the redirect map");
             }
         }
         self.attachment = Some((link, mode, iface.to_owned()));
@@ -187,7 +196,7 @@ impl Dataplane {
                 .detach(link)
                 .map_err(|source| DataplaneError::Program {
                     name: program_names::LB,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())

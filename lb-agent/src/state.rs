@@ -493,10 +493,10 @@ impl State {
 
     /// Targets of one group, or of all.
     pub fn targets(&self, dp: &Dataplane, group: Option<&str>) -> Result<Vec<TargetView>> {
-        if let Some(name) = group {
-            if !self.groups.contains_key(name) {
-                return Err(StateError::NoGroup(name.to_owned()));
-            }
+        if let Some(name) = group
+            && !self.groups.contains_key(name)
+        {
+            return Err(StateError::NoGroup(name.to_owned()));
         }
         let mut out = Vec::new();
         for (name, g) in &self.groups {

@@ -61,7 +61,7 @@ pub const DEFAULT_MAGLEV_SIZE: u32 = 65537;
 /// 4-byte aligned so the data plane compares, copies and hashes it in 32-bit words: BPF has no
 /// unaligned loads, and byte-wise code spills registers until the 512-byte stack overflows.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, Eq, Default)]
 pub struct Addr(pub [u8; 16]);
 const _: () = assert!(size_of::<Addr>() == 16);
 
@@ -84,6 +84,13 @@ impl Addr {
     pub fn halves(&self) -> [u16; 8] {
         // SAFETY: as for `words`.
         unsafe { core::ptr::read((self as *const Self).cast::<[u16; 8]>()) }
+    }
+}
+
+// Equal addresses have equal bytes, so hashing the bytes agrees with `eq`.
+impl core::hash::Hash for Addr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
     }
 }
 

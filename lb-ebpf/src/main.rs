@@ -15,6 +15,10 @@
 //! Nothing here returns XDP_ABORTED.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys are passed by reference on purpose: by value they would be copied onto the 512-byte BPF stack"
+)]
 
 mod headers;
 mod maps;
@@ -260,11 +264,12 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
     };
     // SAFETY: this CPU's scratch, unchanged since parsing.
     let key = unsafe { &*key_ptr };
-    if is_snat_addr(settings, &key.dst, key.family) {
-        if let Some(reverse) = SNAT.get_ptr(key) {
-            let reverse = unsafe { &*reverse };
-            return to_client(ctx, packet, &scratch.key, reverse, &mut scratch.fib);
-        }
+    if is_snat_addr(settings, &key.dst, key.family)
+        && let Some(reverse) = SNAT.get_ptr(key)
+    {
+        // SAFETY: map values stay valid for the whole program run (RCU).
+        let reverse = unsafe { &*reverse };
+        return to_client(ctx, packet, &scratch.key, reverse, &mut scratch.fib);
     }
     Verdict::pass(verdict::PASS_NO_LISTENER)
 }

@@ -131,15 +131,15 @@ impl Frame {
             }
             _ => panic!("mixed address families"),
         }
-        if let Some(at) = csum_at {
-            if !(self.proto == 17 && self.udp_no_checksum) {
-                pseudo.extend(&l4);
-                let mut c = internet_checksum(&pseudo, 0);
-                if c == 0 && self.proto == 17 {
-                    c = 0xffff;
-                }
-                l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        if let Some(at) = csum_at
+            && !(self.proto == 17 && self.udp_no_checksum)
+        {
+            pseudo.extend(&l4);
+            let mut c = internet_checksum(&pseudo, 0);
+            if c == 0 && self.proto == 17 {
+                c = 0xffff;
             }
+            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
         let mut frame = Vec::new();
         frame.extend(DST_MAC);
