@@ -39,6 +39,19 @@ protocol = "tcp_udp"
 port = 8080
 targets = [{ address = "fd00:198:18::21" }, { address = "fd00:198:18::22" }, { address = "fd00:198:18::23" }]
 
+[[target_group]]
+name = "far"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.4.21" }]
+
+[[listener]]
+name = "far"
+address = "198.18.1.100"
+port = 8443
+protocol = "tcp"
+default_action = { forward = "far" }
+
 [[listener]]
 name = "web"
 address = "198.18.1.100"
@@ -146,48 +159,55 @@ impl TestBed {
         );
         let ns = NetNs::enter(name.clone());
         ip(&name, &["link", "set", "lo", "up"]);
-        ip(
-            &name,
-            &[
-                "link", "add", "lbt0", "type", "veth", "peer", "name", "lbt1",
-            ],
-        );
-        ip(&name, &["link", "set", "lbt0", "up"]);
-        ip(&name, &["link", "set", "lbt1", "up"]);
-        ip(&name, &["addr", "add", "198.18.0.1/24", "dev", "lbt0"]);
-        ip(
-            &name,
-            &["addr", "add", "fd00:198:18::1/64", "dev", "lbt0", "nodad"],
-        );
-        // Lab hosts .10 (client) and .21-.23 (backends); a host's MAC ends in its address's
-        // last byte (IPv6 ::21 is 0x21).
+        // lbt0: the NIC packets arrive on (clients, and backends on 198.18.0.0/24).
+        // lbt2: a second NIC towards 198.18.4.0/24, reached by redirect.
+        for (nic, peer, v4, v6) in [
+            ("lbt0", "lbt1", "198.18.0.1/24", "fd00:198:18::1/64"),
+            ("lbt2", "lbt3", "198.18.4.1/24", "fd00:198:18:4::1/64"),
+        ] {
+            ip(
+                &name,
+                &["link", "add", nic, "type", "veth", "peer", "name", peer],
+            );
+            ip(&name, &["link", "set", nic, "up"]);
+            ip(&name, &["link", "set", peer, "up"]);
+            ip(&name, &["addr", "add", v4, "dev", nic]);
+            ip(&name, &["addr", "add", v6, "dev", nic, "nodad"]);
+            lb_agent::dataplane::enable_forwarding(nic).expect("enable forwarding");
+        }
+        // Lab hosts .10 (client) and .21-.23 (backends), and 198.18.4.21 behind lbt2; a host's
+        // MAC ends in its address's last byte (IPv6 ::21 is 0x21).
+        let mut hosts: Vec<(String, &str)> = Vec::new();
         for host in ["10", "21", "22", "23"] {
-            for addr in [format!("198.18.0.{host}"), format!("fd00:198:18::{host}")] {
-                let parsed: IpAddr = addr.parse().expect("lab address");
-                let last = match parsed {
-                    IpAddr::V4(v4) => v4.octets()[3],
-                    IpAddr::V6(v6) => v6.octets()[15],
-                };
-                let mac = mac_of(last)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
-                ip(
-                    &name,
-                    &[
-                        "neigh",
-                        "add",
-                        &addr,
-                        "lladdr",
-                        &mac,
-                        "dev",
-                        "lbt0",
-                        "nud",
-                        "permanent",
-                    ],
-                );
-            }
+            hosts.push((format!("198.18.0.{host}"), "lbt0"));
+            hosts.push((format!("fd00:198:18::{host}"), "lbt0"));
+        }
+        hosts.push(("198.18.4.21".to_owned(), "lbt2"));
+        for (addr, nic) in &hosts {
+            let parsed: IpAddr = addr.parse().expect("lab address");
+            let last = match parsed {
+                IpAddr::V4(v4) => v4.octets()[3],
+                IpAddr::V6(v6) => v6.octets()[15],
+            };
+            let mac = mac_of(last)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            ip(
+                &name,
+                &[
+                    "neigh",
+                    "add",
+                    addr,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    nic,
+                    "nud",
+                    "permanent",
+                ],
+            );
         }
         let ifindex = {
             let c = std::ffi::CString::new("lbt0").expect("name");
@@ -195,7 +215,6 @@ impl TestBed {
             unsafe { libc::if_nametoindex(c.as_ptr()) }
         };
         assert_ne!(ifindex, 0, "lbt0 not found in {name}");
-        lb_agent::dataplane::enable_forwarding("lbt0").expect("enable forwarding");
         let config =
             Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
         let mut dataplane =

@@ -13,6 +13,7 @@ const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
 const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
 const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 100));
@@ -125,6 +126,21 @@ fn listener_hits_are_rewritten_to_the_predicted_backend_with_valid_checksums() {
     assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 0x07]);
     let verdicts = bed.dataplane.verdicts().expect("verdicts");
     assert!(verdicts[verdict::FWD_TO_BACKEND as usize] >= rows.len() as u64);
+}
+
+#[test]
+fn a_backend_behind_another_nic_is_reached_by_redirect() {
+    let mut bed = TestBed::new();
+    let frame = Frame::tcp(CLIENT4, 40000, VIP4, 8443);
+    let (action, out) = bed.run(&frame.build());
+    assert_eq!(action, XDP_REDIRECT, "verdict");
+    let seen = inspect(&out, &frame).expect("checksums");
+    assert_eq!(
+        (seen.dst, seen.dport),
+        ("198.18.4.21".parse().expect("ip"), 8080)
+    );
+    assert_eq!(seen.dst_mac, mac_of(21), "next hop behind lbt2");
+    assert_eq!(seen.src, SNAT4);
 }
 
 #[test]
