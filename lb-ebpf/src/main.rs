@@ -309,23 +309,18 @@ fn to_backend(
     };
     // SAFETY: a connection-table value or this CPU's scratch: valid for the whole run.
     let flow = unsafe { &*flow };
-    let key = &scratch.key;
     let nat = Nat {
         src: &flow.snat_addr,
         sport: flow.snat_port,
         dst: &flow.backend,
         dport: flow.backend_port,
     };
-    if rewrite(ctx, packet, key, &nat).is_none() {
-        return Verdict::drop(verdict::DROP_MALFORMED);
-    }
-    let verdict = send(ctx, key, &nat, &mut scratch.fib, verdict::FWD_TO_BACKEND);
-    if verdict.action != xdp_action::XDP_DROP {
-        let bytes = frame_len(ctx);
-        count_packet(&LISTENER_STATS, flow.listener_id, bytes);
-        count_packet(&BACKEND_STATS, flow.backend_id, bytes);
-    }
-    verdict
+    let route = Route {
+        reason: verdict::FWD_TO_BACKEND,
+        listener_id: flow.listener_id,
+        backend_id: flow.backend_id,
+    };
+    forward(ctx, packet, &scratch.key, &nat, &mut scratch.fib, &route)
 }
 
 /// A TCP segment with SYN and without ACK: a client opening a connection.
@@ -482,14 +477,39 @@ fn to_client(
         dst: &reverse.client,
         dport: reverse.client_port,
     };
-    if rewrite(ctx, packet, key, &nat).is_none() {
+    let route = Route {
+        reason: verdict::FWD_TO_CLIENT,
+        listener_id: reverse.listener_id,
+        backend_id: reverse.backend_id,
+    };
+    forward(ctx, packet, key, &nat, fib, &route)
+}
+
+/// Which way a rewritten packet goes, for its counters.
+struct Route {
+    reason: u32,
+    listener_id: u32,
+    backend_id: u32,
+}
+
+/// The tail of both directions: rewrite, send, count.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    key: &FlowKey,
+    nat: &Nat<'_>,
+    fib: &mut FibParams,
+    route: &Route,
+) -> Verdict {
+    if rewrite(ctx, packet, key, nat).is_none() {
         return Verdict::drop(verdict::DROP_MALFORMED);
     }
-    let verdict = send(ctx, key, &nat, fib, verdict::FWD_TO_CLIENT);
+    let verdict = send(ctx, key, nat, fib, route.reason);
     if verdict.action != xdp_action::XDP_DROP {
         let bytes = frame_len(ctx);
-        count_packet(&LISTENER_STATS, reverse.listener_id, bytes);
-        count_packet(&BACKEND_STATS, reverse.backend_id, bytes);
+        count_packet(&LISTENER_STATS, route.listener_id, bytes);
+        count_packet(&BACKEND_STATS, route.backend_id, bytes);
     }
     verdict
 }

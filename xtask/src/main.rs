@@ -119,6 +119,7 @@ pub fn workspace_root() -> std::path::PathBuf {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut total = TestCount::default();
     // Unit tests: pure logic, run in parallel.
     let mut unit = vec![
         "test",
@@ -127,14 +128,67 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "lb-ebpf",
         "--exclude",
         "tests",
+        "--lib",
+        "--bins",
+        "--tests",
         "--",
     ];
     unit.extend(&extra);
-    cargo(&unit)?;
+    let unit_result = cargo_test(&unit, &mut total);
     // The lab tests run the agent's binary, as an operator would.
     cargo(&["build", "-p", "lb-agent"])?;
     // Data-plane and lab tests share kernel state (interfaces, namespaces): one at a time.
-    let mut integration = vec!["test", "-p", "tests", "--", "--test-threads=1"];
+    let mut integration = vec!["test", "-p", "tests", "--tests", "--", "--test-threads=1"];
     integration.extend(&extra);
-    cargo(&integration)
+    let integration_result = cargo_test(&integration, &mut total);
+    println!(
+        "xtask test: {} passed, {} failed",
+        total.passed, total.failed
+    );
+    unit_result.and(integration_result)
+}
+
+/// Tests counted over several `cargo test` runs.
+#[derive(Default)]
+struct TestCount {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test ...`, echoing its output and adding up its `test result:` lines.
+fn cargo_test(args: &[&str], total: &mut TestCount) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| {
+                        n.trim()
+                            .rsplit(' ')
+                            .next()
+                            .and_then(|n| n.parse::<u64>().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            total.passed += count(" passed");
+            total.failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo {} failed ({status})",
+        args.join(" ")
+    );
+    Ok(())
 }
