@@ -393,3 +393,92 @@ fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
     assert_eq!(bed.run(&b).0, XDP_PASS);
     assert!(runs > 1000);
 }
+
+/// The active Maglev table of a group, read back from the map.
+fn active_table(bed: &TestBed, group: &str) -> Vec<u32> {
+    let id = bed.state.group_id(group).expect("group");
+    let slot = bed.dataplane.group(id).expect("group entry").active_slot;
+    (0..bed.dataplane.maglev_size())
+        .map(|i| bed.dataplane.maglev_entry(id, slot, i).expect("entry"))
+        .collect()
+}
+
+#[test]
+fn refused_target_changes_leave_the_table_untouched() {
+    let mut bed = TestBed::new();
+    let before = active_table(&bed, "web");
+    let dp = &mut bed.dataplane;
+    let v6: SocketAddr = "[fd00:198:18::24]:8080".parse().expect("addr");
+    let dup: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
+    let absent: SocketAddr = "198.18.0.99:8080".parse().expect("addr");
+    assert!(
+        bed.state.add_target(dp, "web", v6, 1).is_err(),
+        "IPv6 target in an IPv4 group"
+    );
+    assert!(
+        bed.state.add_target(dp, "web", dup, 1).is_err(),
+        "duplicate target"
+    );
+    assert!(
+        bed.state.add_target(dp, "web", absent, 1001).is_err(),
+        "weight out of range"
+    );
+    assert!(
+        bed.state.add_target(dp, "nope", absent, 1).is_err(),
+        "unknown group"
+    );
+    assert!(
+        bed.state.remove_target(dp, "web", absent).is_err(),
+        "unregistered target"
+    );
+    assert_eq!(
+        active_table(&bed, "web"),
+        before,
+        "a refused change moved slots"
+    );
+    assert_eq!(
+        bed.state
+            .targets(&bed.dataplane, Some("web"))
+            .expect("targets")
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_weight_zero_target_gets_no_new_flows_and_comes_back_to_the_same_slots() {
+    let mut bed = TestBed::new();
+    let before = active_table(&bed, "web");
+    let idle: SocketAddr = "198.18.0.23:8080".parse().expect("addr");
+    bed.state
+        .remove_target(&mut bed.dataplane, "web", idle)
+        .expect("remove");
+    bed.state
+        .add_target(&mut bed.dataplane, "web", idle, 0)
+        .expect("add with weight 0");
+    let idle_id = bed.state.backend_id(idle).expect("id");
+    assert!(
+        !active_table(&bed, "web").contains(&idle_id),
+        "weight 0 target holds slots"
+    );
+    for port in 0..100u16 {
+        let frame = Frame::tcp(CLIENT4, 44000 + port, VIP4, 80);
+        let (_, out) = bed.run(&frame.build());
+        let seen = inspect(&out, &frame).expect("checksums");
+        assert_ne!(
+            SocketAddr::new(seen.dst, seen.dport),
+            idle,
+            "new flow to a weight-0 target"
+        );
+    }
+    // Back to weight 1: the original table again (Maglev is deterministic).
+    bed.state
+        .remove_target(&mut bed.dataplane, "web", idle)
+        .expect("remove");
+    bed.state
+        .add_target(&mut bed.dataplane, "web", idle, 1)
+        .expect("add");
+    let after = active_table(&bed, "web");
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert_eq!(moved, 0, "same targets, same table");
+}
