@@ -180,7 +180,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Parsed {
             Verdict::pass(verdict::PASS_FRAGMENT_OR_EXT)
         });
     }
-    parse_l4(ctx, l3, l3 + ihl, key)
+    let ip_end = l3 + usize::from(u16::from_be(unsafe { (*ip).tot_len }));
+    parse_l4(ctx, l3, l3 + ihl, ip_end, key)
 }
 
 #[inline(always)]
@@ -204,7 +205,9 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Parsed {
             Verdict::pass(verdict::PASS_FRAGMENT_OR_EXT)
         });
     }
-    parse_l4(ctx, l3, l3 + size_of::<Ipv6Hdr>(), key)
+    let l4 = l3 + size_of::<Ipv6Hdr>();
+    let ip_end = l4 + usize::from(u16::from_be(unsafe { (*ip).payload_len }));
+    parse_l4(ctx, l3, l4, ip_end, key)
 }
 
 /// IPv6 extension headers (RFC 8200 §4, and those IANA lists since).
@@ -216,14 +219,21 @@ fn is_extension_header(next_header: u8) -> bool {
     )
 }
 
+/// `ip_end`: where the IP header's length field says the packet ends. A frame may be longer
+/// (Ethernet padding) but not shorter: a packet cut short is never forwarded.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l3: usize, l4: usize, key: &mut FlowKey) -> Parsed {
+fn parse_l4(ctx: &XdpContext, l3: usize, l4: usize, ip_end: usize, key: &mut FlowKey) -> Parsed {
     // Only TCP and UDP are balanced; ICMP and the rest go to the kernel.
-    let complete = match key.proto {
-        PROTO_TCP => ptr_at::<TcpHdr>(ctx, l4).is_some(),
-        PROTO_UDP => ptr_at::<UdpHdr>(ctx, l4).is_some(),
+    let header = match key.proto {
+        PROTO_TCP => size_of::<TcpHdr>(),
+        PROTO_UDP => size_of::<UdpHdr>(),
         _ => return Parsed::Done(Verdict::pass(verdict::PASS_NO_LISTENER)),
     };
+    let complete = match key.proto {
+        PROTO_TCP => ptr_at::<TcpHdr>(ctx, l4).is_some(),
+        _ => ptr_at::<UdpHdr>(ctx, l4).is_some(),
+    } && ip_end >= l4 + header
+        && ctx.data() + ip_end <= ctx.data_end();
     // Both headers start with the two ports.
     match ptr_at::<[u16; 2]>(ctx, l4) {
         Some(ports) if complete => unsafe {

@@ -364,8 +364,9 @@ fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
     let mut runs = 0;
     for frame in &seeds {
         let bytes = frame.build();
-        // Every truncation that cuts into the TCP/UDP header.
-        for len in 0..frame.l4() + if frame.proto == 6 { 20 } else { 8 } {
+        // Every truncation: into the headers, or into the payload (the IP length then says
+        // more than the frame holds).
+        for len in 0..bytes.len() {
             let (action, _) = bed.run(&bytes[..len]);
             runs += 1;
             assert_ne!(action, XDP_ABORTED, "truncated to {len}");
@@ -387,6 +388,25 @@ fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
             assert_ne!(action, XDP_ABORTED, "corrupted {b:02x?}");
         }
     }
+    // An IP length field that claims more than the frame holds, with complete headers.
+    let mut b = seeds[0].build();
+    b[17] += 1;
+    assert_eq!(
+        bed.run(&b).0,
+        XDP_DROP,
+        "IPv4 total length beyond the frame"
+    );
+    let mut b = seeds[2].build();
+    b[19] += 1;
+    assert_eq!(
+        bed.run(&b).0,
+        XDP_DROP,
+        "IPv6 payload length beyond the frame"
+    );
+    // Ethernet padding after the IP packet is fine.
+    let mut b = seeds[0].build();
+    b.extend([0; 6]);
+    assert_eq!(bed.run(&b).0, XDP_TX, "padded frame");
     // A bad IPv4 header length to a VIP.
     let mut b = seeds[0].build();
     b[14] = 0x43;
