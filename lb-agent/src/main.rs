@@ -113,6 +113,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -211,7 +212,11 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
                     port,
                 },
             )?;
-            println!("deregistered {} from {}", r["target"], r["group"]);
+            println!(
+                "deregistered {} from {}",
+                r["target"].as_str().unwrap_or("?"),
+                r["group"].as_str().unwrap_or("?")
+            );
         }
         TargetsCommand::List {
             group,
