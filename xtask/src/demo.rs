@@ -56,8 +56,11 @@ fn print_delta(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (
 
 /// Runs iperf3 from the client and returns (Gbit/s received, the JSON).
 pub fn iperf3(lab: &Lab, target: &str, extra: &[&str]) -> anyhow::Result<(f64, serde_json::Value)> {
-    let mut args = vec!["iperf3", "-c", target, "-p", "5201", "-J"];
+    let mut args = vec!["iperf3", "-c", target, "-J"];
     args.extend(extra);
+    if !extra.contains(&"-p") {
+        args.extend(["-p", "5201"]);
+    }
     let out = lab.run(lab.client(), &args)?;
     let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let end = &json["end"];

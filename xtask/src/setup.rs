@@ -15,6 +15,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("ss", "iproute2"),
     ("python3", "python3"),
+    ("nft", "nftables"),
 ];
 
 /// bpf-linker release built and tested with this project.
