@@ -285,7 +285,8 @@ impl State {
             dp.set_vip(&VipKey {
                 addr,
                 family,
-                _pad: [0; 3],
+                _pad0: 0,
+                _pad1: 0,
             })?;
             state.listeners.push(ListenerState {
                 id,

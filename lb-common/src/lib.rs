@@ -75,15 +75,48 @@ impl Addr {
     /// The address as four native-endian words (aligned loads).
     #[inline(always)]
     pub fn words(&self) -> [u32; 4] {
-        // SAFETY: `Addr` is 16 bytes, 4-byte aligned, every bit pattern valid.
-        unsafe { core::ptr::read((self as *const Self).cast::<[u32; 4]>()) }
+        let p = (self as *const Self).cast::<u32>();
+        // SAFETY: `Addr` is 16 bytes, 4-byte aligned, every bit pattern valid. Word by word:
+        // an aggregate copy may become a call to a byte-wise memmove in BPF.
+        unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] }
+    }
+
+    /// Overwrites the address with four native-endian words (aligned stores).
+    #[inline(always)]
+    pub fn set_words(&mut self, w: [u32; 4]) {
+        let p = (self as *mut Self).cast::<u32>();
+        // SAFETY: as for `words`.
+        unsafe {
+            p.write(w[0]);
+            p.add(1).write(w[1]);
+            p.add(2).write(w[2]);
+            p.add(3).write(w[3]);
+        }
+    }
+
+    /// Copies `other` in, word by word (`*self = *other` may become a byte-wise memmove in BPF).
+    #[inline(always)]
+    pub fn set(&mut self, other: &Addr) {
+        self.set_words(other.words());
     }
 
     /// The address as eight native-endian 16-bit words, as the Internet checksum sums them.
     #[inline(always)]
     pub fn halves(&self) -> [u16; 8] {
+        let p = (self as *const Self).cast::<u16>();
         // SAFETY: as for `words`.
-        unsafe { core::ptr::read((self as *const Self).cast::<[u16; 8]>()) }
+        unsafe {
+            [
+                p.read(),
+                p.add(1).read(),
+                p.add(2).read(),
+                p.add(3).read(),
+                p.add(4).read(),
+                p.add(5).read(),
+                p.add(6).read(),
+                p.add(7).read(),
+            ]
+        }
     }
 }
 
@@ -146,7 +179,10 @@ const _: () = assert!(size_of::<ListenerInfo>() == 12);
 pub struct VipKey {
     pub addr: Addr,
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// Padding as a byte and a half-word: the data plane zeroes it with two stores (three
+    /// zeroed bytes become a call to a byte-wise memset in BPF).
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(size_of::<VipKey>() == 20);
 

@@ -167,8 +167,10 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Parsed {
         return Parsed::Done(Verdict::pass(verdict::PASS_BAD_IP));
     }
     unsafe {
-        key.src = Addr::v4((*ip).src);
-        key.dst = Addr::v4((*ip).dst);
+        key.src
+            .set_words([packet_word(&raw const (*ip).src), 0, 0, 0]);
+        key.dst
+            .set_words([packet_word(&raw const (*ip).dst), 0, 0, 0]);
         key.proto = (*ip).protocol;
     }
     key.family = FAMILY_V4;
@@ -193,8 +195,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Parsed {
         return Parsed::Done(Verdict::pass(verdict::PASS_BAD_IP));
     }
     unsafe {
-        key.src = Addr((*ip).src);
-        key.dst = Addr((*ip).dst);
+        key.src.set_words(packet_words(&raw const (*ip).src));
+        key.dst.set_words(packet_words(&raw const (*ip).dst));
         key.proto = (*ip).next_header;
     }
     key.family = FAMILY_V6;
@@ -256,7 +258,7 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
     let key = &scratch.key;
     // Field by field: a struct literal would be built on the stack first (BPF stack: 512 bytes).
     let listener_key = &mut scratch.listener_key;
-    listener_key.addr = key.dst;
+    listener_key.addr.set(&key.dst);
     listener_key.port = key.dport;
     listener_key.proto = key.proto;
     listener_key.family = key.family;
@@ -375,8 +377,8 @@ fn pick_backend(listener: &ListenerInfo, key: &FlowKey) -> Result<(u32, u32), Ve
 /// Removes the reverse-NAT entry of a flow that is being replaced.
 #[inline(always)]
 fn forget_reverse(flow: &Flow, key: &FlowKey, reverse_key: &mut FlowKey) {
-    reverse_key.src = flow.backend;
-    reverse_key.dst = flow.snat_addr;
+    reverse_key.src.set(&flow.backend);
+    reverse_key.dst.set(&flow.snat_addr);
     reverse_key.sport = flow.backend_port;
     reverse_key.dport = flow.snat_port;
     reverse_key.proto = key.proto;
@@ -405,15 +407,15 @@ fn new_flow(
     let snat_addr = snat_addr(settings, key.family).ok_or(Verdict::drop(verdict::DROP_NO_SNAT))?;
     // Field by field, into per-CPU memory: struct literals would be built on the stack.
     let reverse = &mut scratch.reverse;
-    reverse.client = key.src;
-    reverse.vip = key.dst;
+    reverse.client.set(&key.src);
+    reverse.vip.set(&key.dst);
     reverse.client_port = key.sport;
     reverse.vip_port = key.dport;
     reverse.backend_id = backend_id;
     reverse.listener_id = listener.listener_id;
     let reverse_key = &mut scratch.reverse_key;
-    reverse_key.src = backend.addr;
-    reverse_key.dst = *snat_addr;
+    reverse_key.src.set(&backend.addr);
+    reverse_key.dst.set(snat_addr);
     reverse_key.sport = backend.port;
     reverse_key.proto = key.proto;
     reverse_key.family = backend.family;
@@ -421,10 +423,10 @@ fn new_flow(
     let snat_port = claim_snat_port(settings, hash, &mut scratch.reverse_key, &scratch.reverse)
         .ok_or(Verdict::drop(verdict::DROP_NO_SNAT))?;
     let flow = &mut scratch.flow;
-    flow.backend = backend.addr;
+    flow.backend.set(&backend.addr);
     flow.backend_port = backend.port;
     flow.snat_port = snat_port;
-    flow.snat_addr = *snat_addr;
+    flow.snat_addr.set(snat_addr);
     flow.backend_id = backend_id;
     flow.listener_id = listener.listener_id;
     let flags = if replace { BPF_ANY } else { BPF_NOEXIST };
@@ -543,16 +545,16 @@ fn rewrite(ctx: &XdpContext, packet: &Packet, key: &FlowKey, nat: &Nat<'_>) -> O
         let ip = ptr_at::<Ipv4Hdr>(ctx, packet.l3)?;
         unsafe {
             (*ip).check = delta.apply((*ip).check);
-            (*ip).src = [nat.src.0[0], nat.src.0[1], nat.src.0[2], nat.src.0[3]];
-            (*ip).dst = [nat.dst.0[0], nat.dst.0[1], nat.dst.0[2], nat.dst.0[3]];
+            set_packet_word(&raw mut (*ip).src, nat.src.words()[0]);
+            set_packet_word(&raw mut (*ip).dst, nat.dst.words()[0]);
         }
     } else {
         delta.addr(&key.src, nat.src, 16);
         delta.addr(&key.dst, nat.dst, 16);
         let ip = ptr_at::<Ipv6Hdr>(ctx, packet.l3)?;
         unsafe {
-            (*ip).src = nat.src.0;
-            (*ip).dst = nat.dst.0;
+            set_packet_words(&raw mut (*ip).src, nat.src.words());
+            set_packet_words(&raw mut (*ip).dst, nat.dst.words());
         }
     }
     delta.word(key.sport, nat.sport);
@@ -593,12 +595,12 @@ pub struct FibParams {
     tot_len: u16,
     ifindex: u32,
     flowinfo: u32,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: Addr,
+    dst: Addr,
     vlan_proto: u16,
     vlan_tci: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    smac: [u16; 3],
+    dmac: [u16; 3],
 }
 const _: () = assert!(size_of::<FibParams>() == 64);
 
@@ -631,12 +633,10 @@ fn send(
     fib.tot_len = 0;
     fib.ifindex = ingress;
     fib.flowinfo = 0;
-    fib.src = nat.src.0;
-    fib.dst = nat.dst.0;
-    fib.vlan_proto = 0;
-    fib.vlan_tci = 0;
-    fib.smac = [0; 6];
-    fib.dmac = [0; 6];
+    fib.src.set(nat.src);
+    fib.dst.set(nat.dst);
+    // vlan_*, smac and dmac are outputs (their union twins, tbid and mark, are read only
+    // with flags we do not pass): no need to clear them.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
@@ -654,8 +654,8 @@ fn send(
         return Verdict::drop(verdict::DROP_MALFORMED);
     };
     unsafe {
-        (*eth).dst = fib.dmac;
-        (*eth).src = fib.smac;
+        (*eth).dst = [fib.dmac[0], fib.dmac[1], fib.dmac[2]];
+        (*eth).src = [fib.smac[0], fib.smac[1], fib.smac[2]];
     }
     if fib.ifindex == ingress {
         return Verdict {
@@ -696,10 +696,56 @@ fn is_vip(addr: &Addr, family: u8) -> bool {
     };
     // SAFETY: per-CPU; the key is built and used right here.
     let vip_key = unsafe { &mut (*scratch).vip_key };
-    vip_key.addr = *addr;
+    vip_key.addr.set(addr);
     vip_key.family = family;
-    vip_key._pad = [0; 3];
+    vip_key._pad0 = 0;
+    vip_key._pad1 = 0;
     VIPS.get_ptr(&*vip_key).is_some()
+}
+
+/// An IPv4 address in the packet (2-byte aligned) as a native-endian word, read in halves:
+/// BPF has no unaligned loads, and a byte-wise copy would call a slow memmove.
+#[inline(always)]
+unsafe fn packet_word(p: *const [u8; 4]) -> u32 {
+    let h = p.cast::<u16>();
+    // Little-endian (bpfel): the first half is the low half.
+    unsafe { u32::from(h.read()) | (u32::from(h.add(1).read()) << 16) }
+}
+
+/// An IPv6 address in the packet as four native-endian words.
+#[inline(always)]
+unsafe fn packet_words(p: *const [u8; 16]) -> [u32; 4] {
+    let w = p.cast::<[u8; 4]>();
+    unsafe {
+        [
+            packet_word(w),
+            packet_word(w.add(1)),
+            packet_word(w.add(2)),
+            packet_word(w.add(3)),
+        ]
+    }
+}
+
+/// Writes a native-endian word as an IPv4 address into the packet, in halves.
+#[inline(always)]
+unsafe fn set_packet_word(p: *mut [u8; 4], w: u32) {
+    let h = p.cast::<u16>();
+    unsafe {
+        h.write(w as u16);
+        h.add(1).write((w >> 16) as u16);
+    }
+}
+
+/// Writes four native-endian words as an IPv6 address into the packet.
+#[inline(always)]
+unsafe fn set_packet_words(p: *mut [u8; 16], w: [u32; 4]) {
+    let q = p.cast::<[u8; 4]>();
+    unsafe {
+        set_packet_word(q, w[0]);
+        set_packet_word(q.add(1), w[1]);
+        set_packet_word(q.add(2), w[2]);
+        set_packet_word(q.add(3), w[3]);
+    }
 }
 
 #[inline(always)]
