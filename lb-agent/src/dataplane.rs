@@ -241,6 +241,18 @@ impl Dataplane {
             .map_err(map_err(map_names::LISTENERS))
     }
 
+    /// Marks `port` (host order) as used by listeners of the protocols in `bits`
+    /// (`lb_common::port_bits`), adding to what is there.
+    pub fn add_port(&mut self, port: u16, bits: u32) -> Result<()> {
+        let mut map: Array<_, u32> =
+            Array::try_from(self.map_mut(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
+        let old = map
+            .get(&u32::from(port), 0)
+            .map_err(map_err(map_names::PORTS))?;
+        map.set(u32::from(port), old | bits, 0)
+            .map_err(map_err(map_names::PORTS))
+    }
+
     /// Marks an address as a VIP.
     pub fn set_vip(&mut self, key: &VipKey) -> Result<()> {
         let mut map: HashMap<_, VipKey, u32> =

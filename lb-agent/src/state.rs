@@ -12,7 +12,7 @@ use std::{
 
 use lb_common::{
     Addr, Backend, Counters, FAMILY_V4, FAMILY_V6, GroupInfo, ListenerInfo, ListenerKey,
-    MAX_BACKENDS, PROTO_TCP, PROTO_UDP, Settings, VipKey, group_flags, listener_kind,
+    MAX_BACKENDS, PROTO_TCP, PROTO_UDP, Settings, VipKey, group_flags, listener_kind, port_bits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -281,6 +281,12 @@ impl State {
                     _pad: [0; 3],
                 };
                 dp.set_listener(&key, &info)?;
+                let bit = if proto == PROTO_TCP {
+                    port_bits::TCP
+                } else {
+                    port_bits::UDP
+                };
+                dp.add_port(listener.port, bit)?;
             }
             dp.set_vip(&VipKey {
                 addr,

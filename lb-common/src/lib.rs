@@ -22,6 +22,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Map names, shared so the agent and tests never spell them differently from the program.
 pub mod map_names {
     pub const LISTENERS: &str = "LISTENERS";
+    pub const PORTS: &str = "PORTS";
     pub const VIPS: &str = "VIPS";
     pub const GROUPS: &str = "GROUPS";
     pub const MAGLEV: &str = "MAGLEV";
@@ -148,6 +149,12 @@ pub struct ListenerKey {
     pub family: u8,
 }
 const _: () = assert!(size_of::<ListenerKey>() == 20);
+
+/// `PORTS` value bits: which protocols have a listener on a port (any address).
+pub mod port_bits {
+    pub const TCP: u32 = 1;
+    pub const UDP: u32 = 2;
+}
 
 /// What to do with a listener's packets.
 pub mod listener_kind {

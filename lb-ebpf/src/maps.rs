@@ -14,6 +14,10 @@ use lb_common::{
 pub static LISTENERS: HashMap<ListenerKey, ListenerInfo> =
     HashMap::with_max_entries(MAX_LISTENERS * 2, 0);
 
+/// Destination port → `lb_common::port_bits` of the protocols some listener uses on it.
+#[map]
+pub static PORTS: Array<u32> = Array::with_max_entries(65536, 0);
+
 /// Addresses that carry listeners: fragments and extension headers to them are dropped.
 #[map]
 pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
