@@ -195,7 +195,9 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
             )?;
             println!(
                 "registered {} in {} (weight {})",
-                r["target"], r["group"], r["weight"]
+                r["target"].as_str().unwrap_or("?"),
+                r["group"].as_str().unwrap_or("?"),
+                r["weight"]
             );
         }
         TargetsCommand::Remove {
