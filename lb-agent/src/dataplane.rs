@@ -1,7 +1,10 @@
 //! The kernel side as the agent sees it: load the XDP object, attach it, and read and write
 //! its maps. Every map write of the agent goes through here; layouts are `lb-common`'s.
 
-use std::ffi::CString;
+use std::{
+    ffi::CString,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -297,6 +300,15 @@ impl Dataplane {
             });
         }
         let base = GroupInfo::maglev_base(id, slot, self.maglev_size);
+        let fd = match self.map(map_names::MAGLEV)? {
+            aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(DataplaneError::MissingMap(map_names::MAGLEV)),
+        };
+        // One syscall for the whole table instead of one per slot (65,537 by default).
+        if update_batch(fd, base, table).is_ok() {
+            return Ok(());
+        }
+        // Kernels without batch updates for arrays: slot by slot.
         let mut map: Array<_, u32> = Array::try_from(self.map_mut(map_names::MAGLEV)?)
             .map_err(map_err(map_names::MAGLEV))?;
         for (i, backend_id) in (base..).zip(table) {
@@ -370,6 +382,50 @@ impl Dataplane {
             .map(|r| r.map_err(map_err(map_names::SNAT)))
             .collect()
     }
+}
+
+/// Writes `values` to array entries `first..` with one BPF_MAP_UPDATE_BATCH (Linux 5.6+).
+fn update_batch(fd: std::os::fd::RawFd, first: u32, values: &[u32]) -> std::io::Result<()> {
+    let keys: Vec<u32> = (first..).take(values.len()).collect();
+    // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 }
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: values.len() as u32,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    // SAFETY: bpf(2) reads `count` keys and values from buffers that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &raw mut attr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.count as usize != values.len() {
+        return Err(std::io::Error::other("partial batch update"));
+    }
+    Ok(())
 }
 
 /// The interfaces of this network namespace: (name, ifindex).
