@@ -83,7 +83,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maglev_size: u32,
     group_capacity: u32,
-    attachment: Option<(XdpLinkId, AttachMode, String)>,
+    /// Every NIC the program is attached to.
+    attachments: Vec<(XdpLinkId, AttachMode, String)>,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -110,7 +111,7 @@ impl Dataplane {
             ebpf,
             maglev_size,
             group_capacity,
-            attachment: None,
+            attachments: Vec::new(),
         };
         dataplane.program(program_names::LB)?;
         Ok(dataplane)
@@ -144,7 +145,8 @@ impl Dataplane {
         self.maglev_size
     }
 
-    /// Attaches the load balancer to `iface`: native mode, else generic with a warning.
+    /// Attaches the load balancer to `iface` (one more NIC: a two-arm node has the program on
+    /// both): native mode, else generic with a warning.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
         let c_iface =
             CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))?;
@@ -188,13 +190,13 @@ impl Dataplane {
                 tracing::debug!(iface = name, error = %e, "not in the redirect map");
             }
         }
-        self.attachment = Some((link, mode, iface.to_owned()));
+        self.attachments.push((link, mode, iface.to_owned()));
         Ok(mode)
     }
 
-    /// Detaches the program (it also goes when the agent exits).
+    /// Detaches the program from every NIC (it also goes when the agent exits).
     pub fn detach(&mut self) -> Result<()> {
-        if let Some((link, _, _)) = self.attachment.take() {
+        while let Some((link, _, _)) = self.attachments.pop() {
             self.program(program_names::LB)?
                 .detach(link)
                 .map_err(|source| DataplaneError::Program {
@@ -206,9 +208,9 @@ impl Dataplane {
     }
 
     /// Where and how the program is attached.
-    pub fn attachment(&self) -> Option<(&str, AttachMode)> {
-        self.attachment
-            .as_ref()
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attachments
+            .iter()
             .map(|(_, mode, iface)| (iface.as_str(), *mode))
     }
 

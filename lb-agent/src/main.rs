@@ -43,9 +43,11 @@ enum Command {
         /// The TOML config file.
         #[arg(long)]
         config: PathBuf,
-        /// Interface to attach to (overrides `agent.interface`).
-        #[arg(long)]
-        iface: Option<String>,
+        /// Interface to attach to (overrides `agent.interface`); repeat it for a two-arm node
+        /// (clients on one NIC, targets on another). The default full-NAT source addresses
+        /// are the first one's.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
         /// Control socket (overrides `agent.control_socket`).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -120,10 +122,10 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run {
             config,
-            iface,
+            ifaces,
             socket,
         } => match Config::load(&config) {
-            Ok(cfg) => run(cfg, iface, socket),
+            Ok(cfg) => run(cfg, ifaces, socket),
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
@@ -333,9 +335,13 @@ fn interface_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-fn run(cfg: Config, iface: Option<String>, socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let iface = iface
-        .or_else(|| cfg.agent.interface.clone())
+fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    if ifaces.is_empty() {
+        ifaces.extend(cfg.agent.interface.clone());
+    }
+    let iface = ifaces
+        .first()
+        .cloned()
         .context("no interface: set agent.interface in the config or pass --iface")?;
     let socket = socket.unwrap_or_else(|| cfg.agent.control_socket.clone());
     let snat = if cfg.agent.snat_addresses.is_empty() {
@@ -355,15 +361,18 @@ fn run(cfg: Config, iface: Option<String>, socket: Option<PathBuf>) -> anyhow::R
         }
     }
     let listener = control::bind(&socket)?;
-    let changed = dataplane::enable_forwarding(&iface)
-        .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
-    if !changed.is_empty() {
-        tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+    let mut modes = Vec::new();
+    for iface in &ifaces {
+        let changed = dataplane::enable_forwarding(iface)
+            .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
+        if !changed.is_empty() {
+            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+        }
+        modes.push(dataplane.attach(iface)?);
     }
-    let mode = dataplane.attach(&iface)?;
     tracing::info!(
-        iface,
-        mode = ?mode,
+        ifaces = ?ifaces,
+        modes = ?modes,
         socket = %socket.display(),
         snat = ?snat,
         listeners = cfg.listeners.len(),

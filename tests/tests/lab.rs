@@ -273,3 +273,117 @@ fn the_lab_is_removed_even_when_a_test_panics() {
         "namespaces left: {list}"
     );
 }
+
+/// A namespace of the test's own, deleted on drop.
+struct ExtraNamespace(String);
+
+impl Drop for ExtraNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_target_behind_a_second_nic_is_reached_by_xdp_redirect_both_ways() {
+    // Two-arm: the target 198.18.4.2 sits on the LB node's eth1, on no bridge; the client on
+    // eth0. Every packet crosses NICs: client -> eth0 -(redirect)-> eth1 -> target and back.
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name("ta"),
+        backends: 1,
+    })
+    .expect("lab up");
+    let far = ExtraNamespace(format!("{}-far", lab.name()));
+    let lb = &lab.lb().ns;
+    ip(&["netns", "add", &far.0]);
+    ip(&["-n", &far.0, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", lb, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far.0,
+    ]);
+    ip(&["-n", lb, "addr", "add", "198.18.4.1/24", "dev", "eth1"]);
+    ip(&["-n", &far.0, "addr", "add", "198.18.4.2/24", "dev", "eth0"]);
+    ip(&["-n", lb, "link", "set", "eth1", "up"]);
+    ip(&["-n", &far.0, "link", "set", "eth0", "up"]);
+    for (ns, dev) in [(lb.as_str(), "eth1"), (far.0.as_str(), "eth0")] {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ethtool", "-K", dev, "rx", "off", "tx", "off", "tso", "off",
+                "gso", "off", "gro", "off",
+            ])
+            .output()
+            .expect("ethtool");
+        assert!(out.status.success(), "ethtool on {dev} in {ns}");
+    }
+    // A veth delivers redirected frames only if its peer runs XDP (as for XDP_TX).
+    let pass = lab::load_pass_program().expect("pass program");
+    lab::attach_xdp(
+        &far.0,
+        "eth0",
+        std::os::fd::AsFd::as_fd(&pass),
+        lab::XdpMode::Driver,
+    )
+    .expect("attach pass");
+    let far_host = lab::Host {
+        ns: far.0.clone(),
+        role: "far".into(),
+        v4: "198.18.4.2".parse().expect("ip"),
+        v6: "fd00:198:18:4::2".parse().expect("ip"),
+    };
+    lab.spawn(&far_host, &["iperf3", "-s", "-p", "5201"])
+        .expect("iperf3 server");
+    lab.wait_tcp_listening(&far_host, 5201, std::time::Duration::from_secs(10))
+        .expect("listening");
+    // The far target answers the LB's eth1 address: it needs no route of its own.
+    let config = r#"
+[agent]
+snat_addresses = ["198.18.4.1"]
+
+[[target_group]]
+name = "far"
+protocol = "tcp"
+port = 5201
+stickiness = { type = "source_ip" }
+targets = [{ address = "198.18.4.2" }]
+
+[[listener]]
+name = "far"
+address = "198.18.1.100"
+port = 5201
+protocol = "tcp"
+default_action = { forward = "far" }
+"#;
+    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
+    std::fs::write(&path, config).expect("write config");
+    let agent = LabAgent::start_on(&lab, &agent_binary(), &path, &["eth0", "eth1"])
+        .expect("agent on two NICs");
+    let tcp = iperf3(&lab, &["-t", "2"]);
+    let received = tcp["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .expect("bytes received");
+    assert!(
+        received > 1_000_000,
+        "only {received} bytes reached the far target"
+    );
+    let stats = agent.stats().expect("stats");
+    let to_backend = stats["verdicts"]["fwd_to_backend"].as_u64().unwrap_or(0);
+    let to_client = stats["verdicts"]["fwd_to_client"].as_u64().unwrap_or(0);
+    assert!(
+        to_backend > 1000 && to_client > 100,
+        "{}",
+        stats["verdicts"]
+    );
+}

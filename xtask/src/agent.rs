@@ -22,20 +22,31 @@ impl LabAgent {
     /// Starts `binary run --config CONFIG --iface eth0` in the lab's LB namespace and waits
     /// (at most 30 s) until its control socket answers.
     pub fn start(lab: &Lab, binary: &Path, config: &Path) -> anyhow::Result<Self> {
+        Self::start_on(lab, binary, config, &["eth0"])
+    }
+
+    /// As `start`, attached to each of `ifaces` of the LB node.
+    pub fn start_on(
+        lab: &Lab,
+        binary: &Path,
+        config: &Path,
+        ifaces: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("lb-agent-{}", lab.name()));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("agent.sock");
         let _ = std::fs::remove_file(&socket);
-        let args = [
+        let mut args = vec![
             binary.to_str().context("agent path is not UTF-8")?,
             "run",
             "--config",
             config.to_str().context("config path is not UTF-8")?,
-            "--iface",
-            "eth0",
             "--socket",
             socket.to_str().context("socket path is not UTF-8")?,
         ];
+        for iface in ifaces {
+            args.extend(["--iface", iface]);
+        }
         let pid = lab.spawn(lab.lb(), &args)?;
         let agent = Self {
             binary: binary.to_owned(),
