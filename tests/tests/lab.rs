@@ -10,7 +10,7 @@ use std::{
 
 use xtask::{
     agent::LabAgent,
-    lab::{self, Lab, LabSpec, VIP4},
+    lab::{self, Lab, LabSpec, VIP4, VIP6},
 };
 
 /// The agent binary `cargo xtask test` builds before these tests.
@@ -78,10 +78,20 @@ default_action = { forward = "echo" }
 /// `first_port + 1`, ... (fixed ports: the spread they get is the hash's, not the kernel's
 /// port choice); who greeted each.
 fn short_connections(lab: &Lab, first_port: u16, count: usize) -> BTreeMap<String, usize> {
+    short_connections_to(lab, &VIP4.to_string(), first_port, count)
+}
+
+/// As `short_connections`, to `vip` port 80 (IPv4 or IPv6).
+fn short_connections_to(
+    lab: &Lab,
+    vip: &str,
+    first_port: u16,
+    count: usize,
+) -> BTreeMap<String, usize> {
     let script = format!(
         "import socket\n\
          for i in range({count}):\n\
-         \x20   s = socket.create_connection(('{VIP4}', 80), timeout=5, source_address=('', {first_port} + i))\n\
+         \x20   s = socket.create_connection(('{vip}', 80), timeout=5, source_address=('', {first_port} + i))\n\
          \x20   print(s.makefile('r').readline().strip(), flush=True)\n\
          \x20   s.close()\n"
     );
@@ -161,6 +171,40 @@ fn short_connections_spread_evenly_over_three_backends() {
             "{backend} served {n} of 300: {served:?}"
         );
     }
+}
+
+#[test]
+fn ipv6_connections_through_the_ipv6_vip_spread_over_three_backends() {
+    let config = r#"
+[[target_group]]
+name = "echo6"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "fd00:198:18::21" }, { address = "fd00:198:18::22" }, { address = "fd00:198:18::23" }]
+
+[[listener]]
+name = "echo6"
+address = "fd00:198:18:1::100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "echo6" }
+"#;
+    // No snat_addresses: the node's own IPv6 address on eth0 is the default.
+    let (lab, agent) = lab_with_agent("v6", 3, config);
+    let served = short_connections_to(&lab, &VIP6.to_string(), 24000, 150);
+    assert_eq!(served.len(), 3, "{served:?}");
+    for (backend, n) in &served {
+        assert!(
+            (25..=75).contains(n),
+            "{backend} served {n} of 150: {served:?}"
+        );
+    }
+    let stats = agent.stats().expect("stats");
+    assert_eq!(
+        stats["listeners"][0]["counters"]["new_flows"], 150,
+        "{}",
+        stats["listeners"]
+    );
 }
 
 #[test]
