@@ -295,29 +295,6 @@ fn adding_a_target_live_brings_it_new_flows() {
     );
 }
 
-#[test]
-fn the_lab_is_removed_even_when_a_test_panics() {
-    let name = Lab::unique_name("pn");
-    let result = std::panic::catch_unwind(|| {
-        let _lab = Lab::up(LabSpec {
-            name: name.clone(),
-            backends: 1,
-        })
-        .expect("lab up");
-        panic!("a failing test");
-    });
-    assert!(result.is_err());
-    let list = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let list = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        !list.contains(&format!("{name}-")),
-        "namespaces left: {list}"
-    );
-}
-
 /// A namespace of the test's own, deleted on drop.
 struct ExtraNamespace(String);
 
