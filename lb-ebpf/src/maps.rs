@@ -1,6 +1,7 @@
 //! The maps shared with the agent. Layouts are `lb-common`'s; see DESIGN.md "Maps".
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -35,14 +36,17 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Client flow → its backend and SNAT source. One LRU shared by all CPUs: a flow's packets and
-/// its replies may arrive on different CPUs.
+/// Client flow → its backend and SNAT source. One table shared by all CPUs (a flow's packets
+/// and its replies may arrive on different CPUs); its LRU lists are per CPU
+/// (BPF_F_NO_COMMON_LRU), so inserts on different CPUs do not contend for one lock.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// Backend → SNAT address flow → the client flow it belongs to (the reverse NAT index).
 #[map]
-pub static SNAT: LruHashMap<FlowKey, ReverseFlow> = LruHashMap::with_max_entries(CONNTRACK_SIZE, 0);
+pub static SNAT: LruHashMap<FlowKey, ReverseFlow> =
+    LruHashMap::with_max_entries(CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// `[0]`: data-plane settings.
 #[map]
