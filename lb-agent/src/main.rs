@@ -290,9 +290,9 @@ fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The interface's own addresses: the default full-NAT sources (first IPv4, first global IPv6).
-fn interface_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let mut out: Vec<IpAddr> = Vec::new();
+/// Every address of this node's interfaces but link-local ones: (interface, address).
+fn node_addresses() -> anyhow::Result<Vec<(String, IpAddr)>> {
+    let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free below; we only read it in between.
     if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
@@ -308,9 +308,6 @@ fn interface_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
         }
         // SAFETY: ifa_name is a C string.
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != iface.as_bytes() {
-            continue;
-        }
         // SAFETY: the family says which sockaddr it is.
         let ip = unsafe {
             match i32::from((*ifa.ifa_addr).sa_family) {
@@ -326,13 +323,24 @@ fn interface_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
             }
         };
         let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-        if !link_local && !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
-            out.push(ip);
+        if !link_local {
+            out.push((name.to_string_lossy().into_owned(), ip));
         }
     }
     // SAFETY: the list getifaddrs allocated.
     unsafe { libc::freeifaddrs(ifap) };
     Ok(out)
+}
+
+/// The default full-NAT sources: the first IPv4 and first IPv6 address of `iface`.
+fn interface_addresses(addresses: &[(String, IpAddr)], iface: &str) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (_, ip) in addresses.iter().filter(|(name, _)| name == iface) {
+        if !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            out.push(*ip);
+        }
+    }
+    out
 }
 
 fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow::Result<()> {
@@ -344,11 +352,18 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
         .cloned()
         .context("no interface: set agent.interface in the config or pass --iface")?;
     let socket = socket.unwrap_or_else(|| cfg.agent.control_socket.clone());
+    let addresses = node_addresses()?;
     let snat = if cfg.agent.snat_addresses.is_empty() {
-        interface_addresses(&iface)?
+        interface_addresses(&addresses, &iface)
     } else {
         cfg.agent.snat_addresses.clone()
     };
+    for ip in &snat {
+        // Targets answer the SNAT address: if no interface has it, replies never come back.
+        if !addresses.iter().any(|(_, a)| a == ip) {
+            tracing::warn!(snat = %ip, "no interface of this node has the full-NAT source address: targets' replies will not reach the load balancer");
+        }
+    }
     let group_capacity = (cfg.target_groups.len() as u32).max(MIN_GROUP_CAPACITY);
     let mut dataplane = Dataplane::load(cfg.agent.maglev_table_size, group_capacity)
         .context("loading the XDP program")?;
