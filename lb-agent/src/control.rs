@@ -183,32 +183,45 @@ fn ok(value: impl Serialize) -> Response {
 }
 
 fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
+    if let Request::TargetsAdd { address, .. } = &request {
+        // Before the target goes live (so its first flows find the next hop's MAC), and
+        // outside the lock (it runs `ip`).
+        if let Err(e) = neighbor::keep_resolved(*address) {
+            tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
+        }
+    }
     let mut guard = match agent.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     };
     let Agent { dataplane, state } = &mut *guard;
     let result = match request {
-        Request::TargetsAdd { group, address, port, weight } => {
-            state.resolve_target(&group, address, port).and_then(|target| {
+        Request::TargetsAdd {
+            group,
+            address,
+            port,
+            weight,
+        } => state
+            .resolve_target(&group, address, port)
+            .and_then(|target| {
                 state.add_target(dataplane, &group, target, weight)?;
                 tracing::info!(group, %target, weight, "target registered");
-                if let Err(e) = neighbor::keep_resolved(target.ip()) {
-                    tracing::warn!(%target, error = %e, "cannot keep the target's next hop resolved");
-                }
                 Ok(serde_json::json!({ "group": group, "target": target, "weight": weight }))
-            })
-        }
-        Request::TargetsRemove { group, address, port } => {
-            state.resolve_target(&group, address, port).and_then(|target| {
+            }),
+        Request::TargetsRemove {
+            group,
+            address,
+            port,
+        } => state
+            .resolve_target(&group, address, port)
+            .and_then(|target| {
                 state.remove_target(dataplane, &group, target)?;
                 tracing::info!(group, %target, "target deregistered");
                 Ok(serde_json::json!({ "group": group, "target": target }))
-            })
-        }
-        Request::TargetsList { group } => {
-            state.targets(dataplane, group.as_deref()).map(|t| serde_json::json!(t))
-        }
+            }),
+        Request::TargetsList { group } => state
+            .targets(dataplane, group.as_deref())
+            .map(|t| serde_json::json!(t)),
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
         Request::Detach => match dataplane.detach() {
             Ok(()) => {

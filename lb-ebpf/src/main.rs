@@ -304,7 +304,10 @@ fn to_backend(
         // A SYN opens a new connection even if its 5-tuple is still in the table (a reused
         // client port): it must go where Maglev sends new flows now, not to a stale backend.
         Some(flow) if is_syn(ctx, packet, &scratch.key) => {
-            let current = match pick_backend(listener, &scratch.key) {
+            let Some(settings) = SETTINGS.get(0) else {
+                return Verdict::drop(verdict::DROP_NO_BACKEND);
+            };
+            let current = match pick_backend(settings, listener, &scratch.key) {
                 Ok((backend_id, _)) => backend_id,
                 Err(verdict) => return verdict,
             };
@@ -368,9 +371,12 @@ const TCP_ACK: u16 = 0x10;
 
 /// The backend Maglev gives a new flow `key` of `listener` now, and the flow's hash.
 #[inline(always)]
-fn pick_backend(listener: &ListenerInfo, key: &FlowKey) -> Result<(u32, u32), Verdict> {
+fn pick_backend(
+    settings: &Settings,
+    listener: &ListenerInfo,
+    key: &FlowKey,
+) -> Result<(u32, u32), Verdict> {
     let no_backend = Verdict::drop(verdict::DROP_NO_BACKEND);
-    let settings = SETTINGS.get(0).ok_or(no_backend)?;
     let group = GROUPS.get(listener.group_id).ok_or(no_backend)?;
     let hash = flow_hash(key);
     let pick = if group.flags & group_flags::STICKY_SOURCE_IP != 0 {
@@ -412,10 +418,10 @@ fn new_flow(
     scratch: &mut Scratch,
     replace: bool,
 ) -> Result<*const Flow, Verdict> {
-    let (backend_id, hash) = pick_backend(listener, &scratch.key)?;
     let settings = SETTINGS
         .get(0)
         .ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
+    let (backend_id, hash) = pick_backend(settings, listener, &scratch.key)?;
     let key = &scratch.key;
     let backend = BACKENDS
         .get(backend_id)
