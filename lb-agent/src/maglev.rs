@@ -121,8 +121,10 @@ impl MaglevTable {
                 // table is not full and a prime size makes every permutation visit every slot.
                 loop {
                     let c = position[n];
-                    let next = position[n] + skip[n];
-                    position[n] = if next >= size { next - size } else { next };
+                    // (c + skip) mod size without forming c + skip, which overflows u32 for
+                    // sizes above 2^31; no division, so the loop stays cheap.
+                    let back = size - skip[n];
+                    position[n] = if c >= back { c - back } else { c + skip[n] };
                     let slot = &mut slots[c as usize];
                     if *slot == EMPTY {
                         *slot = i as u32;
