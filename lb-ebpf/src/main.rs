@@ -704,11 +704,7 @@ fn snat_addr(settings: &Settings, family: u8) -> Option<&Addr> {
 
 #[inline(always)]
 fn is_snat_addr(settings: &Settings, addr: &Addr, family: u8) -> bool {
-    match family {
-        FAMILY_V4 => settings.has_snat_v4 != 0 && settings.snat_v4 == *addr,
-        FAMILY_V6 => settings.has_snat_v6 != 0 && settings.snat_v6 == *addr,
-        _ => false,
-    }
+    snat_addr(settings, family).is_some_and(|snat| snat == addr)
 }
 
 #[inline(always)]
