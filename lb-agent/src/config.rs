@@ -124,12 +124,41 @@ pub struct TargetGroup {
     /// The targets the file registers; more come and go through `lb-agent targets`.
     #[serde(default)]
     pub targets: Vec<Target>,
-    /// How targets are checked (parsed and range-checked; run by the health module).
+    /// How targets are checked; none: a TCP connect to the traffic port with AWS's defaults
+    /// for TCP-speaking groups, no checks for `udp` groups (see `effective_health_check`).
     pub health_check: Option<HealthCheck>,
+    /// Cut a target's established flows when it turns unhealthy (default: they are kept).
+    #[serde(default)]
+    pub terminate_on_unhealthy: bool,
+    /// With no target in service, route new flows to every registered target (default true);
+    /// false: drop them.
+    #[serde(default = "yes")]
+    pub fail_open: bool,
+    /// A target that turns healthy ramps its weight over this long (default 0: at once).
+    #[serde(default, deserialize_with = "duration")]
+    pub slow_start: Duration,
 }
 
 fn default_deregistration_delay() -> Duration {
     Duration::from_secs(300)
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TargetGroup {
+    /// The check the agent runs on this group's targets, if any: the configured one unless
+    /// disabled; without one, a TCP connect to the traffic port (AWS's defaults) for groups
+    /// that speak TCP, none for `udp` groups (a UDP port cannot be checked by connecting).
+    pub fn effective_health_check(&self) -> Option<HealthCheck> {
+        match &self.health_check {
+            Some(hc) if hc.enabled => Some(hc.clone()),
+            Some(_) => None,
+            None if self.protocol == GroupProtocol::Udp => None,
+            None => Some(HealthCheck::default()),
+        }
+    }
 }
 
 /// Stickiness: what keeps a client on one target. TOML: `{ type = "source_ip" }`,
@@ -257,22 +286,30 @@ pub enum HealthProtocol {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// False: no checks, every target is in service (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// How to check (default `tcp`).
     #[serde(default)]
     pub protocol: HealthProtocol,
     /// Port to check; none: the traffic port.
     pub port: Option<u16>,
-    /// HTTP(S) path to GET (default `/`).
+    /// HTTP(S) path to request (default `/`).
     #[serde(default = "default_path")]
     pub path: String,
+    /// HTTP(S) method: `GET` (default) or `HEAD`.
+    #[serde(default)]
+    pub method: HealthMethod,
+    /// HTTP(S) `Host` header; none: the target's address and port.
+    pub host: Option<String>,
     /// HTTP(S) status codes that count as healthy, like `"200"`, `"200-299"`, `"200,301"`
     /// (default `200-399`).
     #[serde(default = "default_matcher")]
     pub matcher: String,
-    /// Time between checks, 5s..=300s (default 30 s).
+    /// Time between checks, 1s..=300s (default 30 s).
     #[serde(default = "default_interval", deserialize_with = "duration")]
     pub interval: Duration,
-    /// How long a check may take, 2s..=120s and less than `interval` (default 10 s).
+    /// How long a check may take, 100ms..=120s and less than `interval` (default 10 s).
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
     /// Successes in a row before a target counts as healthy, 2..=10 (default 5).
@@ -281,6 +318,45 @@ pub struct HealthCheck {
     /// Failures in a row before a target counts as unhealthy, 2..=10 (default 2).
     #[serde(default = "default_unhealthy")]
     pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    /// AWS NLB's TCP check: every 30 s, 10 s timeout, healthy after 5, unhealthy after 2.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            protocol: HealthProtocol::Tcp,
+            port: None,
+            path: default_path(),
+            method: HealthMethod::Get,
+            host: None,
+            matcher: default_matcher(),
+            interval: default_interval(),
+            timeout: default_timeout(),
+            healthy_threshold: default_healthy(),
+            unhealthy_threshold: default_unhealthy(),
+        }
+    }
+}
+
+/// An HTTP(S) health check's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum HealthMethod {
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+impl HealthMethod {
+    /// As on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+        }
+    }
 }
 
 // AWS NLB's defaults.
@@ -932,9 +1008,9 @@ fn check_matcher(p: &mut Problems, field: String, matcher: &str) {
     }
 }
 
-fn check_duration(p: &mut Problems, field: String, d: Duration, min: u64, max: u64) {
-    if !(Duration::from_secs(min)..=Duration::from_secs(max)).contains(&d) {
-        p.add(field, format!("{d:?} is out of range {min}s..={max}s"));
+fn check_duration(p: &mut Problems, field: String, d: Duration, min: Duration, max: Duration) {
+    if !(min..=max).contains(&d) {
+        p.add(field, format!("{d:?} is out of range {min:?}..={max:?}"));
     }
 }
 
@@ -1119,6 +1195,22 @@ impl Config {
                 );
             }
             p.port(format!("{at}.port"), g.port);
+            if !g.slow_start.is_zero() {
+                check_duration(
+                    p,
+                    format!("{at}.slow_start"),
+                    g.slow_start,
+                    Duration::from_secs(1),
+                    Duration::from_secs(900),
+                );
+            }
+            check_duration(
+                p,
+                format!("{at}.deregistration_delay"),
+                g.deregistration_delay,
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            );
             match &g.stickiness {
                 Some(s @ (Stickiness::LbCookie { .. } | Stickiness::AppCookie { .. }))
                     if g.protocol.is_l4() =>
@@ -1179,8 +1271,29 @@ impl Config {
                         );
                     }
                 }
-                check_duration(p, format!("{hat}.interval"), hc.interval, 5, 300);
-                check_duration(p, format!("{hat}.timeout"), hc.timeout, 2, 120);
+                check_duration(
+                    p,
+                    format!("{hat}.interval"),
+                    hc.interval,
+                    Duration::from_secs(1),
+                    Duration::from_secs(300),
+                );
+                check_duration(
+                    p,
+                    format!("{hat}.timeout"),
+                    hc.timeout,
+                    Duration::from_millis(100),
+                    Duration::from_secs(120),
+                );
+                if let Some(host) = &hc.host
+                    && (host.is_empty()
+                        || !host.bytes().all(|b| b.is_ascii_graphic()))
+                {
+                    p.add(
+                        format!("{hat}.host"),
+                        format!("`{host}` is no Host header value (printable ASCII, no spaces)"),
+                    );
+                }
                 if hc.timeout >= hc.interval {
                     p.add(
                         format!("{hat}.timeout"),

@@ -1,6 +1,6 @@
 //! The local control socket: one JSON request per line, one JSON response per line.
 //!
-//! The CLI's `targets`, `stats` and `detach` commands are clients of this socket. The socket
+//! The CLI's `targets`, `stats`, `flows` and `detach` commands are clients of this socket. The socket
 //! file is created with mode 0600: whoever can use it can reprogram the load balancer.
 
 use std::{
@@ -38,10 +38,19 @@ pub enum Request {
         address: IpAddr,
         port: Option<u16>,
     },
+    /// Change a registered target's weight.
+    TargetsWeight {
+        group: String,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    },
     /// List targets, of one group or all.
     TargetsList { group: Option<String> },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats,
+    /// The connection table.
+    Flows,
     /// Detach the XDP program and stop the agent.
     Detach,
 }
@@ -215,14 +224,29 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
         } => state
             .resolve_target(&group, address, port)
             .and_then(|target| {
-                state.remove_target(dataplane, &group, target)?;
-                tracing::info!(group, %target, "target deregistered");
-                Ok(serde_json::json!({ "group": group, "target": target }))
+                let delay = state.remove_target(dataplane, &group, target)?;
+                Ok(serde_json::json!({
+                    "group": group,
+                    "target": target,
+                    "draining_seconds": delay.as_secs_f64(),
+                }))
+            }),
+        Request::TargetsWeight {
+            group,
+            address,
+            port,
+            weight,
+        } => state
+            .resolve_target(&group, address, port)
+            .and_then(|target| {
+                let before = state.set_weight(dataplane, &group, target, weight)?;
+                Ok(serde_json::json!({ "group": group, "target": target, "weight": weight, "previous_weight": before }))
             }),
         Request::TargetsList { group } => state
             .targets(dataplane, group.as_deref())
             .map(|t| serde_json::json!(t)),
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
+        Request::Flows => state.flows(dataplane).map(|f| serde_json::json!(f)),
         Request::Detach => match dataplane.detach() {
             Ok(()) => {
                 tracing::info!("detached on request");

@@ -376,6 +376,40 @@ impl Dataplane {
             .collect()
     }
 
+    /// Deletes every connection-table and reverse-NAT entry of a backend id; returns how
+    /// many flows it cut. Their next packets are hashed again (to a target in service, which
+    /// answers a stray TCP segment with a reset).
+    pub fn purge_backend(&mut self, backend_id: u32) -> Result<usize> {
+        let mut conntrack: HashMap<_, FlowKey, Flow> =
+            HashMap::try_from(self.map_mut(map_names::CONNTRACK)?)
+                .map_err(map_err(map_names::CONNTRACK))?;
+        let doomed: Vec<FlowKey> = conntrack
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, flow)| flow.backend_id == backend_id)
+            .map(|(key, _)| key)
+            .collect();
+        let mut cut = 0;
+        for key in &doomed {
+            // Gone already (evicted, or a SYN re-picked it) is fine.
+            if conntrack.remove(key).is_ok() {
+                cut += 1;
+            }
+        }
+        let mut snat: HashMap<_, FlowKey, ReverseFlow> =
+            HashMap::try_from(self.map_mut(map_names::SNAT)?).map_err(map_err(map_names::SNAT))?;
+        let doomed: Vec<FlowKey> = snat
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, reverse)| reverse.backend_id == backend_id)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &doomed {
+            let _ = snat.remove(key);
+        }
+        Ok(cut)
+    }
+
     /// Every reverse-NAT entry.
     pub fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
         let map: HashMap<_, FlowKey, ReverseFlow> =

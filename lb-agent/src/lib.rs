@@ -4,6 +4,7 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod neighbor;
 pub mod state;

@@ -14,7 +14,8 @@ use lb_agent::{
     control::{self, Agent, Request},
     dataplane::{self, Dataplane},
     neighbor,
-    state::{State, StatsView, TargetView},
+    health,
+    state::{FlowView, State, StatsView, TargetView},
 };
 
 /// Default control socket, as in the config's `agent.control_socket`.
@@ -69,6 +70,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// The connection table: each flow's client, listener, target and full-NAT source.
+    Flows {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Detach the XDP program and stop the running agent.
     Detach {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -78,7 +86,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TargetsCommand {
-    /// Register ADDR[:PORT] in a group; new flows may reach it at once.
+    /// Register ADDR[:PORT] in a group; new flows reach it once it passes the group's health
+    /// checks (at once without checks). Re-registering a draining target returns it to service.
     Add {
         #[arg(long)]
         group: String,
@@ -89,7 +98,8 @@ enum TargetsCommand {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Deregister ADDR[:PORT]: no new flows; established flows keep their backend.
+    /// Deregister ADDR[:PORT]: no new flows; established flows keep their target while it
+    /// drains (the group's deregistration_delay), then are cut.
     Remove {
         #[arg(long)]
         group: String,
@@ -97,7 +107,17 @@ enum TargetsCommand {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// List targets with their weights and counters.
+    /// Change a registered target's weight (0..=1000; 0: no new flows).
+    Weight {
+        #[arg(long)]
+        group: String,
+        target: String,
+        #[arg(long)]
+        weight: u32,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// List targets: state and reason, weight, last check latency, active flows, counters.
     List {
         #[arg(long)]
         group: Option<String>,
@@ -133,6 +153,7 @@ fn main() -> ExitCode {
         },
         Command::Targets { command } => targets(command),
         Command::Stats { json, socket } => stats(&socket, json),
+        Command::Flows { json, socket } => flows(&socket, json),
         Command::Detach { socket } => control::request(&socket, &Request::Detach)
             .map(|_| println!("detached"))
             .map_err(Into::into),
@@ -216,10 +237,40 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
                     port,
                 },
             )?;
+            let draining = r["draining_seconds"].as_f64().unwrap_or(0.0);
             println!(
-                "deregistered {} from {}",
+                "deregistered {} from {}: {}",
                 r["target"].as_str().unwrap_or("?"),
-                r["group"].as_str().unwrap_or("?")
+                r["group"].as_str().unwrap_or("?"),
+                if draining > 0.0 {
+                    format!("draining, its established flows are cut in {draining}s")
+                } else {
+                    "its established flows were cut".to_owned()
+                }
+            );
+        }
+        TargetsCommand::Weight {
+            group,
+            target,
+            weight,
+            socket,
+        } => {
+            let (address, port) = parse_target(&target)?;
+            let r = control::request(
+                &socket,
+                &Request::TargetsWeight {
+                    group,
+                    address,
+                    port,
+                    weight,
+                },
+            )?;
+            println!(
+                "{} in {}: weight {} (was {})",
+                r["target"].as_str().unwrap_or("?"),
+                r["group"].as_str().unwrap_or("?"),
+                r["weight"],
+                r["previous_weight"]
             );
         }
         TargetsCommand::List {
@@ -241,20 +292,57 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
 
 fn print_targets(list: &[TargetView]) {
     println!(
-        "{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}",
-        "GROUP", "TARGET", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS"
+        "{:<12} {:<28} {:<11} {:<32} {:>6} {:>6} {:>8} {:>7} {:>10} {:>10}",
+        "GROUP", "TARGET", "STATE", "REASON", "WEIGHT", "NOW", "CHECK", "FLOWS", "PACKETS", "NEW FLOWS"
     );
     for t in list {
         println!(
-            "{:<16} {:<40} {:>6} {:>12} {:>14} {:>10}",
+            "{:<12} {:<28} {:<11} {:<32} {:>6} {:>6} {:>8} {:>7} {:>10} {:>10}",
             t.group,
-            t.address,
+            t.address.to_string(),
+            serde_json::to_value(t.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            t.reason.as_deref().unwrap_or("-"),
             t.weight,
+            format!("{:.2}", t.effective_weight),
+            t.last_check_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}ms")),
+            t.active_flows,
             t.counters.packets,
-            t.counters.bytes,
             t.counters.new_flows
         );
+        if let Some(description) = &t.description {
+            println!("{:<12} {:<28} ↳ {description}", "", "");
+        }
     }
+}
+
+fn flows(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let r = control::request(socket, &Request::Flows)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let list: Vec<FlowView> = serde_json::from_value(r)?;
+    println!(
+        "{:<5} {:<46} {:<46} {:<46} {:<46} GROUP",
+        "PROTO", "CLIENT", "LISTENER", "TARGET", "SNAT"
+    );
+    for f in &list {
+        println!(
+            "{:<5} {:<46} {:<46} {:<46} {:<46} {}",
+            f.protocol,
+            f.client.to_string(),
+            f.listener.to_string(),
+            f.backend.to_string(),
+            f.snat.to_string(),
+            f.target_group.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} flows", list.len());
+    Ok(())
 }
 
 fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
@@ -283,6 +371,12 @@ fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     println!();
     print_targets(&s.targets);
     println!("\nconnection table: {} flows", s.flows);
+    if !s.health_transitions.is_empty() {
+        println!("target state changes:");
+        for (change, count) in &s.health_transitions {
+            println!("  {change:<24} {count}");
+        }
+    }
     println!("verdicts:");
     for (name, count) in s.verdicts.iter().filter(|(_, c)| **c > 0) {
         println!("  {name:<24} {count}");
@@ -403,6 +497,7 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
     runtime.block_on(async {
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(control::serve(listener, agent.clone(), shutdown.clone()));
+        let monitor = tokio::spawn(health::monitor::run(agent.clone(), shutdown.subscribe()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -411,6 +506,7 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
         }
         let _ = shutdown.send(true);
         let _ = server.await;
+        let _ = monitor.await;
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);

@@ -1,13 +1,22 @@
 //! What the data plane should be doing, and the map writes that make it so.
 //!
-//! `State` owns the ids (listeners, target groups, backends) and each group's live target set.
-//! A change to a group's targets builds a new Maglev table into the group's idle slot, then
-//! flips the group's active slot in one map write: new flows see the old table or the new one,
-//! never a mix, and established flows keep their backend through the connection table.
+//! `State` owns the ids (listeners, target groups, backends) and each group's registered
+//! targets with their health and lifecycle. Which targets receive new flows follows from
+//! those: a change builds a new Maglev table into the group's idle slot, then flips the
+//! group's active slot in one map write: new flows see the old table or the new one, never a
+//! mix, and established flows keep their backend through the connection table.
+//!
+//! In service (in the table) are a group's targets that are not draining, have a weight above
+//! 0 and pass its checks: healthy, or still `initial` when the agent started with them (a
+//! target added later waits for `healthy_threshold` successes). With none in service, a
+//! `fail_open` group (the default) puts every registered, non-draining target with a weight
+//! in the table. A group without checks has every target in service.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use lb_common::{
@@ -19,6 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Config, ListenerProtocol, Stickiness},
     dataplane::{Dataplane, DataplaneError},
+    health::{
+        Health, TargetState, Thresholds, Transition,
+        probe::{Probe, ProbeResult},
+        reason,
+    },
     maglev::{MaglevError, MaglevTable, MaglevTarget},
 };
 
@@ -57,6 +71,9 @@ pub enum StateError {
     /// Too many distinct backends.
     #[error("no free backend id (at most {MAX_BACKENDS} backends)")]
     BackendsFull,
+    /// A group's health check cannot be run as configured.
+    #[error("target group `{group}`: health check: {message}")]
+    HealthCheck { group: String, message: String },
     /// No full-NAT source address for a family a listener uses.
     #[error(
         "no IPv{0} full-NAT source address: set agent.snat_addresses or give the interface one"
@@ -69,12 +86,36 @@ type Result<T> = std::result::Result<T, StateError>;
 /// Heaviest weight a target may have.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// Weights are scaled by this in the Maglev table, so a slow-starting target can hold a
+/// small fraction of its weight (scaling every weight alike changes no table).
+const WEIGHT_SCALE: u32 = 100;
+
+/// Steps a slow start's ramp takes: each one rebuilds the group's table.
+const SLOW_START_STEPS: u32 = 20;
+
 /// A registered target of a group.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetEntry {
-    pub address: SocketAddr,
-    pub weight: u32,
-    pub backend_id: u32,
+#[derive(Debug, Clone)]
+struct TargetEntry {
+    address: SocketAddr,
+    weight: u32,
+    /// This registration's id in the data plane (per group and target: health, draining and
+    /// counters are per group).
+    backend_id: u32,
+    /// Tells this registration from an earlier one of the same address.
+    registration: u64,
+    health: Health,
+    /// Deregistered: leaves for good at this instant.
+    draining_until: Option<Instant>,
+    /// Turned healthy at this instant and is ramping up its weight.
+    slow_start_since: Option<Instant>,
+}
+
+/// A group's health check as the agent runs it.
+#[derive(Debug, Clone)]
+struct GroupCheck {
+    probe: Arc<Probe>,
+    interval: Duration,
+    thresholds: Thresholds,
 }
 
 #[derive(Debug)]
@@ -82,10 +123,127 @@ struct GroupState {
     id: u32,
     port: Option<u16>,
     flags: u32,
-    /// Address family of the listeners that forward here, if any.
+    /// Address family of the listeners that forward here; none: no listener does (unused).
     family: Option<u8>,
     targets: Vec<TargetEntry>,
     active_slot: u32,
+    check: Option<GroupCheck>,
+    deregistration_delay: Duration,
+    terminate_on_unhealthy: bool,
+    fail_open: bool,
+    slow_start: Duration,
+    /// What the active table was built from: (backend id, scaled weight); `None` before the
+    /// first build.
+    published: Option<Vec<(u32, u32)>>,
+    /// The active table holds every target because none is in service.
+    failing_open: bool,
+}
+
+impl GroupState {
+    /// Whether the target passes this group's checks (ignoring weight and draining).
+    fn passes(&self, t: &TargetEntry) -> bool {
+        if self.check.is_none() || self.family.is_none() {
+            // Not checked: checks disabled, or no listener uses the group.
+            return true;
+        }
+        match t.health.state {
+            TargetState::Healthy => true,
+            TargetState::Initial => t.health.in_service_while_initial(),
+            _ => false,
+        }
+    }
+
+    /// Whether a target can take new flows at all: registered (not draining), with a weight.
+    fn eligible(t: &TargetEntry) -> bool {
+        t.draining_until.is_none() && t.weight > 0
+    }
+
+    /// The weight a target in service has now (scaled), with its slow start's ramp.
+    fn scaled_weight(&self, t: &TargetEntry, now: Instant) -> u32 {
+        let full = t.weight * WEIGHT_SCALE;
+        match t.slow_start_since {
+            Some(since) if !self.slow_start.is_zero() => {
+                let done = now.saturating_duration_since(since).as_secs_f64()
+                    / self.slow_start.as_secs_f64();
+                // In steps, so a ramp rebuilds the table SLOW_START_STEPS times, not per tick.
+                let step = (done * f64::from(SLOW_START_STEPS)).floor() / f64::from(SLOW_START_STEPS);
+                if step >= 1.0 {
+                    full
+                } else {
+                    ((f64::from(full) * step) as u32).max(1)
+                }
+            }
+            _ => full,
+        }
+    }
+
+    /// Each target's scaled weight in the table now, in target order, and whether the group
+    /// fails open (no target in service, so every eligible one is in the table).
+    fn plan(&self, now: Instant) -> (Vec<(u32, u32)>, bool) {
+        let serving: Vec<(u32, u32)> = self
+            .targets
+            .iter()
+            .map(|t| {
+                let weight = if Self::eligible(t) && self.passes(t) {
+                    self.scaled_weight(t, now)
+                } else {
+                    0
+                };
+                (t.backend_id, weight)
+            })
+            .collect();
+        if serving.iter().any(|&(_, w)| w > 0) || !self.fail_open {
+            return (serving, false);
+        }
+        let all: Vec<(u32, u32)> = self
+            .targets
+            .iter()
+            .map(|t| {
+                let weight = if Self::eligible(t) {
+                    t.weight * WEIGHT_SCALE
+                } else {
+                    0
+                };
+                (t.backend_id, weight)
+            })
+            .collect();
+        let failing_open = all.iter().any(|&(_, w)| w > 0);
+        (all, failing_open)
+    }
+
+    /// The weight a target has in the active table (scaled), 0 if none.
+    fn published_weight(&self, backend_id: u32) -> u32 {
+        self.published
+            .iter()
+            .flatten()
+            .find(|&&(id, _)| id == backend_id)
+            .map_or(0, |&(_, w)| w)
+    }
+
+    /// The state `targets list` shows.
+    fn shown_state(&self, t: &TargetEntry) -> (TargetState, Option<&'static str>) {
+        if t.draining_until.is_some() {
+            (TargetState::Draining, Some(reason::DEREGISTRATION_IN_PROGRESS))
+        } else if self.family.is_none() {
+            (TargetState::Unused, Some(reason::NOT_IN_USE))
+        } else if self.check.is_none() {
+            (TargetState::Unavailable, Some(reason::HEALTH_CHECK_DISABLED))
+        } else {
+            (t.health.state, t.health.reason)
+        }
+    }
+}
+
+/// One health check the monitor should be running.
+#[derive(Debug, Clone)]
+pub struct CheckSpec {
+    pub group: String,
+    pub target: SocketAddr,
+    pub registration: u64,
+    pub probe: Arc<Probe>,
+    pub interval: Duration,
+    /// The first check comes at a random time within this (spreads start-up's checks).
+    pub first_within: Duration,
 }
 
 #[derive(Debug)]
@@ -120,7 +278,22 @@ impl From<Counters> for CountersView {
 pub struct TargetView {
     pub group: String,
     pub address: SocketAddr,
+    /// The registered weight.
     pub weight: u32,
+    /// The weight new flows see now: 0 when out of service, less than `weight` while slow
+    /// starting.
+    pub effective_weight: f64,
+    pub state: TargetState,
+    /// AWS's reason code for the state (none when healthy).
+    pub reason: Option<String>,
+    /// The reason in words.
+    pub description: Option<String>,
+    /// Whether new flows may reach it now.
+    pub in_service: bool,
+    /// How long its last health check took, in milliseconds.
+    pub last_check_ms: Option<f64>,
+    /// Its entries in the connection table.
+    pub active_flows: u64,
     pub counters: CountersView,
 }
 
@@ -142,6 +315,21 @@ pub struct StatsView {
     /// Packets per data-plane verdict (`lb_common::verdict::NAMES`).
     pub verdicts: BTreeMap<String, u64>,
     pub flows: usize,
+    /// Target state changes since the agent started, as `"initial->healthy": 3`.
+    pub health_transitions: BTreeMap<String, u64>,
+}
+
+/// A connection-table entry as `flows` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowView {
+    pub protocol: String,
+    pub client: SocketAddr,
+    /// The listener's address (the VIP and port the client reached).
+    pub listener: SocketAddr,
+    pub backend: SocketAddr,
+    /// The source the backend sees (full NAT).
+    pub snat: SocketAddr,
+    pub target_group: Option<String>,
 }
 
 /// The agent's view of what runs.
@@ -149,10 +337,10 @@ pub struct StatsView {
 pub struct State {
     groups: BTreeMap<String, GroupState>,
     listeners: Vec<ListenerState>,
-    /// Backend identity → (id, number of groups using it).
-    backends: HashMap<SocketAddr, (u32, u32)>,
     free_backend_ids: Vec<u32>,
     next_backend_id: u32,
+    next_registration: u64,
+    transitions: BTreeMap<String, u64>,
 }
 
 /// The data plane's bytes for an address.
@@ -211,6 +399,22 @@ impl State {
                 .iter()
                 .find(|l| l.forward_group() == Some(group.name.as_str()))
                 .map(|l| family_of(l.address));
+            let check = match group.effective_health_check() {
+                Some(hc) => Some(GroupCheck {
+                    probe: Arc::new(Probe::new(&hc).map_err(|message| {
+                        StateError::HealthCheck {
+                            group: group.name.clone(),
+                            message,
+                        }
+                    })?),
+                    interval: hc.interval,
+                    thresholds: Thresholds {
+                        healthy: hc.healthy_threshold,
+                        unhealthy: hc.unhealthy_threshold,
+                    },
+                }),
+                None => None,
+            };
             state.groups.insert(
                 group.name.clone(),
                 GroupState {
@@ -220,6 +424,13 @@ impl State {
                     family,
                     targets: Vec::new(),
                     active_slot: 0,
+                    check,
+                    deregistration_delay: group.deregistration_delay,
+                    terminate_on_unhealthy: group.terminate_on_unhealthy,
+                    fail_open: group.fail_open,
+                    slow_start: group.slow_start,
+                    published: None,
+                    failing_open: false,
                 },
             );
         }
@@ -252,9 +463,10 @@ impl State {
                 })
                 .collect::<Result<Vec<_>>>()?;
             for (address, weight) in targets {
-                state.register(dp, &group.name, address, weight)?;
+                // Started with: in service while its first checks run.
+                state.register(dp, &group.name, address, weight, true)?;
             }
-            state.publish(dp, &group.name)?;
+            state.publish(dp, &group.name, Instant::now())?;
         }
         for (id, listener) in (0u32..).zip(&config.listeners) {
             let Some(group) = listener.forward_group() else {
@@ -312,14 +524,12 @@ impl State {
         group_name: &str,
         address: SocketAddr,
         weight: u32,
+        started_with: bool,
     ) -> Result<()> {
         if weight > MAX_WEIGHT {
             return Err(StateError::Weight(weight));
         }
-        let group = self
-            .groups
-            .get(group_name)
-            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let group = self.group(group_name)?;
         if group.targets.iter().any(|t| t.address == address) {
             return Err(StateError::Duplicate {
                 group: group_name.to_owned(),
@@ -337,54 +547,66 @@ impl State {
                 });
             }
         }
-        let backend_id = match self.backends.get_mut(&address) {
-            Some((id, users)) => {
-                *users += 1;
-                *id
+        let backend_id = match self.free_backend_ids.pop() {
+            Some(id) => id,
+            None if self.next_backend_id < MAX_BACKENDS => {
+                self.next_backend_id += 1;
+                self.next_backend_id - 1
             }
-            None => {
-                let id = match self.free_backend_ids.pop() {
-                    Some(id) => id,
-                    None if self.next_backend_id < MAX_BACKENDS => {
-                        self.next_backend_id += 1;
-                        self.next_backend_id - 1
-                    }
-                    None => return Err(StateError::BackendsFull),
-                };
-                let (addr, family) = addr_of(address.ip());
-                dp.set_backend(
-                    id,
-                    &Backend {
-                        addr,
-                        port: address.port().to_be(),
-                        family,
-                        _pad: 0,
-                    },
-                )?;
-                self.backends.insert(address, (id, 1));
-                id
-            }
+            None => return Err(StateError::BackendsFull),
         };
-        let group = self
-            .groups
-            .get_mut(group_name)
-            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let (addr, family) = addr_of(address.ip());
+        let written = dp.set_backend(
+            backend_id,
+            &Backend {
+                addr,
+                port: address.port().to_be(),
+                family,
+                _pad: 0,
+            },
+        );
+        if let Err(e) = written {
+            self.free_backend_ids.push(backend_id);
+            return Err(e.into());
+        }
+        self.next_registration += 1;
+        let registration = self.next_registration;
+        let group = self.group_mut(group_name)?;
         group.targets.push(TargetEntry {
             address,
             weight,
             backend_id,
+            registration,
+            health: Health::new(started_with),
+            draining_until: None,
+            slow_start_since: None,
         });
         Ok(())
     }
 
-    /// Builds the group's table into its idle slot, then flips the active slot.
-    fn publish(&mut self, dp: &mut Dataplane, group_name: &str) -> Result<()> {
-        let group = self
-            .groups
-            .get_mut(group_name)
-            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+    fn group(&self, name: &str) -> Result<&GroupState> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| StateError::NoGroup(name.to_owned()))
+    }
+
+    fn group_mut(&mut self, name: &str) -> Result<&mut GroupState> {
+        self.groups
+            .get_mut(name)
+            .ok_or_else(|| StateError::NoGroup(name.to_owned()))
+    }
+
+    /// Builds the group's table into its idle slot and flips the active slot, unless the
+    /// table would be the one already active.
+    fn publish(&mut self, dp: &mut Dataplane, group_name: &str, now: Instant) -> Result<()> {
+        let group = self.group_mut(group_name)?;
+        let (plan, failing_open) = group.plan(now);
+        if group.published.as_ref() == Some(&plan) {
+            group.failing_open = failing_open;
+            return Ok(());
+        }
         let size = dp.maglev_size();
-        let table: Vec<u32> = if group.targets.iter().all(|t| t.weight == 0) {
+        let table: Vec<u32> = if plan.iter().all(|&(_, w)| w == 0) {
             // No target may receive new flows: an empty table (0 = no backend) drops them.
             vec![0; size as usize]
         } else {
@@ -395,17 +617,17 @@ impl State {
                 .collect();
             let targets: Vec<MaglevTarget<'_>> = keys
                 .iter()
-                .zip(&group.targets)
-                .map(|(key, t)| MaglevTarget {
+                .zip(&plan)
+                .map(|(key, &(_, weight))| MaglevTarget {
                     key: key.as_bytes(),
-                    weight: t.weight,
+                    weight,
                 })
                 .collect();
             let built = MaglevTable::build(&targets, size)?;
             built
                 .slots()
                 .iter()
-                .map(|&i| group.targets[i as usize].backend_id)
+                .map(|&i| plan[i as usize].0)
                 .collect()
         };
         let idle = 1 - group.active_slot;
@@ -418,6 +640,15 @@ impl State {
             },
         )?;
         group.active_slot = idle;
+        if failing_open != group.failing_open {
+            if failing_open {
+                tracing::warn!(group = group_name, "no target in service: failing open to every registered target");
+            } else {
+                tracing::info!(group = group_name, "targets in service again: no longer failing open");
+            }
+        }
+        group.failing_open = failing_open;
+        group.published = Some(plan);
         Ok(())
     }
 
@@ -428,17 +659,16 @@ impl State {
         ip: IpAddr,
         port: Option<u16>,
     ) -> Result<SocketAddr> {
-        let group = self
-            .groups
-            .get(group_name)
-            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+        let group = self.group(group_name)?;
         let port = port
             .or(group.port)
             .ok_or_else(|| StateError::NoPort(ip, group_name.to_owned()))?;
         Ok(SocketAddr::new(ip, port))
     }
 
-    /// Registers a target live: new flows may reach it at once.
+    /// Registers a target live. A new target gets new flows once it passes its group's
+    /// checks (at once in a group without checks); a draining one returns to service with its
+    /// health as checked meanwhile, and the weight given.
     pub fn add_target(
         &mut self,
         dp: &mut Dataplane,
@@ -446,37 +676,138 @@ impl State {
         address: SocketAddr,
         weight: u32,
     ) -> Result<()> {
-        self.register(dp, group, address, weight)?;
-        if let Err(e) = self.publish(dp, group) {
-            // Nothing half-applied: forget the registration again.
-            let _ = self.unregister(group, address);
-            return Err(e);
+        if weight > MAX_WEIGHT {
+            return Err(StateError::Weight(weight));
         }
-        Ok(())
-    }
-
-    /// Deregisters a target live: it gets no new flows; its established flows stay.
-    pub fn remove_target(
-        &mut self,
-        dp: &mut Dataplane,
-        group: &str,
-        address: SocketAddr,
-    ) -> Result<()> {
-        let entry = self.unregister(group, address)?;
-        if let Err(e) = self.publish(dp, group) {
-            if let Some(g) = self.groups.get_mut(group) {
-                g.targets.push(entry);
+        let g = self.group_mut(group)?;
+        if let Some(t) = g
+            .targets
+            .iter_mut()
+            .find(|t| t.address == address && t.draining_until.is_some())
+        {
+            let before = (t.weight, t.draining_until);
+            t.weight = weight;
+            t.draining_until = None;
+            if let Err(e) = self.publish(dp, group, Instant::now()) {
+                let g = self.group_mut(group)?;
+                if let Some(t) = g.targets.iter_mut().find(|t| t.address == address) {
+                    (t.weight, t.draining_until) = before;
+                }
+                return Err(e);
+            }
+            let to = self
+                .group(group)?
+                .targets
+                .iter()
+                .find(|t| t.address == address)
+                .map_or(TargetState::Initial, |t| t.health.state);
+            self.count(group, address, TargetState::Draining, to, "re-registered: draining stopped");
+            return Ok(());
+        }
+        self.register(dp, group, address, weight, false)?;
+        if let Err(e) = self.publish(dp, group, Instant::now()) {
+            // Nothing half-applied: forget the registration again.
+            if let Ok(entry) = self.take(group, address) {
+                self.free_backend_ids.push(entry.backend_id);
             }
             return Err(e);
         }
         Ok(())
     }
 
-    fn unregister(&mut self, group_name: &str, address: SocketAddr) -> Result<TargetEntry> {
-        let group = self
-            .groups
-            .get_mut(group_name)
-            .ok_or_else(|| StateError::NoGroup(group_name.to_owned()))?;
+    /// Changes a registered target's weight live (0: no new flows; established ones stay).
+    pub fn set_weight(
+        &mut self,
+        dp: &mut Dataplane,
+        group: &str,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Result<u32> {
+        if weight > MAX_WEIGHT {
+            return Err(StateError::Weight(weight));
+        }
+        let g = self.group_mut(group)?;
+        let t = g
+            .targets
+            .iter_mut()
+            .find(|t| t.address == address && t.draining_until.is_none())
+            .ok_or_else(|| StateError::NoTarget {
+                group: group.to_owned(),
+                target: address,
+            })?;
+        let before = std::mem::replace(&mut t.weight, weight);
+        if let Err(e) = self.publish(dp, group, Instant::now()) {
+            let g = self.group_mut(group)?;
+            if let Some(t) = g.targets.iter_mut().find(|t| t.address == address) {
+                t.weight = before;
+            }
+            return Err(e);
+        }
+        tracing::info!(group, target = %address, from = before, to = weight, "target weight changed");
+        Ok(before)
+    }
+
+    /// Deregisters a target live: it gets no new flows at once; its established flows stay
+    /// for the group's deregistration delay (draining), then are cut and the target is gone.
+    /// Returns how long it drains.
+    pub fn remove_target(
+        &mut self,
+        dp: &mut Dataplane,
+        group: &str,
+        address: SocketAddr,
+    ) -> Result<Duration> {
+        let now = Instant::now();
+        let g = self.group_mut(group)?;
+        let delay = g.deregistration_delay;
+        let t = g
+            .targets
+            .iter_mut()
+            .find(|t| t.address == address && t.draining_until.is_none())
+            .ok_or_else(|| StateError::NoTarget {
+                group: group.to_owned(),
+                target: address,
+            })?;
+        t.draining_until = Some(now + delay);
+        t.slow_start_since = None;
+        if let Err(e) = self.publish(dp, group, now) {
+            let g = self.group_mut(group)?;
+            if let Some(t) = g.targets.iter_mut().find(|t| t.address == address) {
+                t.draining_until = None;
+            }
+            return Err(e);
+        }
+        let from = self.group(group)?.targets.iter().find(|t| t.address == address).map_or(TargetState::Initial, |t| t.health.state);
+        self.count(group, address, from, TargetState::Draining, "deregistered: draining");
+        if delay.is_zero() {
+            self.finish_draining(dp, group, address)?;
+        }
+        Ok(delay)
+    }
+
+    /// Ends a draining target: cuts its remaining flows and forgets it.
+    fn finish_draining(&mut self, dp: &mut Dataplane, group: &str, address: SocketAddr) -> Result<()> {
+        let backend_id = self
+            .group(group)?
+            .targets
+            .iter()
+            .find(|t| t.address == address)
+            .map(|t| t.backend_id)
+            .ok_or_else(|| StateError::NoTarget {
+                group: group.to_owned(),
+                target: address,
+            })?;
+        // Out of the table already: purge, then free the id (a reuse must find no flows).
+        let purged = dp.purge_backend(backend_id)?;
+        self.take(group, address)?;
+        self.free_backend_ids.push(backend_id);
+        *self.transitions.entry("draining->removed".to_owned()).or_insert(0) += 1;
+        tracing::info!(group, target = %address, purged_flows = purged, from = "draining", to = "removed", "target deregistered: deregistration delay over");
+        Ok(())
+    }
+
+    /// Takes a registration out of its group (the backend id stays the caller's to free).
+    fn take(&mut self, group_name: &str, address: SocketAddr) -> Result<TargetEntry> {
+        let group = self.group_mut(group_name)?;
         let index = group
             .targets
             .iter()
@@ -486,35 +817,189 @@ impl State {
                 target: address,
             })?;
         let entry = group.targets.remove(index);
-        if let Some((id, users)) = self.backends.get_mut(&address) {
-            *users -= 1;
-            if *users == 0 {
-                // The id may be reused: established flows carry their backend's address, so a
-                // reuse only moves counters, never packets.
-                self.free_backend_ids.push(*id);
-                self.backends.remove(&address);
+        // The table was built from target order; the next publish rebuilds it.
+        group.published = None;
+        Ok(entry)
+    }
+
+    /// Counts and logs a state change.
+    fn count(&mut self, group: &str, target: SocketAddr, from: TargetState, to: TargetState, why: &str) {
+        *self
+            .transitions
+            .entry(format!("{}->{}", from.as_str(), to.as_str()))
+            .or_insert(0) += 1;
+        tracing::info!(group, target = %target, from = from.as_str(), to = to.as_str(), "{why}");
+    }
+
+    /// The health checks to run now: one per registration in a group that has a check and
+    /// a listener (draining targets too: re-registered, they return with a current health).
+    pub fn checks(&self) -> Vec<CheckSpec> {
+        let mut out = Vec::new();
+        for (name, g) in &self.groups {
+            let (Some(check), Some(_)) = (&g.check, g.family) else {
+                continue;
+            };
+            for t in &g.targets {
+                out.push(CheckSpec {
+                    group: name.clone(),
+                    target: t.address,
+                    registration: t.registration,
+                    probe: check.probe.clone(),
+                    interval: check.interval,
+                    // A target added live is checked soon; those of start-up spread out.
+                    first_within: if t.health.in_service_while_initial() {
+                        check.interval
+                    } else {
+                        check.interval.min(Duration::from_secs(1))
+                    },
+                });
             }
         }
-        Ok(entry)
+        out
+    }
+
+    /// Feeds a health check's result; moves the target's state and the group's table, and
+    /// cuts the target's flows when it turns unhealthy in a `terminate_on_unhealthy` group.
+    /// A result for a registration that is gone is ignored.
+    pub fn record_check(
+        &mut self,
+        dp: &mut Dataplane,
+        spec: &CheckSpec,
+        result: &ProbeResult,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let Some(g) = self.groups.get_mut(&spec.group) else {
+            return Ok(());
+        };
+        let Some(thresholds) = g.check.as_ref().map(|c| c.thresholds) else {
+            return Ok(());
+        };
+        let others_serving = g
+            .targets
+            .iter()
+            .any(|t| t.registration != spec.registration && GroupState::eligible(t) && g.passes(t));
+        let slow_start = g.slow_start;
+        let Some(t) = g
+            .targets
+            .iter_mut()
+            .find(|t| t.registration == spec.registration)
+        else {
+            return Ok(());
+        };
+        let quick = t.health.in_service_while_initial();
+        let Some(Transition { from, to }) = t.health.observe(result, thresholds) else {
+            return Ok(());
+        };
+        // AWS's rule: slow start only for a target that was out of service and joins others.
+        if to == TargetState::Healthy
+            && !slow_start.is_zero()
+            && others_serving
+            && !(from == TargetState::Initial && quick)
+        {
+            t.slow_start_since = Some(now);
+        }
+        if to == TargetState::Unhealthy {
+            t.slow_start_since = None;
+        }
+        let (backend_id, description) = (t.backend_id, t.health.description.clone());
+        let reason = t.health.reason;
+        *self
+            .transitions
+            .entry(format!("{}->{}", from.as_str(), to.as_str()))
+            .or_insert(0) += 1;
+        tracing::info!(
+            group = spec.group,
+            target = %spec.target,
+            from = from.as_str(),
+            to = to.as_str(),
+            reason = reason.unwrap_or(""),
+            description = description.as_deref().unwrap_or(""),
+            "target health changed"
+        );
+        self.publish(dp, &spec.group, now)?;
+        let g = self.group(&spec.group)?;
+        if to == TargetState::Unhealthy
+            && g.terminate_on_unhealthy
+            && g.published_weight(backend_id) == 0
+        {
+            let purged = dp.purge_backend(backend_id)?;
+            tracing::info!(group = spec.group, target = %spec.target, purged_flows = purged, "terminate_on_unhealthy: established flows cut");
+        }
+        Ok(())
+    }
+
+    /// Time-driven lifecycle: ends draining whose delay is over, moves slow starts along.
+    pub fn tick(&mut self, dp: &mut Dataplane) -> Result<()> {
+        let now = Instant::now();
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            let g = self.group(&name)?;
+            let done: Vec<SocketAddr> = g
+                .targets
+                .iter()
+                .filter(|t| t.draining_until.is_some_and(|until| until <= now))
+                .map(|t| t.address)
+                .collect();
+            let ramping = g.targets.iter().any(|t| t.slow_start_since.is_some());
+            for address in done {
+                self.finish_draining(dp, &name, address)?;
+            }
+            if ramping {
+                let slow_start = self.group(&name)?.slow_start;
+                let g = self.group_mut(&name)?;
+                for t in &mut g.targets {
+                    if t.slow_start_since.is_some_and(|since| now.saturating_duration_since(since) >= slow_start) {
+                        t.slow_start_since = None;
+                        tracing::info!(group = name, target = %t.address, "slow start over: full weight");
+                    }
+                }
+            }
+            self.publish(dp, &name, now)?;
+        }
+        Ok(())
     }
 
     /// Targets of one group, or of all.
     pub fn targets(&self, dp: &Dataplane, group: Option<&str>) -> Result<Vec<TargetView>> {
-        if let Some(name) = group
-            && !self.groups.contains_key(name)
-        {
-            return Err(StateError::NoGroup(name.to_owned()));
+        if let Some(name) = group {
+            self.group(name)?;
+        }
+        let mut active = std::collections::HashMap::<u32, u64>::new();
+        for (_, flow) in dp.flows()? {
+            *active.entry(flow.backend_id).or_insert(0) += 1;
         }
         let mut out = Vec::new();
         for (name, g) in &self.groups {
             if group.is_some_and(|want| want != name) {
                 continue;
             }
+            let total: u64 = g.published.iter().flatten().map(|&(_, w)| u64::from(w)).sum();
             for t in &g.targets {
+                let (state, reason) = g.shown_state(t);
+                let scaled = g.published_weight(t.backend_id);
+                let description = match state {
+                    TargetState::Draining => t.draining_until.map(|until| {
+                        format!(
+                            "draining: leaves in {:.1}s",
+                            until.saturating_duration_since(Instant::now()).as_secs_f64()
+                        )
+                    }),
+                    TargetState::Unused => Some("no listener forwards to this target group".to_owned()),
+                    TargetState::Unavailable => Some("health checks are disabled for this target group".to_owned()),
+                    _ if g.failing_open && total > 0 => Some("no target in service: failing open to all".to_owned()),
+                    _ => t.health.description.clone(),
+                };
                 out.push(TargetView {
                     group: name.clone(),
                     address: t.address,
                     weight: t.weight,
+                    effective_weight: f64::from(scaled) / f64::from(WEIGHT_SCALE),
+                    state,
+                    reason: reason.map(str::to_owned),
+                    description,
+                    in_service: scaled > 0,
+                    last_check_ms: t.health.last_latency.map(|l| l.as_secs_f64() * 1000.0),
+                    active_flows: active.get(&t.backend_id).copied().unwrap_or(0),
                     counters: dp.backend_counters(t.backend_id)?.into(),
                 });
             }
@@ -548,16 +1033,50 @@ impl State {
             targets: self.targets(dp, None)?,
             verdicts,
             flows: dp.flows()?.len(),
+            health_transitions: self.transitions.clone(),
         })
     }
 
-    /// The group's backend ids in slot order of its active table (for tests).
+    /// The connection table, of every listener.
+    pub fn flows(&self, dp: &Dataplane) -> Result<Vec<FlowView>> {
+        let mut out = Vec::new();
+        for (key, flow) in dp.flows()? {
+            let listener = self.listeners.iter().find(|l| l.id == flow.listener_id);
+            let family = key.family;
+            out.push(FlowView {
+                protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_owned(),
+                client: SocketAddr::new(ip_of(&key.src, family), u16::from_be(key.sport)),
+                listener: SocketAddr::new(ip_of(&key.dst, family), u16::from_be(key.dport)),
+                backend: SocketAddr::new(ip_of(&flow.backend, family), u16::from_be(flow.backend_port)),
+                snat: SocketAddr::new(ip_of(&flow.snat_addr, family), u16::from_be(flow.snat_port)),
+                target_group: listener.map(|l| l.group.clone()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A group's id in the data plane (for tests).
     pub fn group_id(&self, name: &str) -> Option<u32> {
         self.groups.get(name).map(|g| g.id)
     }
 
-    /// The backend id a target address has, if registered anywhere.
-    pub fn backend_id(&self, address: SocketAddr) -> Option<u32> {
-        self.backends.get(&address).map(|(id, _)| *id)
+    /// The backend id of a target's registration in a group (for tests).
+    pub fn backend_id(&self, group: &str, address: SocketAddr) -> Option<u32> {
+        self.groups
+            .get(group)?
+            .targets
+            .iter()
+            .find(|t| t.address == address)
+            .map(|t| t.backend_id)
+    }
+}
+
+/// An address from the data plane's bytes.
+fn ip_of(addr: &Addr, family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        let b = addr.0;
+        IpAddr::from([b[0], b[1], b[2], b[3]])
+    } else {
+        IpAddr::from(addr.0)
     }
 }

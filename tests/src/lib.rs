@@ -294,7 +294,7 @@ impl TestBed {
             .targets(&self.dataplane, Some(group))
             .expect("targets")
             .into_iter()
-            .find(|t| self.state.backend_id(t.address) == Some(id))
+            .find(|t| self.state.backend_id(group, t.address) == Some(id))
             .map(|t| t.address)
             .unwrap_or_else(|| panic!("backend id {id} is no target of {group}"))
     }

@@ -476,7 +476,7 @@ fn a_weight_zero_target_gets_no_new_flows_and_comes_back_to_the_same_slots() {
     bed.state
         .add_target(&mut bed.dataplane, "web", idle, 0)
         .expect("add with weight 0");
-    let idle_id = bed.state.backend_id(idle).expect("id");
+    let idle_id = bed.state.backend_id("web", idle).expect("id");
     assert!(
         !active_table(&bed, "web").contains(&idle_id),
         "weight 0 target holds slots"

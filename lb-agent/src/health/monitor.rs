@@ -1,0 +1,114 @@
+//! Runs every target's health checks and the time-driven parts of the target lifecycle.
+//!
+//! One task per registration checks its target every `interval`; tasks start at a random
+//! offset within the interval (targets the agent started with) or within a second (targets
+//! added later), so a thousand targets do not fire at once, and at most
+//! `MAX_CONCURRENT_CHECKS` checks are in flight. Results go to `State::record_check`, which
+//! moves states and tables. A reconcile loop starts tasks for new registrations, stops those
+//! of registrations that are gone, ends draining and moves slow starts along.
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::Semaphore, sync::watch, task::JoinHandle};
+
+use crate::{control::Agent, state::CheckSpec};
+
+/// Checks in flight at once, over all targets.
+pub const MAX_CONCURRENT_CHECKS: usize = 128;
+
+/// How often registrations are reconciled and draining and slow start move on.
+const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs until `stop` turns true.
+pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut tasks: HashMap<(String, u64), JoinHandle<()>> = HashMap::new();
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = reconcile.tick() => {}
+        }
+        let agent_now = agent.clone();
+        let specs = tokio::task::spawn_blocking(move || {
+            let mut guard = match agent_now.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let Agent { dataplane, state } = &mut *guard;
+            if let Err(e) = state.tick(dataplane) {
+                tracing::error!(error = %e, "target lifecycle step failed");
+            }
+            state.checks()
+        })
+        .await
+        .unwrap_or_default();
+        tasks.retain(|key, task| {
+            let wanted = specs
+                .iter()
+                .any(|s| s.group == key.0 && s.registration == key.1);
+            if !wanted {
+                task.abort();
+            }
+            wanted && !task.is_finished()
+        });
+        for spec in specs {
+            let key = (spec.group.clone(), spec.registration);
+            if tasks.contains_key(&key) {
+                continue;
+            }
+            let hash = seed.hash_one((&spec.group, spec.target, spec.registration));
+            let offset = spec.first_within.mul_f64(hash as f64 / u64::MAX as f64);
+            let task = tokio::spawn(check_loop(agent.clone(), spec, permits.clone(), offset));
+            tasks.insert(key, task);
+        }
+    }
+    for task in tasks.values() {
+        task.abort();
+    }
+}
+
+/// Checks one registration every `interval`, from `offset` on.
+async fn check_loop(
+    agent: Arc<Mutex<Agent>>,
+    spec: CheckSpec,
+    permits: Arc<Semaphore>,
+    offset: Duration,
+) {
+    let start = tokio::time::Instant::now() + offset;
+    let mut ticker = tokio::time::interval_at(start, spec.interval);
+    // A check that waited for a permit does not make the next ones bunch up.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let spec = Arc::new(spec);
+    loop {
+        ticker.tick().await;
+        let result = {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            spec.probe.check(spec.target).await
+        };
+        let (agent, spec) = (agent.clone(), spec.clone());
+        let recorded = tokio::task::spawn_blocking(move || {
+            let mut guard = match agent.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let Agent { dataplane, state } = &mut *guard;
+            state.record_check(dataplane, &spec, &result)
+        })
+        .await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "applying a health check result failed"),
+            Err(e) => tracing::error!(error = %e, "health check task failed"),
+        }
+    }
+}
