@@ -2,44 +2,18 @@
 //! bridge), the `lb-agent` binary, iperf3 and TCP clients. Needs root; one test at a time.
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::Stdio,
+    time::Duration,
 };
 
+use tests::lab_traffic::{
+    agent_binary, lab_with_agent, short_connections, short_connections_to, wait_for_state,
+};
 use xtask::{
     agent::LabAgent,
     lab::{self, Lab, LabSpec, VIP4, VIP6},
 };
-
-/// The agent binary `cargo xtask test` builds before these tests.
-fn agent_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    let bin = target.join("debug/lb-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p lb-agent` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
-/// A lab with backends serving, and an agent running `config`.
-fn lab_with_agent(tag: &str, backends: usize, config: &str) -> (Lab, LabAgent) {
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name(tag),
-        backends,
-    })
-    .expect("lab up");
-    lab::start_backend_servers(&lab).expect("backend servers");
-    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
-    std::fs::write(&path, config).expect("write config");
-    let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
-    (lab, agent)
-}
 
 const CONFIG: &str = r#"
 [agent]
@@ -51,6 +25,8 @@ protocol = "tcp_udp"
 port = 5201
 # iperf3's control and data connections must meet one server.
 stickiness = { type = "source_ip" }
+# Checked on the health endpoint: a connect to an iperf3 server that is busy disturbs its test.
+health_check = { port = 8081 }
 targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }, { address = "198.18.0.23" }]
 
 [[target_group]]
@@ -58,6 +34,7 @@ name = "echo"
 protocol = "tcp"
 port = 8080
 targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }, { address = "198.18.0.23" }]
+health_check = { interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }
 
 [[listener]]
 name = "iperf"
@@ -73,38 +50,6 @@ port = 80
 protocol = "tcp"
 default_action = { forward = "echo" }
 "#;
-
-/// `count` short connections from the client to VIP:80, from source ports `first_port`,
-/// `first_port + 1`, ... (fixed ports: the spread they get is the hash's, not the kernel's
-/// port choice); who greeted each.
-fn short_connections(lab: &Lab, first_port: u16, count: usize) -> BTreeMap<String, usize> {
-    short_connections_to(lab, &VIP4.to_string(), first_port, count)
-}
-
-/// As `short_connections`, to `vip` port 80 (IPv4 or IPv6).
-fn short_connections_to(
-    lab: &Lab,
-    vip: &str,
-    first_port: u16,
-    count: usize,
-) -> BTreeMap<String, usize> {
-    let script = format!(
-        "import socket\n\
-         for i in range({count}):\n\
-         \x20   s = socket.create_connection(('{vip}', 80), timeout=5, source_address=('', {first_port} + i))\n\
-         \x20   print(s.makefile('r').readline().strip(), flush=True)\n\
-         \x20   s.close()\n"
-    );
-    let out = lab
-        .run(lab.client(), &["python3", "-c", &script])
-        .expect("short connections");
-    let mut served = BTreeMap::new();
-    for line in out.lines() {
-        *served.entry(line.to_owned()).or_insert(0) += 1;
-    }
-    assert_eq!(served.values().sum::<usize>(), count, "{served:?}");
-    served
-}
 
 fn iperf3(lab: &Lab, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["iperf3", "-c", "198.18.1.100", "-p", "5201", "-J"];
@@ -191,7 +136,7 @@ default_action = { forward = "echo6" }
 "#;
     // No snat_addresses: the node's own IPv6 address on eth0 is the default.
     let (lab, agent) = lab_with_agent("v6", 3, config);
-    let served = short_connections_to(&lab, &VIP6.to_string(), 24000, 150);
+    let served = short_connections_to(&lab, &VIP6.to_string(), 80, 24000, 150);
     assert_eq!(served.len(), 3, "{served:?}");
     for (backend, n) in &served {
         assert!(
@@ -287,6 +232,15 @@ fn adding_a_target_live_brings_it_new_flows() {
     agent
         .cli(&["targets", "add", "--group", "echo", "198.18.0.23"])
         .expect("add target");
+    // A target added live gets new flows once it passes `healthy_threshold` (2) checks.
+    let took = wait_for_state(
+        &agent,
+        "echo",
+        "198.18.0.23:8080",
+        "healthy",
+        Duration::from_secs(6),
+    );
+    println!("b3 healthy {took:?} after being added");
     let after = short_connections(&lab, 23000, 90);
     let b3 = after.get("b3").copied().unwrap_or(0);
     assert!(

@@ -109,4 +109,9 @@ impl LabAgent {
     pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::from_str(&self.cli(&["stats", "--json"])?)?)
     }
+
+    /// `flows --json` (the connection table), parsed.
+    pub fn flows(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli(&["flows", "--json"])?)?)
+    }
 }

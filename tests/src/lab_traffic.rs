@@ -1,0 +1,115 @@
+//! Shared pieces of the lab tests: a lab with the agent binary running a config, and clients
+//! that open connections through the VIP and report who served them.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration, time::Instant};
+
+use xtask::{
+    agent::LabAgent,
+    lab::{self, BackendServers, Lab, LabSpec, VIP4},
+};
+
+/// The agent binary `cargo xtask test` builds before these tests.
+pub fn agent_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    let bin = target.join("debug/lb-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p lb-agent` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A lab with backends serving, and an agent running `config`.
+pub fn lab_with_agent(tag: &str, backends: usize, config: &str) -> (Lab, LabAgent) {
+    let (lab, _, agent) = lab_with_agent_and_servers(tag, backends, config);
+    (lab, agent)
+}
+
+/// As `lab_with_agent`, with the pids of the backends' servers.
+pub fn lab_with_agent_and_servers(
+    tag: &str,
+    backends: usize,
+    config: &str,
+) -> (Lab, BackendServers, LabAgent) {
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name(tag),
+        backends,
+    })
+    .expect("lab up");
+    let servers = lab::start_backend_servers(&lab).expect("backend servers");
+    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
+    std::fs::write(&path, config).expect("write config");
+    let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
+    (lab, servers, agent)
+}
+
+/// `count` short connections from the client to VIP:80, from source ports `first_port`,
+/// `first_port + 1`, ... (fixed ports: the spread they get is the hash's, not the kernel's
+/// port choice); who greeted each.
+pub fn short_connections(lab: &Lab, first_port: u16, count: usize) -> BTreeMap<String, usize> {
+    short_connections_to(lab, &VIP4.to_string(), 80, first_port, count)
+}
+
+/// As `short_connections`, to `vip`:`port` (IPv4 or IPv6). Every connection must succeed.
+pub fn short_connections_to(
+    lab: &Lab,
+    vip: &str,
+    port: u16,
+    first_port: u16,
+    count: usize,
+) -> BTreeMap<String, usize> {
+    let script = format!(
+        "import socket\n\
+         for i in range({count}):\n\
+         \x20   s = socket.create_connection(('{vip}', {port}), timeout=5, source_address=('', {first_port} + i))\n\
+         \x20   print(s.makefile('r').readline().strip(), flush=True)\n\
+         \x20   s.close()\n"
+    );
+    let out = lab
+        .run(lab.client(), &["python3", "-c", &script])
+        .expect("short connections");
+    let mut served = BTreeMap::new();
+    for line in out.lines() {
+        *served.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(served.values().sum::<usize>(), count, "{served:?}");
+    served
+}
+
+/// The target `address` of `group` in `targets list --json`.
+pub fn target(agent: &LabAgent, group: &str, address: &str) -> serde_json::Value {
+    let targets = agent.targets().expect("targets list");
+    targets
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|t| t["group"] == group && t["address"] == address)
+        .cloned()
+        .unwrap_or_else(|| panic!("no target {address} in {group}: {targets:#}"))
+}
+
+/// Polls `targets list` every 50 ms until `group`'s target `address` is in `state`, for at
+/// most `within`; how long that took, or a panic showing the target.
+pub fn wait_for_state(
+    agent: &LabAgent,
+    group: &str,
+    address: &str,
+    state: &str,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let t = target(agent, group, address);
+        if t["state"] == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{address} in {group} not {state} within {within:?}: {t:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
