@@ -1286,8 +1286,7 @@ impl Config {
                     Duration::from_secs(120),
                 );
                 if let Some(host) = &hc.host
-                    && (host.is_empty()
-                        || !host.bytes().all(|b| b.is_ascii_graphic()))
+                    && (host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()))
                 {
                     p.add(
                         format!("{hat}.host"),

@@ -13,8 +13,7 @@ use lb_agent::{
     config::Config,
     control::{self, Agent, Request},
     dataplane::{self, Dataplane},
-    neighbor,
-    health,
+    health, neighbor,
     state::{FlowView, State, StatsView, TargetView},
 };
 
@@ -293,7 +292,16 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
 fn print_targets(list: &[TargetView]) {
     println!(
         "{:<12} {:<28} {:<11} {:<32} {:>6} {:>6} {:>8} {:>7} {:>10} {:>10}",
-        "GROUP", "TARGET", "STATE", "REASON", "WEIGHT", "NOW", "CHECK", "FLOWS", "PACKETS", "NEW FLOWS"
+        "GROUP",
+        "TARGET",
+        "STATE",
+        "REASON",
+        "WEIGHT",
+        "NOW",
+        "CHECK",
+        "FLOWS",
+        "PACKETS",
+        "NEW FLOWS"
     );
     for t in list {
         println!(

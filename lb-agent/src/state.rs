@@ -166,7 +166,8 @@ impl GroupState {
                 let done = now.saturating_duration_since(since).as_secs_f64()
                     / self.slow_start.as_secs_f64();
                 // In steps, so a ramp rebuilds the table SLOW_START_STEPS times, not per tick.
-                let step = (done * f64::from(SLOW_START_STEPS)).floor() / f64::from(SLOW_START_STEPS);
+                let step =
+                    (done * f64::from(SLOW_START_STEPS)).floor() / f64::from(SLOW_START_STEPS);
                 if step >= 1.0 {
                     full
                 } else {
@@ -223,11 +224,17 @@ impl GroupState {
     /// The state `targets list` shows.
     fn shown_state(&self, t: &TargetEntry) -> (TargetState, Option<&'static str>) {
         if t.draining_until.is_some() {
-            (TargetState::Draining, Some(reason::DEREGISTRATION_IN_PROGRESS))
+            (
+                TargetState::Draining,
+                Some(reason::DEREGISTRATION_IN_PROGRESS),
+            )
         } else if self.family.is_none() {
             (TargetState::Unused, Some(reason::NOT_IN_USE))
         } else if self.check.is_none() {
-            (TargetState::Unavailable, Some(reason::HEALTH_CHECK_DISABLED))
+            (
+                TargetState::Unavailable,
+                Some(reason::HEALTH_CHECK_DISABLED),
+            )
         } else {
             (t.health.state, t.health.reason)
         }
@@ -292,6 +299,8 @@ pub struct TargetView {
     pub in_service: bool,
     /// How long its last health check took, in milliseconds.
     pub last_check_ms: Option<f64>,
+    /// Health checks run since it was registered.
+    pub checks: u64,
     /// Its entries in the connection table.
     pub active_flows: u64,
     pub counters: CountersView,
@@ -624,11 +633,7 @@ impl State {
                 })
                 .collect();
             let built = MaglevTable::build(&targets, size)?;
-            built
-                .slots()
-                .iter()
-                .map(|&i| plan[i as usize].0)
-                .collect()
+            built.slots().iter().map(|&i| plan[i as usize].0).collect()
         };
         let idle = 1 - group.active_slot;
         dp.write_maglev(group.id, idle, &table)?;
@@ -642,9 +647,15 @@ impl State {
         group.active_slot = idle;
         if failing_open != group.failing_open {
             if failing_open {
-                tracing::warn!(group = group_name, "no target in service: failing open to every registered target");
+                tracing::warn!(
+                    group = group_name,
+                    "no target in service: failing open to every registered target"
+                );
             } else {
-                tracing::info!(group = group_name, "targets in service again: no longer failing open");
+                tracing::info!(
+                    group = group_name,
+                    "targets in service again: no longer failing open"
+                );
             }
         }
         group.failing_open = failing_open;
@@ -701,7 +712,13 @@ impl State {
                 .iter()
                 .find(|t| t.address == address)
                 .map_or(TargetState::Initial, |t| t.health.state);
-            self.count(group, address, TargetState::Draining, to, "re-registered: draining stopped");
+            self.count(
+                group,
+                address,
+                TargetState::Draining,
+                to,
+                "re-registered: draining stopped",
+            );
             return Ok(());
         }
         self.register(dp, group, address, weight, false)?;
@@ -776,8 +793,19 @@ impl State {
             }
             return Err(e);
         }
-        let from = self.group(group)?.targets.iter().find(|t| t.address == address).map_or(TargetState::Initial, |t| t.health.state);
-        self.count(group, address, from, TargetState::Draining, "deregistered: draining");
+        let from = self
+            .group(group)?
+            .targets
+            .iter()
+            .find(|t| t.address == address)
+            .map_or(TargetState::Initial, |t| t.health.state);
+        self.count(
+            group,
+            address,
+            from,
+            TargetState::Draining,
+            "deregistered: draining",
+        );
         if delay.is_zero() {
             self.finish_draining(dp, group, address)?;
         }
@@ -785,7 +813,12 @@ impl State {
     }
 
     /// Ends a draining target: cuts its remaining flows and forgets it.
-    fn finish_draining(&mut self, dp: &mut Dataplane, group: &str, address: SocketAddr) -> Result<()> {
+    fn finish_draining(
+        &mut self,
+        dp: &mut Dataplane,
+        group: &str,
+        address: SocketAddr,
+    ) -> Result<()> {
         let backend_id = self
             .group(group)?
             .targets
@@ -800,7 +833,10 @@ impl State {
         let purged = dp.purge_backend(backend_id)?;
         self.take(group, address)?;
         self.free_backend_ids.push(backend_id);
-        *self.transitions.entry("draining->removed".to_owned()).or_insert(0) += 1;
+        *self
+            .transitions
+            .entry("draining->removed".to_owned())
+            .or_insert(0) += 1;
         tracing::info!(group, target = %address, purged_flows = purged, from = "draining", to = "removed", "target deregistered: deregistration delay over");
         Ok(())
     }
@@ -823,7 +859,14 @@ impl State {
     }
 
     /// Counts and logs a state change.
-    fn count(&mut self, group: &str, target: SocketAddr, from: TargetState, to: TargetState, why: &str) {
+    fn count(
+        &mut self,
+        group: &str,
+        target: SocketAddr,
+        from: TargetState,
+        to: TargetState,
+        why: &str,
+    ) {
         *self
             .transitions
             .entry(format!("{}->{}", from.as_str(), to.as_str()))
@@ -948,7 +991,9 @@ impl State {
                 let slow_start = self.group(&name)?.slow_start;
                 let g = self.group_mut(&name)?;
                 for t in &mut g.targets {
-                    if t.slow_start_since.is_some_and(|since| now.saturating_duration_since(since) >= slow_start) {
+                    if t.slow_start_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= slow_start)
+                    {
                         t.slow_start_since = None;
                         tracing::info!(group = name, target = %t.address, "slow start over: full weight");
                     }
@@ -973,7 +1018,12 @@ impl State {
             if group.is_some_and(|want| want != name) {
                 continue;
             }
-            let total: u64 = g.published.iter().flatten().map(|&(_, w)| u64::from(w)).sum();
+            let total: u64 = g
+                .published
+                .iter()
+                .flatten()
+                .map(|&(_, w)| u64::from(w))
+                .sum();
             for t in &g.targets {
                 let (state, reason) = g.shown_state(t);
                 let scaled = g.published_weight(t.backend_id);
@@ -981,12 +1031,20 @@ impl State {
                     TargetState::Draining => t.draining_until.map(|until| {
                         format!(
                             "draining: leaves in {:.1}s",
-                            until.saturating_duration_since(Instant::now()).as_secs_f64()
+                            until
+                                .saturating_duration_since(Instant::now())
+                                .as_secs_f64()
                         )
                     }),
-                    TargetState::Unused => Some("no listener forwards to this target group".to_owned()),
-                    TargetState::Unavailable => Some("health checks are disabled for this target group".to_owned()),
-                    _ if g.failing_open && total > 0 => Some("no target in service: failing open to all".to_owned()),
+                    TargetState::Unused => {
+                        Some("no listener forwards to this target group".to_owned())
+                    }
+                    TargetState::Unavailable => {
+                        Some("health checks are disabled for this target group".to_owned())
+                    }
+                    _ if g.failing_open && total > 0 => {
+                        Some("no target in service: failing open to all".to_owned())
+                    }
                     _ => t.health.description.clone(),
                 };
                 out.push(TargetView {
@@ -999,6 +1057,7 @@ impl State {
                     description,
                     in_service: scaled > 0,
                     last_check_ms: t.health.last_latency.map(|l| l.as_secs_f64() * 1000.0),
+                    checks: t.health.checks,
                     active_flows: active.get(&t.backend_id).copied().unwrap_or(0),
                     counters: dp.backend_counters(t.backend_id)?.into(),
                 });
@@ -1047,7 +1106,10 @@ impl State {
                 protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_owned(),
                 client: SocketAddr::new(ip_of(&key.src, family), u16::from_be(key.sport)),
                 listener: SocketAddr::new(ip_of(&key.dst, family), u16::from_be(key.dport)),
-                backend: SocketAddr::new(ip_of(&flow.backend, family), u16::from_be(flow.backend_port)),
+                backend: SocketAddr::new(
+                    ip_of(&flow.backend, family),
+                    u16::from_be(flow.backend_port),
+                ),
                 snat: SocketAddr::new(ip_of(&flow.snat_addr, family), u16::from_be(flow.snat_port)),
                 target_group: listener.map(|l| l.group.clone()),
             });

@@ -211,7 +211,10 @@ mod tests {
         assert_eq!(
             run(
                 &mut h,
-                &[fail(Failure::Refused), fail(Failure::ResponseCodeMismatch(500))]
+                &[
+                    fail(Failure::Refused),
+                    fail(Failure::ResponseCodeMismatch(500))
+                ]
             ),
             [None, Some(TargetState::Unhealthy)]
         );

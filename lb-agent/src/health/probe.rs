@@ -164,18 +164,17 @@ impl Probe {
     }
 
     async fn run(&self, address: SocketAddr) -> Result<(), Failure> {
-        let stream = TcpStream::connect(address).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => Failure::Refused,
-            _ => Failure::ConnectFailed(e.to_string()),
-        })?;
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+                _ => Failure::ConnectFailed(e.to_string()),
+            })?;
         let Some(http) = &self.http else {
             return Ok(());
         };
         let _ = stream.set_nodelay(true);
-        let host = http
-            .host
-            .clone()
-            .unwrap_or_else(|| address.to_string());
+        let host = http.host.clone().unwrap_or_else(|| address.to_string());
         let status = match &http.tls {
             None => http.exchange(stream, &host).await?,
             Some(connector) => {
@@ -226,7 +225,9 @@ impl HttpCheck {
             if n == 0 {
                 // A status line without its newline still counts.
                 return match buf.is_empty() {
-                    true => Err(Failure::BadResponse("connection closed without a response".into())),
+                    true => Err(Failure::BadResponse(
+                        "connection closed without a response".into(),
+                    )),
                     false => parse_status_line(&buf),
                 };
             }
@@ -246,7 +247,9 @@ fn parse_status_line(line: &[u8]) -> Result<u16, Failure> {
         Some(code) if version.starts_with("HTTP/") && (100..=599).contains(&code) => Ok(code),
         _ => {
             let shown: String = line.chars().take(64).collect();
-            Err(Failure::BadResponse(format!("not an HTTP status line: {shown:?}")))
+            Err(Failure::BadResponse(format!(
+                "not an HTTP status line: {shown:?}"
+            )))
         }
     }
 }
@@ -403,7 +406,10 @@ mod tests {
         let r = Probe::new(&hc).unwrap().check(addr).await;
         assert_eq!(r.outcome, Ok(()));
         let request = request.await.unwrap();
-        assert!(request.starts_with("HEAD /health?deep=1 HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.starts_with("HEAD /health?deep=1 HTTP/1.1\r\n"),
+            "{request}"
+        );
         assert!(request.contains("\r\nHost: app.example\r\n"), "{request}");
     }
 
@@ -462,7 +468,9 @@ mod tests {
             let mut tls = acceptor.accept(s).await.unwrap();
             let mut buf = vec![0u8; 4096];
             let _ = tls.read(&mut buf).await.unwrap();
-            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
             let _ = tls.shutdown().await;
         });
         let mut hc = check(HealthProtocol::Https, "200-299");

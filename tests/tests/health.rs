@@ -1,0 +1,526 @@
+//! Target health and lifecycle with real traffic: the agent's checks against the backends'
+//! real servers in the namespace lab, and what clients see when targets fail, drain, flap or
+//! all go down. Needs root; one test at a time.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tests::lab_traffic::{
+    lab_with_agent, lab_with_agent_and_servers, short_connections, short_connections_to, target,
+    wait_for_state,
+};
+use xtask::{
+    agent::LabAgent,
+    lab::{self, HealthMode, Lab, VIP4},
+};
+
+/// Checks every second, 500 ms timeout, 2 results in a row to change state.
+const INTERVAL: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_millis(500);
+const HEALTHY_THRESHOLD: u32 = 2;
+const UNHEALTHY_THRESHOLD: u32 = 2;
+
+/// The `[target_group.health_check]` body every test group uses, with `extra` keys.
+fn fast_check(extra: &str) -> String {
+    format!(
+        "interval = \"1s\"\ntimeout = \"500ms\"\nhealthy_threshold = {HEALTHY_THRESHOLD}\n\
+         unhealthy_threshold = {UNHEALTHY_THRESHOLD}\n{extra}"
+    )
+}
+
+/// An HTTP check of the backends' health endpoint.
+fn http_check() -> String {
+    fast_check("protocol = \"http\"\nport = 8081\npath = \"/health\"\nmatcher = \"200-299\"\n")
+}
+
+/// A tcp group of `backends` on the echo port with `settings` and a health check, and its
+/// listener on VIP:`port`.
+fn echo_group(name: &str, port: u16, backends: usize, settings: &str, check: &str) -> String {
+    let targets: Vec<String> = (0..backends)
+        .map(|i| format!("{{ address = \"198.18.0.{}\" }}", 21 + i))
+        .collect();
+    format!(
+        r#"
+[[target_group]]
+name = "{name}"
+protocol = "tcp"
+port = 8080
+targets = [{targets}]
+{settings}
+
+[target_group.health_check]
+{check}
+
+[[listener]]
+name = "{name}"
+address = "198.18.1.100"
+port = {port}
+protocol = "tcp"
+default_action = {{ forward = "{name}" }}
+"#,
+        targets = targets.join(", ")
+    )
+}
+
+fn echo_address(lab: &Lab, index: usize) -> String {
+    format!("{}:8080", lab.backends()[index].v4)
+}
+
+/// Waits until every target of `group` has passed its first checks and is healthy.
+fn wait_all_healthy(agent: &LabAgent, lab: &Lab, group: &str) {
+    for i in 0..lab.backends().len() {
+        wait_for_state(agent, group, &echo_address(lab, i), "healthy", 4 * INTERVAL);
+    }
+}
+
+fn transitions(agent: &LabAgent, change: &str) -> u64 {
+    agent.stats().expect("stats")["health_transitions"][change]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_server_goes_unhealthy_gets_no_new_flows_and_returns_when_restarted() {
+    let config = format!(
+        r#"
+[[target_group]]
+name = "iperf"
+protocol = "tcp"
+port = 5201
+stickiness = {{ type = "source_ip" }}
+targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22" }}, {{ address = "198.18.0.23" }}]
+health_check = {{ port = 8081 }}
+
+[[listener]]
+name = "iperf"
+address = "198.18.1.100"
+port = 5201
+protocol = "tcp"
+default_action = {{ forward = "iperf" }}
+{}"#,
+        echo_group("echo", 80, 3, "", &fast_check(""))
+    );
+    let (lab, servers, agent) = lab_with_agent_and_servers("hk", 3, &config);
+    wait_all_healthy(&agent, &lab, "echo");
+    // A long iperf3 stream through the VIP to one backend; the victim is another one.
+    let iperf = lab
+        .spawn(
+            lab.client(),
+            &[
+                "iperf3",
+                "-c",
+                &VIP4.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "8",
+                "-J",
+            ],
+        )
+        .expect("iperf3 client");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let streaming = loop {
+        let busy: Vec<usize> = (0..3)
+            .filter(|&i| {
+                let t = target(&agent, "iperf", &format!("{}:5201", lab.backends()[i].v4));
+                t["counters"]["bytes"].as_u64().unwrap_or(0) > 1_000_000
+            })
+            .collect();
+        if let [one] = busy[..] {
+            break one;
+        }
+        assert!(Instant::now() < deadline, "iperf3 reached {busy:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let victim = (streaming + 1) % 3;
+    let victim_name = lab.backends()[victim].role.clone();
+    let victim_address = echo_address(&lab, victim);
+
+    lab.stop(servers.echo[victim])
+        .expect("kill the echo server");
+    let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    let detected = wait_for_state(&agent, "echo", &victim_address, "unhealthy", bound);
+    println!("{victim_name} unhealthy {detected:?} after its server was killed (bound {bound:?})");
+    let t = target(&agent, "echo", &victim_address);
+    assert_eq!(t["reason"], "Target.FailedHealthChecks", "{t:#}");
+    assert_eq!(t["in_service"], false, "{t:#}");
+    assert!(
+        t["description"].as_str().unwrap_or("").contains("refused"),
+        "{t:#}"
+    );
+    // The other targets are untouched.
+    for i in (0..3).filter(|&i| i != victim) {
+        assert_eq!(
+            target(&agent, "echo", &echo_address(&lab, i))["state"],
+            "healthy"
+        );
+    }
+
+    // 200 new connections, every one served, none by the dead target.
+    let served = short_connections(&lab, 20000, 200);
+    println!("200 connections with {victim_name} down: {served:?}");
+    assert!(!served.contains_key(&victim_name), "{served:?}");
+
+    // The iperf3 stream to another backend ran on undisturbed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.is_running(iperf) {
+        assert!(Instant::now() < deadline, "iperf3 did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.log(iperf).expect("iperf3 output")).expect("iperf3 JSON");
+    assert!(report.get("error").is_none(), "iperf3: {}", report["error"]);
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(received > 10_000_000, "iperf3 moved only {received} bytes");
+
+    // Back up: healthy after `healthy_threshold` passing checks, and new flows again.
+    lab::start_echo_server(&lab, &lab.backends()[victim]).expect("restart the echo server");
+    let bound = INTERVAL * HEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    let recovered = wait_for_state(&agent, "echo", &victim_address, "healthy", bound);
+    println!("{victim_name} healthy {recovered:?} after its server came back (bound {bound:?})");
+    let served = short_connections(&lab, 21000, 200);
+    println!("200 connections with {victim_name} back: {served:?}");
+    let back = served.get(&victim_name).copied().unwrap_or(0);
+    assert!(back >= 30, "{victim_name} got {back} of 200: {served:?}");
+    assert!(transitions(&agent, "healthy->unhealthy") >= 1);
+    assert!(transitions(&agent, "unhealthy->healthy") >= 1);
+}
+
+#[test]
+fn http_checks_mark_a_500_target_response_code_mismatch_and_a_hung_one_timeout() {
+    // The same targets in a second group checked by TCP on the traffic port: health is per group.
+    let config = echo_group("web", 80, 3, "", &http_check())
+        + &echo_group("raw", 81, 3, "", &fast_check(""));
+    let (lab, agent) = lab_with_agent("hh", 3, &config);
+    wait_all_healthy(&agent, &lab, "web");
+    wait_all_healthy(&agent, &lab, "raw");
+    lab::set_health(&lab, &lab.backends()[1], HealthMode::Status(500)).expect("b2 answers 500");
+    lab::set_health(&lab, &lab.backends()[2], HealthMode::Hang).expect("b3 hangs");
+    let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    wait_for_state(&agent, "web", &echo_address(&lab, 1), "unhealthy", bound);
+    wait_for_state(&agent, "web", &echo_address(&lab, 2), "unhealthy", bound);
+
+    let b2 = target(&agent, "web", &echo_address(&lab, 1));
+    assert_eq!(b2["reason"], "Target.ResponseCodeMismatch", "{b2:#}");
+    assert!(
+        b2["description"].as_str().unwrap_or("").contains("500"),
+        "{b2:#}"
+    );
+    let b3 = target(&agent, "web", &echo_address(&lab, 2));
+    assert_eq!(b3["reason"], "Target.Timeout", "{b3:#}");
+    let latency = b3["last_check_ms"].as_f64().expect("a latency");
+    assert!(
+        (450.0..1500.0).contains(&latency),
+        "timed-out check took {latency} ms"
+    );
+    let b1 = target(&agent, "web", &echo_address(&lab, 0));
+    assert_eq!(b1["state"], "healthy", "{b1:#}");
+    let latency = b1["last_check_ms"].as_f64().expect("a latency");
+    assert!(latency < 250.0, "a passing check took {latency} ms");
+    assert!(b1["checks"].as_u64().unwrap_or(0) >= 2, "{b1:#}");
+
+    // As an operator sees it.
+    let list = agent.cli(&["targets", "list"]).expect("targets list");
+    assert!(list.contains("Target.ResponseCodeMismatch"), "{list}");
+    assert!(list.contains("Target.Timeout"), "{list}");
+
+    // Only b1 gets new flows through the http-checked group; the tcp-checked one uses all.
+    let web = short_connections_to(&lab, &VIP4.to_string(), 80, 22000, 60);
+    assert_eq!(web.keys().collect::<Vec<_>>(), ["b1"], "{web:?}");
+    for i in 0..3 {
+        assert_eq!(
+            target(&agent, "raw", &echo_address(&lab, i))["state"],
+            "healthy"
+        );
+    }
+    let raw = short_connections_to(&lab, &VIP4.to_string(), 81, 22100, 90);
+    assert_eq!(raw.len(), 3, "{raw:?}");
+}
+
+#[test]
+fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
+    let delay = Duration::from_secs(6);
+    let config = echo_group(
+        "echo",
+        80,
+        3,
+        "deregistration_delay = \"6s\"",
+        &fast_check(""),
+    );
+    let (lab, agent) = lab_with_agent("hd", 3, &config);
+    wait_all_healthy(&agent, &lab, "echo");
+    // A flow that echoes 4 KiB chunks for 3 s, comparing every byte.
+    let script = format!(
+        "import socket, os, time, sys\n\
+         s = socket.create_connection(('{VIP4}', 80), timeout=5)\n\
+         f = s.makefile('rb')\n\
+         print(f.readline().decode().strip(), flush=True)\n\
+         total = 0\n\
+         end = time.time() + 3\n\
+         while time.time() < end:\n\
+         \x20   chunk = os.urandom(4096)\n\
+         \x20   s.sendall(chunk)\n\
+         \x20   if f.read(len(chunk)) != chunk:\n\
+         \x20       print('MISMATCH after', total, flush=True); sys.exit(1)\n\
+         \x20   total += len(chunk)\n\
+         \x20   time.sleep(0.01)\n\
+         print('OK', total, flush=True)\n"
+    );
+    let mut child = lab
+        .cmd(lab.client(), "python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("long-lived client");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let serving = lines.next().expect("greeting").expect("read greeting");
+    let index = lab
+        .backends()
+        .iter()
+        .position(|b| b.role == serving)
+        .expect("a backend's name");
+    let address = echo_address(&lab, index);
+    let removed_at = Instant::now();
+    let said = agent
+        .cli(&["targets", "remove", "--group", "echo", &address])
+        .expect("deregister");
+    assert!(said.contains("draining"), "{said}");
+    let t = target(&agent, "echo", &address);
+    assert_eq!(t["state"], "draining", "{t:#}");
+    assert_eq!(t["reason"], "Target.DeregistrationInProgress", "{t:#}");
+    assert_eq!(t["in_service"], false, "{t:#}");
+    assert!(t["active_flows"].as_u64().unwrap_or(0) >= 1, "{t:#}");
+
+    let served = short_connections(&lab, 23000, 100);
+    assert!(
+        !served.contains_key(&serving),
+        "{serving} got new flows while draining: {served:?}"
+    );
+    let result = lines.next().expect("result line").expect("read result");
+    let status = child.wait().expect("client exit");
+    assert!(
+        status.success() && result.starts_with("OK"),
+        "draining flow: {result} ({status})"
+    );
+
+    // Its connection-table entries stay until the delay ends, then they are purged.
+    let flows_to = |agent: &LabAgent| {
+        agent
+            .flows()
+            .expect("flows")
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter(|f| f["backend"] == address.as_str())
+            .count()
+    };
+    assert!(
+        removed_at.elapsed() < delay,
+        "the test is too slow to see the entries"
+    );
+    assert!(flows_to(&agent) >= 1, "entries gone before the delay ended");
+    let deadline = removed_at + delay + Duration::from_secs(2);
+    while flows_to(&agent) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "entries still there {:?} after removal",
+            removed_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let purged_after = removed_at.elapsed();
+    println!("{serving}'s entries purged {purged_after:?} after deregistration (delay {delay:?})");
+    assert!(
+        purged_after >= delay - Duration::from_millis(300),
+        "purged early: {purged_after:?}"
+    );
+    let targets = agent.targets().expect("targets");
+    assert!(
+        !targets
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|t| t["address"] == address.as_str()),
+        "{targets:#}"
+    );
+    assert_eq!(transitions(&agent, "draining->removed"), 1);
+}
+
+/// A client holding `per_listener` connections open to VIP:80 and VIP:81; after a line on
+/// its stdin it sends a ping on each and reports, per connection, `PORT BACKEND OK` or
+/// `PORT BACKEND CUT reason`.
+fn held_connections_script(per_listener: usize) -> String {
+    format!(
+        "import socket, sys\n\
+         conns = []\n\
+         for port, first in ((80, 30000), (81, 31000)):\n\
+         \x20   for i in range({per_listener}):\n\
+         \x20       s = socket.create_connection(('{VIP4}', port), timeout=3, source_address=('', first + i))\n\
+         \x20       f = s.makefile('rb')\n\
+         \x20       name = f.readline().decode().strip()\n\
+         \x20       conns.append((port, name, s, f))\n\
+         \x20       print(port, name, flush=True)\n\
+         sys.stdin.readline()\n\
+         for port, name, s, f in conns:\n\
+         \x20   try:\n\
+         \x20       s.sendall(b'ping')\n\
+         \x20       got = f.read(4)\n\
+         \x20       print(port, name, 'OK' if got == b'ping' else 'CUT closed', flush=True)\n\
+         \x20   except OSError as e:\n\
+         \x20       print(port, name, 'CUT', type(e).__name__, flush=True)\n"
+    )
+}
+
+#[test]
+fn terminate_on_unhealthy_cuts_established_flows_and_the_default_keeps_them() {
+    let config = echo_group("keep", 80, 2, "", &http_check())
+        + &echo_group("cut", 81, 2, "terminate_on_unhealthy = true", &http_check());
+    let (lab, agent) = lab_with_agent("ht", 2, &config);
+    wait_all_healthy(&agent, &lab, "keep");
+    wait_all_healthy(&agent, &lab, "cut");
+    let per_listener = 10;
+    let mut child = lab
+        .cmd(lab.client(), "python3")
+        .args(["-c", &held_connections_script(per_listener)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut opened = Vec::new();
+    for _ in 0..2 * per_listener {
+        opened.push(lines.next().expect("a connection").expect("read"));
+    }
+    for port in ["80", "81"] {
+        assert!(
+            opened.iter().any(|l| l == &format!("{port} b1")),
+            "no connection to b1 through :{port}: {opened:?}"
+        );
+    }
+    lab::set_health(&lab, &lab.backends()[0], HealthMode::Status(503)).expect("b1 fails");
+    let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    for group in ["keep", "cut"] {
+        wait_for_state(&agent, group, &echo_address(&lab, 0), "unhealthy", bound);
+    }
+    let cut = target(&agent, "cut", &echo_address(&lab, 0));
+    assert_eq!(cut["active_flows"], 0, "{cut:#}");
+    writeln!(stdin, "go").expect("tell the client to ping");
+    let mut outcome: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..2 * per_listener {
+        let line = lines.next().expect("a result").expect("read");
+        let mut words = line.splitn(3, ' ');
+        let (port, name, result) = (
+            words.next().unwrap_or(""),
+            words.next().unwrap_or(""),
+            words.next().unwrap_or(""),
+        );
+        outcome
+            .entry(format!("{port} {name}"))
+            .or_default()
+            .push(result.to_owned());
+    }
+    let _ = child.wait();
+    println!("after b1 went unhealthy: {outcome:?}");
+    for (conn, results) in &outcome {
+        let expect_cut = conn == "81 b1";
+        for r in results {
+            assert_eq!(r.starts_with("CUT"), expect_cut, "{conn}: {outcome:?}");
+        }
+    }
+}
+
+#[test]
+fn with_every_target_unhealthy_fail_open_spreads_over_all_and_fail_closed_drops() {
+    let config = echo_group("open", 80, 3, "", &http_check())
+        + &echo_group("closed", 81, 3, "fail_open = false", &http_check());
+    let (lab, agent) = lab_with_agent("hf", 3, &config);
+    wait_all_healthy(&agent, &lab, "open");
+    for b in lab.backends() {
+        lab::set_health(&lab, b, HealthMode::Status(503)).expect("set 503");
+    }
+    let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    for group in ["open", "closed"] {
+        for i in 0..3 {
+            wait_for_state(&agent, group, &echo_address(&lab, i), "unhealthy", bound);
+        }
+    }
+    let served = short_connections(&lab, 24000, 150);
+    println!("150 connections with every target unhealthy (fail open): {served:?}");
+    assert_eq!(served.len(), 3, "{served:?}");
+    for (backend, n) in &served {
+        assert!(*n >= 25, "{backend} got {n} of 150: {served:?}");
+    }
+    // Fail closed: no connection gets through (each gives up after 1 s).
+    let script = format!(
+        "import socket\n\
+         ok = 0\n\
+         for i in range(5):\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(('{VIP4}', 81), timeout=1).close(); ok += 1\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         print(ok)\n"
+    );
+    let ok = lab
+        .run(lab.client(), &["python3", "-c", &script])
+        .expect("fail-closed client");
+    assert_eq!(
+        ok.trim(),
+        "0",
+        "connections got through a fail-closed group"
+    );
+}
+
+#[test]
+fn a_flapping_target_never_changes_state() {
+    let config = echo_group("echo", 80, 3, "", &http_check());
+    let (lab, agent) = lab_with_agent("hp", 3, &config);
+    wait_all_healthy(&agent, &lab, "echo");
+    // b2 goes down for good first, then flaps too.
+    lab::set_health(&lab, &lab.backends()[1], HealthMode::Status(503)).expect("b2 down");
+    let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    wait_for_state(&agent, "echo", &echo_address(&lab, 1), "unhealthy", bound);
+    let changes_before = agent.stats().expect("stats")["health_transitions"].clone();
+    let checks_before: Vec<u64> = (0..2)
+        .map(|i| {
+            target(&agent, "echo", &echo_address(&lab, i))["checks"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    for i in 0..2 {
+        lab::set_health(&lab, &lab.backends()[i], HealthMode::Alternate).expect("flap");
+    }
+    // Eight seconds of 200/503 by turns: eight checks each, never two alike in a row.
+    let until = Instant::now() + 8 * INTERVAL;
+    while Instant::now() < until {
+        assert_eq!(
+            target(&agent, "echo", &echo_address(&lab, 0))["state"],
+            "healthy"
+        );
+        assert_eq!(
+            target(&agent, "echo", &echo_address(&lab, 1))["state"],
+            "unhealthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (i, before) in checks_before.iter().enumerate() {
+        let checks = target(&agent, "echo", &echo_address(&lab, i))["checks"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            checks >= before + 6,
+            "b{}: {checks} checks",
+            i + 1
+        );
+    }
+    assert_eq!(
+        agent.stats().expect("stats")["health_transitions"],
+        changes_before
+    );
+}
