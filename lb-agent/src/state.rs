@@ -1142,3 +1142,160 @@ fn ip_of(addr: &Addr, family: u8) -> IpAddr {
         IpAddr::from(addr.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::probe::{Failure, ProbeResult};
+
+    const T: Thresholds = Thresholds {
+        healthy: 2,
+        unhealthy: 2,
+    };
+
+    fn group(fail_open: bool, slow_start: Duration) -> GroupState {
+        GroupState {
+            id: 0,
+            port: Some(80),
+            flags: 0,
+            family: Some(4),
+            targets: Vec::new(),
+            active_slot: 0,
+            check: Some(GroupCheck {
+                probe: Arc::new(Probe::new(&crate::config::HealthCheck::default()).unwrap()),
+                interval: Duration::from_secs(1),
+                thresholds: T,
+            }),
+            deregistration_delay: Duration::from_secs(300),
+            terminate_on_unhealthy: false,
+            fail_open,
+            slow_start,
+            published: None,
+            failing_open: false,
+        }
+    }
+
+    fn target(id: u32, weight: u32, state: TargetState) -> TargetEntry {
+        let mut health = Health::new(false);
+        let result = |ok: bool| ProbeResult {
+            outcome: if ok { Ok(()) } else { Err(Failure::Refused) },
+            latency: Duration::ZERO,
+        };
+        for _ in 0..2 {
+            match state {
+                TargetState::Healthy => health.observe(&result(true), T),
+                TargetState::Unhealthy => health.observe(&result(false), T),
+                _ => None,
+            };
+        }
+        assert_eq!(health.state, state);
+        TargetEntry {
+            address: SocketAddr::from(([198, 18, 0, 20 + id as u8], 8080)),
+            weight,
+            backend_id: id,
+            registration: u64::from(id),
+            health,
+            draining_until: None,
+            slow_start_since: None,
+        }
+    }
+
+    #[test]
+    fn only_healthy_weighted_registered_targets_are_in_the_table() {
+        let mut g = group(true, Duration::ZERO);
+        let mut draining = target(4, 1, TargetState::Healthy);
+        draining.draining_until = Some(Instant::now() + Duration::from_secs(10));
+        g.targets = vec![
+            target(1, 2, TargetState::Healthy),
+            target(2, 1, TargetState::Unhealthy),
+            target(3, 0, TargetState::Healthy),
+            draining,
+            target(5, 1, TargetState::Initial),
+        ];
+        let (plan, failing_open) = g.plan(Instant::now());
+        assert_eq!(plan, [(1, 200), (2, 0), (3, 0), (4, 0), (5, 0)]);
+        assert!(!failing_open);
+        // A target the agent started with serves while its first checks run.
+        g.targets[4].health = Health::new(true);
+        assert_eq!(g.plan(Instant::now()).0[4], (5, 100));
+    }
+
+    #[test]
+    fn with_no_target_in_service_the_group_fails_open_to_every_registered_one() {
+        let mut g = group(true, Duration::ZERO);
+        let mut draining = target(3, 1, TargetState::Healthy);
+        draining.draining_until = Some(Instant::now() + Duration::from_secs(10));
+        g.targets = vec![
+            target(1, 1, TargetState::Unhealthy),
+            target(2, 3, TargetState::Unhealthy),
+            draining,
+            target(4, 0, TargetState::Unhealthy),
+        ];
+        let (plan, failing_open) = g.plan(Instant::now());
+        assert_eq!(plan, [(1, 100), (2, 300), (3, 0), (4, 0)]);
+        assert!(failing_open);
+        g.fail_open = false;
+        let (plan, failing_open) = g.plan(Instant::now());
+        assert!(plan.iter().all(|&(_, w)| w == 0), "{plan:?}");
+        assert!(!failing_open);
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight_in_steps_up_to_the_full_weight() {
+        let slow = Duration::from_secs(100);
+        let mut g = group(true, slow);
+        let now = Instant::now() + Duration::from_secs(1000);
+        let mut t = target(1, 2, TargetState::Healthy);
+        let at = |t: &mut TargetEntry, done: f64| {
+            t.slow_start_since = Some(now - slow.mul_f64(done));
+        };
+        at(&mut t, 0.0);
+        assert_eq!(
+            g.scaled_weight(&t, now),
+            1,
+            "a ramp starts at the least weight"
+        );
+        at(&mut t, 0.26);
+        assert_eq!(
+            g.scaled_weight(&t, now),
+            50,
+            "a quarter of 200, in 5% steps"
+        );
+        at(&mut t, 0.999);
+        assert_eq!(g.scaled_weight(&t, now), 190);
+        at(&mut t, 1.5);
+        assert_eq!(g.scaled_weight(&t, now), 200);
+        g.slow_start = Duration::ZERO;
+        at(&mut t, 0.0);
+        assert_eq!(g.scaled_weight(&t, now), 200, "no ramp without slow_start");
+    }
+
+    #[test]
+    fn shown_state_says_why_a_target_is_out() {
+        let mut g = group(true, Duration::ZERO);
+        let mut t = target(1, 1, TargetState::Unhealthy);
+        assert_eq!(
+            g.shown_state(&t),
+            (TargetState::Unhealthy, Some("Target.FailedHealthChecks"))
+        );
+        t.draining_until = Some(Instant::now());
+        assert_eq!(
+            g.shown_state(&t),
+            (
+                TargetState::Draining,
+                Some("Target.DeregistrationInProgress")
+            )
+        );
+        t.draining_until = None;
+        g.check = None;
+        assert_eq!(
+            g.shown_state(&t),
+            (TargetState::Unavailable, Some("Target.HealthCheckDisabled"))
+        );
+        g.family = None;
+        assert_eq!(
+            g.shown_state(&t),
+            (TargetState::Unused, Some("Target.NotInUse"))
+        );
+    }
+}

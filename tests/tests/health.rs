@@ -513,14 +513,97 @@ fn a_flapping_target_never_changes_state() {
         let checks = target(&agent, "echo", &echo_address(&lab, i))["checks"]
             .as_u64()
             .unwrap_or(0);
-        assert!(
-            checks >= before + 6,
-            "b{}: {checks} checks",
-            i + 1
-        );
+        assert!(checks >= before + 6, "b{}: {checks} checks", i + 1);
     }
     assert_eq!(
         agent.stats().expect("stats")["health_transitions"],
         changes_before
+    );
+}
+
+#[test]
+fn weights_steer_new_flows_and_a_new_target_ramps_up_over_slow_start() {
+    let config = echo_group("echo", 80, 2, "slow_start = \"8s\"", &fast_check(""));
+    let (lab, agent) = lab_with_agent("hw", 3, &config);
+    for i in 0..2 {
+        wait_for_state(
+            &agent,
+            "echo",
+            &echo_address(&lab, i),
+            "healthy",
+            4 * INTERVAL,
+        );
+    }
+    // Weight 0: no new flows; 1:3 shares.
+    agent
+        .cli(&[
+            "targets",
+            "weight",
+            "--group",
+            "echo",
+            &echo_address(&lab, 0),
+            "--weight",
+            "0",
+        ])
+        .expect("weight 0");
+    let served = short_connections(&lab, 25000, 60);
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["b2"], "{served:?}");
+    agent
+        .cli(&[
+            "targets",
+            "weight",
+            "--group",
+            "echo",
+            &echo_address(&lab, 0),
+            "--weight",
+            "3",
+        ])
+        .expect("weight 3");
+    let served = short_connections(&lab, 25100, 200);
+    println!("weights 3:1 -> {served:?}");
+    let (b1, b2) = (served["b1"], served["b2"]);
+    assert!((130..=170).contains(&b1) && b1 + b2 == 200, "{served:?}");
+    agent
+        .cli(&[
+            "targets",
+            "weight",
+            "--group",
+            "echo",
+            &echo_address(&lab, 0),
+            "--weight",
+            "1",
+        ])
+        .expect("weight 1");
+
+    // A target added live ramps up over slow_start once healthy.
+    agent
+        .cli(&["targets", "add", "--group", "echo", &echo_address(&lab, 2)])
+        .expect("add b3");
+    wait_for_state(
+        &agent,
+        "echo",
+        &echo_address(&lab, 2),
+        "healthy",
+        4 * INTERVAL,
+    );
+    let healthy_at = Instant::now();
+    let early = target(&agent, "echo", &echo_address(&lab, 2));
+    let weight = early["effective_weight"].as_f64().unwrap_or(1.0);
+    assert!(weight < 0.3, "b3 starts at {weight}: {early:#}");
+    let served = short_connections(&lab, 26000, 200);
+    println!("b3 just healthy, slow start: {served:?}");
+    let b3 = served.get("b3").copied().unwrap_or(0);
+    assert!(b3 < 30, "b3 got {b3} of 200 at the start of its slow start");
+    std::thread::sleep(
+        (healthy_at + Duration::from_millis(8500)).saturating_duration_since(Instant::now()),
+    );
+    let done = target(&agent, "echo", &echo_address(&lab, 2));
+    assert_eq!(done["effective_weight"].as_f64(), Some(1.0), "{done:#}");
+    let served = short_connections(&lab, 27000, 300);
+    println!("after slow start: {served:?}");
+    let b3 = served.get("b3").copied().unwrap_or(0);
+    assert!(
+        (70..=130).contains(&b3),
+        "b3 got {b3} of 300 after its slow start"
     );
 }
