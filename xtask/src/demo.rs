@@ -1,6 +1,9 @@
 //! `cargo xtask demo`: real traffic through the XDP load balancer in a namespace lab.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use xtask::{
@@ -94,6 +97,45 @@ pub fn short_connections(
     Ok(served)
 }
 
+/// A backend's health endpoint starts answering 500: the agent's HTTP check takes it out of
+/// the `web` group, and new connections avoid it.
+fn health_demo(lab: &Lab, agent: &LabAgent, vip: &str) -> anyhow::Result<()> {
+    let sick = &lab.backends()[1];
+    lab::set_health(lab, sick, lab::HealthMode::Status(500))?;
+    let address = format!("{}:8080", sick.v4);
+    println!(
+        "\n{}'s health endpoint now answers 500 (web checks it every 5 s)...",
+        sick.role
+    );
+    let started = Instant::now();
+    loop {
+        let list = agent.targets()?;
+        let state = list
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|t| t["group"] == "web" && t["address"] == address.as_str())
+            })
+            .map(|t| t["state"].clone());
+        if state.as_ref().is_some_and(|s| s == "unhealthy") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("{address} not unhealthy after 30 s: {state:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "marked unhealthy after {:.1} s:\n{}",
+        started.elapsed().as_secs_f64(),
+        agent.cli(&["targets", "list", "--group", "web"])?
+    );
+    let served = short_connections(lab, vip, 80, 30)?;
+    println!("30 short TCP connections to {vip}:80 now: {served:?}");
+    lab::set_health(lab, sick, lab::HealthMode::Status(200))?;
+    Ok(())
+}
+
 pub fn demo() -> anyhow::Result<()> {
     let agent_bin = build_agent()?;
     let started = Instant::now();
@@ -140,6 +182,7 @@ pub fn demo() -> anyhow::Result<()> {
             println!("    {backend:<8} {n}");
         }
     }
+    health_demo(&lab, &agent, &vip)?;
     println!("\n{}", agent.cli(&["stats"])?);
     drop(lab);
     println!(
