@@ -16,7 +16,7 @@ use std::{
 };
 
 use lb_common::{MAX_BACKENDS, MAX_GROUPS, MAX_LISTENERS};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::maglev::is_prime;
 
@@ -269,7 +269,7 @@ impl Target {
 }
 
 /// Health-check protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthProtocol {
     /// A TCP connect (the default).
@@ -281,9 +281,21 @@ pub enum HealthProtocol {
     Https,
 }
 
+impl HealthProtocol {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
 /// A group's health check (checked for sense here; run by the health module). Defaults are
-/// AWS NLB's.
-#[derive(Debug, Clone, Deserialize)]
+/// AWS NLB's. Serialized as it is written (durations as `"5s"`), so the control API takes and
+/// shows the same fields as the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// False: no checks, every target is in service (default true).
@@ -307,10 +319,18 @@ pub struct HealthCheck {
     #[serde(default = "default_matcher")]
     pub matcher: String,
     /// Time between checks, 1s..=300s (default 30 s).
-    #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "duration",
+        serialize_with = "show_duration"
+    )]
     pub interval: Duration,
     /// How long a check may take, 100ms..=120s and less than `interval` (default 10 s).
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "duration",
+        serialize_with = "show_duration"
+    )]
     pub timeout: Duration,
     /// Successes in a row before a target counts as healthy, 2..=10 (default 5).
     #[serde(default = "default_healthy")]
@@ -318,6 +338,15 @@ pub struct HealthCheck {
     /// Failures in a row before a target counts as unhealthy, 2..=10 (default 2).
     #[serde(default = "default_unhealthy")]
     pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    /// What is wrong with it, as (field, message); empty when it can be run.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Problems::default();
+        check_health_check(&mut p, "health_check", self);
+        p.list
+    }
 }
 
 impl Default for HealthCheck {
@@ -340,7 +369,7 @@ impl Default for HealthCheck {
 }
 
 /// An HTTP(S) health check's method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum HealthMethod {
     #[default]
     #[serde(rename = "GET")]
@@ -727,6 +756,26 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(Visitor)
 }
 
+/// A duration as the config writes it: `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`.
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let (h, m, sec, rest) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    for (n, unit) in [(h, "h"), (m, "m"), (sec, "s"), (rest, "ms")] {
+        if n > 0 {
+            out += &format!("{n}{unit}");
+        }
+    }
+    out
+}
+
+fn show_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&duration_text(*d))
+}
+
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
@@ -1008,6 +1057,66 @@ fn check_matcher(p: &mut Problems, field: String, matcher: &str) {
     }
 }
 
+/// Checks a health check's fields; `hat` is its dotted path, like `target_group[0].health_check`.
+fn check_health_check(p: &mut Problems, hat: &str, hc: &HealthCheck) {
+    p.port(format!("{hat}.port"), hc.port);
+    for (field, v) in [
+        ("healthy_threshold", hc.healthy_threshold),
+        ("unhealthy_threshold", hc.unhealthy_threshold),
+    ] {
+        if !(2..=10).contains(&v) {
+            p.add(
+                format!("{hat}.{field}"),
+                format!("{v} is out of range 2..=10"),
+            );
+        }
+    }
+    check_duration(
+        p,
+        format!("{hat}.interval"),
+        hc.interval,
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+    );
+    check_duration(
+        p,
+        format!("{hat}.timeout"),
+        hc.timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(120),
+    );
+    if let Some(host) = &hc.host
+        && (host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        p.add(
+            format!("{hat}.host"),
+            format!("`{host}` is no Host header value (printable ASCII, no spaces)"),
+        );
+    }
+    if hc.timeout >= hc.interval {
+        p.add(
+            format!("{hat}.timeout"),
+            format!(
+                "{:?} must be shorter than the interval ({:?})",
+                hc.timeout, hc.interval
+            ),
+        );
+    }
+    if !hc.path.starts_with('/')
+        || hc.path.len() > 1024
+        || !hc.path.bytes().all(|b| b.is_ascii_graphic())
+    {
+        p.add(
+                format!("{hat}.path"),
+                format!(
+                    "{:?} is no request path: it starts with / and is at most 1024 printable ASCII characters, no spaces",
+                    hc.path
+                ),
+            );
+    }
+    check_matcher(p, format!("{hat}.matcher"), &hc.matcher);
+}
+
 fn check_duration(p: &mut Problems, field: String, d: Duration, min: Duration, max: Duration) {
     if !(min..=max).contains(&d) {
         p.add(field, format!("{d:?} is out of range {min:?}..={max:?}"));
@@ -1258,57 +1367,7 @@ impl Config {
                 }
             }
             if let Some(hc) = &g.health_check {
-                let hat = format!("{at}.health_check");
-                p.port(format!("{hat}.port"), hc.port);
-                for (field, v) in [
-                    ("healthy_threshold", hc.healthy_threshold),
-                    ("unhealthy_threshold", hc.unhealthy_threshold),
-                ] {
-                    if !(2..=10).contains(&v) {
-                        p.add(
-                            format!("{hat}.{field}"),
-                            format!("{v} is out of range 2..=10"),
-                        );
-                    }
-                }
-                check_duration(
-                    p,
-                    format!("{hat}.interval"),
-                    hc.interval,
-                    Duration::from_secs(1),
-                    Duration::from_secs(300),
-                );
-                check_duration(
-                    p,
-                    format!("{hat}.timeout"),
-                    hc.timeout,
-                    Duration::from_millis(100),
-                    Duration::from_secs(120),
-                );
-                if let Some(host) = &hc.host
-                    && (host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()))
-                {
-                    p.add(
-                        format!("{hat}.host"),
-                        format!("`{host}` is no Host header value (printable ASCII, no spaces)"),
-                    );
-                }
-                if hc.timeout >= hc.interval {
-                    p.add(
-                        format!("{hat}.timeout"),
-                        format!(
-                            "{:?} must be shorter than the interval ({:?})",
-                            hc.timeout, hc.interval
-                        ),
-                    );
-                }
-                if !hc.path.starts_with('/') {
-                    p.add(
-                        format!("{hat}.path"),
-                        format!("`{}` must start with /", hc.path),
-                    );
-                }
-                check_matcher(p, format!("{hat}.matcher"), &hc.matcher);
+                check_health_check(p, &format!("{at}.health_check"), hc);
             }
         }
     }
@@ -1919,6 +1978,40 @@ action = { fixed_response = { status_code = 403, content_type = "text/plain", me
     }
 
     #[test]
+    fn a_health_check_round_trips_through_json_and_reports_its_problems() {
+        let hc = HealthCheck {
+            protocol: HealthProtocol::Https,
+            port: Some(8443),
+            path: "/ready".into(),
+            method: HealthMethod::Head,
+            interval: Duration::from_millis(1500),
+            ..HealthCheck::default()
+        };
+        let json = serde_json::to_value(&hc).unwrap();
+        assert_eq!(json["interval"], "1s500ms");
+        assert_eq!(json["protocol"], "https");
+        assert_eq!(json["method"], "HEAD");
+        let back: HealthCheck = serde_json::from_value(json).unwrap();
+        assert_eq!(back, hc);
+        assert!(
+            hc.problems().len() == 1,
+            "timeout 10s >= interval: {:?}",
+            hc.problems()
+        );
+        let bad = HealthCheck {
+            path: "/a b\r\nX: y".into(),
+            healthy_threshold: 1,
+            ..HealthCheck::default()
+        };
+        let fields: Vec<String> = bad.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            ["health_check.healthy_threshold", "health_check.path"]
+        );
+        assert!(HealthCheck::default().problems().is_empty());
+    }
+
+    #[test]
     fn durations_parse() {
         for (text, want) in [
             ("500ms", Duration::from_millis(500)),
@@ -1930,6 +2023,7 @@ action = { fixed_response = { status_code = 403, content_type = "text/plain", me
             ("0s", Duration::ZERO),
         ] {
             assert_eq!(parse_duration(text), Ok(want), "{text}");
+            assert_eq!(duration_text(want), text, "written back");
         }
         for bad in [
             "",

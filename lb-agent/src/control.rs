@@ -1,6 +1,6 @@
 //! The local control socket: one JSON request per line, one JSON response per line.
 //!
-//! The CLI's `targets`, `stats`, `flows` and `detach` commands are clients of this socket. The socket
+//! The CLI's `targets`, `groups`, `stats`, `flows` and `detach` commands are clients of this socket. The socket
 //! file is created with mode 0600: whoever can use it can reprogram the load balancer.
 
 use std::{
@@ -19,7 +19,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::{dataplane::Dataplane, neighbor, state::State};
+use crate::{config::HealthCheck, dataplane::Dataplane, neighbor, state::State};
 
 /// A request to the running agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +47,13 @@ pub enum Request {
     },
     /// List targets, of one group or all.
     TargetsList { group: Option<String> },
+    /// Every target group's settings, health check included.
+    Groups,
+    /// Replace a group's health check (fields and defaults as in the config file).
+    HealthCheckSet {
+        group: String,
+        health_check: HealthCheck,
+    },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats,
     /// The connection table.
@@ -245,6 +252,13 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
         Request::TargetsList { group } => state
             .targets(dataplane, group.as_deref())
             .map(|t| serde_json::json!(t)),
+        Request::Groups => Ok(serde_json::json!(state.groups())),
+        Request::HealthCheckSet {
+            group,
+            health_check,
+        } => state
+            .set_health_check(dataplane, &group, health_check.clone())
+            .map(|()| serde_json::json!({ "group": group, "health_check": health_check })),
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
         Request::Flows => state.flows(dataplane).map(|f| serde_json::json!(f)),
         Request::Detach => match dataplane.detach() {

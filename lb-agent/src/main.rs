@@ -10,11 +10,11 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
-    config::Config,
+    config::{Config, HealthCheck, HealthProtocol, duration_text},
     control::{self, Agent, Request},
     dataplane::{self, Dataplane},
     health, neighbor,
-    state::{FlowView, State, StatsView, TargetView},
+    state::{FlowView, GroupView, State, StatsView, TargetView},
 };
 
 /// Default control socket, as in the config's `agent.control_socket`.
@@ -61,6 +61,11 @@ enum Command {
     Targets {
         #[command(subcommand)]
         command: TargetsCommand,
+    },
+    /// Show target groups, or change a group's health check.
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
     },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats {
@@ -127,6 +132,64 @@ enum TargetsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// Each group's protocol, port, health check, draining, slow start and fail-open settings.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Change a group's health check: the fields given replace the current ones (with
+    /// `--reset`, AWS's defaults), checked as in the config file; checks restart at once.
+    HealthCheck(Box<HealthCheckArgs>),
+}
+
+/// `groups health-check`'s options.
+#[derive(clap::Args)]
+struct HealthCheckArgs {
+    #[arg(long)]
+    group: String,
+    /// Start from the defaults (TCP, 30s, 10s, 5, 2) instead of the current check.
+    #[arg(long)]
+    reset: bool,
+    /// Stop checking: every target is in service.
+    #[arg(long, conflicts_with = "enable")]
+    disable: bool,
+    /// Check again after `--disable`.
+    #[arg(long)]
+    enable: bool,
+    /// tcp, http or https.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Port to check (default: the traffic port).
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long)]
+    path: Option<String>,
+    /// GET or HEAD.
+    #[arg(long)]
+    method: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    /// Status codes that pass, like 200-299,301.
+    #[arg(long)]
+    matcher: Option<String>,
+    /// Like 10s.
+    #[arg(long)]
+    interval: Option<String>,
+    /// Like 2s.
+    #[arg(long)]
+    timeout: Option<String>,
+    #[arg(long)]
+    healthy_threshold: Option<u32>,
+    #[arg(long)]
+    unhealthy_threshold: Option<u32>,
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -151,6 +214,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Targets { command } => targets(command),
+        Command::Groups { command } => groups(command),
         Command::Stats { json, socket } => stats(&socket, json),
         Command::Flows { json, socket } => flows(&socket, json),
         Command::Detach { socket } => control::request(&socket, &Request::Detach)
@@ -287,6 +351,150 @@ fn targets(command: TargetsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn groups(command: GroupsCommand) -> anyhow::Result<()> {
+    match command {
+        GroupsCommand::List { json, socket } => {
+            let r = control::request(&socket, &Request::Groups)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let list: Vec<GroupView> = serde_json::from_value(r)?;
+            print_groups(&list);
+        }
+        GroupsCommand::HealthCheck(args) => {
+            let HealthCheckArgs {
+                group,
+                reset,
+                disable,
+                enable,
+                protocol,
+                port,
+                path,
+                method,
+                host,
+                matcher,
+                interval,
+                timeout,
+                healthy_threshold,
+                unhealthy_threshold,
+                socket,
+            } = *args;
+            let current = if reset {
+                None
+            } else {
+                let list: Vec<GroupView> =
+                    serde_json::from_value(control::request(&socket, &Request::Groups)?)?;
+                list.into_iter()
+                    .find(|g| g.name == group)
+                    .with_context(|| format!("no target group `{group}`"))?
+                    .health_check
+            };
+            // Edited as JSON and read back: the same names, defaults and errors as the file.
+            let mut fields = serde_json::to_value(current.unwrap_or_default())?;
+            let mut set = |key: &str, value: serde_json::Value| fields[key] = value;
+            if disable {
+                set("enabled", false.into());
+            }
+            if enable {
+                set("enabled", true.into());
+            }
+            for (key, value) in [
+                ("protocol", protocol),
+                ("path", path),
+                ("method", method),
+                ("host", host),
+                ("matcher", matcher),
+                ("interval", interval),
+                ("timeout", timeout),
+            ] {
+                if let Some(value) = value {
+                    set(key, value.into());
+                }
+            }
+            for (key, value) in [
+                ("port", port.map(u32::from)),
+                ("healthy_threshold", healthy_threshold),
+                ("unhealthy_threshold", unhealthy_threshold),
+            ] {
+                if let Some(value) = value {
+                    set(key, value.into());
+                }
+            }
+            let health_check: HealthCheck =
+                serde_json::from_value(fields).context("invalid health check")?;
+            control::request(
+                &socket,
+                &Request::HealthCheckSet {
+                    group: group.clone(),
+                    health_check: health_check.clone(),
+                },
+            )?;
+            println!("{group}: {}", describe_check(Some(&health_check)));
+        }
+    }
+    Ok(())
+}
+
+/// A health check in one line.
+fn describe_check(check: Option<&HealthCheck>) -> String {
+    let Some(c) = check else {
+        return "not checked".into();
+    };
+    if !c.enabled {
+        return "checks disabled".into();
+    }
+    let port = c.port.map_or("traffic port".to_owned(), |p| p.to_string());
+    let what = match c.protocol {
+        HealthProtocol::Tcp => format!("tcp connect to {port}"),
+        _ => format!(
+            "{} {} {}:{port}{} expecting {}",
+            c.protocol.as_str(),
+            c.method.as_str(),
+            c.host.as_deref().unwrap_or("(target)"),
+            c.path,
+            c.matcher
+        ),
+    };
+    format!(
+        "{what}, every {}, timeout {}, healthy after {}, unhealthy after {}",
+        duration_text(c.interval),
+        duration_text(c.timeout),
+        c.healthy_threshold,
+        c.unhealthy_threshold
+    )
+}
+
+fn print_groups(list: &[GroupView]) {
+    for g in list {
+        println!(
+            "{}  {}{}  {}/{} targets in service{}{}",
+            g.name,
+            g.protocol,
+            g.port.map_or(String::new(), |p| format!(":{p}")),
+            g.in_service,
+            g.targets,
+            if g.failing_open { "  FAILING OPEN" } else { "" },
+            if g.in_use { "" } else { "  (no listener)" },
+        );
+        println!(
+            "    health check: {}",
+            describe_check(g.health_check.as_ref())
+        );
+        println!(
+            "    deregistration delay {}, slow start {}, terminate on unhealthy {}, fail open {}",
+            g.deregistration_delay,
+            if g.slow_start == "0s" {
+                "off"
+            } else {
+                &g.slow_start
+            },
+            g.terminate_on_unhealthy,
+            g.fail_open
+        );
+    }
 }
 
 fn print_targets(list: &[TargetView]) {

@@ -26,7 +26,7 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, ListenerProtocol, Stickiness},
+    config::{Config, GroupProtocol, HealthCheck, ListenerProtocol, Stickiness, duration_text},
     dataplane::{Dataplane, DataplaneError},
     health::{
         Health, TargetState, Thresholds, Transition,
@@ -116,17 +116,46 @@ struct GroupCheck {
     probe: Arc<Probe>,
     interval: Duration,
     thresholds: Thresholds,
+    /// Changes whenever the check is replaced, so running checks restart with the new one.
+    generation: u64,
+}
+
+impl GroupCheck {
+    /// The check `config` describes; an error naming what is wrong with it.
+    fn new(config: &HealthCheck, generation: u64) -> std::result::Result<Self, String> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            let text: Vec<String> = problems
+                .into_iter()
+                .map(|(field, message)| format!("{field}: {message}"))
+                .collect();
+            return Err(text.join("; "));
+        }
+        Ok(Self {
+            probe: Arc::new(Probe::new(config)?),
+            interval: config.interval,
+            thresholds: Thresholds {
+                healthy: config.healthy_threshold,
+                unhealthy: config.unhealthy_threshold,
+            },
+            generation,
+        })
+    }
 }
 
 #[derive(Debug)]
 struct GroupState {
     id: u32,
+    protocol: GroupProtocol,
     port: Option<u16>,
     flags: u32,
     /// Address family of the listeners that forward here; none: no listener does (unused).
     family: Option<u8>,
     targets: Vec<TargetEntry>,
     active_slot: u32,
+    /// The check as configured (`enabled = false` included); none: the group's default.
+    health_check: Option<HealthCheck>,
+    /// The check that runs; none: targets are not checked.
     check: Option<GroupCheck>,
     deregistration_delay: Duration,
     terminate_on_unhealthy: bool,
@@ -248,6 +277,8 @@ pub struct CheckSpec {
     pub target: SocketAddr,
     pub registration: u64,
     pub probe: Arc<Probe>,
+    /// The group check's generation: a result of a replaced check is ignored.
+    pub generation: u64,
     pub interval: Duration,
     /// The first check comes at a random time within this (spreads start-up's checks).
     pub first_within: Duration,
@@ -306,6 +337,30 @@ pub struct TargetView {
     pub counters: CountersView,
 }
 
+/// A target group as `groups list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    pub name: String,
+    pub protocol: String,
+    pub port: Option<u16>,
+    /// Whether a listener forwards to it.
+    pub in_use: bool,
+    /// The health check as configured or defaulted (none: a `udp` group without one).
+    pub health_check: Option<HealthCheck>,
+    /// Whether its targets are being checked.
+    pub checked: bool,
+    pub deregistration_delay: String,
+    pub slow_start: String,
+    pub terminate_on_unhealthy: bool,
+    pub fail_open: bool,
+    /// No target is in service and new flows go to every registered one.
+    pub failing_open: bool,
+    /// Registered targets, draining ones included.
+    pub targets: usize,
+    /// Targets in the active table.
+    pub in_service: usize,
+}
+
 /// A listener as `stats` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListenerView {
@@ -349,6 +404,8 @@ pub struct State {
     free_backend_ids: Vec<u32>,
     next_backend_id: u32,
     next_registration: u64,
+    /// The last `GroupCheck::generation` handed out.
+    check_generation: u64,
     transitions: BTreeMap<String, u64>,
 }
 
@@ -408,31 +465,28 @@ impl State {
                 .iter()
                 .find(|l| l.forward_group() == Some(group.name.as_str()))
                 .map(|l| family_of(l.address));
-            let check = match group.effective_health_check() {
-                Some(hc) => Some(GroupCheck {
-                    probe: Arc::new(Probe::new(&hc).map_err(|message| {
-                        StateError::HealthCheck {
-                            group: group.name.clone(),
-                            message,
-                        }
-                    })?),
-                    interval: hc.interval,
-                    thresholds: Thresholds {
-                        healthy: hc.healthy_threshold,
-                        unhealthy: hc.unhealthy_threshold,
-                    },
-                }),
-                None => None,
-            };
+            let check = group
+                .effective_health_check()
+                .map(|hc| {
+                    state.check_generation += 1;
+                    GroupCheck::new(&hc, state.check_generation)
+                })
+                .transpose()
+                .map_err(|message| StateError::HealthCheck {
+                    group: group.name.clone(),
+                    message,
+                })?;
             state.groups.insert(
                 group.name.clone(),
                 GroupState {
                     id,
+                    protocol: group.protocol,
                     port: group.port,
                     flags,
                     family,
                     targets: Vec::new(),
                     active_slot: 0,
+                    health_check: group.health_check.clone(),
                     check,
                     deregistration_delay: group.deregistration_delay,
                     terminate_on_unhealthy: group.terminate_on_unhealthy,
@@ -888,6 +942,7 @@ impl State {
                     target: t.address,
                     registration: t.registration,
                     probe: check.probe.clone(),
+                    generation: check.generation,
                     interval: check.interval,
                     // A target added live is checked soon; those of start-up spread out.
                     first_within: if t.health.in_service_while_initial() {
@@ -914,7 +969,12 @@ impl State {
         let Some(g) = self.groups.get_mut(&spec.group) else {
             return Ok(());
         };
-        let Some(thresholds) = g.check.as_ref().map(|c| c.thresholds) else {
+        let Some(thresholds) = g
+            .check
+            .as_ref()
+            .filter(|c| c.generation == spec.generation)
+            .map(|c| c.thresholds)
+        else {
             return Ok(());
         };
         let others_serving = g
@@ -1002,6 +1062,93 @@ impl State {
             self.publish(dp, &name, now)?;
         }
         Ok(())
+    }
+
+    /// Replaces a group's health check (`enabled = false`: stops checking). Checks restart
+    /// with the new settings; states are kept, except that targets of a group that was not
+    /// checked start `initial` and in service until their first check. Nothing changes if
+    /// the check is invalid or the table cannot be rebuilt.
+    pub fn set_health_check(
+        &mut self,
+        dp: &mut Dataplane,
+        group: &str,
+        health_check: HealthCheck,
+    ) -> Result<()> {
+        let generation = self.check_generation + 1;
+        let check = if health_check.enabled {
+            Some(
+                GroupCheck::new(&health_check, generation).map_err(|message| {
+                    StateError::HealthCheck {
+                        group: group.to_owned(),
+                        message,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
+        let g = self.group_mut(group)?;
+        let before = (
+            g.check.take(),
+            g.health_check.replace(health_check.clone()),
+            g.targets
+                .iter()
+                .map(|t| t.health.clone())
+                .collect::<Vec<_>>(),
+        );
+        if check.is_some() && before.0.is_none() {
+            for t in &mut g.targets {
+                t.health = Health::new(true);
+            }
+        }
+        g.check = check;
+        if let Err(e) = self.publish(dp, group, Instant::now()) {
+            let g = self.group_mut(group)?;
+            (g.check, g.health_check) = (before.0, before.1);
+            for (t, health) in g.targets.iter_mut().zip(before.2) {
+                t.health = health;
+            }
+            return Err(e);
+        }
+        self.check_generation = generation;
+        tracing::info!(
+            group,
+            enabled = health_check.enabled,
+            protocol = health_check.protocol.as_str(),
+            port = health_check.port,
+            interval = %duration_text(health_check.interval),
+            "health check replaced"
+        );
+        Ok(())
+    }
+
+    /// Every target group's settings and how many of its targets serve.
+    pub fn groups(&self) -> Vec<GroupView> {
+        self.groups
+            .iter()
+            .map(|(name, g)| GroupView {
+                name: name.clone(),
+                protocol: g.protocol.as_str().to_owned(),
+                port: g.port,
+                in_use: g.family.is_some(),
+                health_check: g
+                    .health_check
+                    .clone()
+                    .or_else(|| (g.protocol != GroupProtocol::Udp).then(HealthCheck::default)),
+                checked: g.check.is_some(),
+                deregistration_delay: duration_text(g.deregistration_delay),
+                slow_start: duration_text(g.slow_start),
+                terminate_on_unhealthy: g.terminate_on_unhealthy,
+                fail_open: g.fail_open,
+                failing_open: g.failing_open,
+                targets: g.targets.len(),
+                in_service: g
+                    .targets
+                    .iter()
+                    .filter(|t| g.published_weight(t.backend_id) > 0)
+                    .count(),
+            })
+            .collect()
     }
 
     /// Targets of one group, or of all.
@@ -1148,24 +1295,23 @@ mod tests {
     use super::*;
     use crate::health::probe::{Failure, ProbeResult};
 
+    /// `HealthCheck::default()`'s.
     const T: Thresholds = Thresholds {
-        healthy: 2,
+        healthy: 5,
         unhealthy: 2,
     };
 
     fn group(fail_open: bool, slow_start: Duration) -> GroupState {
         GroupState {
             id: 0,
+            protocol: GroupProtocol::Tcp,
             port: Some(80),
             flags: 0,
             family: Some(4),
             targets: Vec::new(),
             active_slot: 0,
-            check: Some(GroupCheck {
-                probe: Arc::new(Probe::new(&crate::config::HealthCheck::default()).unwrap()),
-                interval: Duration::from_secs(1),
-                thresholds: T,
-            }),
+            health_check: None,
+            check: Some(GroupCheck::new(&HealthCheck::default(), 1).unwrap()),
             deregistration_delay: Duration::from_secs(300),
             terminate_on_unhealthy: false,
             fail_open,
@@ -1181,7 +1327,7 @@ mod tests {
             outcome: if ok { Ok(()) } else { Err(Failure::Refused) },
             latency: Duration::ZERO,
         };
-        for _ in 0..2 {
+        for _ in 0..5 {
             match state {
                 TargetState::Healthy => health.observe(&result(true), T),
                 TargetState::Unhealthy => health.observe(&result(false), T),

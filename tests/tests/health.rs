@@ -607,3 +607,106 @@ fn weights_steer_new_flows_and_a_new_target_ramps_up_over_slow_start() {
         "b3 got {b3} of 300 after its slow start"
     );
 }
+
+#[test]
+fn a_health_check_changed_through_the_control_api_takes_effect_at_once() {
+    let config = echo_group("echo", 80, 3, "", &fast_check(""));
+    let (lab, agent) = lab_with_agent("hc", 3, &config);
+    wait_all_healthy(&agent, &lab, "echo");
+    // b2's app is sick but still accepts connections: the TCP check cannot tell.
+    lab::set_health(&lab, &lab.backends()[1], HealthMode::Status(500)).expect("b2 sick");
+    std::thread::sleep(3 * INTERVAL);
+    assert_eq!(
+        target(&agent, "echo", &echo_address(&lab, 1))["state"],
+        "healthy"
+    );
+
+    // A bad change is refused whole, naming the field; the check in force stays.
+    let groups_before = agent
+        .cli(&["groups", "list", "--json"])
+        .expect("groups list");
+    let err = agent
+        .cli(&[
+            "groups",
+            "health-check",
+            "--group",
+            "echo",
+            "--protocol",
+            "http",
+            "--timeout",
+            "5s",
+        ])
+        .expect_err("a timeout longer than the interval");
+    assert!(format!("{err:#}").contains("timeout"), "{err:#}");
+    let err = agent
+        .cli(&[
+            "groups",
+            "health-check",
+            "--group",
+            "echo",
+            "--protocol",
+            "smtp",
+        ])
+        .expect_err("an unknown protocol");
+    assert!(format!("{err:#}").contains("smtp"), "{err:#}");
+    assert_eq!(
+        agent
+            .cli(&["groups", "list", "--json"])
+            .expect("groups list"),
+        groups_before
+    );
+
+    let said = agent
+        .cli(&[
+            "groups",
+            "health-check",
+            "--group",
+            "echo",
+            "--protocol",
+            "http",
+            "--port",
+            "8081",
+            "--path",
+            "/health",
+            "--matcher",
+            "200",
+        ])
+        .expect("switch to an HTTP check");
+    assert!(said.contains("http GET"), "{said}");
+    let groups = agent
+        .cli(&["groups", "list", "--json"])
+        .expect("groups list");
+    let groups: serde_json::Value = serde_json::from_str(&groups).expect("JSON");
+    let check = &groups[0]["health_check"];
+    assert_eq!(
+        (&check["protocol"], &check["port"], &check["interval"]),
+        (&"http".into(), &8081.into(), &"1s".into()),
+        "{groups:#}"
+    );
+    let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
+    let took = wait_for_state(&agent, "echo", &echo_address(&lab, 1), "unhealthy", bound);
+    println!("b2 unhealthy {took:?} after the check became HTTP");
+    assert_eq!(
+        target(&agent, "echo", &echo_address(&lab, 1))["reason"],
+        "Target.ResponseCodeMismatch"
+    );
+    let served = short_connections(&lab, 28000, 60);
+    assert!(!served.contains_key("b2"), "{served:?}");
+
+    // Disabled: nothing is checked and every target serves.
+    agent
+        .cli(&["groups", "health-check", "--group", "echo", "--disable"])
+        .expect("disable");
+    let t = target(&agent, "echo", &echo_address(&lab, 1));
+    assert_eq!(
+        (&t["state"], &t["reason"], &t["in_service"]),
+        (
+            &"unavailable".into(),
+            &"Target.HealthCheckDisabled".into(),
+            &true.into()
+        ),
+        "{t:#}"
+    );
+    let served = short_connections(&lab, 28100, 90);
+    assert_eq!(served.len(), 3, "{served:?}");
+}

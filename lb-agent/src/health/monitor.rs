@@ -28,7 +28,8 @@ const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
     let seed = std::collections::hash_map::RandomState::new();
-    let mut tasks: HashMap<(String, u64), JoinHandle<()>> = HashMap::new();
+    // Keyed by (group, registration, check generation): a replaced check restarts its tasks.
+    let mut tasks: HashMap<(String, u64, u64), JoinHandle<()>> = HashMap::new();
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -53,14 +54,14 @@ pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
         tasks.retain(|key, task| {
             let wanted = specs
                 .iter()
-                .any(|s| s.group == key.0 && s.registration == key.1);
+                .any(|s| s.group == key.0 && s.registration == key.1 && s.generation == key.2);
             if !wanted {
                 task.abort();
             }
             wanted && !task.is_finished()
         });
         for spec in specs {
-            let key = (spec.group.clone(), spec.registration);
+            let key = (spec.group.clone(), spec.registration, spec.generation);
             if tasks.contains_key(&key) {
                 continue;
             }
