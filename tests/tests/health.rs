@@ -300,6 +300,22 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
         !served.contains_key(&serving),
         "{serving} got new flows while draining: {served:?}"
     );
+    // Another target, deregistered and registered again while draining, is back in service.
+    let other = echo_address(&lab, (index + 1) % 3);
+    agent
+        .cli(&["targets", "remove", "--group", "echo", &other])
+        .expect("deregister another");
+    assert_eq!(target(&agent, "echo", &other)["state"], "draining");
+    agent
+        .cli(&["targets", "add", "--group", "echo", &other])
+        .expect("register it again");
+    let back = target(&agent, "echo", &other);
+    assert_eq!(
+        (&back["state"], &back["in_service"]),
+        (&"healthy".into(), &true.into()),
+        "{back:#}"
+    );
+    assert_eq!(transitions(&agent, "draining->healthy"), 1);
     let result = lines.next().expect("result line").expect("read result");
     let status = child.wait().expect("client exit");
     assert!(
