@@ -678,11 +678,15 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
     let mut dataplane = Dataplane::load(cfg.agent.maglev_table_size, group_capacity)
         .context("loading the XDP program")?;
     let state = State::apply(&cfg, &snat, &mut dataplane).context("programming the data plane")?;
-    for group in &cfg.target_groups {
-        for target in &group.targets {
-            if let Err(e) = neighbor::keep_resolved(target.address) {
-                tracing::warn!(target = %target.address, error = %e, "cannot keep the target's next hop resolved");
-            }
+    // Once per address: a target on many ports, or in many groups, has one next hop.
+    let addresses: std::collections::BTreeSet<IpAddr> = cfg
+        .target_groups
+        .iter()
+        .flat_map(|g| g.targets.iter().map(|t| t.address))
+        .collect();
+    for address in addresses {
+        if let Err(e) = neighbor::keep_resolved(address) {
+            tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
         }
     }
     let listener = control::bind(&socket)?;

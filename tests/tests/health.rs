@@ -726,3 +726,155 @@ fn a_health_check_changed_through_the_control_api_takes_effect_at_once() {
     let served = short_connections(&lab, 28100, 90);
     assert_eq!(served.len(), 3, "{served:?}");
 }
+
+/// Listens on TCP ports `first..first+count` of all addresses for `seconds`, then prints the
+/// time of every accepted connection (seconds, monotonic) and exits.
+const MANY_PORTS_LISTENER: &str = r#"
+import resource, selectors, socket, sys, time
+first, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+sel = selectors.DefaultSelector()
+for port in range(first, first + count):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(64)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+print("listening", flush=True)
+times = []
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for key, _ in sel.select(timeout=0.1):
+        try:
+            c, _ = key.fileobj.accept()
+            times.append(time.monotonic())
+            c.close()
+        except OSError:
+            pass
+print(" ".join("%.4f" % t for t in times), flush=True)
+"#;
+
+#[test]
+fn checks_of_a_thousand_targets_spread_over_the_interval() {
+    let (count, first_port) = (1000u16, 10000u16);
+    let targets: Vec<String> = (0..count)
+        .map(|i| format!("{{ address = \"198.18.0.21\", port = {} }}", first_port + i))
+        .collect();
+    let config = format!(
+        r#"
+[[target_group]]
+name = "many"
+protocol = "tcp"
+targets = [{}]
+health_check = {{ interval = "5s", timeout = "2s", healthy_threshold = 2, unhealthy_threshold = 2 }}
+
+[[listener]]
+name = "many"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = {{ forward = "many" }}
+"#,
+        targets.join(", ")
+    );
+    let lab = Lab::up(xtask::lab::LabSpec {
+        name: Lab::unique_name("hm"),
+        backends: 1,
+    })
+    .expect("lab up");
+    let b1 = &lab.backends()[0];
+    let listener = lab
+        .spawn(
+            b1,
+            &[
+                "python3",
+                "-c",
+                MANY_PORTS_LISTENER,
+                &first_port.to_string(),
+                &count.to_string(),
+                "14",
+            ],
+        )
+        .expect("listener");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.log(listener).unwrap_or_default().contains("listening") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            lab.log(listener).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
+    std::fs::write(&path, config).expect("write config");
+    let started = Instant::now();
+    let agent =
+        LabAgent::start(&lab, &tests::lab_traffic::agent_binary(), &path).expect("agent start");
+    println!("agent serving {:?} after its start", started.elapsed());
+    // Every target passes its first check within one interval (plus start-up).
+    loop {
+        let list = agent.targets().expect("targets");
+        let healthy = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|t| t["state"] == "healthy")
+            .count();
+        if healthy == usize::from(count) {
+            println!(
+                "1000 targets healthy {:?} after the agent started",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(7500),
+            "{healthy} of {count} healthy"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.is_running(listener) {
+        assert!(Instant::now() < deadline, "the listener did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = lab.log(listener).expect("listener log");
+    let times: Vec<f64> = log
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let first = times.first().copied().expect("some checks");
+    // The first interval: each target checked once, spread over it (not all at once).
+    let round: Vec<f64> = times
+        .iter()
+        .map(|t| t - first)
+        .filter(|&t| t < 5.0)
+        .collect();
+    let mut buckets = [0usize; 20];
+    for t in &round {
+        buckets[((t / 0.25) as usize).min(19)] += 1;
+    }
+    println!(
+        "{} checks in the first 5 s, per 250 ms: {buckets:?}",
+        round.len()
+    );
+    assert!(
+        (900..=1100).contains(&round.len()),
+        "{} checks in one interval",
+        round.len()
+    );
+    let busiest = buckets.iter().max().copied().unwrap_or(0);
+    assert!(
+        busiest <= 150,
+        "{busiest} checks in one 250 ms: {buckets:?} (evenly: 50)"
+    );
+    assert!(
+        buckets.iter().filter(|&&n| n > 0).count() >= 18,
+        "checks bunched: {buckets:?}"
+    );
+}
