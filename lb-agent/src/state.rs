@@ -760,12 +760,7 @@ impl State {
                 }
                 return Err(e);
             }
-            let to = self
-                .group(group)?
-                .targets
-                .iter()
-                .find(|t| t.address == address)
-                .map_or(TargetState::Initial, |t| t.health.state);
+            let to = self.checked_state(group, address)?;
             self.count(
                 group,
                 address,
@@ -847,12 +842,7 @@ impl State {
             }
             return Err(e);
         }
-        let from = self
-            .group(group)?
-            .targets
-            .iter()
-            .find(|t| t.address == address)
-            .map_or(TargetState::Initial, |t| t.health.state);
+        let from = self.checked_state(group, address)?;
         self.count(
             group,
             address,
@@ -864,6 +854,16 @@ impl State {
             self.finish_draining(dp, group, address)?;
         }
         Ok(delay)
+    }
+
+    /// A registered target's checked state (`initial`, `healthy` or `unhealthy`).
+    fn checked_state(&self, group: &str, address: SocketAddr) -> Result<TargetState> {
+        Ok(self
+            .group(group)?
+            .targets
+            .iter()
+            .find(|t| t.address == address)
+            .map_or(TargetState::Initial, |t| t.health.state))
     }
 
     /// Ends a draining target: cuts its remaining flows and forgets it.

@@ -113,3 +113,69 @@ pub fn wait_for_state(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A long-lived TCP flow from the client to VIP:80: it reads the backend's greeting, then
+/// echoes 4 KiB chunks for a while, comparing every byte.
+pub struct EchoFlow {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// The name of the backend that greeted it (`b2`).
+    pub serving: String,
+}
+
+impl EchoFlow {
+    /// Connects and waits for the greeting; the flow then echoes for `seconds` (5 s socket
+    /// timeouts bound it).
+    pub fn start(lab: &Lab, seconds: u32) -> Self {
+        use std::io::BufRead as _;
+        let script = format!(
+            "import socket, os, time, sys\n\
+             s = socket.create_connection(('{VIP4}', 80), timeout=5)\n\
+             f = s.makefile('rb')\n\
+             print(f.readline().decode().strip(), flush=True)\n\
+             total = 0\n\
+             end = time.time() + {seconds}\n\
+             while time.time() < end:\n\
+             \x20   chunk = os.urandom(4096)\n\
+             \x20   s.sendall(chunk)\n\
+             \x20   if f.read(len(chunk)) != chunk:\n\
+             \x20       print('MISMATCH after', total, flush=True); sys.exit(1)\n\
+             \x20   total += len(chunk)\n\
+             \x20   time.sleep(0.01)\n\
+             print('OK', total, flush=True)\n"
+        );
+        let mut child = lab
+            .cmd(lab.client(), "python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("long-lived client");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let serving = lines.next().expect("greeting").expect("read greeting");
+        Self {
+            child,
+            lines,
+            serving,
+        }
+    }
+
+    /// Waits for the end; the bytes echoed, or a panic saying how the flow failed.
+    pub fn finish(mut self) -> u64 {
+        let result = self
+            .lines
+            .next()
+            .expect("result line")
+            .expect("read result");
+        let status = self.child.wait().expect("client exit");
+        assert!(
+            status.success() && result.starts_with("OK"),
+            "long-lived flow to {}: {result} ({status})",
+            self.serving
+        );
+        result
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("byte count")
+    }
+}

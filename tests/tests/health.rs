@@ -10,8 +10,8 @@ use std::{
 };
 
 use tests::lab_traffic::{
-    lab_with_agent, lab_with_agent_and_servers, short_connections, short_connections_to, target,
-    wait_for_state,
+    EchoFlow, lab_with_agent, lab_with_agent_and_servers, short_connections, short_connections_to,
+    target, wait_for_state,
 };
 use xtask::{
     agent::LabAgent,
@@ -254,30 +254,8 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
     let (lab, agent) = lab_with_agent("hd", 3, &config);
     wait_all_healthy(&agent, &lab, "echo");
     // A flow that echoes 4 KiB chunks for 3 s, comparing every byte.
-    let script = format!(
-        "import socket, os, time, sys\n\
-         s = socket.create_connection(('{VIP4}', 80), timeout=5)\n\
-         f = s.makefile('rb')\n\
-         print(f.readline().decode().strip(), flush=True)\n\
-         total = 0\n\
-         end = time.time() + 3\n\
-         while time.time() < end:\n\
-         \x20   chunk = os.urandom(4096)\n\
-         \x20   s.sendall(chunk)\n\
-         \x20   if f.read(len(chunk)) != chunk:\n\
-         \x20       print('MISMATCH after', total, flush=True); sys.exit(1)\n\
-         \x20   total += len(chunk)\n\
-         \x20   time.sleep(0.01)\n\
-         print('OK', total, flush=True)\n"
-    );
-    let mut child = lab
-        .cmd(lab.client(), "python3")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("long-lived client");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let serving = lines.next().expect("greeting").expect("read greeting");
+    let flow = EchoFlow::start(&lab, 3);
+    let serving = flow.serving.clone();
     let index = lab
         .backends()
         .iter()
@@ -316,12 +294,8 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
         "{back:#}"
     );
     assert_eq!(transitions(&agent, "draining->healthy"), 1);
-    let result = lines.next().expect("result line").expect("read result");
-    let status = child.wait().expect("client exit");
-    assert!(
-        status.success() && result.starts_with("OK"),
-        "draining flow: {result} ({status})"
-    );
+    let bytes = flow.finish();
+    assert!(bytes > 50_000, "only {bytes} bytes echoed while draining");
 
     // Its connection-table entries stay until the delay ends, then they are purged.
     let flows_to = |agent: &LabAgent| {
@@ -550,46 +524,29 @@ fn weights_steer_new_flows_and_a_new_target_ramps_up_over_slow_start() {
             4 * INTERVAL,
         );
     }
+    let set_b1_weight = |weight: &str| {
+        agent
+            .cli(&[
+                "targets",
+                "weight",
+                "--group",
+                "echo",
+                &echo_address(&lab, 0),
+                "--weight",
+                weight,
+            ])
+            .expect("set b1's weight");
+    };
     // Weight 0: no new flows; 1:3 shares.
-    agent
-        .cli(&[
-            "targets",
-            "weight",
-            "--group",
-            "echo",
-            &echo_address(&lab, 0),
-            "--weight",
-            "0",
-        ])
-        .expect("weight 0");
+    set_b1_weight("0");
     let served = short_connections(&lab, 25000, 60);
     assert_eq!(served.keys().collect::<Vec<_>>(), ["b2"], "{served:?}");
-    agent
-        .cli(&[
-            "targets",
-            "weight",
-            "--group",
-            "echo",
-            &echo_address(&lab, 0),
-            "--weight",
-            "3",
-        ])
-        .expect("weight 3");
+    set_b1_weight("3");
     let served = short_connections(&lab, 25100, 200);
     println!("weights 3:1 -> {served:?}");
     let (b1, b2) = (served["b1"], served["b2"]);
     assert!((130..=170).contains(&b1) && b1 + b2 == 200, "{served:?}");
-    agent
-        .cli(&[
-            "targets",
-            "weight",
-            "--group",
-            "echo",
-            &echo_address(&lab, 0),
-            "--weight",
-            "1",
-        ])
-        .expect("weight 1");
+    set_b1_weight("1");
 
     // A target added live ramps up over slow_start once healthy.
     agent

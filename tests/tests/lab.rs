@@ -1,18 +1,14 @@
 //! Real traffic through real XDP: a namespace lab (client, load balancer, backends on a
 //! bridge), the `lb-agent` binary, iperf3 and TCP clients. Needs root; one test at a time.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::Stdio,
-    time::Duration,
-};
+use std::time::Duration;
 
 use tests::lab_traffic::{
-    agent_binary, lab_with_agent, short_connections, short_connections_to, wait_for_state,
+    EchoFlow, agent_binary, lab_with_agent, short_connections, short_connections_to, wait_for_state,
 };
 use xtask::{
     agent::LabAgent,
-    lab::{self, Lab, LabSpec, VIP4, VIP6},
+    lab::{self, Lab, LabSpec, VIP6},
 };
 
 const CONFIG: &str = r#"
@@ -156,32 +152,8 @@ default_action = { forward = "echo6" }
 fn removing_a_target_keeps_established_flows_and_stops_its_new_flows() {
     let (lab, agent) = lab_with_agent("rm", 3, CONFIG);
     // A long-lived connection: greet, then echo 4 KiB chunks for 6 s, comparing every byte.
-    let script = format!(
-        "import socket, os, time, sys\n\
-         s = socket.create_connection(('{VIP4}', 80), timeout=5)\n\
-         f = s.makefile('rb')\n\
-         print(f.readline().decode().strip(), flush=True)\n\
-         total = 0\n\
-         end = time.time() + 6\n\
-         while time.time() < end:\n\
-         \x20   chunk = os.urandom(4096)\n\
-         \x20   s.sendall(chunk)\n\
-         \x20   got = f.read(len(chunk))\n\
-         \x20   if got != chunk:\n\
-         \x20       print('MISMATCH after', total, flush=True); sys.exit(1)\n\
-         \x20   total += len(chunk)\n\
-         \x20   time.sleep(0.01)\n\
-         print('OK', total, flush=True)\n"
-    );
-    let mut child = lab
-        .cmd(lab.client(), "python3")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("long-lived client");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let serving = lines.next().expect("greeting").expect("read greeting");
+    let flow = EchoFlow::start(&lab, 6);
+    let serving = flow.serving.clone();
     let index: usize = serving
         .trim_start_matches('b')
         .parse()
@@ -205,17 +177,7 @@ fn removing_a_target_keeps_established_flows_and_stops_its_new_flows() {
         "{victim_name} got new flows after removal: {served:?}"
     );
     // The client bounds itself: 6 s of echoing, 5 s socket timeouts.
-    let result = lines.next().expect("result line").expect("read result");
-    let status = child.wait().expect("client exit");
-    assert!(
-        status.success() && result.starts_with("OK"),
-        "long-lived flow: {result} ({status})"
-    );
-    let bytes: u64 = result
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("byte count");
+    let bytes = flow.finish();
     assert!(bytes > 100_000, "only {bytes} bytes echoed");
 }
 
