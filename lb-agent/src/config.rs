@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub snat_addresses: Vec<IpAddr>,
     /// The control socket (default `/run/lb-agent.sock`).
     pub control_socket: PathBuf,
+    /// Where the data plane is pinned on a BPF filesystem, so that it keeps forwarding while
+    /// the agent is stopped or restarted (default `/sys/fs/bpf/lb-agent`); `lb-agent run
+    /// --pin-dir` overrides it.
+    pub pin_dir: PathBuf,
     /// Entries per Maglev table: prime, 251..=1000003 (default 65537). About 100 × the
     /// largest group keeps each target's share within 1%.
     pub maglev_table_size: u32,
@@ -63,6 +67,7 @@ impl Default for AgentConfig {
             interface: None,
             snat_addresses: Vec::new(),
             control_socket: PathBuf::from("/run/lb-agent.sock"),
+            pin_dir: PathBuf::from(crate::pinning::DEFAULT_PIN_DIR),
             maglev_table_size: lb_common::DEFAULT_MAGLEV_SIZE,
             snat_port_range: (1024, 32767),
         }

@@ -9,8 +9,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
+
+use crate::pinning::{PinDir, PinError};
 use lb_common::{
     Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS,
     ReverseFlow, Settings, VipKey, map_names, program_names, verdict,
@@ -64,6 +70,17 @@ pub enum DataplaneError {
     /// A group id beyond the capacity the maps were sized for.
     #[error("target group id {0} exceeds the data plane's capacity")]
     GroupCapacity(u32),
+    /// The pin directory cannot be used.
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// Another XDP program is attached to the interface, and not through our pins.
+    #[error(
+        "`{iface}` already has an XDP program attached ({program}): another lb-agent with another pin directory, or another tool; detach it first"
+    )]
+    Occupied { iface: String, program: String },
+    /// Pinning or adopting an attachment failed.
+    #[error("the attachment to `{iface}`: {message}")]
+    Link { iface: String, message: String },
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -83,8 +100,26 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maglev_size: u32,
     group_capacity: u32,
+    /// Where maps and attachments are pinned; none: they live as long as the agent.
+    pins: Option<PinDir>,
+    /// The maps were pinned by an earlier agent and are in use (connection table included).
+    adopted: bool,
     /// Every NIC the program is attached to.
-    attachments: Vec<(XdpLinkId, AttachMode, String)>,
+    attachments: Vec<Attachment>,
+}
+
+/// The program on one NIC.
+struct Attachment {
+    iface: String,
+    mode: AttachMode,
+    link: AttachmentLink,
+}
+
+enum AttachmentLink {
+    /// Ends with the agent.
+    Owned(XdpLinkId),
+    /// Pinned at the path: stays attached until the pin is removed.
+    Pinned(FdLink, std::path::PathBuf),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -96,25 +131,58 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneE
 
 impl Dataplane {
     /// Loads the object with `group_capacity` target groups of Maglev tables of `maglev_size`
-    /// entries each (two per group), and loads (verifies) the load-balancer program.
+    /// entries each (two per group), and loads (verifies) the load-balancer program. Its maps
+    /// and attachments end with the agent.
     pub fn load(maglev_size: u32, group_capacity: u32) -> Result<Self> {
+        Self::load_with(maglev_size, group_capacity, None)
+    }
+
+    /// As `load`, with maps and attachments pinned in `pins`, where they outlive the agent.
+    /// Maps an earlier agent pinned there are adopted (`adopted()`), contents and all, if
+    /// they fit this program.
+    pub fn load_pinned(maglev_size: u32, group_capacity: u32, pins: PinDir) -> Result<Self> {
+        Self::load_with(maglev_size, group_capacity, Some(pins))
+    }
+
+    fn load_with(maglev_size: u32, group_capacity: u32, pins: Option<PinDir>) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let group_capacity = group_capacity.clamp(1, MAX_GROUPS);
         let maglev_entries = group_capacity * 2 * maglev_size;
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::MAGLEV, maglev_entries)
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::MAGLEV, maglev_entries);
+        let mut adopted = false;
+        if let Some(pins) = &pins {
+            pins.check_compatible(maglev_entries)?;
+            adopted = pins.holds_data_plane();
+            for (name, _, _) in crate::pinning::MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let mut dataplane = Self {
             ebpf,
             maglev_size,
             group_capacity,
+            pins,
+            adopted,
             attachments: Vec::new(),
         };
         dataplane.program(program_names::LB)?;
         Ok(dataplane)
+    }
+
+    /// Whether the maps were adopted from an earlier agent's pins.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The pin directory, if any.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(PinDir::path)
     }
 
     /// The loaded program `name` (loading it on first use).
@@ -146,8 +214,10 @@ impl Dataplane {
     }
 
     /// Attaches the load balancer to `iface` (one more NIC: a two-arm node has the program on
-    /// both): native mode, else generic with a warning.
-    pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
+    /// both): native mode, else generic with a warning. With a pin directory the attachment
+    /// is pinned; one an earlier agent pinned is taken over without a gap (the kernel swaps
+    /// the program on the existing link). Returns the mode and whether it was taken over.
+    pub fn attach(&mut self, iface: &str) -> Result<(AttachMode, bool)> {
         let c_iface =
             CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))?;
         // SAFETY: a NUL-terminated string.
@@ -155,8 +225,88 @@ impl Dataplane {
         if ifindex == 0 {
             return Err(DataplaneError::NoInterface(iface.to_owned()));
         }
+        let link_pin = self.pins.as_ref().map(|p| p.link(iface));
+        let taken_over = match &link_pin {
+            Some(path) if path.exists() => self.take_over(iface, path)?,
+            _ => None,
+        };
+        let (attachment, taken) = match taken_over {
+            Some(attachment) => (attachment, true),
+            None => {
+                if link_pin.is_some()
+                    && let Some(program) = attached_program(iface)
+                {
+                    return Err(DataplaneError::Occupied {
+                        iface: iface.to_owned(),
+                        program,
+                    });
+                }
+                (self.attach_new(iface, ifindex, link_pin)?, false)
+            }
+        };
+        let mode = attachment.mode;
+        self.attachments.push(attachment);
+        self.tx_ports()?
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
+        // Every other interface may be a next hop too (two-arm set-ups): a devmap redirect is
+        // the fast way there. One that refuses (no XDP transmit support) is left to the
+        // generic redirect.
+        for (name, other) in interfaces() {
+            if other != ifindex
+                && name != "lo"
+                && let Err(e) = self.tx_ports()?.insert(other, other, None, 0)
+            {
+                tracing::debug!(iface = name, error = %e, "not in the redirect map");
+            }
+        }
+        Ok((mode, taken))
+    }
+
+    /// Puts this agent's program on the link an earlier agent pinned at `path`, atomically.
+    /// `None` when the pin is stale (its interface went away): it is removed.
+    fn take_over(&mut self, iface: &str, path: &std::path::Path) -> Result<Option<Attachment>> {
+        let link_error = |message: String| DataplaneError::Link {
+            iface: iface.to_owned(),
+            message,
+        };
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| link_error(format!("opening its pin: {e}")))?;
+        let xdp = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| link_error(format!("the pin is no XDP link: {e}")))?;
         let program = self.program(program_names::LB)?;
-        let (link, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+        let id = match program.attach_to_link(xdp) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(iface, error = %e, pin = %path.display(), "a stale pinned attachment: removed");
+                std::fs::remove_file(path).map_err(|e| link_error(format!("removing it: {e}")))?;
+                return Ok(None);
+            }
+        };
+        let link = program
+            .take_link(id)
+            .map_err(|e| link_error(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
+        let mode = match attached_mode(iface) {
+            Some(2) => AttachMode::Generic,
+            _ => AttachMode::Native,
+        };
+        Ok(Some(Attachment {
+            iface: iface.to_owned(),
+            mode,
+            link: AttachmentLink::Pinned(fd, path.to_owned()),
+        }))
+    }
+
+    /// Attaches afresh, pinned at `pin` if given.
+    fn attach_new(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        pin: Option<std::path::PathBuf>,
+    ) -> Result<Attachment> {
+        let program = self.program(program_names::LB)?;
+        let (id, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(link) => (link, AttachMode::Native),
             Err(native) => match program.attach_to_if_index(ifindex, XdpMode::Skb) {
                 Ok(link) => {
@@ -176,42 +326,88 @@ impl Dataplane {
                 }
             },
         };
-        self.tx_ports()?
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
-        // Every other interface may be a next hop too (two-arm set-ups): a devmap redirect is
-        // the fast way there. One that refuses (no XDP transmit support) is left to the
-        // generic redirect.
-        for (name, other) in interfaces() {
-            if other != ifindex
-                && name != "lo"
-                && let Err(e) = self.tx_ports()?.insert(other, other, None, 0)
-            {
-                tracing::debug!(iface = name, error = %e, "not in the redirect map");
+        let link = match pin {
+            None => AttachmentLink::Owned(id),
+            Some(path) => {
+                let link_error = |message: String| DataplaneError::Link {
+                    iface: iface.to_owned(),
+                    message,
+                };
+                let link = program
+                    .take_link(id)
+                    .map_err(|e| link_error(e.to_string()))?;
+                let fd = FdLink::try_from(link).map_err(|e| {
+                    link_error(format!("the kernel attached no bpf_link (needs 5.9+): {e}"))
+                })?;
+                let pinned = fd
+                    .pin(&path)
+                    .map_err(|e| link_error(format!("pinning at {}: {e}", path.display())))?;
+                AttachmentLink::Pinned(FdLink::from(pinned), path)
             }
-        }
-        self.attachments.push((link, mode, iface.to_owned()));
-        Ok(mode)
+        };
+        Ok(Attachment {
+            iface: iface.to_owned(),
+            mode,
+            link,
+        })
     }
 
-    /// Detaches the program from every NIC (it also goes when the agent exits).
+    /// Detaches the program from every NIC and removes every pin: nothing is left behind.
     pub fn detach(&mut self) -> Result<()> {
-        while let Some((link, _, _)) = self.attachments.pop() {
-            self.program(program_names::LB)?
-                .detach(link)
-                .map_err(|source| DataplaneError::Program {
-                    name: program_names::LB,
-                    source: Box::new(source),
-                })?;
+        while let Some(attachment) = self.attachments.pop() {
+            match attachment.link {
+                AttachmentLink::Owned(id) => {
+                    self.program(program_names::LB)?
+                        .detach(id)
+                        .map_err(|source| DataplaneError::Program {
+                            name: program_names::LB,
+                            source: Box::new(source),
+                        })?
+                }
+                AttachmentLink::Pinned(fd, path) => {
+                    // The kernel detaches once the pin and our descriptor are both gone.
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(DataplaneError::Link {
+                            iface: attachment.iface,
+                            message: format!("removing {}: {e}", path.display()),
+                        });
+                    }
+                    drop(fd);
+                }
+            }
+        }
+        if let Some(pins) = &self.pins {
+            pins.remove_all()?;
         }
         Ok(())
     }
 
+    /// Detaches from interfaces whose attachment an earlier agent pinned and that this one
+    /// does not serve; returns their names.
+    pub fn drop_other_links(&mut self, keep: &[String]) -> Result<Vec<String>> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let dir = pins.link("");
+        let mut dropped = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                std::fs::remove_file(entry.path()).map_err(|e| DataplaneError::Link {
+                    iface: name.clone(),
+                    message: format!("removing {}: {e}", entry.path().display()),
+                })?;
+                dropped.push(name);
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Where and how the program is attached.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
-        self.attachments
-            .iter()
-            .map(|(_, mode, iface)| (iface.as_str(), *mode))
+        self.attachments.iter().map(|a| (a.iface.as_str(), a.mode))
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
@@ -246,16 +442,41 @@ impl Dataplane {
             .map_err(map_err(map_names::LISTENERS))
     }
 
-    /// Marks `port` (host order) as used by listeners of the protocols in `bits`
-    /// (`lb_common::port_bits`), adding to what is there.
-    pub fn add_port(&mut self, port: u16, bits: u32) -> Result<()> {
+    /// Every listener entry's key.
+    pub fn listener_keys(&self) -> Result<Vec<ListenerKey>> {
+        let map: HashMap<_, ListenerKey, ListenerInfo> =
+            HashMap::try_from(self.map(map_names::LISTENERS)?)
+                .map_err(map_err(map_names::LISTENERS))?;
+        Ok(map.keys().filter_map(std::result::Result::ok).collect())
+    }
+
+    /// Removes a listener entry.
+    pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+        let mut map: HashMap<_, ListenerKey, ListenerInfo> =
+            HashMap::try_from(self.map_mut(map_names::LISTENERS)?)
+                .map_err(map_err(map_names::LISTENERS))?;
+        map.remove(key).map_err(map_err(map_names::LISTENERS))
+    }
+
+    /// Sets which protocols' listeners use `port` (host order): `lb_common::port_bits`.
+    pub fn set_port(&mut self, port: u16, bits: u32) -> Result<()> {
         let mut map: Array<_, u32> =
             Array::try_from(self.map_mut(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
-        let old = map
-            .get(&u32::from(port), 0)
-            .map_err(map_err(map_names::PORTS))?;
-        map.set(u32::from(port), old | bits, 0)
+        map.set(u32::from(port), bits, 0)
             .map_err(map_err(map_names::PORTS))
+    }
+
+    /// The ports some listener uses, with their protocol bits.
+    pub fn ports(&self) -> Result<Vec<(u16, u32)>> {
+        let map: Array<_, u32> =
+            Array::try_from(self.map(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
+        Ok((0..=u16::MAX)
+            .zip(map.iter())
+            .filter_map(|(port, bits)| match bits {
+                Ok(0) | Err(_) => None,
+                Ok(bits) => Some((port, bits)),
+            })
+            .collect())
     }
 
     /// Marks an address as a VIP.
@@ -263,6 +484,20 @@ impl Dataplane {
         let mut map: HashMap<_, VipKey, u32> =
             HashMap::try_from(self.map_mut(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
         map.insert(key, 1, 0).map_err(map_err(map_names::VIPS))
+    }
+
+    /// Every VIP.
+    pub fn vips(&self) -> Result<Vec<VipKey>> {
+        let map: HashMap<_, VipKey, u32> =
+            HashMap::try_from(self.map(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
+        Ok(map.keys().filter_map(std::result::Result::ok).collect())
+    }
+
+    /// Unmarks a VIP.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut map: HashMap<_, VipKey, u32> =
+            HashMap::try_from(self.map_mut(map_names::VIPS)?).map_err(map_err(map_names::VIPS))?;
+        map.remove(key).map_err(map_err(map_names::VIPS))
     }
 
     /// Writes a backend entry.
@@ -462,6 +697,35 @@ fn update_batch(fd: std::os::fd::RawFd, first: u32, values: &[u32]) -> std::io::
         return Err(std::io::Error::other("partial batch update"));
     }
     Ok(())
+}
+
+/// The XDP attachment of `iface` as `ip -d -j link` reports it.
+fn xdp_of(iface: &str) -> Option<serde_json::Value> {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    links.get(0)?.get("xdp").cloned()
+}
+
+/// The XDP program attached to `iface`, described (`id 42, lb`), if any.
+fn attached_program(iface: &str) -> Option<String> {
+    let xdp = xdp_of(iface)?;
+    let prog = xdp.get("prog");
+    let field = |name: &str| prog.and_then(|p| p.get(name)).cloned();
+    Some(format!(
+        "id {}, {}",
+        field("id").unwrap_or(serde_json::Value::Null),
+        field("name")
+            .and_then(|n| n.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unnamed".into())
+    ))
+}
+
+/// The XDP attach mode of `iface` (1 driver, 2 generic, 3 offload), if any.
+fn attached_mode(iface: &str) -> Option<u64> {
+    xdp_of(iface)?.get("mode")?.as_u64()
 }
 
 /// The interfaces of this network namespace: (name, ifindex).

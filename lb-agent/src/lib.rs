@@ -7,4 +7,5 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod neighbor;
+pub mod pinning;
 pub mod state;

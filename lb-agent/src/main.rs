@@ -14,6 +14,7 @@ use lb_agent::{
     control::{self, Agent, Request},
     dataplane::{self, Dataplane},
     health, neighbor,
+    pinning::PinDir,
     state::{FlowView, GroupView, State, StatsView, TargetView},
 };
 
@@ -37,8 +38,11 @@ struct Cli {
 enum Command {
     /// Load and attach the XDP program, program it from the config, serve the control socket.
     ///
-    /// The agent keeps the program attached while it runs; SIGTERM or ctrl-c stops it and
-    /// detaches the program (the data plane does not yet survive the agent).
+    /// The data plane is pinned in the pin directory (a BPF filesystem): when the agent stops
+    /// (SIGTERM, ctrl-c, even SIGKILL) the program stays attached and keeps forwarding with its
+    /// last tables and connection table. The next `lb-agent run` on the same pin directory
+    /// adopts it without a gap: established flows keep their targets, health checks resume.
+    /// `lb-agent detach` (or `run --detach-on-exit`) removes it all.
     Run {
         /// The TOML config file.
         #[arg(long)]
@@ -51,6 +55,13 @@ enum Command {
         /// Control socket (overrides `agent.control_socket`).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Pin directory on a BPF filesystem (overrides `agent.pin_dir`).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// On SIGTERM or ctrl-c, detach the program and remove the pins (the default leaves
+        /// the data plane serving).
+        #[arg(long)]
+        detach_on_exit: bool,
     },
     /// Validate a config file without touching anything.
     Check {
@@ -81,10 +92,14 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Detach the XDP program and stop the running agent.
+    /// Detach the XDP program, remove its pins (connection table included) and stop the
+    /// running agent; with no agent running, remove what one left pinned in `--pin-dir`.
     Detach {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// The pin directory to clean up when no agent answers on the socket.
+        #[arg(long, default_value = lb_agent::pinning::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
 }
 
@@ -206,8 +221,18 @@ fn main() -> ExitCode {
             config,
             ifaces,
             socket,
+            pin_dir,
+            detach_on_exit,
         } => match Config::load(&config) {
-            Ok(cfg) => run(cfg, ifaces, socket),
+            Ok(cfg) => run(
+                cfg,
+                RunOptions {
+                    ifaces,
+                    socket,
+                    pin_dir,
+                    detach_on_exit,
+                },
+            ),
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::from(EXIT_BAD_CONFIG);
@@ -217,9 +242,7 @@ fn main() -> ExitCode {
         Command::Groups { command } => groups(command),
         Command::Stats { json, socket } => stats(&socket, json),
         Command::Flows { json, socket } => flows(&socket, json),
-        Command::Detach { socket } => control::request(&socket, &Request::Detach)
-            .map(|_| println!("detached"))
-            .map_err(Into::into),
+        Command::Detach { socket, pin_dir } => detach(&socket, &pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -653,7 +676,21 @@ fn interface_addresses(addresses: &[(String, IpAddr)], iface: &str) -> Vec<IpAdd
     out
 }
 
-fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow::Result<()> {
+/// `lb-agent run`'s options beside the config.
+struct RunOptions {
+    ifaces: Vec<String>,
+    socket: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    detach_on_exit: bool,
+}
+
+fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
+    let RunOptions {
+        mut ifaces,
+        socket,
+        pin_dir,
+        detach_on_exit,
+    } = options;
     if ifaces.is_empty() {
         ifaces.extend(cfg.agent.interface.clone());
     }
@@ -675,8 +712,16 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
         }
     }
     let group_capacity = (cfg.target_groups.len() as u32).max(MIN_GROUP_CAPACITY);
-    let mut dataplane = Dataplane::load(cfg.agent.maglev_table_size, group_capacity)
+    // One agent per pin directory: its lock is held until this process ends, however it ends.
+    let pin_dir = pin_dir.unwrap_or_else(|| cfg.agent.pin_dir.clone());
+    let pins = PinDir::open(&pin_dir)?;
+    // Refuse before touching anything if another agent serves the socket.
+    let listener = control::bind(&socket)?;
+    let mut dataplane = Dataplane::load_pinned(cfg.agent.maglev_table_size, group_capacity, pins)
         .context("loading the XDP program")?;
+    if dataplane.adopted() {
+        tracing::info!(pin_dir = %pin_dir.display(), "adopting the data plane an earlier agent left pinned: its connection table is kept");
+    }
     let state = State::apply(&cfg, &snat, &mut dataplane).context("programming the data plane")?;
     // Once per address: a target on many ports, or in many groups, has one next hop.
     let addresses: std::collections::BTreeSet<IpAddr> = cfg
@@ -689,7 +734,6 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
             tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
         }
     }
-    let listener = control::bind(&socket)?;
     let mut modes = Vec::new();
     for iface in &ifaces {
         let changed = dataplane::enable_forwarding(iface)
@@ -697,7 +741,17 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
         if !changed.is_empty() {
             tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
         }
-        modes.push(dataplane.attach(iface)?);
+        let (mode, taken_over) = dataplane.attach(iface)?;
+        if taken_over {
+            tracing::info!(
+                iface,
+                "took over the pinned attachment: the new program replaced the old one without a gap"
+            );
+        }
+        modes.push(mode);
+    }
+    for iface in dataplane.drop_other_links(&ifaces)? {
+        tracing::info!(iface, "detached from an interface this run does not serve");
     }
     tracing::info!(
         ifaces = ?ifaces,
@@ -733,6 +787,31 @@ fn run(cfg: Config, mut ifaces: Vec<String>, socket: Option<PathBuf>) -> anyhow:
     let mut agent = agent
         .lock()
         .map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
-    agent.dataplane.detach()?;
+    if detach_on_exit {
+        agent.dataplane.detach()?;
+        tracing::info!("detached and unpinned (--detach-on-exit)");
+    } else if agent.dataplane.attachments().next().is_some() {
+        tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it");
+    }
     Ok(())
+}
+
+/// Asks the running agent to detach and stop; with none running, removes its pins.
+fn detach(socket: &Path, pin_dir: &Path) -> anyhow::Result<()> {
+    match control::request(socket, &Request::Detach) {
+        Ok(_) => {
+            println!("detached");
+            Ok(())
+        }
+        Err(control::ControlError::Connect { .. }) if pin_dir.exists() => {
+            let pins = PinDir::open(pin_dir)?;
+            pins.remove_all()?;
+            println!(
+                "no agent running: removed the data plane pinned in {}",
+                pin_dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

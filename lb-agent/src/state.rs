@@ -485,7 +485,8 @@ impl State {
                     flags,
                     family,
                     targets: Vec::new(),
-                    active_slot: 0,
+                    // Adopted maps: the table in force stays until the first publish flips.
+                    active_slot: dp.group(id).map_or(0, |g| g.active_slot),
                     health_check: group.health_check.clone(),
                     check,
                     deregistration_delay: group.deregistration_delay,
@@ -531,6 +532,11 @@ impl State {
             }
             state.publish(dp, &group.name, Instant::now())?;
         }
+        // Written whole, then what an earlier agent left (adopted maps) is removed: a
+        // listener that stays is never missing for a moment.
+        let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
+        let mut listener_keys = Vec::new();
+        let mut vips = Vec::new();
         for (id, listener) in (0u32..).zip(&config.listeners) {
             let Some(group) = listener.forward_group() else {
                 continue;
@@ -556,19 +562,22 @@ impl State {
                     _pad: [0; 3],
                 };
                 dp.set_listener(&key, &info)?;
+                listener_keys.push(key);
                 let bit = if proto == PROTO_TCP {
                     port_bits::TCP
                 } else {
                     port_bits::UDP
                 };
-                dp.add_port(listener.port, bit)?;
+                *ports.entry(listener.port).or_insert(0) |= bit;
             }
-            dp.set_vip(&VipKey {
+            let vip = VipKey {
                 addr,
                 family,
                 _pad0: 0,
                 _pad1: 0,
-            })?;
+            };
+            dp.set_vip(&vip)?;
+            vips.push(vip);
             state.listeners.push(ListenerState {
                 id,
                 name: listener.name.clone(),
@@ -576,6 +585,26 @@ impl State {
                 address: SocketAddr::new(listener.address, listener.port),
                 protocol: listener.protocol,
             });
+        }
+        for (&port, &bits) in &ports {
+            dp.set_port(port, bits)?;
+        }
+        if dp.adopted() {
+            for (port, _) in dp.ports()? {
+                if !ports.contains_key(&port) {
+                    dp.set_port(port, 0)?;
+                }
+            }
+            for key in dp.listener_keys()? {
+                if !listener_keys.contains(&key) {
+                    dp.remove_listener(&key)?;
+                }
+            }
+            for vip in dp.vips()? {
+                if !vips.contains(&vip) {
+                    dp.remove_vip(&vip)?;
+                }
+            }
         }
         Ok(state)
     }

@@ -19,8 +19,9 @@ pub struct LabAgent {
 }
 
 impl LabAgent {
-    /// Starts `binary run --config CONFIG --iface eth0` in the lab's LB namespace and waits
-    /// (at most 30 s) until its control socket answers.
+    /// Starts `binary run --config CONFIG --iface eth0` in the lab's LB namespace, pinned in
+    /// the lab's BPF filesystem, and waits (at most 30 s) until its control socket answers. A
+    /// second start in the same lab adopts what the first left pinned.
     pub fn start(lab: &Lab, binary: &Path, config: &Path) -> anyhow::Result<Self> {
         Self::start_on(lab, binary, config, &["eth0"])
     }
@@ -36,6 +37,7 @@ impl LabAgent {
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("agent.sock");
         let _ = std::fs::remove_file(&socket);
+        let pin_dir = lab.bpffs()?.join("lb-agent");
         let mut args = vec![
             binary.to_str().context("agent path is not UTF-8")?,
             "run",
@@ -43,6 +45,8 @@ impl LabAgent {
             config.to_str().context("config path is not UTF-8")?,
             "--socket",
             socket.to_str().context("socket path is not UTF-8")?,
+            "--pin-dir",
+            pin_dir.to_str().context("pin path is not UTF-8")?,
         ];
         for iface in ifaces {
             args.extend(["--iface", iface]);

@@ -85,6 +85,8 @@ pub struct Lab {
     namespaces: Vec<String>,
     processes: Mutex<Vec<Spawned>>,
     log_dir: PathBuf,
+    /// A BPF filesystem mounted for the lab's agents (see `bpffs`).
+    bpffs: Mutex<Option<PathBuf>>,
     keep: bool,
 }
 
@@ -124,6 +126,7 @@ impl Lab {
             backends,
             namespaces: Vec::new(),
             processes: Mutex::new(Vec::new()),
+            bpffs: Mutex::new(None),
             log_dir: std::env::temp_dir().join(format!("lab-{}", spec.name)),
             keep: false,
         };
@@ -285,6 +288,31 @@ impl Lab {
     /// thread is panicking (then kept for the post-mortem).
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// A BPF filesystem of the lab's own (mounted on first use, unmounted with the lab), for
+    /// agents' pin directories. `ip netns exec` gives each command a fresh `/sys`, so pins in
+    /// `/sys/fs/bpf` die with the agent's process; pins here outlive it, as on a real host.
+    pub fn bpffs(&self) -> anyhow::Result<PathBuf> {
+        let mut mounted = self.bpffs.lock().map_err(|_| poisoned())?;
+        if let Some(path) = &*mounted {
+            return Ok(path.clone());
+        }
+        let path = self.log_dir.join("bpffs");
+        std::fs::create_dir_all(&path)?;
+        let out = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .output()
+            .context("running mount")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mount -t bpf bpf {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        *mounted = Some(path.clone());
+        Ok(path)
     }
 
     /// `ip netns exec NS program`, for the caller to add arguments to and run.
@@ -464,6 +492,14 @@ impl Drop for Lab {
             }
         }
         drop(processes);
+        // Unmounting frees the pins: whatever an agent left attached goes with them.
+        let bpffs = match self.bpffs.lock() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(path) = bpffs {
+            let _ = Command::new("umount").arg("-l").arg(&path).output();
+        }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = delete_namespace(ns) {
                 eprintln!("lab {}: {e:#}", self.name);
@@ -1326,6 +1362,7 @@ mod tests {
             }],
             namespaces: Vec::new(),
             processes: Mutex::new(Vec::new()),
+            bpffs: Mutex::new(None),
             log_dir: std::env::temp_dir().join(format!("lab-{name}")),
             keep: false,
         };

@@ -1,0 +1,226 @@
+//! The data plane outlives the agent: pinned in a BPF filesystem, it keeps forwarding while
+//! the agent is dead (even after SIGKILL), and a new agent adopts it without a gap. Needs
+//! root; one test at a time.
+
+use std::time::{Duration, Instant};
+
+use tests::lab_traffic::{agent_binary, lab_with_agent, short_connections, wait_for_state};
+use xtask::{
+    agent::LabAgent,
+    lab::{self, Lab, VIP4},
+};
+
+const CONFIG: &str = r#"
+[[target_group]]
+name = "iperf"
+protocol = "tcp"
+port = 5201
+stickiness = { type = "source_ip" }
+targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }]
+health_check = { port = 8081 }
+
+[[target_group]]
+name = "echo"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }]
+health_check = { interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }
+
+[[listener]]
+name = "iperf"
+address = "198.18.1.100"
+port = 5201
+protocol = "tcp"
+default_action = { forward = "iperf" }
+
+[[listener]]
+name = "echo"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "echo" }
+"#;
+
+fn config_path(lab: &Lab) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}.toml", lab.name()))
+}
+
+/// Waits (at most 10 s) until a spawned process has ended.
+fn wait_gone(lab: &Lab, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.is_running(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
+    let (lab, agent) = lab_with_agent("kr", 3, CONFIG);
+    for b in ["198.18.0.21:8080", "198.18.0.22:8080"] {
+        wait_for_state(&agent, "echo", b, "healthy", Duration::from_secs(4));
+    }
+    let iperf = lab
+        .spawn(
+            lab.client(),
+            &[
+                "iperf3",
+                "-c",
+                &VIP4.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "10",
+                "-J",
+            ],
+        )
+        .expect("iperf3 client");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // SIGKILL: no chance to clean up.
+    let first = agent.pid();
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    wait_gone(&lab, first);
+    let attached = lab::xdp_attachment(&lab.lb().ns, "eth0")
+        .expect("ip link")
+        .expect("the program stays attached without its agent");
+    println!("after SIGKILL: {attached:?}");
+
+    // With no agent at all, new connections are still balanced.
+    let served = short_connections(&lab, 30000, 40);
+    println!("40 connections with the agent dead: {served:?}");
+    assert_eq!(served.len(), 2, "{served:?}");
+
+    // A new agent adopts the pinned data plane: the iperf3 flow is still in its table.
+    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("restart");
+    let log = lab.log(agent.pid()).expect("agent log");
+    assert!(log.contains("adopting the data plane"), "{log}");
+    assert!(log.contains("took over the pinned attachment"), "{log}");
+    let flows = agent.flows().expect("flows");
+    assert!(
+        flows
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|f| f["listener"] == "198.18.1.100:5201"),
+        "the iperf3 flow is missing from the adopted table: {flows:#}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.is_running(iperf) {
+        assert!(Instant::now() < deadline, "iperf3 did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.log(iperf).expect("iperf3 output")).expect("iperf3 JSON");
+    assert!(report.get("error").is_none(), "iperf3: {}", report["error"]);
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let seconds = report["end"]["sum_received"]["seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    println!("iperf3 across the SIGKILL and the restart: {received} bytes in {seconds:.1} s");
+    assert!(
+        received > 100_000_000 && seconds > 9.5,
+        "{received} bytes in {seconds} s"
+    );
+
+    // Live changes work on the adopted data plane.
+    agent
+        .cli(&["targets", "add", "--group", "echo", "198.18.0.23"])
+        .expect("targets add");
+    wait_for_state(
+        &agent,
+        "echo",
+        "198.18.0.23:8080",
+        "healthy",
+        Duration::from_secs(4),
+    );
+    let served = short_connections(&lab, 31000, 90);
+    println!("90 connections after adding b3: {served:?}");
+    assert!(served.get("b3").copied().unwrap_or(0) >= 15, "{served:?}");
+}
+
+#[test]
+fn a_second_agent_is_refused_and_detach_removes_everything() {
+    let (lab, agent) = lab_with_agent("k2", 2, CONFIG);
+    let path = config_path(&lab);
+    let binary = agent_binary();
+    let binary = binary.to_str().expect("UTF-8");
+    let pin_dir = lab.bpffs().expect("bpffs").join("lb-agent");
+    let other_socket = lab.log_dir().join("other.sock");
+    let second = |socket: &std::path::Path, pin_dir: &std::path::Path| {
+        lab.run_with_timeout(
+            lab.lb(),
+            &[
+                binary,
+                "run",
+                "--config",
+                path.to_str().expect("UTF-8"),
+                "--socket",
+                socket.to_str().expect("UTF-8"),
+                "--pin-dir",
+                pin_dir.to_str().expect("UTF-8"),
+                "--iface",
+                "eth0",
+            ],
+            Duration::from_secs(20),
+        )
+        .expect_err("a second agent must not start")
+    };
+    // The same pin directory: its lock is held.
+    let err = format!("{:#}", second(&other_socket, &pin_dir));
+    assert!(err.contains("another lb-agent is running"), "{err}");
+    // Another pin directory on the same interface.
+    let err = format!(
+        "{:#}",
+        second(&other_socket, &pin_dir.with_file_name("other"))
+    );
+    assert!(err.contains("already has an XDP program attached"), "{err}");
+    // The first agent still serves.
+    assert_eq!(
+        short_connections(&lab, 32000, 20).values().sum::<usize>(),
+        20
+    );
+
+    // SIGTERM leaves the data plane serving, pinned.
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    wait_gone(&lab, agent.pid());
+    let log = lab.log(agent.pid()).expect("log");
+    assert!(log.contains("keeps serving"), "{log}");
+    assert!(
+        lab::xdp_attachment(&lab.lb().ns, "eth0")
+            .expect("ip")
+            .is_some()
+    );
+    assert_eq!(
+        short_connections(&lab, 32100, 20).values().sum::<usize>(),
+        20
+    );
+
+    // `detach` with no agent running removes what it left.
+    let out = lab
+        .run(
+            lab.lb(),
+            &[
+                binary,
+                "detach",
+                "--socket",
+                "/nonexistent.sock",
+                "--pin-dir",
+                pin_dir.to_str().expect("UTF-8"),
+            ],
+        )
+        .expect("offline detach");
+    assert!(out.contains("removed"), "{out}");
+    assert!(!pin_dir.exists(), "pins left in {}", pin_dir.display());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab::xdp_attachment(&lab.lb().ns, "eth0")
+        .expect("ip")
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "still attached after detach");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
