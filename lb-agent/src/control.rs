@@ -19,7 +19,12 @@ use tokio::{
     sync::watch,
 };
 
-use crate::{config::HealthCheck, dataplane::Dataplane, neighbor, state::State};
+use crate::{
+    config::{Config, HealthCheck},
+    dataplane::Dataplane,
+    neighbor, node,
+    state::State,
+};
 
 /// A request to the running agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +63,8 @@ pub enum Request {
     Stats,
     /// The connection table.
     Flows,
+    /// Read the config file again and apply what changed.
+    Reload,
     /// Detach the XDP program and stop the agent.
     Detach,
 }
@@ -100,6 +107,52 @@ pub enum ControlError {
 pub struct Agent {
     pub dataplane: Dataplane,
     pub state: State,
+    /// Where the running config came from; none: nothing to reload.
+    pub source: Option<ConfigSource>,
+}
+
+/// The config file the agent runs, and the interface whose addresses are the default
+/// full-NAT sources.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub iface: String,
+}
+
+fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
+    match agent.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Reads the config file again and applies the difference to the running agent: what
+/// changed (a line each), or why nothing did (every error of the file at once).
+pub fn reload(agent: &Mutex<Agent>) -> Result<Vec<String>, String> {
+    let source = lock(agent)
+        .source
+        .clone()
+        .ok_or("this agent runs no config file")?;
+    let config = Config::load(&source.path).map_err(|e| e.to_string())?;
+    let addresses = node::addresses().map_err(|e| format!("{e:#}"))?;
+    let snat = node::snat_addresses(&config, &addresses, &source.iface);
+    // Outside the lock (it runs `ip`): new targets' next hops are resolved before they serve.
+    for group in &config.target_groups {
+        for target in &group.targets {
+            if let Err(e) = neighbor::keep_resolved(target.address) {
+                tracing::warn!(target = %target.address, error = %e, "cannot keep the target's next hop resolved");
+            }
+        }
+    }
+    let mut guard = lock(agent);
+    let Agent {
+        dataplane, state, ..
+    } = &mut *guard;
+    let changes = state
+        .reload(dataplane, &config, &snat)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(config = %source.path.display(), changes = ?changes, "reloaded");
+    Ok(changes)
 }
 
 /// Sends one request and waits for its answer (client side, blocking).
@@ -206,11 +259,16 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
         }
     }
-    let mut guard = match agent.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let Agent { dataplane, state } = &mut *guard;
+    if let Request::Reload = request {
+        return match reload(agent) {
+            Ok(changes) => ok(serde_json::json!({ "changes": changes })),
+            Err(message) => Response::Error { message },
+        };
+    }
+    let mut guard = lock(agent);
+    let Agent {
+        dataplane, state, ..
+    } = &mut *guard;
     let result = match request {
         Request::TargetsAdd {
             group,
@@ -261,6 +319,8 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             .map(|()| serde_json::json!({ "group": group, "health_check": health_check })),
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
         Request::Flows => state.flows(dataplane).map(|f| serde_json::json!(f)),
+        // Answered above, before the lock is taken (reloading resolves next hops first).
+        Request::Reload => Ok(serde_json::Value::Null),
         Request::Detach => match dataplane.detach() {
             Ok(()) => {
                 tracing::info!("detached on request");

@@ -213,6 +213,11 @@ impl Dataplane {
         self.maglev_size
     }
 
+    /// Target groups the maps were sized for.
+    pub fn group_capacity(&self) -> u32 {
+        self.group_capacity
+    }
+
     /// Attaches the load balancer to `iface` (one more NIC: a two-arm node has the program on
     /// both): native mode, else generic with a warning. With a pin directory the attachment
     /// is pinned; one an earlier agent pinned is taken over without a gap (the kernel swaps

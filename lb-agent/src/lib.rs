@@ -7,5 +7,6 @@ pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod neighbor;
+pub mod node;
 pub mod pinning;
 pub mod state;

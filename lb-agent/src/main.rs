@@ -11,9 +11,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
     config::{Config, HealthCheck, HealthProtocol, duration_text},
-    control::{self, Agent, Request},
+    control::{self, Agent, ConfigSource, Request},
     dataplane::{self, Dataplane},
-    health, neighbor,
+    health, neighbor, node,
     pinning::PinDir,
     state::{FlowView, GroupView, State, StatsView, TargetView},
 };
@@ -89,6 +89,13 @@ enum Command {
     Flows {
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Make the running agent read its config file again and apply what changed (as SIGHUP
+    /// does); prints the changes. A file with errors changes nothing: they are printed, and
+    /// the exit status is 64.
+    Reload {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -227,6 +234,7 @@ fn main() -> ExitCode {
             Ok(cfg) => run(
                 cfg,
                 RunOptions {
+                    config_path: config,
                     ifaces,
                     socket,
                     pin_dir,
@@ -242,6 +250,26 @@ fn main() -> ExitCode {
         Command::Groups { command } => groups(command),
         Command::Stats { json, socket } => stats(&socket, json),
         Command::Flows { json, socket } => flows(&socket, json),
+        Command::Reload { socket } => match control::request(&socket, &Request::Reload) {
+            Ok(r) => {
+                let changes: Vec<String> =
+                    serde_json::from_value(r["changes"].clone()).unwrap_or_default();
+                if changes.is_empty() {
+                    println!("reloaded: no changes");
+                } else {
+                    println!("reloaded: {} changes", changes.len());
+                    for change in changes {
+                        println!("  {change}");
+                    }
+                }
+                Ok(())
+            }
+            Err(control::ControlError::Refused(message)) => {
+                eprintln!("reload refused, the running config stays:\n{message}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Detach { socket, pin_dir } => detach(&socket, &pin_dir),
     };
     match result {
@@ -623,61 +651,10 @@ fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every address of this node's interfaces but link-local ones: (interface, address).
-fn node_addresses() -> anyhow::Result<Vec<(String, IpAddr)>> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below; we only read it in between.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getifaddrs");
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a C string.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        // SAFETY: the family says which sockaddr it is.
-        let ip = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    IpAddr::from(sin6.sin6_addr.s6_addr)
-                }
-                _ => continue,
-            }
-        };
-        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-        if !link_local {
-            out.push((name.to_string_lossy().into_owned(), ip));
-        }
-    }
-    // SAFETY: the list getifaddrs allocated.
-    unsafe { libc::freeifaddrs(ifap) };
-    Ok(out)
-}
-
-/// The default full-NAT sources: the first IPv4 and first IPv6 address of `iface`.
-fn interface_addresses(addresses: &[(String, IpAddr)], iface: &str) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = Vec::new();
-    for (_, ip) in addresses.iter().filter(|(name, _)| name == iface) {
-        if !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
-            out.push(*ip);
-        }
-    }
-    out
-}
-
 /// `lb-agent run`'s options beside the config.
 struct RunOptions {
+    /// Read again on SIGHUP and `lb-agent reload`.
+    config_path: PathBuf,
     ifaces: Vec<String>,
     socket: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
@@ -686,6 +663,7 @@ struct RunOptions {
 
 fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
     let RunOptions {
+        config_path,
         mut ifaces,
         socket,
         pin_dir,
@@ -699,12 +677,8 @@ fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
         .cloned()
         .context("no interface: set agent.interface in the config or pass --iface")?;
     let socket = socket.unwrap_or_else(|| cfg.agent.control_socket.clone());
-    let addresses = node_addresses()?;
-    let snat = if cfg.agent.snat_addresses.is_empty() {
-        interface_addresses(&addresses, &iface)
-    } else {
-        cfg.agent.snat_addresses.clone()
-    };
+    let addresses = node::addresses()?;
+    let snat = node::snat_addresses(&cfg, &addresses, &iface);
     for ip in &snat {
         // Targets answer the SNAT address: if no interface has it, replies never come back.
         if !addresses.iter().any(|(_, a)| a == ip) {
@@ -762,7 +736,14 @@ fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
         target_groups = cfg.target_groups.len(),
         "load balancer running"
     );
-    let agent = Arc::new(Mutex::new(Agent { dataplane, state }));
+    let agent = Arc::new(Mutex::new(Agent {
+        dataplane,
+        state,
+        source: Some(ConfigSource {
+            path: config_path,
+            iface: iface.clone(),
+        }),
+    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -773,10 +754,25 @@ fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
         let server = tokio::spawn(control::serve(listener, agent.clone(), shutdown.clone()));
         let monitor = tokio::spawn(health::monitor::run(agent.clone(), shutdown.subscribe()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-            _ = stopped.changed() => {}
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+                _ = stopped.changed() => {}
+                _ = hangup.recv() => {
+                    let agent = agent.clone();
+                    let result = tokio::task::spawn_blocking(move || control::reload(&agent)).await;
+                    match result {
+                        Ok(Ok(changes)) if changes.is_empty() => tracing::info!("SIGHUP: the config is unchanged"),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(message)) => tracing::error!(%message, "SIGHUP: reload refused; the running config stays"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+                    }
+                    continue;
+                }
+            }
+            break;
         }
         let _ = shutdown.send(true);
         let _ = server.await;

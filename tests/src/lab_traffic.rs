@@ -40,10 +40,15 @@ pub fn lab_with_agent_and_servers(
     })
     .expect("lab up");
     let servers = lab::start_backend_servers(&lab).expect("backend servers");
-    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
+    let path = config_path(&lab);
     std::fs::write(&path, config).expect("write config");
     let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
     (lab, servers, agent)
+}
+
+/// The config file `lab_with_agent` writes for the lab's agent.
+pub fn config_path(lab: &Lab) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.toml", lab.name()))
 }
 
 /// `count` short connections from the client to VIP:80, from source ports `first_port`,

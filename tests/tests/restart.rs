@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use tests::lab_traffic::{agent_binary, lab_with_agent, short_connections, wait_for_state};
+use tests::lab_traffic::{
+    agent_binary, config_path, lab_with_agent, short_connections, wait_for_state,
+};
 use xtask::{
     agent::LabAgent,
     lab::{self, Lab, VIP4},
@@ -40,10 +42,6 @@ port = 80
 protocol = "tcp"
 default_action = { forward = "echo" }
 "#;
-
-fn config_path(lab: &Lab) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("{}.toml", lab.name()))
-}
 
 /// Waits (at most 10 s) until a spawned process has ended.
 fn wait_gone(lab: &Lab, pid: u32) {

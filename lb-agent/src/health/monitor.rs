@@ -43,7 +43,9 @@ pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let Agent { dataplane, state } = &mut *guard;
+            let Agent {
+                dataplane, state, ..
+            } = &mut *guard;
             if let Err(e) = state.tick(dataplane) {
                 tracing::error!(error = %e, "target lifecycle step failed");
             }
@@ -102,7 +104,9 @@ async fn check_loop(
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let Agent { dataplane, state } = &mut *guard;
+            let Agent {
+                dataplane, state, ..
+            } = &mut *guard;
             state.record_check(dataplane, &spec, &result)
         })
         .await;

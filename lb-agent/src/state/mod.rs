@@ -12,6 +12,8 @@
 //! `fail_open` group (the default) puts every registered, non-draining target with a weight
 //! in the table. A group without checks has every target in service.
 
+mod reload;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -26,7 +28,10 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, GroupProtocol, HealthCheck, ListenerProtocol, Stickiness, duration_text},
+    config::{
+        Config, GroupProtocol, HealthCheck, ListenerProtocol, Stickiness, TargetGroup,
+        duration_text,
+    },
     dataplane::{Dataplane, DataplaneError},
     health::{
         Health, TargetState, Thresholds, Transition,
@@ -74,6 +79,9 @@ pub enum StateError {
     /// A group's health check cannot be run as configured.
     #[error("target group `{group}`: health check: {message}")]
     HealthCheck { group: String, message: String },
+    /// The change cannot be applied to the running data plane.
+    #[error("needs a restart with `lb-agent detach` first: {0}")]
+    NeedsRestart(String),
     /// No full-NAT source address for a family a listener uses.
     #[error(
         "no IPv{0} full-NAT source address: set agent.snat_addresses or give the interface one"
@@ -143,7 +151,7 @@ impl GroupCheck {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct GroupState {
     id: u32,
     protocol: GroupProtocol,
@@ -166,6 +174,8 @@ struct GroupState {
     published: Option<Vec<(u32, u32)>>,
     /// The active table holds every target because none is in service.
     failing_open: bool,
+    /// Tables published so far (each one a rebuild and a flip).
+    table_version: u64,
 }
 
 impl GroupState {
@@ -284,7 +294,7 @@ pub struct CheckSpec {
     pub first_within: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ListenerState {
     id: u32,
     name: String,
@@ -359,6 +369,8 @@ pub struct GroupView {
     pub targets: usize,
     /// Targets in the active table.
     pub in_service: usize,
+    /// Maglev tables published so far: it grows only when the group's table is rebuilt.
+    pub table_version: u64,
 }
 
 /// A listener as `stats` shows it.
@@ -397,7 +409,7 @@ pub struct FlowView {
 }
 
 /// The agent's view of what runs.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct State {
     groups: BTreeMap<String, GroupState>,
     listeners: Vec<ListenerState>,
@@ -406,7 +418,78 @@ pub struct State {
     next_registration: u64,
     /// The last `GroupCheck::generation` handed out.
     check_generation: u64,
+    /// The data-plane settings written.
+    settings: Settings,
     transitions: BTreeMap<String, u64>,
+}
+
+/// The data-plane settings `config` asks for; an error if a listener's family has no
+/// full-NAT source address.
+fn settings_for(config: &Config, snat: &[IpAddr], maglev_size: u32) -> Result<Settings> {
+    let mut settings = Settings {
+        maglev_size,
+        snat_port_min: config.agent.snat_port_range.0,
+        snat_port_max: config.agent.snat_port_range.1,
+        ..Settings::default()
+    };
+    for ip in snat {
+        let (addr, family) = addr_of(*ip);
+        if family == FAMILY_V4 {
+            settings.snat_v4 = addr;
+            settings.has_snat_v4 = 1;
+        } else {
+            settings.snat_v6 = addr;
+            settings.has_snat_v6 = 1;
+        }
+    }
+    for listener in &config.listeners {
+        let family = family_of(listener.address);
+        let has_snat = if family == FAMILY_V4 {
+            settings.has_snat_v4
+        } else {
+            settings.has_snat_v6
+        };
+        if has_snat == 0 && listener.protocol.is_l4() {
+            return Err(StateError::NoSnatAddress(if family == FAMILY_V4 {
+                4
+            } else {
+                6
+            }));
+        }
+    }
+    Ok(settings)
+}
+
+/// The address family of the listeners that forward to `group`; none: no listener does.
+fn group_family(config: &Config, group: &str) -> Option<u8> {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.forward_group() == Some(group))
+        .map(|l| family_of(l.address))
+}
+
+/// A group's data-plane flags.
+fn flags_of(group: &TargetGroup) -> u32 {
+    match group.stickiness {
+        Some(Stickiness::SourceIp) => group_flags::STICKY_SOURCE_IP,
+        _ => 0,
+    }
+}
+
+/// The targets a group's config registers, with their ports and weights.
+fn desired_targets(group: &TargetGroup) -> Result<Vec<(SocketAddr, u32)>> {
+    group
+        .targets
+        .iter()
+        .map(|t| {
+            let port = t
+                .port
+                .or(group.port)
+                .ok_or(StateError::NoPort(t.address, group.name.clone()))?;
+            Ok((SocketAddr::new(t.address, port), t.weight))
+        })
+        .collect()
 }
 
 /// The data plane's bytes for an address.
@@ -435,128 +518,144 @@ impl State {
     /// Programs the data plane from a validated config: settings, backends, Maglev tables,
     /// groups, then listeners last, so no listener is visible before its group is complete.
     pub fn apply(config: &Config, snat: &[IpAddr], dp: &mut Dataplane) -> Result<State> {
-        let mut settings = Settings {
-            maglev_size: dp.maglev_size(),
-            snat_port_min: config.agent.snat_port_range.0,
-            snat_port_max: config.agent.snat_port_range.1,
-            ..Settings::default()
-        };
-        for ip in snat {
-            let (addr, family) = addr_of(*ip);
-            if family == FAMILY_V4 {
-                settings.snat_v4 = addr;
-                settings.has_snat_v4 = 1;
-            } else {
-                settings.snat_v6 = addr;
-                settings.has_snat_v6 = 1;
-            }
-        }
+        let settings = settings_for(config, snat, dp.maglev_size())?;
         let mut state = State {
             next_backend_id: 1,
+            settings,
             ..State::default()
         };
         for (id, group) in (0u32..).zip(&config.target_groups) {
-            let flags = match group.stickiness {
-                Some(Stickiness::SourceIp) => group_flags::STICKY_SOURCE_IP,
-                _ => 0,
-            };
-            let family = config
-                .listeners
-                .iter()
-                .find(|l| l.forward_group() == Some(group.name.as_str()))
-                .map(|l| family_of(l.address));
-            let check = group
-                .effective_health_check()
-                .map(|hc| {
-                    state.check_generation += 1;
-                    GroupCheck::new(&hc, state.check_generation)
-                })
-                .transpose()
-                .map_err(|message| StateError::HealthCheck {
-                    group: group.name.clone(),
-                    message,
-                })?;
-            state.groups.insert(
-                group.name.clone(),
-                GroupState {
-                    id,
-                    protocol: group.protocol,
-                    port: group.port,
-                    flags,
-                    family,
-                    targets: Vec::new(),
-                    // Adopted maps: the table in force stays until the first publish flips.
-                    active_slot: dp.group(id).map_or(0, |g| g.active_slot),
-                    health_check: group.health_check.clone(),
-                    check,
-                    deregistration_delay: group.deregistration_delay,
-                    terminate_on_unhealthy: group.terminate_on_unhealthy,
-                    fail_open: group.fail_open,
-                    slow_start: group.slow_start,
-                    published: None,
-                    failing_open: false,
-                },
-            );
-        }
-        for listener in &config.listeners {
-            let family = family_of(listener.address);
-            let has_snat = if family == FAMILY_V4 {
-                settings.has_snat_v4
-            } else {
-                settings.has_snat_v6
-            };
-            if has_snat == 0 && listener.protocol.is_l4() {
-                return Err(StateError::NoSnatAddress(if family == FAMILY_V4 {
-                    4
-                } else {
-                    6
-                }));
-            }
+            // Adopted maps: the table in force stays until the first publish flips.
+            let active_slot = dp.group(id).map_or(0, |g| g.active_slot);
+            let g = state.new_group(id, group, group_family(config, &group.name), active_slot)?;
+            state.groups.insert(group.name.clone(), g);
         }
         dp.set_settings(&settings)?;
         for group in &config.target_groups {
-            let targets = group
-                .targets
-                .iter()
-                .map(|t| {
-                    let port = t
-                        .port
-                        .or(group.port)
-                        .ok_or(StateError::NoPort(t.address, group.name.clone()))?;
-                    Ok((SocketAddr::new(t.address, port), t.weight))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            for (address, weight) in targets {
+            for (address, weight) in desired_targets(group)? {
                 // Started with: in service while its first checks run.
                 state.register(dp, &group.name, address, weight, true)?;
             }
             state.publish(dp, &group.name, Instant::now())?;
         }
-        // Written whole, then what an earlier agent left (adopted maps) is removed: a
-        // listener that stays is never missing for a moment.
-        let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
-        let mut listener_keys = Vec::new();
-        let mut vips = Vec::new();
-        for (id, listener) in (0u32..).zip(&config.listeners) {
+        let listeners = state.listener_states(config);
+        state.write_listeners(dp, listeners, dp.adopted())?;
+        Ok(state)
+    }
+
+    /// A group's state as `group` configures it, without targets.
+    fn new_group(
+        &mut self,
+        id: u32,
+        group: &TargetGroup,
+        family: Option<u8>,
+        active_slot: u32,
+    ) -> Result<GroupState> {
+        let check = self.check_for(&group.name, group.effective_health_check())?;
+        Ok(GroupState {
+            id,
+            protocol: group.protocol,
+            port: group.port,
+            flags: flags_of(group),
+            family,
+            targets: Vec::new(),
+            active_slot,
+            health_check: group.health_check.clone(),
+            check,
+            deregistration_delay: group.deregistration_delay,
+            terminate_on_unhealthy: group.terminate_on_unhealthy,
+            fail_open: group.fail_open,
+            slow_start: group.slow_start,
+            published: None,
+            failing_open: false,
+            table_version: 0,
+        })
+    }
+
+    /// The running check for `effective` (a new generation), or none.
+    fn check_for(
+        &mut self,
+        group: &str,
+        effective: Option<HealthCheck>,
+    ) -> Result<Option<GroupCheck>> {
+        effective
+            .map(|hc| GroupCheck::new(&hc, self.check_generation + 1))
+            .transpose()
+            .map_err(|message| StateError::HealthCheck {
+                group: group.to_owned(),
+                message,
+            })
+            .inspect(|check| {
+                if check.is_some() {
+                    self.check_generation += 1;
+                }
+            })
+    }
+
+    /// The listeners of `config` that forward to a group, keeping the ids of those that keep
+    /// their name (new ones take the smallest free ids).
+    fn listener_states(&self, config: &Config) -> Vec<ListenerState> {
+        let mut taken: Vec<u32> = Vec::new();
+        let mut out: Vec<ListenerState> = Vec::new();
+        let mut fresh = Vec::new();
+        for listener in &config.listeners {
             let Some(group) = listener.forward_group() else {
                 continue;
             };
-            let group_id = state.groups[group].id;
+            let id = self
+                .listeners
+                .iter()
+                .find(|l| l.name == listener.name)
+                .map(|l| l.id);
+            if let Some(id) = id {
+                taken.push(id);
+            } else {
+                fresh.push(out.len());
+            }
+            out.push(ListenerState {
+                id: id.unwrap_or(u32::MAX),
+                name: listener.name.clone(),
+                group: group.to_owned(),
+                address: SocketAddr::new(listener.address, listener.port),
+                protocol: listener.protocol,
+            });
+        }
+        let mut free = (0u32..).filter(|id| !taken.contains(id));
+        for i in fresh {
+            out[i].id = free.next().unwrap_or(u32::MAX);
+        }
+        out
+    }
+
+    /// Writes `listeners` with their ports and VIPs; with `prune`, then removes the entries
+    /// none of them has. Written whole first: a listener that stays is never missing.
+    fn write_listeners(
+        &mut self,
+        dp: &mut Dataplane,
+        listeners: Vec<ListenerState>,
+        prune: bool,
+    ) -> Result<()> {
+        let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
+        let mut listener_keys = Vec::new();
+        let mut vips = Vec::new();
+        for listener in &listeners {
+            let group_id = self.group(&listener.group)?.id;
             let kind = if listener.protocol.is_l4() {
                 listener_kind::L4_NAT
             } else {
                 listener_kind::PASS_TO_STACK
             };
-            let (addr, family) = addr_of(listener.address);
+            let (addr, family) = addr_of(listener.address.ip());
+            let port = listener.address.port();
             for &proto in protocols(listener.protocol) {
                 let key = ListenerKey {
                     addr,
-                    port: listener.port.to_be(),
+                    port: port.to_be(),
                     proto,
                     family,
                 };
                 let info = ListenerInfo {
-                    listener_id: id,
+                    listener_id: listener.id,
                     group_id,
                     kind,
                     _pad: [0; 3],
@@ -568,7 +667,7 @@ impl State {
                 } else {
                     port_bits::UDP
                 };
-                *ports.entry(listener.port).or_insert(0) |= bit;
+                *ports.entry(port).or_insert(0) |= bit;
             }
             let vip = VipKey {
                 addr,
@@ -578,18 +677,12 @@ impl State {
             };
             dp.set_vip(&vip)?;
             vips.push(vip);
-            state.listeners.push(ListenerState {
-                id,
-                name: listener.name.clone(),
-                group: group.to_owned(),
-                address: SocketAddr::new(listener.address, listener.port),
-                protocol: listener.protocol,
-            });
         }
         for (&port, &bits) in &ports {
             dp.set_port(port, bits)?;
         }
-        if dp.adopted() {
+        self.listeners = listeners;
+        if prune {
             for (port, _) in dp.ports()? {
                 if !ports.contains_key(&port) {
                     dp.set_port(port, 0)?;
@@ -606,7 +699,7 @@ impl State {
                 }
             }
         }
-        Ok(state)
+        Ok(())
     }
 
     /// Registers a target in a group (without publishing the group's table).
@@ -728,6 +821,7 @@ impl State {
             },
         )?;
         group.active_slot = idle;
+        group.table_version += 1;
         if failing_open != group.failing_open {
             if failing_open {
                 tracing::warn!(
@@ -1176,6 +1270,7 @@ impl State {
                     .iter()
                     .filter(|t| g.published_weight(t.backend_id) > 0)
                     .count(),
+                table_version: g.table_version,
             })
             .collect()
     }
@@ -1347,6 +1442,7 @@ mod tests {
             slow_start,
             published: None,
             failing_open: false,
+            table_version: 0,
         }
     }
 

@@ -1,0 +1,232 @@
+//! Reloading a running agent's config (`lb-agent reload`, SIGHUP): only what changed is
+//! written, a bad file changes nothing, and traffic keeps flowing throughout. Needs root; one
+//! test at a time.
+
+use std::time::Duration;
+
+use tests::lab_traffic::{
+    config_path, lab_with_agent, short_connections, short_connections_to, target, wait_for_state,
+};
+use xtask::{agent::LabAgent, lab::VIP4};
+
+/// Three groups over the lab's three backends; `web_weights` sets the web group's.
+fn config(web_weights: [u32; 3], extra: &str) -> String {
+    format!(
+        r#"
+[[target_group]]
+name = "web"
+protocol = "tcp"
+port = 8080
+targets = [{{ address = "198.18.0.21", weight = {} }}, {{ address = "198.18.0.22", weight = {} }}, {{ address = "198.18.0.23", weight = {} }}]
+health_check = {{ interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
+
+[[target_group]]
+name = "api"
+protocol = "tcp"
+port = 8080
+targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22" }}]
+
+[[target_group]]
+name = "iperf"
+protocol = "tcp"
+port = 5201
+health_check = {{ port = 8081 }}
+targets = [{{ address = "198.18.0.21" }}]
+
+[[listener]]
+name = "web"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = {{ forward = "web" }}
+
+[[listener]]
+name = "api"
+address = "198.18.1.100"
+port = 81
+protocol = "tcp"
+default_action = {{ forward = "api" }}
+
+[[listener]]
+name = "iperf"
+address = "198.18.1.100"
+port = 5201
+protocol = "tcp"
+default_action = {{ forward = "iperf" }}
+{extra}"#,
+        web_weights[0], web_weights[1], web_weights[2]
+    )
+}
+
+/// Each group's `table_version`.
+fn table_versions(agent: &LabAgent) -> Vec<(String, u64)> {
+    let groups: serde_json::Value = serde_json::from_str(
+        &agent
+            .cli(&["groups", "list", "--json"])
+            .expect("groups list"),
+    )
+    .expect("JSON");
+    groups
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap_or("?").to_owned(),
+                g["table_version"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_reload_that_changes_one_weight_rewrites_only_that_groups_table() {
+    let (lab, agent) = lab_with_agent("rw", 3, &config([1, 1, 1], ""));
+    let before = table_versions(&agent);
+    let served = short_connections(&lab, 40000, 90);
+    assert_eq!(served.len(), 3, "{served:?}");
+
+    std::fs::write(config_path(&lab), config([1, 1, 4], "")).expect("write");
+    let said = agent.cli(&["reload"]).expect("reload");
+    println!("{said}");
+    assert!(said.contains("1 changes"), "{said}");
+    assert!(
+        said.contains("group web: target 198.18.0.23:8080 weight 1 -> 4"),
+        "{said}"
+    );
+    let after = table_versions(&agent);
+    for ((name, v0), (_, v1)) in before.iter().zip(&after) {
+        let rebuilt = v1 - v0;
+        assert_eq!(
+            rebuilt,
+            u64::from(name == "web"),
+            "{name}: {before:?} -> {after:?}"
+        );
+    }
+    let served = short_connections(&lab, 41000, 180);
+    println!("weights 1:1:4 after the reload: {served:?}");
+    let b3 = served.get("b3").copied().unwrap_or(0);
+    assert!((95..=145).contains(&b3), "b3 got {b3} of 180: {served:?}");
+
+    // The same file again: nothing to do, nothing written.
+    let said = agent.cli(&["reload"]).expect("reload");
+    assert!(said.contains("no changes"), "{said}");
+    assert_eq!(table_versions(&agent), after);
+}
+
+#[test]
+fn a_reload_with_an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
+    let good = config([1, 1, 1], "");
+    let (lab, agent) = lab_with_agent("ri", 3, &good);
+    let before = table_versions(&agent);
+    // Two mistakes: both are reported, with file and line.
+    let bad = good
+        .replace(
+            "weight = 1 }, { address = \"198.18.0.22\"",
+            "weight = 5000 }, { address = \"198.18.0.22\"",
+        )
+        .replace("forward = \"api\"", "forward = \"nope\"");
+    std::fs::write(config_path(&lab), &bad).expect("write");
+    let err = format!("{:#}", agent.cli(&["reload"]).expect_err("a bad file"));
+    println!("{err}");
+    for field in ["weight", "nope"] {
+        assert!(err.contains(field), "{field} not named: {err}");
+    }
+    let file = config_path(&lab).display().to_string();
+    assert!(
+        err.matches(&format!("{file}:")).count() >= 2,
+        "no file:line: {err}"
+    );
+    // An unknown field.
+    std::fs::write(
+        config_path(&lab),
+        good.clone() + "\n[agent]\ncolour = \"blue\"\n",
+    )
+    .expect("write");
+    let err = format!(
+        "{:#}",
+        agent.cli(&["reload"]).expect_err("an unknown field")
+    );
+    assert!(err.contains("agent.colour"), "{err}");
+    // SIGHUP with the same file: refused too, and the agent runs on.
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.is_running(agent.pid()));
+    assert!(
+        lab.log(agent.pid())
+            .expect("log")
+            .contains("reload refused")
+    );
+    assert_eq!(table_versions(&agent), before);
+    let served = short_connections_to(&lab, &VIP4.to_string(), 81, 42000, 40);
+    assert_eq!(served.len(), 2, "{served:?}");
+}
+
+#[test]
+fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
+    let (lab, agent) = lab_with_agent("ra", 3, &config([1, 1, 1], ""));
+    wait_for_state(
+        &agent,
+        "web",
+        "198.18.0.21:8080",
+        "healthy",
+        Duration::from_secs(4),
+    );
+    // web loses b1; a new listener on :82 forwards to a new group; api and its listener go.
+    let next = config([1, 1, 1], "")
+        .replace(
+            "targets = [{ address = \"198.18.0.21\", weight = 1 }, ",
+            "targets = [",
+        )
+        .replace(
+            "[[listener]]\nname = \"api\"\naddress = \"198.18.1.100\"\nport = 81\nprotocol = \"tcp\"\ndefault_action = { forward = \"api\" }\n",
+            "",
+        )
+        .replace(
+            "[[target_group]]\nname = \"api\"\nprotocol = \"tcp\"\nport = 8080\ntargets = [{ address = \"198.18.0.21\" }, { address = \"198.18.0.22\" }]\n",
+            "[[target_group]]\nname = \"new\"\nprotocol = \"tcp\"\nport = 8080\ntargets = [{ address = \"198.18.0.23\" }]\n",
+        )
+        + "\n[[listener]]\nname = \"new\"\naddress = \"198.18.1.100\"\nport = 82\nprotocol = \"tcp\"\ndefault_action = { forward = \"new\" }\n";
+    std::fs::write(config_path(&lab), &next).expect("write");
+    // SIGHUP, as systemd's reload does.
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !lab.log(agent.pid()).expect("log").contains("reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload in the log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = lab.log(agent.pid()).expect("log");
+    for change in [
+        "group web: target 198.18.0.21:8080 deregistered",
+        "group new: added with 1 targets",
+        "listener new: added",
+        "listener api: removed",
+        "group api: removed",
+    ] {
+        assert!(log.contains(change), "{change} missing from: {log}");
+    }
+    assert_eq!(
+        target(&agent, "web", "198.18.0.21:8080")["state"],
+        "draining"
+    );
+    let web = short_connections(&lab, 43000, 60);
+    assert!(!web.contains_key("b1"), "{web:?}");
+    let new = short_connections_to(&lab, &VIP4.to_string(), 82, 43100, 20);
+    assert_eq!(new.keys().collect::<Vec<_>>(), ["b3"], "{new:?}");
+    // :81 is no listener any more: the node's own stack refuses the connection.
+    let refused = lab.run_with_timeout(
+        lab.client(),
+        &[
+            "python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('{VIP4}', 81), timeout=2)"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(
+        refused.is_err(),
+        "a connection to the removed listener succeeded"
+    );
+}
