@@ -250,7 +250,7 @@ impl Stickiness {
 }
 
 /// One target of a group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// The target's address; the same family as the VIPs that forward to it.
@@ -1205,6 +1205,14 @@ impl Config {
     /// The group named `name`.
     pub fn group(&self, name: &str) -> Option<&TargetGroup> {
         self.target_groups.iter().find(|g| g.name == name)
+    }
+
+    /// What is wrong with a config built in memory (a file's with overrides applied), as
+    /// (field, message); empty when it can run.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Problems::default();
+        self.validate(&mut p);
+        p.list
     }
 
     fn validate(&self, p: &mut Problems) {

@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -23,7 +23,8 @@ use crate::{
     config::{Config, HealthCheck},
     dataplane::Dataplane,
     neighbor, node,
-    state::State,
+    overrides::{Overrides, TargetOverride},
+    state::{State, StateError},
 };
 
 /// A request to the running agent.
@@ -65,6 +66,12 @@ pub enum Request {
     Flows,
     /// Read the config file again and apply what changed.
     Reload,
+    /// What runs, where, and whether it is healthy.
+    Status,
+    /// The API's changes on top of the config file.
+    OverridesList,
+    /// Drop the API's changes (of one group, or all) and go back to the file.
+    OverridesClear { group: Option<String> },
     /// Detach the XDP program and stop the agent.
     Detach,
 }
@@ -109,6 +116,10 @@ pub struct Agent {
     pub state: State,
     /// Where the running config came from; none: nothing to reload.
     pub source: Option<ConfigSource>,
+    /// The API's changes on top of the file (saved in `source.state_file`).
+    pub overrides: Overrides,
+    /// When the agent started.
+    pub started: std::time::SystemTime,
 }
 
 /// The config file the agent runs, and the interface whose addresses are the default
@@ -117,6 +128,34 @@ pub struct Agent {
 pub struct ConfigSource {
     pub path: PathBuf,
     pub iface: String,
+    /// Where the API's changes are kept (`Overrides`).
+    pub state_file: PathBuf,
+}
+
+/// The config the agent runs: the file at `path` with `overrides` applied, checked whole.
+pub fn effective_config(path: &Path, overrides: &Overrides) -> Result<Config, String> {
+    let file = Config::load(path).map_err(|e| e.to_string())?;
+    with_overrides(&file, overrides)
+}
+
+/// `file` with `overrides` applied, checked whole.
+pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, String> {
+    let (config, skipped) = overrides.apply_to(file);
+    for what in skipped {
+        tracing::warn!(what, "an API change no longer applies to the file: skipped");
+    }
+    let problems = config.problems();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .into_iter()
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect();
+        return Err(format!(
+            "the file with the API's changes (`lb-agent overrides list`) is invalid:\n{}",
+            lines.join("\n")
+        ));
+    }
+    Ok(config)
 }
 
 fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
@@ -129,11 +168,15 @@ fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
 /// Reads the config file again and applies the difference to the running agent: what
 /// changed (a line each), or why nothing did (every error of the file at once).
 pub fn reload(agent: &Mutex<Agent>) -> Result<Vec<String>, String> {
-    let source = lock(agent)
-        .source
-        .clone()
-        .ok_or("this agent runs no config file")?;
-    let config = Config::load(&source.path).map_err(|e| e.to_string())?;
+    let (source, overrides) = {
+        let guard = lock(agent);
+        let source = guard
+            .source
+            .clone()
+            .ok_or("this agent runs no config file")?;
+        (source, guard.overrides.clone())
+    };
+    let config = effective_config(&source.path, &overrides)?;
     let addresses = node::addresses().map_err(|e| format!("{e:#}"))?;
     let snat = node::snat_addresses(&config, &addresses, &source.iface);
     // Outside the lock (it runs `ip`): new targets' next hops are resolved before they serve.
@@ -265,7 +308,21 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             Err(message) => Response::Error { message },
         };
     }
+    if let Request::OverridesClear { group } = &request {
+        {
+            let mut guard = lock(agent);
+            guard.overrides.clear(group.as_deref());
+            if let Err(e) = save_overrides(&guard) {
+                return Response::Error { message: e };
+            }
+        }
+        return match reload(agent) {
+            Ok(changes) => ok(serde_json::json!({ "changes": changes })),
+            Err(message) => Response::Error { message },
+        };
+    }
     let mut guard = lock(agent);
+    let mut record: Option<Kept> = None;
     let Agent {
         dataplane, state, ..
     } = &mut *guard;
@@ -280,6 +337,7 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             .and_then(|target| {
                 state.add_target(dataplane, &group, target, weight)?;
                 tracing::info!(group, %target, weight, "target registered");
+                record = Some(Kept::Target(group.clone(), target, TargetOverride::Registered { weight }));
                 Ok(serde_json::json!({ "group": group, "target": target, "weight": weight }))
             }),
         Request::TargetsRemove {
@@ -290,6 +348,7 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             .resolve_target(&group, address, port)
             .and_then(|target| {
                 let delay = state.remove_target(dataplane, &group, target)?;
+                record = Some(Kept::Target(group.clone(), target, TargetOverride::Deregistered));
                 Ok(serde_json::json!({
                     "group": group,
                     "target": target,
@@ -305,6 +364,7 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             .resolve_target(&group, address, port)
             .and_then(|target| {
                 let before = state.set_weight(dataplane, &group, target, weight)?;
+                record = Some(Kept::Target(group.clone(), target, TargetOverride::Registered { weight }));
                 Ok(serde_json::json!({ "group": group, "target": target, "weight": weight, "previous_weight": before }))
             }),
         Request::TargetsList { group } => state
@@ -316,11 +376,16 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             health_check,
         } => state
             .set_health_check(dataplane, &group, health_check.clone())
-            .map(|()| serde_json::json!({ "group": group, "health_check": health_check })),
+            .map(|()| {
+                record = Some(Kept::HealthCheck(group.clone(), health_check.clone()));
+                serde_json::json!({ "group": group, "health_check": health_check })
+            }),
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
         Request::Flows => state.flows(dataplane).map(|f| serde_json::json!(f)),
         // Answered above, before the lock is taken (reloading resolves next hops first).
-        Request::Reload => Ok(serde_json::Value::Null),
+        Request::Reload | Request::OverridesClear { .. } => Ok(serde_json::Value::Null),
+        Request::OverridesList => Ok(serde_json::json!(guard.overrides)),
+        Request::Status => status(&guard),
         Request::Detach => match dataplane.detach() {
             Ok(()) => {
                 tracing::info!("detached on request");
@@ -329,10 +394,65 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
             Err(e) => Err(e.into()),
         },
     };
-    match result {
-        Ok(value) => ok(value),
-        Err(e) => Response::Error {
-            message: e.to_string(),
-        },
+    let value = match result {
+        Ok(value) => value,
+        Err(e) => {
+            return Response::Error {
+                message: e.to_string(),
+            };
+        }
+    };
+    if let Some(kept) = record {
+        match kept {
+            Kept::Target(group, address, change) => {
+                guard.overrides.set_target(&group, address, change)
+            }
+            Kept::HealthCheck(group, check) => guard.overrides.set_health_check(&group, check),
+        }
+        if let Err(message) = save_overrides(&guard) {
+            return Response::Error {
+                message: format!("{message} (the change is in force, but a restart loses it)"),
+            };
+        }
     }
+    ok(value)
+}
+
+/// A change made through the API, to keep in the state file.
+enum Kept {
+    Target(String, SocketAddr, TargetOverride),
+    HealthCheck(String, HealthCheck),
+}
+
+/// Writes the overrides to the state file.
+fn save_overrides(agent: &Agent) -> Result<(), String> {
+    match &agent.source {
+        Some(source) => agent
+            .overrides
+            .save(&source.state_file)
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// What `lb-agent status` shows.
+fn status(agent: &Agent) -> Result<serde_json::Value, StateError> {
+    let groups = agent.state.groups();
+    let stats = agent.state.stats(&agent.dataplane)?;
+    let uptime = agent.started.elapsed().unwrap_or_default().as_secs();
+    Ok(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": uptime,
+        "config": agent.source.as_ref().map(|s| s.path.display().to_string()),
+        "state_file": agent.source.as_ref().map(|s| s.state_file.display().to_string()),
+        "overrides": agent.overrides.len(),
+        "pin_dir": agent.dataplane.pin_dir().map(|p| p.display().to_string()),
+        "adopted": agent.dataplane.adopted(),
+        "interfaces": agent.dataplane.attachments().map(|(iface, mode)| serde_json::json!({ "name": iface, "mode": mode })).collect::<Vec<_>>(),
+        "listeners": stats.listeners,
+        "groups": groups,
+        "flows": stats.flows,
+        "health_transitions": stats.health_transitions,
+    }))
 }

@@ -8,5 +8,6 @@ pub mod health;
 pub mod maglev;
 pub mod neighbor;
 pub mod node;
+pub mod overrides;
 pub mod pinning;
 pub mod state;

@@ -14,6 +14,7 @@ use lb_agent::{
     control::{self, Agent, ConfigSource, Request},
     dataplane::{self, Dataplane},
     health, neighbor, node,
+    overrides::{Overrides, TargetOverride},
     pinning::PinDir,
     state::{FlowView, GroupView, State, StatsView, TargetView},
 };
@@ -62,6 +63,10 @@ enum Command {
         /// the data plane serving).
         #[arg(long)]
         detach_on_exit: bool,
+        /// Where changes made through the control socket are kept, so that reloads and
+        /// restarts keep them (default: NAME.state.json beside NAME.toml).
+        #[arg(long)]
+        state_file: Option<PathBuf>,
     },
     /// Validate a config file without touching anything.
     Check {
@@ -91,6 +96,18 @@ enum Command {
         json: bool,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+    },
+    /// One screen: what runs, where, and whether it is healthy.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The changes made through the control socket, kept on top of the config file.
+    Overrides {
+        #[command(subcommand)]
+        command: OverridesCommand,
     },
     /// Make the running agent read its config file again and apply what changed (as SIGHUP
     /// does); prints the changes. A file with errors changes nothing: they are printed, and
@@ -149,6 +166,24 @@ enum TargetsCommand {
         group: Option<String>,
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OverridesCommand {
+    /// List them (targets registered, deregistered or re-weighted; health checks).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Drop them (of one group, or all): the config file rules again, applied at once.
+    Clear {
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -230,10 +265,12 @@ fn main() -> ExitCode {
             socket,
             pin_dir,
             detach_on_exit,
+            state_file,
         } => match Config::load(&config) {
             Ok(cfg) => run(
                 cfg,
                 RunOptions {
+                    state_file: state_file.unwrap_or_else(|| Overrides::path_beside(&config)),
                     config_path: config,
                     ifaces,
                     socket,
@@ -250,6 +287,8 @@ fn main() -> ExitCode {
         Command::Groups { command } => groups(command),
         Command::Stats { json, socket } => stats(&socket, json),
         Command::Flows { json, socket } => flows(&socket, json),
+        Command::Status { json, socket } => status(&socket, json),
+        Command::Overrides { command } => overrides(command),
         Command::Reload { socket } => match control::request(&socket, &Request::Reload) {
             Ok(r) => {
                 let changes: Vec<String> =
@@ -655,20 +694,28 @@ fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
 struct RunOptions {
     /// Read again on SIGHUP and `lb-agent reload`.
     config_path: PathBuf,
+    state_file: PathBuf,
     ifaces: Vec<String>,
     socket: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     detach_on_exit: bool,
 }
 
-fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
+fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     let RunOptions {
         config_path,
+        state_file,
         mut ifaces,
         socket,
         pin_dir,
         detach_on_exit,
     } = options;
+    // The API's earlier changes apply on top of the file.
+    let overrides = Overrides::load(&state_file)?;
+    let cfg = control::with_overrides(&file, &overrides).map_err(anyhow::Error::msg)?;
+    if !overrides.is_empty() {
+        tracing::info!(state_file = %state_file.display(), overrides = overrides.len(), "applied the control API's earlier changes on top of the config file");
+    }
     if ifaces.is_empty() {
         ifaces.extend(cfg.agent.interface.clone());
     }
@@ -742,7 +789,10 @@ fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
         source: Some(ConfigSource {
             path: config_path,
             iface: iface.clone(),
+            state_file,
         }),
+        overrides,
+        started: std::time::SystemTime::now(),
     }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -788,6 +838,138 @@ fn run(cfg: Config, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!("detached and unpinned (--detach-on-exit)");
     } else if agent.dataplane.attachments().next().is_some() {
         tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it");
+    }
+    Ok(())
+}
+
+fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let r = control::request(socket, &Request::Status)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!(
+        "lb-agent {} (pid {}), up {}",
+        text(&r["version"]),
+        r["pid"],
+        duration_text(std::time::Duration::from_secs(
+            r["uptime_seconds"].as_u64().unwrap_or(0)
+        ))
+    );
+    println!(
+        "config      {}  (+ {} API changes kept in {})",
+        text(&r["config"]),
+        r["overrides"],
+        text(&r["state_file"])
+    );
+    let ifaces: Vec<String> = r["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} ({})", text(&i["name"]), text(&i["mode"])))
+        .collect();
+    println!(
+        "data plane  XDP on {}; pinned in {}{}",
+        if ifaces.is_empty() {
+            "nothing".to_owned()
+        } else {
+            ifaces.join(", ")
+        },
+        text(&r["pin_dir"]),
+        if r["adopted"] == true {
+            " (adopted from an earlier agent)"
+        } else {
+            ""
+        }
+    );
+    println!("flows       {} in the connection table", r["flows"]);
+    println!("listeners");
+    for l in r["listeners"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<40} {:<8} -> {}",
+            text(&l["name"]),
+            text(&l["address"]),
+            text(&l["protocol"]),
+            text(&l["target_group"])
+        );
+    }
+    println!("target groups");
+    let mut problems = 0;
+    for g in r["groups"].as_array().into_iter().flatten() {
+        let (up, all) = (
+            g["in_service"].as_u64().unwrap_or(0),
+            g["targets"].as_u64().unwrap_or(0),
+        );
+        let unhealthy = g["unhealthy"].as_u64().unwrap_or(0);
+        let verdict = if g["failing_open"] == true {
+            "FAILING OPEN: no target healthy".to_owned()
+        } else if all > 0 && up == 0 {
+            "DOWN: no target in service".to_owned()
+        } else if unhealthy > 0 {
+            format!("degraded: {unhealthy} unhealthy")
+        } else {
+            "ok".to_owned()
+        };
+        if verdict != "ok" {
+            problems += 1;
+        }
+        println!(
+            "  {:<16} {up}/{all} targets in service  {verdict}",
+            text(&g["name"])
+        );
+    }
+    println!(
+        "{}",
+        if problems == 0 {
+            "all target groups healthy".to_owned()
+        } else {
+            format!("{problems} target groups need attention: `lb-agent targets list`")
+        }
+    );
+    Ok(())
+}
+
+fn overrides(command: OverridesCommand) -> anyhow::Result<()> {
+    match command {
+        OverridesCommand::List { json, socket } => {
+            let r = control::request(&socket, &Request::OverridesList)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let o: Overrides = serde_json::from_value(r)?;
+            if o.is_empty() {
+                println!("no API changes: the config file rules");
+            }
+            for (group, targets) in &o.targets {
+                for (address, change) in targets {
+                    match change {
+                        TargetOverride::Registered { weight } => {
+                            println!("{group:<16} {address:<28} registered, weight {weight}")
+                        }
+                        TargetOverride::Deregistered => {
+                            println!("{group:<16} {address:<28} deregistered")
+                        }
+                    }
+                }
+            }
+            for (group, check) in &o.health_checks {
+                println!("{group:<16} health check: {}", describe_check(Some(check)));
+            }
+        }
+        OverridesCommand::Clear { group, socket } => {
+            let r = control::request(&socket, &Request::OverridesClear { group })?;
+            let changes: Vec<String> =
+                serde_json::from_value(r["changes"].clone()).unwrap_or_default();
+            println!(
+                "cleared; back to the config file: {} changes",
+                changes.len()
+            );
+            for change in changes {
+                println!("  {change}");
+            }
+        }
     }
     Ok(())
 }

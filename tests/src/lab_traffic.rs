@@ -46,9 +46,10 @@ pub fn lab_with_agent_and_servers(
     (lab, servers, agent)
 }
 
-/// The config file `lab_with_agent` writes for the lab's agent.
+/// The config file `lab_with_agent` writes for the lab's agent (in the lab's directory,
+/// removed with the lab; the agent keeps its state file beside it).
 pub fn config_path(lab: &Lab) -> PathBuf {
-    std::env::temp_dir().join(format!("{}.toml", lab.name()))
+    lab.log_dir().join("lb.toml")
 }
 
 /// `count` short connections from the client to VIP:80, from source ports `first_port`,

@@ -764,7 +764,7 @@ default_action = {{ forward = "many" }}
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
+    let path = tests::lab_traffic::config_path(&lab);
     std::fs::write(&path, config).expect("write config");
     let started = Instant::now();
     let agent =

@@ -303,7 +303,7 @@ port = 5201
 protocol = "tcp"
 default_action = { forward = "far" }
 "#;
-    let path = std::env::temp_dir().join(format!("{}.toml", lab.name()));
+    let path = tests::lab_traffic::config_path(&lab);
     std::fs::write(&path, config).expect("write config");
     let agent = LabAgent::start_on(&lab, &agent_binary(), &path, &["eth0", "eth1"])
         .expect("agent on two NICs");

@@ -230,3 +230,94 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         "a connection to the removed listener succeeded"
     );
 }
+
+#[test]
+fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
+    let (lab, agent) = lab_with_agent("rs", 3, &config([1, 1, 1], ""));
+    wait_for_state(
+        &agent,
+        "web",
+        "198.18.0.22:8080",
+        "healthy",
+        Duration::from_secs(4),
+    );
+    agent
+        .cli(&["targets", "add", "--group", "api", "198.18.0.23"])
+        .expect("add b3 to api");
+    agent
+        .cli(&[
+            "targets",
+            "weight",
+            "--group",
+            "web",
+            "198.18.0.21:8080",
+            "--weight",
+            "0",
+        ])
+        .expect("web b1 weight 0");
+    agent
+        .cli(&["targets", "remove", "--group", "web", "198.18.0.22:8080"])
+        .expect("remove web b2");
+    let state_file = config_path(&lab).with_extension("state.json");
+    let saved = std::fs::read_to_string(&state_file).expect("a state file beside the config");
+    println!("{saved}");
+
+    // A reload of the unchanged file keeps them: nothing changes.
+    let said = agent.cli(&["reload"]).expect("reload");
+    assert!(said.contains("no changes"), "{said}");
+
+    // So does a restart.
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.is_running(agent.pid()) {
+        assert!(std::time::Instant::now() < deadline, "agent still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent = LabAgent::start(
+        &lab,
+        &tests::lab_traffic::agent_binary(),
+        &config_path(&lab),
+    )
+    .expect("restart");
+    assert!(
+        lab.log(agent.pid())
+            .expect("log")
+            .contains("earlier changes")
+    );
+    wait_for_state(
+        &agent,
+        "api",
+        "198.18.0.23:8080",
+        "healthy",
+        Duration::from_secs(40),
+    );
+    assert_eq!(target(&agent, "web", "198.18.0.21:8080")["weight"], 0);
+    let web: Vec<String> = agent
+        .targets()
+        .expect("targets")
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|t| t["group"] == "web")
+        .map(|t| t["address"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(web, ["198.18.0.21:8080", "198.18.0.23:8080"]);
+    let status = agent.cli(&["status"]).expect("status");
+    println!("{status}");
+    assert!(status.contains("+ 3 API changes"), "{status}");
+    let api = short_connections_to(&lab, &VIP4.to_string(), 81, 44000, 60);
+    assert!(api.contains_key("b3"), "{api:?}");
+
+    // Cleared: the file rules again, at once.
+    let said = agent.cli(&["overrides", "clear"]).expect("clear");
+    println!("{said}");
+    assert!(said.contains("198.18.0.23:8080 deregistered"), "{said}");
+    assert_eq!(target(&agent, "web", "198.18.0.21:8080")["weight"], 1);
+    assert_eq!(
+        target(&agent, "api", "198.18.0.23:8080")["state"],
+        "draining"
+    );
+    let listed = agent.cli(&["overrides", "list"]).expect("list");
+    assert!(listed.contains("no API changes"), "{listed}");
+}

@@ -369,6 +369,8 @@ pub struct GroupView {
     pub targets: usize,
     /// Targets in the active table.
     pub in_service: usize,
+    /// Targets its checks found unhealthy.
+    pub unhealthy: usize,
     /// Maglev tables published so far: it grows only when the group's table is rebuilt.
     pub table_version: u64,
 }
@@ -1269,6 +1271,11 @@ impl State {
                     .targets
                     .iter()
                     .filter(|t| g.published_weight(t.backend_id) > 0)
+                    .count(),
+                unhealthy: g
+                    .targets
+                    .iter()
+                    .filter(|t| g.shown_state(t).0 == TargetState::Unhealthy)
                     .count(),
                 table_version: g.table_version,
             })
