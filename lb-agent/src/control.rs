@@ -90,7 +90,7 @@ pub enum Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// No agent listens on the socket.
-    #[error("cannot reach the agent at {path}: {source} (is `lb-agent run` running? see --socket)")]
+    #[error("cannot reach the agent at {path} (is `lb-agent run` running? see --socket)")]
     Connect {
         path: PathBuf,
         #[source]

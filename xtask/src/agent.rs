@@ -38,8 +38,11 @@ impl LabAgent {
         let socket = dir.join("agent.sock");
         let _ = std::fs::remove_file(&socket);
         let pin_dir = lab.bpffs()?.join("lb-agent");
+        // JSON logs: tests read them as the structured events they are.
         let mut args = vec![
             binary.to_str().context("agent path is not UTF-8")?,
+            "--log-format",
+            "json",
             "run",
             "--config",
             config.to_str().context("config path is not UTF-8")?,

@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("python3", "python3"),
     ("nft", "nftables"),
+    ("systemd-analyze", "systemd"),
+    ("mount", "mount"),
 ];
 
 /// bpf-linker release built and tested with this project.
