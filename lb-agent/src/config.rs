@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
     time::Duration,
@@ -49,6 +49,14 @@ pub struct AgentConfig {
     /// the agent is stopped or restarted (default `/sys/fs/bpf/lb-agent`); `lb-agent run
     /// --pin-dir` overrides it.
     pub pin_dir: PathBuf,
+    /// A TCP address for the control API as well (default: the unix socket only). Every
+    /// request must carry `Authorization: Bearer TOKEN`, the token read from
+    /// `api_token_file` or the environment variable `LB_AGENT_API_TOKEN`.
+    pub api_listen: Option<SocketAddr>,
+    /// A file holding the API token (at least 16 characters; keep it mode 0600).
+    pub api_token_file: Option<PathBuf>,
+    /// A TCP address that serves `GET /metrics` only, without a token (for Prometheus).
+    pub metrics_listen: Option<SocketAddr>,
     /// Entries per Maglev table: prime, 251..=1000003 (default 65537). About 100 × the
     /// largest group keeps each target's share within 1%.
     pub maglev_table_size: u32,
@@ -68,6 +76,9 @@ impl Default for AgentConfig {
             snat_addresses: Vec::new(),
             control_socket: PathBuf::from("/run/lb-agent.sock"),
             pin_dir: PathBuf::from(crate::pinning::DEFAULT_PIN_DIR),
+            api_listen: None,
+            api_token_file: None,
+            metrics_listen: None,
             maglev_table_size: lb_common::DEFAULT_MAGLEV_SIZE,
             snat_port_range: (1024, 32767),
         }

@@ -1,23 +1,17 @@
-//! The local control socket: one JSON request per line, one JSON response per line.
-//!
-//! The CLI's `targets`, `groups`, `stats`, `flows` and `detach` commands are clients of this socket. The socket
+//! What the agent can be asked to do (`Request`), how it does it (`handle`), and the CLI's
+//! side of asking (`request`, over the HTTP API on the control socket: see `api`). The socket
 //! file is created with mode 0600: whoever can use it can reprogram the load balancer.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
-    net::UnixListener,
-    sync::watch,
-};
+use serde::Serialize;
 
 use crate::{
     config::{Config, HealthCheck},
@@ -27,9 +21,8 @@ use crate::{
     state::{State, StateError},
 };
 
-/// A request to the running agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+/// A request to the running agent (the API's routes map to these: `api::route`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// Register a target in a group; `port` defaults to the group's.
     TargetsAdd {
@@ -72,18 +65,26 @@ pub enum Request {
     OverridesList,
     /// Drop the API's changes (of one group, or all) and go back to the file.
     OverridesClear { group: Option<String> },
+    /// The listeners with their counters.
+    Listeners,
+    /// The config file's text, its path, and the config in force (file and overrides).
+    ConfigGet,
+    /// Check a config text without applying it: every error, with line and field.
+    ConfigValidate { text: String },
+    /// Replace the config file with `text` and apply it; nothing changes if it is invalid
+    /// or cannot be applied.
+    ConfigApply { text: String },
     /// Detach the XDP program and stop the agent.
     Detach,
 }
 
 /// The agent's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
 pub enum Response {
     /// Done; `result` depends on the request.
     Ok { result: serde_json::Value },
-    /// Refused or failed; nothing was changed.
-    Error { message: String },
+    /// Refused or failed (`status`: the HTTP status that says how); nothing was changed.
+    Error { status: u16, message: String },
 }
 
 /// Errors talking to the agent.
@@ -120,6 +121,13 @@ pub struct Agent {
     pub overrides: Overrides,
     /// When the agent started.
     pub started: std::time::SystemTime,
+    /// Grows with every change (API write, reload): writes may name the version they saw.
+    pub version: u64,
+}
+
+/// The agent's state version.
+pub fn version(agent: &Mutex<Agent>) -> u64 {
+    lock(agent).version
 }
 
 /// The config file the agent runs, and the interface whose addresses are the default
@@ -198,21 +206,93 @@ pub fn reload(agent: &Mutex<Agent>) -> Result<Vec<String>, String> {
     Ok(changes)
 }
 
-/// Sends one request and waits for its answer (client side, blocking).
+/// Sends one request over the HTTP API on the control socket and waits for its answer
+/// (client side, blocking); the answer's JSON.
 pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, ControlError> {
+    let (method, path, body) = crate::api::http_of(request);
+    let (status, body) = http(socket, method, &path, body.as_deref())?;
+    let value: serde_json::Value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body)?
+    };
+    if (200..300).contains(&status) {
+        Ok(value)
+    } else {
+        Err(ControlError::Refused(
+            value["error"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+        ))
+    }
+}
+
+/// `GET path` on the control socket; the body as text (e.g. `/metrics`).
+pub fn get_text(socket: &Path, path: &str) -> Result<String, ControlError> {
+    let (status, body) = http(socket, "GET", path, None)?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if (200..300).contains(&status) {
+        Ok(text)
+    } else {
+        Err(ControlError::Refused(format!("HTTP {status}: {text}")))
+    }
+}
+
+/// One HTTP/1.1 exchange on the unix socket: status and body.
+fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>), ControlError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ControlError::Connect {
         path: socket.to_owned(),
         source,
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    match serde_json::from_str(&answer)? {
-        Response::Ok { result } => Ok(result),
-        Response::Error { message } => Err(ControlError::Refused(message)),
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: lb-agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let malformed = || ControlError::Io(std::io::Error::other("the agent's answer is not HTTP"));
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(malformed)?;
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(malformed)?;
+    let mut body = answer[end + 4..].to_vec();
+    if head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    }) {
+        body = dechunk(&body).ok_or_else(malformed)?;
+    }
+    Ok((status, body))
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
     }
 }
 
@@ -233,68 +313,76 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlErro
     Ok(listener)
 }
 
-/// Serves requests until `shutdown` turns true; a `Detach` request turns it true itself.
-pub async fn serve(
-    listener: std::os::unix::net::UnixListener,
-    agent: Arc<Mutex<Agent>>,
-    shutdown: watch::Sender<bool>,
-) {
-    let listener = match UnixListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(error = %e, "control socket unusable");
-            let _ = shutdown.send(true);
-            return;
-        }
-    };
-    let mut stop = shutdown.subscribe();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let agent = agent.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let (read, mut write) = stream.into_split();
-                    let mut lines = tokio::io::BufReader::new(read).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let (response, detach) = match serde_json::from_str::<Request>(&line) {
-                            Ok(request) => {
-                                let detach = matches!(request, Request::Detach);
-                                let agent = agent.clone();
-                                let response = tokio::task::spawn_blocking(move || handle(&agent, request))
-                                    .await
-                                    .unwrap_or_else(|e| Response::Error { message: format!("internal error: {e}") });
-                                (response, detach)
-                            }
-                            Err(e) => (Response::Error { message: format!("bad request: {e}") }, false),
-                        };
-                        let mut out = serde_json::to_string(&response).unwrap_or_default();
-                        out.push('\n');
-                        if write.write_all(out.as_bytes()).await.is_err() {
-                            break;
-                        }
-                        if detach && matches!(response, Response::Ok { .. }) {
-                            let _ = shutdown.send(true);
-                        }
-                    }
-                });
-            }
-        }
-    }
-}
-
 fn ok(value: impl Serialize) -> Response {
     match serde_json::to_value(value) {
         Ok(result) => Response::Ok { result },
         Err(e) => Response::Error {
+            status: 500,
             message: e.to_string(),
         },
     }
 }
 
-fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
+/// The HTTP status for a refused change.
+fn status_of(e: &StateError) -> u16 {
+    match e {
+        StateError::NoGroup(_) | StateError::NoTarget { .. } => 404,
+        StateError::Duplicate { .. } | StateError::NeedsRestart(_) | StateError::BackendsFull => {
+            409
+        }
+        StateError::NoPort(..)
+        | StateError::Family { .. }
+        | StateError::Weight(_)
+        | StateError::HealthCheck { .. }
+        | StateError::NoSnatAddress(_) => 422,
+        _ => 500,
+    }
+}
+
+/// Whether a request changes anything.
+fn writes(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::TargetsAdd { .. }
+            | Request::TargetsRemove { .. }
+            | Request::TargetsWeight { .. }
+            | Request::HealthCheckSet { .. }
+            | Request::OverridesClear { .. }
+            | Request::ConfigApply { .. }
+            | Request::Reload
+            | Request::Detach
+    )
+}
+
+/// Does what `request` asks. A write that names the version it was based on (`if_match`) is
+/// refused if the agent has changed since; a write that succeeds moves the version on.
+pub fn handle(agent: &Mutex<Agent>, request: Request, if_match: Option<u64>) -> Response {
+    let write = writes(&request);
+    if write && let Some(seen) = if_match {
+        let now = version(agent);
+        if seen != now {
+            return Response::Error {
+                status: 412,
+                message: format!(
+                    "stale: this change was based on version {seen}, the agent is at version {now}; read again and retry"
+                ),
+            };
+        }
+    }
+    let response = handle_request(agent, request);
+    if write && matches!(response, Response::Ok { .. }) {
+        lock(agent).version += 1;
+    }
+    response
+}
+
+fn handle_request(agent: &Mutex<Agent>, request: Request) -> Response {
+    match &request {
+        Request::ConfigGet => return config_get(agent),
+        Request::ConfigValidate { text } => return ok(config_validate(agent, text)),
+        Request::ConfigApply { text } => return config_apply(agent, text),
+        _ => {}
+    }
     if let Request::TargetsAdd { address, .. } = &request {
         // Before the target goes live (so its first flows find the next hop's MAC), and
         // outside the lock (it runs `ip`).
@@ -305,20 +393,29 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
     if let Request::Reload = request {
         return match reload(agent) {
             Ok(changes) => ok(serde_json::json!({ "changes": changes })),
-            Err(message) => Response::Error { message },
+            Err(message) => Response::Error {
+                status: 422,
+                message,
+            },
         };
     }
     if let Request::OverridesClear { group } = &request {
         {
             let mut guard = lock(agent);
             guard.overrides.clear(group.as_deref());
-            if let Err(e) = save_overrides(&guard) {
-                return Response::Error { message: e };
+            if let Err(message) = save_overrides(&guard) {
+                return Response::Error {
+                    status: 500,
+                    message,
+                };
             }
         }
         return match reload(agent) {
             Ok(changes) => ok(serde_json::json!({ "changes": changes })),
-            Err(message) => Response::Error { message },
+            Err(message) => Response::Error {
+                status: 422,
+                message,
+            },
         };
     }
     let mut guard = lock(agent);
@@ -383,7 +480,14 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
         Request::Flows => state.flows(dataplane).map(|f| serde_json::json!(f)),
         // Answered above, before the lock is taken (reloading resolves next hops first).
-        Request::Reload | Request::OverridesClear { .. } => Ok(serde_json::Value::Null),
+        Request::Reload
+        | Request::OverridesClear { .. }
+        | Request::ConfigGet
+        | Request::ConfigValidate { .. }
+        | Request::ConfigApply { .. } => Ok(serde_json::Value::Null),
+        Request::Listeners => state
+            .stats(dataplane)
+            .map(|s| serde_json::json!(s.listeners)),
         Request::OverridesList => Ok(serde_json::json!(guard.overrides)),
         Request::Status => status(&guard),
         Request::Detach => match dataplane.detach() {
@@ -398,6 +502,7 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
         Ok(value) => value,
         Err(e) => {
             return Response::Error {
+                status: status_of(&e),
                 message: e.to_string(),
             };
         }
@@ -411,6 +516,7 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
         }
         if let Err(message) = save_overrides(&guard) {
             return Response::Error {
+                status: 500,
                 message: format!("{message} (the change is in force, but a restart loses it)"),
             };
         }
@@ -422,6 +528,99 @@ fn handle(agent: &Mutex<Agent>, request: Request) -> Response {
 enum Kept {
     Target(String, SocketAddr, TargetOverride),
     HealthCheck(String, HealthCheck),
+}
+
+/// The config file: path, text, and where the API's changes to it are kept.
+fn config_get(agent: &Mutex<Agent>) -> Response {
+    let guard = lock(agent);
+    let Some(source) = &guard.source else {
+        return Response::Error {
+            status: 404,
+            message: "this agent runs no config file".into(),
+        };
+    };
+    match std::fs::read_to_string(&source.path) {
+        Ok(text) => ok(serde_json::json!({
+            "path": source.path.display().to_string(),
+            "text": text,
+            "state_file": source.state_file.display().to_string(),
+            "overrides": guard.overrides.len(),
+        })),
+        Err(e) => Response::Error {
+            status: 500,
+            message: format!("reading {}: {e}", source.path.display()),
+        },
+    }
+}
+
+/// Every error of a config text, with line, column and field.
+fn config_validate(agent: &Mutex<Agent>, text: &str) -> serde_json::Value {
+    let name = lock(agent)
+        .source
+        .as_ref()
+        .map_or_else(|| "config".to_owned(), |s| s.path.display().to_string());
+    match Config::parse(text, &name) {
+        Ok(_) => serde_json::json!({ "valid": true, "errors": [] }),
+        Err(errors) => serde_json::json!({
+            "valid": false,
+            "errors": errors.0.iter().map(|e| serde_json::json!({
+                "line": e.line,
+                "column": e.column,
+                "field": e.field,
+                "message": e.message,
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// Replaces the config file with `text` and applies it; on any error the old file is put
+/// back and nothing changes.
+fn config_apply(agent: &Mutex<Agent>, text: &str) -> Response {
+    let Some(path) = lock(agent).source.as_ref().map(|s| s.path.clone()) else {
+        return Response::Error {
+            status: 404,
+            message: "this agent runs no config file".into(),
+        };
+    };
+    if let Err(errors) = Config::parse(text, &path.display().to_string()) {
+        return Response::Error {
+            status: 422,
+            message: errors.to_string(),
+        };
+    }
+    let old = match std::fs::read_to_string(&path) {
+        Ok(old) => old,
+        Err(e) => {
+            return Response::Error {
+                status: 500,
+                message: format!("reading {}: {e}", path.display()),
+            };
+        }
+    };
+    let write = |text: &str| -> std::io::Result<()> {
+        let tmp = path.with_extension("toml.new");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write(text) {
+        return Response::Error {
+            status: 500,
+            message: format!("writing {}: {e}", path.display()),
+        };
+    }
+    match reload(agent) {
+        Ok(changes) => ok(serde_json::json!({ "changes": changes })),
+        Err(message) => {
+            let restored = match write(&old) {
+                Ok(()) => "the old file is back".to_owned(),
+                Err(e) => format!("putting the old file back failed too: {e}"),
+            };
+            Response::Error {
+                status: 422,
+                message: format!("not applied ({restored}): {message}"),
+            }
+        }
+    }
 }
 
 /// Writes the overrides to the state file.

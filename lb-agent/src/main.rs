@@ -10,6 +10,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_agent::{
+    api,
     config::{Config, HealthCheck, HealthProtocol, duration_text},
     control::{self, Agent, ConfigSource, Request},
     dataplane::{self, Dataplane},
@@ -747,6 +748,10 @@ fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         }
     }
     let group_capacity = (cfg.target_groups.len() as u32).max(MIN_GROUP_CAPACITY);
+    let api_token = match cfg.agent.api_listen {
+        Some(_) => Some(Arc::new(api_token(cfg.agent.api_token_file.as_deref())?)),
+        None => None,
+    };
     // One agent per pin directory: its lock is held until this process ends, however it ends.
     let pin_dir = pin_dir.unwrap_or_else(|| cfg.agent.pin_dir.clone());
     let pins = PinDir::open(&pin_dir)?;
@@ -807,6 +812,7 @@ fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         }),
         overrides,
         started: std::time::SystemTime::now(),
+        version: 1,
     }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -815,7 +821,27 @@ fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(control::serve(listener, agent.clone(), shutdown.clone()));
+        let mut servers = vec![tokio::spawn(api::serve(
+            tokio::net::UnixListener::from_std(listener)?,
+            agent.clone(),
+            api::Access::Local,
+            shutdown.clone(),
+        ))];
+        if let Some(address) = cfg.agent.api_listen {
+            let tcp = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the API to {address}"))?;
+            let token = api_token.clone().context("no API token")?;
+            tracing::info!(%address, "control API on TCP (bearer token required)");
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::Token(token), shutdown.clone())));
+        }
+        if let Some(address) = cfg.agent.metrics_listen {
+            let tcp = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding /metrics to {address}"))?;
+            tracing::info!(%address, "metrics on TCP");
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, shutdown.clone())));
+        }
         let monitor = tokio::spawn(health::monitor::run(agent.clone(), shutdown.subscribe()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -839,7 +865,9 @@ fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             break;
         }
         let _ = shutdown.send(true);
-        let _ = server.await;
+        for server in servers {
+            let _ = server.await;
+        }
         let _ = monitor.await;
         anyhow::Ok(())
     })?;
@@ -986,6 +1014,25 @@ fn overrides(command: OverridesCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The TCP API's bearer token: `LB_AGENT_API_TOKEN`, else the token file; never the command
+/// line (where `ps` shows it).
+fn api_token(file: Option<&Path>) -> anyhow::Result<String> {
+    let token = match (std::env::var("LB_AGENT_API_TOKEN"), file) {
+        (Ok(token), _) => token,
+        (Err(_), Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the API token file {}", file.display()))?,
+        (Err(_), None) => anyhow::bail!(
+            "agent.api_listen needs a token: set agent.api_token_file or LB_AGENT_API_TOKEN"
+        ),
+    };
+    let token = token.trim().to_owned();
+    anyhow::ensure!(
+        token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+        "the API token must be at least 16 printable characters, without spaces"
+    );
+    Ok(token)
 }
 
 /// Asks the running agent to detach and stop; with none running, removes its pins.

@@ -98,7 +98,10 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
     for line in log.lines() {
         let event: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(event["level"].is_string() && event["message"].is_string(), "{line}");
+        assert!(
+            event["level"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
     }
     assert!(log.contains("took over the pinned attachment"), "{log}");
     let flows = agent.flows().expect("flows");

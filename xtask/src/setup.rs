@@ -20,6 +20,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("mount", "mount"),
 ];
 
+/// Python modules the tests use, and the Debian package of each.
+const PYTHON_MODULES: &[(&str, &str)] = &[
+    // The Prometheus project's own text-format parser checks `/metrics`.
+    ("prometheus_client", "python3-prometheus-client"),
+];
+
 /// bpf-linker release built and tested with this project.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -27,6 +33,14 @@ fn have(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn have_python_module(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -64,6 +78,12 @@ fn debian_packages() -> anyhow::Result<()> {
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.extend(
+        PYTHON_MODULES
+            .iter()
+            .filter(|(module, _)| !have_python_module(module))
+            .map(|(_, pkg)| *pkg),
+    );
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
