@@ -115,6 +115,17 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// The Prometheus metrics, as `GET /metrics` serves them.
+    Metrics {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The running agent's config file: show it, check a new one, or replace it and apply the
+    /// difference (nothing changes if it is invalid).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// The changes made through the control socket, kept on top of the config file.
     Overrides {
         #[command(subcommand)]
@@ -177,6 +188,29 @@ enum TargetsCommand {
         group: Option<String>,
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the config file the agent runs.
+    Show {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Check FILE as the agent would, without applying it.
+    Validate {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Replace the agent's config file with FILE and apply the difference.
+    Apply {
+        #[arg(long)]
+        file: PathBuf,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -304,6 +338,13 @@ fn main() -> ExitCode {
         Command::Flows { json, socket } => flows(&socket, json),
         Command::Status { json, socket } => status(&socket, json),
         Command::Overrides { command } => overrides(command),
+        Command::Metrics { socket } => control::get_text(&socket, "/metrics")
+            .map(|text| print!("{text}"))
+            .map_err(Into::into),
+        Command::Config { command } => match config_command(command) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Reload { socket } => match control::request(&socket, &Request::Reload) {
             Ok(r) => {
                 let changes: Vec<String> =
@@ -970,6 +1011,60 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+fn config_command(command: ConfigCommand) -> anyhow::Result<ExitCode> {
+    let read = |file: &Path| {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    };
+    match command {
+        ConfigCommand::Show { socket } => {
+            let r = control::request(&socket, &Request::ConfigGet)?;
+            eprintln!(
+                "# {} (+ {} API changes in {})",
+                r["path"].as_str().unwrap_or("?"),
+                r["overrides"],
+                r["state_file"].as_str().unwrap_or("?")
+            );
+            print!("{}", r["text"].as_str().unwrap_or(""));
+        }
+        ConfigCommand::Validate { file, socket } => {
+            let r = control::request(&socket, &Request::ConfigValidate { text: read(&file)? })?;
+            if r["valid"] == true {
+                println!("{}: ok", file.display());
+            } else {
+                for e in r["errors"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "{}:{}:{}: {}: {}",
+                        file.display(),
+                        e["line"],
+                        e["column"],
+                        e["field"].as_str().unwrap_or("?"),
+                        e["message"].as_str().unwrap_or("?")
+                    );
+                }
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        }
+        ConfigCommand::Apply { file, socket } => {
+            match control::request(&socket, &Request::ConfigApply { text: read(&file)? }) {
+                Ok(r) => {
+                    let changes: Vec<String> =
+                        serde_json::from_value(r["changes"].clone()).unwrap_or_default();
+                    println!("applied: {} changes", changes.len());
+                    for change in changes {
+                        println!("  {change}");
+                    }
+                }
+                Err(control::ControlError::Refused(message)) => {
+                    eprintln!("not applied, the running config stays:\n{message}");
+                    return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn overrides(command: OverridesCommand) -> anyhow::Result<()> {

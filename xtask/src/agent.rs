@@ -82,6 +82,11 @@ impl LabAgent {
         }
     }
 
+    /// The agent's control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.pid

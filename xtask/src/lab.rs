@@ -1134,7 +1134,7 @@ pub enum HealthMode {
 
 /// The system's python3 when there is one: a pyenv shim on PATH costs a shell and pyenv's
 /// start-up per process.
-fn python3() -> &'static str {
+pub fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
