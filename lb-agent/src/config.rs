@@ -882,6 +882,90 @@ fn segments(path: &str) -> Vec<Segment<'_>> {
     out
 }
 
+/// The field and message of a serde error, the field named as the user wrote it.
+fn serde_problem(doc: &toml_edit::ImDocument<&str>, e: &toml::de::Error) -> (String, String) {
+    let message = e.message().trim().to_owned();
+    let mut field = e.span().map(|s| path_at(doc, s.start)).unwrap_or_default();
+    // toml points at the offending key (unknown) or the table (missing); either way the path
+    // ends at the table, so name the field itself.
+    let named = message.starts_with("unknown field") || message.starts_with("missing field");
+    if let Some(name) = quoted_name(&message).filter(|_| named)
+        && !field.ends_with(&format!(".{name}"))
+        && field != name
+    {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(name);
+    }
+    if field.is_empty() {
+        field = "(top level)".into();
+    }
+    (field, message)
+}
+
+/// The top-level entry a dotted path lies in: `target_group[1]` of
+/// `target_group[1].targets[0].weight`, `agent` of `agent.colour`.
+fn entry_of(path: &str) -> &str {
+    path.split('.').next().unwrap_or(path)
+}
+
+/// Whether one dotted path is the other or lies within it.
+fn related(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    within(a, b) || within(b, a)
+}
+
+/// The span of the key (not the value) at a dotted path.
+fn key_span_of(doc: &toml_edit::ImDocument<&str>, path: &str) -> Option<Range<usize>> {
+    let segments = segments(path);
+    let (Segment::Key(last), parents) = segments.split_last()? else {
+        return None;
+    };
+    let mut item = doc.as_item();
+    for segment in parents {
+        item = match segment {
+            Segment::Key(k) => item.get(*k)?,
+            Segment::Index(i) => item.get(*i)?,
+        };
+    }
+    let key = match item {
+        toml_edit::Item::Table(t) => t.get_key_value(last)?.0,
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.get_key_value(last)?.0,
+        _ => return None,
+    };
+    key.span()
+}
+
+/// Takes the key at a dotted path out of a document; whether there was one.
+fn remove_at(doc: &mut toml_edit::DocumentMut, path: &str) -> bool {
+    let segments = segments(path);
+    let Some((Segment::Key(last), parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut item = doc.as_item_mut();
+    for segment in parents {
+        let next = match segment {
+            Segment::Key(k) => item.get_mut(*k),
+            Segment::Index(i) => item.get_mut(*i),
+        };
+        match next {
+            Some(next) => item = next,
+            None => return false,
+        }
+    }
+    match item {
+        toml_edit::Item::Table(t) => t.remove(last).is_some(),
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.remove(last).is_some(),
+        _ => false,
+    }
+}
+
 /// The span of the deepest item on `path` that the document has (a defaulted field has no
 /// span, so the error points at the table it is missing from).
 fn span_of(doc: &toml_edit::ImDocument<&str>, path: &str) -> Option<Range<usize>> {
@@ -1177,37 +1261,64 @@ impl Config {
                 )]));
             }
         };
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().to_owned();
-            let mut field = e.span().map(|s| path_at(&doc, s.start)).unwrap_or_default();
-            // toml points at the offending key (unknown) or the table (missing); either way
-            // the path ends at the table, so name the field itself.
-            let named =
-                message.starts_with("unknown field") || message.starts_with("missing field");
-            if let Some(name) = quoted_name(&message).filter(|_| named)
-                && !field.ends_with(&format!(".{name}"))
-                && field != name
-            {
-                if !field.is_empty() {
-                    field.push('.');
-                }
-                field.push_str(name);
+        // Every error at once: a key serde refuses (unknown, or of the wrong type) is
+        // reported and taken out of a copy of the document, and the copy is read again. What
+        // cannot be taken out (a missing field, an array element) ends the round.
+        let mut errors: Vec<ConfigError> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let mut current = text.to_owned();
+        let config = loop {
+            let e = match toml::from_str::<Config>(&current) {
+                Ok(config) => break Some(config),
+                Err(e) => e,
+            };
+            let Ok(now) = toml_edit::ImDocument::parse(current.as_str()) else {
+                break None;
+            };
+            let (field, message) = serde_problem(&now, &e);
+            if removed.iter().any(|r| related(r, &field)) {
+                // Only says again that a key taken out is needed where it was.
+                break None;
             }
-            if field.is_empty() {
-                field = "(top level)".into();
+            let span = if message.starts_with("unknown field") {
+                key_span_of(&doc, &field)
+            } else {
+                span_of(&doc, &field)
             }
-            ConfigErrors(vec![error_at(e.span(), field, message)])
-        })?;
+            .or_else(|| e.span().filter(|_| removed.is_empty()));
+            let missing = message.starts_with("missing field");
+            errors.push(error_at(span, field.clone(), message));
+            if missing || field.ends_with(']') || errors.len() >= 100 {
+                break None;
+            }
+            let Ok(mut copy) = current.parse::<toml_edit::DocumentMut>() else {
+                break None;
+            };
+            if !remove_at(&mut copy, &field) {
+                break None;
+            }
+            removed.push(field);
+            current = copy.to_string();
+        };
+        let Some(config) = config else {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(ConfigErrors(errors));
+        };
         let mut problems = Problems::default();
         config.validate(&mut problems);
-        if problems.list.is_empty() {
+        if problems.list.is_empty() && errors.is_empty() {
             return Ok(config);
         }
-        let mut errors: Vec<ConfigError> = problems
-            .list
-            .into_iter()
-            .map(|(field, message)| error_at(span_of(&doc, &field), field, message))
-            .collect();
+        errors.extend(
+            problems
+                .list
+                .into_iter()
+                // An entry with a key taken out above may look wrong in other ways that
+                // follow from it (a port of the wrong type looks missing): its own checks
+                // wait until that key is fixed.
+                .filter(|(field, _)| !removed.iter().any(|r| related(entry_of(r), field)))
+                .map(|(field, message)| error_at(span_of(&doc, &field), field, message)),
+        );
         // Stable: problems at one place keep the order validation found them in.
         errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(errors))
@@ -1673,6 +1784,37 @@ port = 80
 protocol = "tcp"
 default_action = { forward = "web" }
 "#;
+
+    #[test]
+    fn unknown_fields_wrong_types_and_semantic_errors_are_reported_together() {
+        let text = with_listener("api", 81, "tcp", "\"nope\"")
+            .replace("snat_addresses", "colour = \"blue\"\nsnat_addresses")
+            .replace("port = 8080", "port = \"8080\"")
+            .replace(
+                "protocol = \"tcp\"\ndefault_action = { forward = \"web\" }",
+                "protocl = \"tcp\"\nprotocol = \"tcp\"\ndefault_action = { forward = \"web\" }",
+            );
+        let e = errors(&text);
+        let got: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "agent.colour"),
+                (9, "target_group[0].port"),
+                (16, "listener[0].protocl"),
+                (25, "listener[1].default_action.forward"),
+            ],
+            "{}",
+            ConfigErrors(e.clone())
+        );
+        assert!(e[0].message.contains("unknown field"), "{}", e[0]);
+        assert!(e[1].message.contains("expected u16"), "{}", e[1]);
+        assert!(
+            e[3].message.contains("no target group named `nope`"),
+            "{}",
+            e[3]
+        );
+    }
 
     /// GOOD plus a second listener; its lines are 17-23.
     fn with_listener(name: &str, port: u16, protocol: &str, forward: &str) -> String {
