@@ -447,12 +447,12 @@ impl Dataplane {
             .map_err(map_err(map_names::LISTENERS))
     }
 
-    /// Every listener entry's key.
-    pub fn listener_keys(&self) -> Result<Vec<ListenerKey>> {
+    /// Every listener entry.
+    pub fn listeners(&self) -> Result<Vec<(ListenerKey, ListenerInfo)>> {
         let map: HashMap<_, ListenerKey, ListenerInfo> =
             HashMap::try_from(self.map(map_names::LISTENERS)?)
                 .map_err(map_err(map_names::LISTENERS))?;
-        Ok(map.keys().filter_map(std::result::Result::ok).collect())
+        Ok(map.iter().filter_map(std::result::Result::ok).collect())
     }
 
     /// Removes a listener entry.

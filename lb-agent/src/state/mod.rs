@@ -629,16 +629,17 @@ impl State {
         out
     }
 
-    /// Writes `listeners` with their ports and VIPs; with `prune`, then removes the entries
-    /// none of them has. Written whole first: a listener that stays is never missing.
+    /// Writes `listeners` with their ports and VIPs, skipping entries the maps hold already;
+    /// with `prune`, then removes the entries none of them has. New entries are written
+    /// first: a listener that stays is never missing.
     fn write_listeners(
         &mut self,
         dp: &mut Dataplane,
         listeners: Vec<ListenerState>,
         prune: bool,
     ) -> Result<()> {
+        let mut entries: Vec<(ListenerKey, ListenerInfo)> = Vec::new();
         let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
-        let mut listener_keys = Vec::new();
         let mut vips = Vec::new();
         for listener in &listeners {
             let group_id = self.group(&listener.group)?.id;
@@ -662,8 +663,7 @@ impl State {
                     kind,
                     _pad: [0; 3],
                 };
-                dp.set_listener(&key, &info)?;
-                listener_keys.push(key);
+                entries.push((key, info));
                 let bit = if proto == PROTO_TCP {
                     port_bits::TCP
                 } else {
@@ -677,25 +677,41 @@ impl State {
                 _pad0: 0,
                 _pad1: 0,
             };
-            dp.set_vip(&vip)?;
-            vips.push(vip);
+            if !vips.contains(&vip) {
+                vips.push(vip);
+            }
         }
+        let held = dp.listeners()?;
+        for (key, info) in &entries {
+            if !held.contains(&(*key, *info)) {
+                dp.set_listener(key, info)?;
+            }
+        }
+        let held_vips = dp.vips()?;
+        for vip in &vips {
+            if !held_vips.contains(vip) {
+                dp.set_vip(vip)?;
+            }
+        }
+        let held_ports = dp.ports()?;
         for (&port, &bits) in &ports {
-            dp.set_port(port, bits)?;
+            if !held_ports.contains(&(port, bits)) {
+                dp.set_port(port, bits)?;
+            }
         }
         self.listeners = listeners;
         if prune {
-            for (port, _) in dp.ports()? {
+            for (port, _) in held_ports {
                 if !ports.contains_key(&port) {
                     dp.set_port(port, 0)?;
                 }
             }
-            for key in dp.listener_keys()? {
-                if !listener_keys.contains(&key) {
+            for (key, _) in held {
+                if !entries.iter().any(|(k, _)| *k == key) {
                     dp.remove_listener(&key)?;
                 }
             }
-            for vip in dp.vips()? {
+            for vip in held_vips {
                 if !vips.contains(&vip) {
                     dp.remove_vip(&vip)?;
                 }
