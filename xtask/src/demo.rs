@@ -183,7 +183,8 @@ pub fn demo() -> anyhow::Result<()> {
         }
     }
     health_demo(&lab, &agent, &vip)?;
-    println!("\n{}", agent.cli(&["stats"])?);
+    println!("\n{}", agent.cli(&["status"])?);
+    println!("{}", agent.cli(&["stats"])?);
     drop(lab);
     println!(
         "lab removed; demo took {:.1} s after the build",
