@@ -1,7 +1,7 @@
 //! `lb-agent`: runs the load balancer, and talks to a running one.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
@@ -396,15 +396,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// Parses `ADDR`, `ADDR:PORT`, `[V6]:PORT`.
 fn parse_target(text: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
-    if let Ok(sa) = text.parse::<SocketAddr>() {
-        return Ok((sa.ip(), Some(sa.port())));
-    }
-    let ip = text
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-        .with_context(|| format!("`{text}` is not ADDR, ADDR:PORT or [IPV6]:PORT"))?;
-    Ok((ip, None))
+    api::parse_target(text).map_err(anyhow::Error::msg)
 }
 
 fn targets(command: TargetsCommand) -> anyhow::Result<()> {

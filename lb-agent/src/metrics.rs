@@ -133,6 +133,68 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         }
     }
 
+    let mut f = Family::new(
+        &mut out,
+        "lb_listener_active_flows",
+        "gauge",
+        "A listener's entries in the connection table.",
+    );
+    for l in &stats.listeners {
+        let address = l.address.to_string();
+        f.sample(
+            "lb_listener_active_flows",
+            &[
+                ("listener", &l.name),
+                ("address", &address),
+                ("protocol", &l.protocol),
+                ("target_group", &l.target_group),
+            ],
+            l.active_flows as f64,
+        );
+    }
+
+    // A group's sums over its targets (a target that leaves takes its share with it).
+    for (name, kind, help, pick) in [
+        (
+            "lb_target_group_packets_total",
+            "counter",
+            "Packets sent to a group's targets.",
+            0,
+        ),
+        (
+            "lb_target_group_bytes_total",
+            "counter",
+            "Bytes sent to a group's targets.",
+            1,
+        ),
+        (
+            "lb_target_group_new_flows_total",
+            "counter",
+            "Flows assigned to a group's targets.",
+            2,
+        ),
+        (
+            "lb_target_group_active_flows",
+            "gauge",
+            "A group's entries in the connection table.",
+            3,
+        ),
+    ] {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for g in &groups {
+            let sum: u64 = stats
+                .targets
+                .iter()
+                .filter(|t| t.group == g.name)
+                .map(|t| {
+                    let c = &t.counters;
+                    [c.packets, c.bytes, c.new_flows, t.active_flows][pick]
+                })
+                .sum();
+            f.sample(name, &[("target_group", &g.name)], sum as f64);
+        }
+    }
+
     for (name, help, pick) in [
         (
             "lb_target_packets_total",

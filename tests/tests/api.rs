@@ -200,6 +200,17 @@ fn metrics_parse_with_prometheus_s_parser_and_count_the_traffic_sent() {
         .sum();
         assert_eq!(states, 1.0, "one state at a time");
     }
+    assert_eq!(
+        get("lb_target_group_new_flows_total", "target_group=echo"),
+        60.0
+    );
+    assert_eq!(
+        get(
+            "lb_listener_active_flows",
+            "address=198.18.1.100:80,listener=echo,protocol=tcp,target_group=echo"
+        ),
+        60.0
+    );
     assert!(get("lb_conntrack_entries", "") >= 60.0);
     assert!(get("lb_conntrack_capacity", "") > 0.0);
     assert!(get("lb_dataplane_packets_total", "verdict=fwd_to_backend") > 0.0);
@@ -216,6 +227,14 @@ fn a_stale_write_is_refused_and_the_config_is_validated_and_applied_through_the_
     );
     assert_eq!(status, 200);
     let seen = etag(&head);
+    // The API documents itself.
+    let (status, _, doc) = curl(&lab, &[sock[0], sock[1], "http://lb-agent/openapi.json"]);
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("OpenAPI JSON");
+    assert!(
+        doc["paths"]["/v1/target-groups/{group}/targets"]["post"].is_object(),
+        "{doc}"
+    );
     let add = |address: &str, if_match: &str| {
         let body = format!(r#"{{"address": "{address}"}}"#);
         let header = format!("If-Match: {if_match}");

@@ -148,6 +148,17 @@ fn a_reload_with_an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
         agent.cli(&["reload"]).expect_err("an unknown field")
     );
     assert!(err.contains("agent.colour"), "{err}");
+    // A valid file the running data plane cannot take (its Maglev tables have another size).
+    std::fs::write(
+        config_path(&lab),
+        good.clone() + "\n[agent]\nmaglev_table_size = 251\n",
+    )
+    .expect("write");
+    let err = format!("{:#}", agent.cli(&["reload"]).expect_err("needs a restart"));
+    assert!(
+        err.contains("needs a restart") && err.contains("maglev_table_size"),
+        "{err}"
+    );
     // SIGHUP with the same file: refused too, and the agent runs on.
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);

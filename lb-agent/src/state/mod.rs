@@ -382,6 +382,8 @@ pub struct ListenerView {
     pub address: SocketAddr,
     pub protocol: String,
     pub target_group: String,
+    /// Its entries in the connection table.
+    pub active_flows: u64,
     pub counters: CountersView,
 }
 
@@ -1362,6 +1364,11 @@ impl State {
 
     /// Counters of every listener and target, and the data plane's verdicts.
     pub fn stats(&self, dp: &Dataplane) -> Result<StatsView> {
+        let flows = dp.flows()?;
+        let mut per_listener = std::collections::HashMap::<u32, u64>::new();
+        for (_, flow) in &flows {
+            *per_listener.entry(flow.listener_id).or_insert(0) += 1;
+        }
         let listeners = self
             .listeners
             .iter()
@@ -1371,6 +1378,7 @@ impl State {
                     address: l.address,
                     protocol: l.protocol.as_str().to_owned(),
                     target_group: l.group.clone(),
+                    active_flows: per_listener.get(&l.id).copied().unwrap_or(0),
                     counters: dp.listener_counters(l.id)?.into(),
                 })
             })
@@ -1385,7 +1393,7 @@ impl State {
             listeners,
             targets: self.targets(dp, None)?,
             verdicts,
-            flows: dp.flows()?.len(),
+            flows: flows.len(),
             health_transitions: self.transitions.clone(),
         })
     }
