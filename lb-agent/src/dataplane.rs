@@ -606,8 +606,31 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Every connection-table entry (for tests and `stats`; walks the whole table).
+    /// Every connection-table entry (for `stats`, `flows`, metrics): read in batches of
+    /// thousands per system call (BPF_MAP_LOOKUP_BATCH, Linux 5.6+), else entry by entry.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let map = self.map(map_names::CONNTRACK)?;
+        let fd = match map {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
+                data.fd().as_fd().as_raw_fd()
+            }
+            _ => return self.flows_one_by_one(),
+        };
+        match lookup_batch::<FlowKey, Flow>(fd) {
+            Ok(flows) => Ok(flows),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.flows_one_by_one(),
+            Err(e) => Err(DataplaneError::Map {
+                name: map_names::CONNTRACK,
+                source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: e,
+                })),
+            }),
+        }
+    }
+
+    /// As `flows`, two system calls per entry (the fallback, and the benchmark's peer).
+    pub fn flows_one_by_one(&self) -> Result<Vec<(FlowKey, Flow)>> {
         // aya's `HashMap` reads LRU hash maps too.
         let map: HashMap<_, FlowKey, Flow> = HashMap::try_from(self.map(map_names::CONNTRACK)?)
             .map_err(map_err(map_names::CONNTRACK))?;
@@ -660,21 +683,76 @@ impl Dataplane {
     }
 }
 
+/// `union bpf_attr` as the batch commands read it.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every entry of a hash map, with BPF_MAP_LOOKUP_BATCH: a few system calls for the whole
+/// table. Entries that change meanwhile may be seen in either state, as with any walk.
+fn lookup_batch<K: Copy + Default, V: Copy + Default>(
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<Vec<(K, V)>> {
+    // At least a hash bucket's worth, or the kernel answers ENOSPC.
+    const CHUNK: usize = 8192;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK];
+    let mut out = Vec::new();
+    // Hash maps' batch token is a bucket index.
+    let (mut token, mut next) = (0u32, 0u32);
+    for round in 0.. {
+        let mut attr = BatchAttr {
+            in_batch: if round == 0 {
+                0
+            } else {
+                &raw const token as u64
+            },
+            out_batch: &raw mut next as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) writes at most `count` keys and values into buffers of that many
+        // elements of the map's key and value types, and one token into `next`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let error = (rc != 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(CHUNK);
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match error {
+            None if n == 0 => break,
+            None => token = next,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Some(e) => return Err(e),
+        }
+        if round > (1 << 24) {
+            return Err(std::io::Error::other("the batch walk does not end"));
+        }
+    }
+    Ok(out)
+}
+
 /// Writes `values` to array entries `first..` with one BPF_MAP_UPDATE_BATCH (Linux 5.6+).
 fn update_batch(fd: std::os::fd::RawFd, first: u32, values: &[u32]) -> std::io::Result<()> {
     let keys: Vec<u32> = (first..).take(values.len()).collect();
-    // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 }
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     let mut attr = BatchAttr {
         in_batch: 0,
         out_batch: 0,

@@ -159,6 +159,26 @@ fn many_flows_spread_over_all_backends_by_the_predicted_hash() {
 }
 
 #[test]
+fn the_batched_connection_table_read_sees_every_flow_once() {
+    let mut bed = TestBed::new();
+    // More flows than one batch holds, so the walk takes several calls.
+    let count = 20_000u32;
+    for i in 0..count {
+        let frame = Frame::tcp(CLIENT4, 10_000 + i as u16, VIP4, 80).build();
+        assert_eq!(bed.run(&frame).0, 3, "flow {i} not forwarded");
+    }
+    let key = |(k, _): &(lb_common::FlowKey, lb_common::Flow)| {
+        (k.src.0, k.sport, k.dst.0, k.dport, k.proto)
+    };
+    let mut batched = bed.dataplane.flows().expect("batched read");
+    let mut walked = bed.dataplane.flows_one_by_one().expect("entry by entry");
+    assert_eq!(batched.len(), count as usize);
+    batched.sort_by_key(key);
+    walked.sort_by_key(key);
+    assert_eq!(batched, walked);
+}
+
+#[test]
 fn replies_are_reverse_nated_to_the_client() {
     let mut bed = TestBed::new();
     for (name, client, vip, snat, proto, group) in [
