@@ -208,7 +208,14 @@ pub fn route(
             }
         }
         ("GET", ["v1", "stats"]) => Request::Stats,
-        ("GET", ["v1", "flows"]) => Request::Flows,
+        ("GET", ["v1", "flows"]) => Request::Flows {
+            limit: query_value(query, "limit")?
+                .map(|l| {
+                    l.parse::<usize>()
+                        .map_err(|_| bad(format!("limit `{l}` is not a number")))
+                })
+                .transpose()?,
+        },
         ("GET", ["v1", "overrides"]) => Request::OverridesList,
         ("DELETE", ["v1", "overrides"]) => Request::OverridesClear {
             group: query_value(query, "group")?,
@@ -306,7 +313,14 @@ pub fn http_of(request: &Request) -> (&'static str, String, Option<Vec<u8>>) {
             None,
         ),
         Request::Stats => ("GET", "/v1/stats".into(), None),
-        Request::Flows => ("GET", "/v1/flows".into(), None),
+        Request::Flows { limit } => (
+            "GET",
+            match limit {
+                Some(n) => format!("/v1/flows?limit={n}"),
+                None => "/v1/flows".into(),
+            },
+            None,
+        ),
         Request::OverridesList => ("GET", "/v1/overrides".into(), None),
         Request::OverridesClear { group } => (
             "DELETE",
@@ -593,7 +607,8 @@ mod tests {
                 port: None,
             },
             Request::Stats,
-            Request::Flows,
+            Request::Flows { limit: None },
+            Request::Flows { limit: Some(10) },
             Request::OverridesList,
             Request::OverridesClear { group: None },
             Request::OverridesClear {

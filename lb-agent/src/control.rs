@@ -55,8 +55,8 @@ pub enum Request {
     },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats,
-    /// The connection table.
-    Flows,
+    /// The connection table (its first `limit` entries).
+    Flows { limit: Option<usize> },
     /// Read the config file again and apply what changed.
     Reload,
     /// What runs, where, and whether it is healthy.
@@ -478,7 +478,10 @@ fn handle_request(agent: &Mutex<Agent>, request: Request) -> Response {
                 serde_json::json!({ "group": group, "health_check": health_check })
             }),
         Request::Stats => state.stats(dataplane).map(|s| serde_json::json!(s)),
-        Request::Flows => state.flows(dataplane).map(|f| serde_json::json!(f)),
+        Request::Flows { limit } => state.flows(dataplane).map(|mut f| {
+            f.truncate(limit.unwrap_or(usize::MAX));
+            serde_json::json!(f)
+        }),
         // Answered above, before the lock is taken (reloading resolves next hops first).
         Request::Reload
         | Request::OverridesClear { .. }

@@ -105,6 +105,9 @@ enum Command {
     Flows {
         #[arg(long)]
         json: bool,
+        /// At most this many (the table can hold a million).
+        #[arg(long)]
+        limit: Option<usize>,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -335,7 +338,11 @@ fn main() -> ExitCode {
         Command::Targets { command } => targets(command),
         Command::Groups { command } => groups(command),
         Command::Stats { json, socket } => stats(&socket, json),
-        Command::Flows { json, socket } => flows(&socket, json),
+        Command::Flows {
+            json,
+            limit,
+            socket,
+        } => flows(&socket, json, limit),
         Command::Status { json, socket } => status(&socket, json),
         Command::Overrides { command } => overrides(command),
         Command::Metrics { socket } => control::get_text(&socket, "/metrics")
@@ -673,8 +680,8 @@ fn print_targets(list: &[TargetView]) {
     }
 }
 
-fn flows(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let r = control::request(socket, &Request::Flows)?;
+fn flows(socket: &Path, json: bool, limit: Option<usize>) -> anyhow::Result<()> {
+    let r = control::request(socket, &Request::Flows { limit })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

@@ -1302,11 +1302,21 @@ impl State {
 
     /// Targets of one group, or of all.
     pub fn targets(&self, dp: &Dataplane, group: Option<&str>) -> Result<Vec<TargetView>> {
+        self.targets_with(dp, group, &dp.flows()?)
+    }
+
+    /// As `targets`, counting active flows in `flows` (the connection table, read once).
+    fn targets_with(
+        &self,
+        dp: &Dataplane,
+        group: Option<&str>,
+        flows: &[(lb_common::FlowKey, lb_common::Flow)],
+    ) -> Result<Vec<TargetView>> {
         if let Some(name) = group {
             self.group(name)?;
         }
         let mut active = std::collections::HashMap::<u32, u64>::new();
-        for (_, flow) in dp.flows()? {
+        for (_, flow) in flows {
             *active.entry(flow.backend_id).or_insert(0) += 1;
         }
         let mut out = Vec::new();
@@ -1391,7 +1401,7 @@ impl State {
             .collect();
         Ok(StatsView {
             listeners,
-            targets: self.targets(dp, None)?,
+            targets: self.targets_with(dp, None, &flows)?,
             verdicts,
             flows: flows.len(),
             health_transitions: self.transitions.clone(),
