@@ -67,6 +67,17 @@ pub struct AgentConfig {
     /// take their source ports from there, and if a NAT flow used the same address and port, the
     /// XDP program would take the node's own replies for that flow's and send them to a client.
     pub snat_port_range: (u16, u16),
+    /// A TCP flow with no packet for this long is over: its SNAT port may serve a new flow
+    /// (60s..=6000s, default 350s as AWS NLB).
+    #[serde(deserialize_with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// The same for UDP (10s..=3600s, default 120s as AWS NLB).
+    #[serde(deserialize_with = "duration")]
+    pub udp_idle_timeout: Duration,
+    /// A TCP flow that saw a FIN or RST is over once quiet this long (1s..=600s, default 60s:
+    /// the targets' TIME_WAIT, so a port is not reused while they remember it).
+    #[serde(deserialize_with = "duration")]
+    pub closed_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -81,6 +92,9 @@ impl Default for AgentConfig {
             metrics_listen: None,
             maglev_table_size: lb_common::DEFAULT_MAGLEV_SIZE,
             snat_port_range: (1024, 32767),
+            tcp_idle_timeout: Duration::from_secs(350),
+            udp_idle_timeout: Duration::from_secs(120),
+            closed_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -1381,6 +1395,19 @@ impl Config {
                     "{size} is not prime: Maglev needs a prime size so every target's \
                      permutation reaches every slot (try 65537, 131071 or 262139)"
                 ),
+            );
+        }
+        for (field, d, min, max) in [
+            ("tcp_idle_timeout", agent.tcp_idle_timeout, 60, 6000),
+            ("udp_idle_timeout", agent.udp_idle_timeout, 10, 3600),
+            ("closed_timeout", agent.closed_timeout, 1, 600),
+        ] {
+            check_duration(
+                p,
+                format!("agent.{field}"),
+                d,
+                Duration::from_secs(min),
+                Duration::from_secs(max),
             );
         }
         let (lo, hi) = agent.snat_port_range;

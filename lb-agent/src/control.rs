@@ -655,6 +655,7 @@ fn status(agent: &Agent) -> Result<serde_json::Value, StateError> {
         "listeners": stats.listeners,
         "groups": groups,
         "flows": stats.flows,
+        "active_flows": stats.active_flows,
         "health_transitions": stats.health_transitions,
     }))
 }

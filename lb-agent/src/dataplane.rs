@@ -200,10 +200,25 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| DataplaneError::Program {
-                name,
-                source: Box::new(source),
-            })?;
+            // The verifier gives up with EAGAIN when a signal arrives meanwhile (a child
+            // exiting, say): that is worth another try, a few times.
+            let mut tries = 0;
+            loop {
+                match program.load() {
+                    Ok(()) => break,
+                    Err(ProgramError::LoadError { io_error, .. })
+                        if io_error.kind() == std::io::ErrorKind::WouldBlock && tries < 5 =>
+                    {
+                        tries += 1;
+                    }
+                    Err(source) => {
+                        return Err(DataplaneError::Program {
+                            name,
+                            source: Box::new(source),
+                        });
+                    }
+                }
+            }
         }
         Ok(program)
     }

@@ -731,7 +731,10 @@ fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     }
     println!();
     print_targets(&s.targets);
-    println!("\nconnection table: {} flows", s.flows);
+    println!(
+        "\nconnection table: {} flows, {} active",
+        s.flows, s.active_flows
+    );
     if !s.health_transitions.is_empty() {
         println!("target state changes:");
         for (change, count) in &s.health_transitions {
@@ -965,7 +968,10 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
             ""
         }
     );
-    println!("flows       {} in the connection table", r["flows"]);
+    println!(
+        "flows       {} active, {} in the connection table",
+        r["active_flows"], r["flows"]
+    );
     println!("listeners");
     for l in r["listeners"].as_array().into_iter().flatten() {
         println!(

@@ -365,6 +365,13 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
     f.sample("lb_conntrack_entries", &[], stats.flows as f64);
     let mut f = Family::new(
         &mut out,
+        "lb_conntrack_active_flows",
+        "gauge",
+        "Entries of live flows; the others are over and give their SNAT ports to new flows.",
+    );
+    f.sample("lb_conntrack_active_flows", &[], stats.active_flows as f64);
+    let mut f = Family::new(
+        &mut out,
         "lb_conntrack_capacity",
         "gauge",
         "Entries the connection table holds before its LRU evicts the oldest.",

@@ -260,8 +260,14 @@ pub struct Flow {
     pub snat_addr: Addr,
     pub backend_id: u32,
     pub listener_id: u32,
+    /// 1 once a FIN or RST went by from the client (see `conntrack::expired`).
+    pub closing: u8,
+    pub _pad: [u8; 3],
+    /// When the client last sent a packet (`bpf_ktime_get_coarse_ns`, refreshed at most
+    /// every `conntrack::REFRESH_NS`).
+    pub last_seen: u64,
 }
-const _: () = assert!(size_of::<Flow>() == 44);
+const _: () = assert!(size_of::<Flow>() == 56);
 
 /// `SNAT` value: how to turn a backend's reply back into the client's flow, keyed by the
 /// backend→load-balancer `FlowKey`.
@@ -276,8 +282,13 @@ pub struct ReverseFlow {
     pub vip_port: u16,
     pub backend_id: u32,
     pub listener_id: u32,
+    /// 1 once a FIN or RST went by from the backend.
+    pub closing: u8,
+    pub _pad: [u8; 3],
+    /// When the backend last sent a packet (as `Flow::last_seen`).
+    pub last_seen: u64,
 }
-const _: () = assert!(size_of::<ReverseFlow>() == 44);
+const _: () = assert!(size_of::<ReverseFlow>() == 56);
 
 /// `SETTINGS[0]`: data-plane settings written by the agent before it adds listeners.
 #[repr(C)]
@@ -296,8 +307,40 @@ pub struct Settings {
     pub has_snat_v4: u8,
     pub has_snat_v6: u8,
     pub _pad: [u8; 2],
+    /// A TCP flow with no packet for this long may give its SNAT port to a new flow.
+    pub tcp_idle_s: u32,
+    /// The same for UDP.
+    pub udp_idle_s: u32,
+    /// A TCP flow that saw a FIN or RST, once quiet for this long.
+    pub closed_s: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 44);
+const _: () = assert!(size_of::<Settings>() == 56);
+
+/// When a connection-table entry is over, so its SNAT port may serve a new flow: shared by
+/// the XDP program (which reclaims ports) and the agent (which counts active flows).
+pub mod conntrack {
+    /// `last_seen` is rewritten at most this often (one write a second per busy flow).
+    pub const REFRESH_NS: u64 = 1_000_000_000;
+
+    /// Whether a flow last seen at `last_seen` (closing: a FIN or RST went by) is over at
+    /// `now`, with `settings`' timeouts.
+    pub fn expired(
+        settings: &super::Settings,
+        proto: u8,
+        closing: bool,
+        last_seen: u64,
+        now: u64,
+    ) -> bool {
+        let limit_s = if closing {
+            settings.closed_s
+        } else if proto == super::PROTO_TCP {
+            settings.tcp_idle_s
+        } else {
+            settings.udp_idle_s
+        };
+        now.saturating_sub(last_seen) > u64::from(limit_s) * 1_000_000_000
+    }
+}
 
 /// Per-listener and per-backend counters (per CPU; the agent sums them).
 #[repr(C)]

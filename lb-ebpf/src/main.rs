@@ -26,7 +26,7 @@ mod maps;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::xdp,
     maps::PerCpuArray,
     programs::XdpContext,
@@ -39,7 +39,7 @@ use lb_common::{
     Addr, Counters, FAMILY_V4, FAMILY_V6, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey,
     PROTO_TCP, PROTO_UDP, ReverseFlow, Settings, VipKey,
     checksum::Delta,
-    group_flags,
+    conntrack, group_flags,
     hash::{flow_hash, source_hash},
     listener_kind, port_bits, verdict,
 };
@@ -93,6 +93,8 @@ pub struct Scratch {
     flow: Flow,
     reverse: ReverseFlow,
     reverse_key: FlowKey,
+    /// The flow whose SNAT port a new flow may take over.
+    old_key: FlowKey,
     fib: FibParams,
 }
 
@@ -283,9 +285,17 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
     // SAFETY: this CPU's scratch, unchanged since parsing.
     let key = unsafe { &*key_ptr };
     if is_snat_addr(settings, &key.dst, key.family)
-        && let Some(reverse) = SNAT.get_ptr(key)
+        && let Some(reverse) = SNAT.get_ptr_mut(key)
     {
-        // SAFETY: map values stay valid for the whole program run (RCU).
+        // SAFETY: map values stay valid for the whole program run (RCU); a racing writer
+        // can only make `last_seen` or `closing` a little off.
+        unsafe {
+            touch(
+                &mut (*reverse).last_seen,
+                &mut (*reverse).closing,
+                closes(ctx, packet, key),
+            );
+        }
         let reverse = unsafe { &*reverse };
         return to_client(ctx, packet, &scratch.key, reverse, &mut scratch.fib);
     }
@@ -300,7 +310,7 @@ fn to_backend(
     listener: &ListenerInfo,
     scratch: &mut Scratch,
 ) -> Verdict {
-    let flow = match CONNTRACK.get_ptr(&scratch.key) {
+    let flow = match CONNTRACK.get_ptr_mut(&scratch.key) {
         // A SYN opens a new connection even if its 5-tuple is still in the table (a reused
         // client port): it must go where Maglev sends new flows now, not to a stale backend.
         Some(flow) if is_syn(ctx, packet, &scratch.key) => {
@@ -313,7 +323,12 @@ fn to_backend(
             };
             // SAFETY: a connection-table value, valid for the whole run.
             if unsafe { (*flow).backend_id } == current {
-                flow
+                // The same backend: the entry serves the new connection, from now on.
+                unsafe {
+                    (*flow).last_seen = now();
+                    (*flow).closing = 0;
+                }
+                flow as *const Flow
             } else {
                 forget_reverse(unsafe { &*flow }, &scratch.key, &mut scratch.reverse_key);
                 match new_flow(listener, scratch, true) {
@@ -322,7 +337,17 @@ fn to_backend(
                 }
             }
         }
-        Some(flow) => flow,
+        Some(flow) => {
+            // SAFETY: as above.
+            unsafe {
+                touch(
+                    &mut (*flow).last_seen,
+                    &mut (*flow).closing,
+                    closes(ctx, packet, &scratch.key),
+                );
+            }
+            flow as *const Flow
+        }
         None => match new_flow(listener, scratch, false) {
             Ok(flow) => flow,
             Err(verdict) => return verdict,
@@ -357,17 +382,51 @@ fn port_bit(proto: u8) -> u32 {
 /// A TCP segment with SYN and without ACK: a client opening a connection.
 #[inline(always)]
 fn is_syn(ctx: &XdpContext, packet: &Packet, key: &FlowKey) -> bool {
+    tcp_flags(ctx, packet, key) & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Whether a TCP packet ends its connection (FIN or RST).
+#[inline(always)]
+fn closes(ctx: &XdpContext, packet: &Packet, key: &FlowKey) -> bool {
+    tcp_flags(ctx, packet, key) & (TCP_FIN | TCP_RST) != 0
+}
+
+/// A TCP packet's flags; 0 for UDP.
+#[inline(always)]
+fn tcp_flags(ctx: &XdpContext, packet: &Packet, key: &FlowKey) -> u16 {
     if key.proto != PROTO_TCP {
-        return false;
+        return 0;
     }
     match ptr_at::<TcpHdr>(ctx, packet.l4) {
-        Some(tcp) => u16::from_be(unsafe { (*tcp).off_flags }) & (TCP_SYN | TCP_ACK) == TCP_SYN,
-        None => false,
+        Some(tcp) => u16::from_be(unsafe { (*tcp).off_flags }),
+        None => 0,
     }
 }
 
+const TCP_FIN: u16 = 0x01;
 const TCP_SYN: u16 = 0x02;
+const TCP_RST: u16 = 0x04;
 const TCP_ACK: u16 = 0x10;
+
+/// The clock of `last_seen`.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Notes a packet of a flow: `last_seen` moves on (at most once a `REFRESH_NS`, so a busy
+/// flow writes its entry once a second, not per packet), and a FIN or RST marks it closing.
+#[inline(always)]
+fn touch(last_seen: &mut u64, closing: &mut u8, closes: bool) {
+    let now = now();
+    if now.wrapping_sub(*last_seen) > conntrack::REFRESH_NS {
+        *last_seen = now;
+    }
+    if closes && *closing == 0 {
+        *closing = 1;
+    }
+}
 
 /// The backend Maglev gives a new flow `key` of `listener` now, and the flow's hash.
 #[inline(always)]
@@ -435,6 +494,10 @@ fn new_flow(
     reverse.vip_port = key.dport;
     reverse.backend_id = backend_id;
     reverse.listener_id = listener.listener_id;
+    let now = now();
+    reverse.closing = 0;
+    reverse._pad = [0; 3];
+    reverse.last_seen = now;
     let reverse_key = &mut scratch.reverse_key;
     reverse_key.src.set(&backend.addr);
     reverse_key.dst.set(snat_addr);
@@ -442,8 +505,15 @@ fn new_flow(
     reverse_key.proto = key.proto;
     reverse_key.family = backend.family;
     reverse_key._pad = [0; 2];
-    let snat_port = claim_snat_port(settings, hash, &mut scratch.reverse_key, &scratch.reverse)
-        .ok_or(Verdict::drop(verdict::DROP_NO_SNAT))?;
+    let snat_port = claim_snat_port(
+        settings,
+        hash,
+        &mut scratch.reverse_key,
+        &scratch.reverse,
+        &mut scratch.old_key,
+        now,
+    )
+    .ok_or(Verdict::drop(verdict::DROP_NO_SNAT))?;
     let flow = &mut scratch.flow;
     flow.backend.set(&backend.addr);
     flow.backend_port = backend.port;
@@ -451,6 +521,9 @@ fn new_flow(
     flow.snat_addr.set(snat_addr);
     flow.backend_id = backend_id;
     flow.listener_id = listener.listener_id;
+    flow.closing = 0;
+    flow._pad = [0; 3];
+    flow.last_seen = now;
     let flags = if replace { BPF_ANY } else { BPF_NOEXIST };
     if CONNTRACK
         .insert(&scratch.key, &scratch.flow, u64::from(flags))
@@ -469,15 +542,18 @@ fn new_flow(
     Ok(&raw const scratch.flow)
 }
 
-/// Claims a source port towards the backend that no other flow uses: the reverse entry is
-/// inserted only if absent, so two clients can never share (SNAT address, port, backend).
-/// Returns the port in network byte order.
+/// Claims a source port towards the backend that no live flow uses: the reverse entry is
+/// inserted only if absent, so two clients can never share (SNAT address, port, backend), or
+/// over the entry of a flow that is over (idle past its timeout, or closed and quiet), whose
+/// connection-table entry goes with it. Returns the port in network byte order.
 #[inline(always)]
 fn claim_snat_port(
     settings: &Settings,
     hash: u32,
     reverse_key: &mut FlowKey,
     reverse: &ReverseFlow,
+    old_key: &mut FlowKey,
+    now: u64,
 ) -> Option<u16> {
     let min = u32::from(settings.snat_port_min);
     let span = u32::from(settings.snat_port_max).saturating_sub(min) + 1;
@@ -492,8 +568,59 @@ fn claim_snat_port(
         {
             return Some(port);
         }
+        if over(settings, reverse_key, old_key, now)
+            && SNAT
+                .insert(&*reverse_key, reverse, u64::from(BPF_ANY))
+                .is_ok()
+        {
+            return Some(port);
+        }
     }
     None
+}
+
+/// Whether the flow holding the SNAT entry `reverse_key` is over; if it is, its connection-
+/// table entry is removed (its client's next packet starts a new flow).
+#[inline(always)]
+fn over(settings: &Settings, reverse_key: &FlowKey, old_key: &mut FlowKey, now: u64) -> bool {
+    let Some(old) = SNAT.get_ptr(reverse_key) else {
+        return true;
+    };
+    // SAFETY: a map value, valid for the whole run.
+    let old = unsafe { &*old };
+    old_key.src.set(&old.client);
+    old_key.dst.set(&old.vip);
+    old_key.sport = old.client_port;
+    old_key.dport = old.vip_port;
+    old_key.proto = reverse_key.proto;
+    old_key.family = reverse_key.family;
+    old_key._pad = [0; 2];
+    let forward = CONNTRACK
+        .get_ptr(&*old_key)
+        .map(|f| unsafe { &*f })
+        .filter(|f| {
+            // The client's 5-tuple may carry a newer flow now, with a port of its own.
+            f.snat_port == reverse_key.dport && f.backend_id == old.backend_id
+        });
+    let (seen, closing) = match forward {
+        Some(f) => (
+            if f.last_seen > old.last_seen {
+                f.last_seen
+            } else {
+                old.last_seen
+            },
+            f.closing | old.closing != 0,
+        ),
+        // Its connection-table entry is gone (evicted or replaced): only replies are left.
+        None => (old.last_seen, true),
+    };
+    if !conntrack::expired(settings, reverse_key.proto, closing, seen, now) {
+        return false;
+    }
+    if forward.is_some() {
+        let _ = CONNTRACK.remove(&*old_key);
+    }
+    true
 }
 
 /// A backend's reply to a full-NAT address: rewrite it back into the client's flow.

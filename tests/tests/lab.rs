@@ -8,7 +8,7 @@ use tests::lab_traffic::{
 };
 use xtask::{
     agent::LabAgent,
-    lab::{self, Lab, LabSpec, VIP6},
+    lab::{self, Lab, LabSpec, VIP4, VIP6},
 };
 
 const CONFIG: &str = r#"
@@ -322,5 +322,56 @@ default_action = { forward = "far" }
         to_backend > 1000 && to_client > 100,
         "{}",
         stats["verdicts"]
+    );
+}
+
+#[test]
+fn closed_connections_give_their_snat_ports_to_new_ones() {
+    // 50 SNAT ports towards the one target: without reuse, connection 51 would find none.
+    let config = r#"
+[agent]
+snat_port_range = [20000, 20049]
+closed_timeout = "1s"
+
+[[target_group]]
+name = "echo"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[listener]]
+name = "echo"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "echo" }
+"#;
+    let (lab, agent) = lab_with_agent("pr", 1, config);
+    // 120 connections, 12 a second: each is closed (FIN), and its port free again 1 s later,
+    // so about 13 of the 50 are taken at any time and a new flow's 8 tries find a free one.
+    let script = format!(
+        "import socket, time\n\
+         ok = 0\n\
+         for i in range(120):\n\
+         \x20   s = socket.create_connection(('{VIP4}', 80), timeout=5)\n\
+         \x20   if s.makefile('r').readline().strip() == 'b1': ok += 1\n\
+         \x20   s.close()\n\
+         \x20   time.sleep(0.08)\n\
+         print(ok)\n"
+    );
+    let ok = lab
+        .run(lab.client(), &["python3", "-c", &script])
+        .expect("120 connections through 50 ports");
+    assert_eq!(ok.trim(), "120");
+    let stats = agent.stats().expect("stats");
+    assert_eq!(
+        stats["verdicts"]["drop_no_snat"].as_u64().unwrap_or(0),
+        0,
+        "{}",
+        stats["verdicts"]
+    );
+    println!(
+        "120 connections through 50 SNAT ports: {} entries, {} active",
+        stats["flows"], stats["active_flows"]
     );
 }

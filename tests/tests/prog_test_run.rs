@@ -179,6 +179,60 @@ fn the_batched_connection_table_read_sees_every_flow_once() {
 }
 
 #[test]
+fn a_closed_flow_gives_its_snat_port_to_a_new_flow_after_closed_timeout() {
+    // One target and two SNAT ports: two flows fill them.
+    let config = tests::TEST_CONFIG.replace(
+        "maglev_table_size = 65537",
+        "maglev_table_size = 65537\nsnat_port_range = [20000, 20001]\nclosed_timeout = \"1s\"",
+    );
+    let mut bed = TestBed::with_config(&config);
+    let flow = |port: u16| Frame::tcp(CLIENT4, port, VIP4, 8443);
+    for port in [30001, 30002] {
+        assert_eq!(bed.run(&flow(port).build()).0, XDP_REDIRECT, "flow {port}");
+    }
+    let third = flow(30003).build();
+    assert_eq!(bed.run(&third).0, XDP_DROP, "no SNAT port left: dropped");
+    // The first flow closes (a FIN from the client); the second stays open and idle.
+    let fin = Frame {
+        tcp_flags: 0x11,
+        ..flow(30001)
+    };
+    assert_eq!(
+        bed.run(&fin.build()).0,
+        XDP_REDIRECT,
+        "the FIN is forwarded"
+    );
+    assert_eq!(
+        bed.run(&third).0,
+        XDP_DROP,
+        "a closing flow keeps its port for closed_timeout"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        bed.run(&third).0,
+        XDP_REDIRECT,
+        "the closed flow's port serves a new flow"
+    );
+    let clients: Vec<u16> = bed
+        .dataplane
+        .flows()
+        .expect("flows")
+        .iter()
+        .map(|(k, _)| u16::from_be(k.sport))
+        .collect();
+    assert!(
+        !clients.contains(&30001),
+        "the closed flow's entry is gone: {clients:?}"
+    );
+    assert!(
+        clients.contains(&30002) && clients.contains(&30003),
+        "{clients:?}"
+    );
+    // The idle open flow (TCP idle timeout: minutes) keeps its port.
+    assert_eq!(bed.run(&flow(30004).build()).0, XDP_DROP);
+}
+
+#[test]
 fn replies_are_reverse_nated_to_the_client() {
     let mut bed = TestBed::new();
     for (name, client, vip, snat, proto, group) in [

@@ -394,7 +394,10 @@ pub struct StatsView {
     pub targets: Vec<TargetView>,
     /// Packets per data-plane verdict (`lb_common::verdict::NAMES`).
     pub verdicts: BTreeMap<String, u64>,
+    /// Entries in the connection table.
     pub flows: usize,
+    /// Those of live flows (the rest are over and give their SNAT ports to new flows).
+    pub active_flows: usize,
     /// Target state changes since the agent started, as `"initial->healthy": 3`.
     pub health_transitions: BTreeMap<String, u64>,
 }
@@ -410,6 +413,12 @@ pub struct FlowView {
     /// The source the backend sees (full NAT).
     pub snat: SocketAddr,
     pub target_group: Option<String>,
+    /// Seconds since the client's last packet (to a second).
+    pub idle_seconds: u64,
+    /// A FIN or RST went by from the client.
+    pub closing: bool,
+    /// Not over yet: its SNAT port stays its own (see `agent.*_timeout`).
+    pub active: bool,
 }
 
 /// The agent's view of what runs.
@@ -427,6 +436,17 @@ pub struct State {
     transitions: BTreeMap<String, u64>,
 }
 
+/// The clock of the data plane's `last_seen` (`bpf_ktime_get_coarse_ns`).
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The data-plane settings `config` asks for; an error if a listener's family has no
 /// full-NAT source address.
 fn settings_for(config: &Config, snat: &[IpAddr], maglev_size: u32) -> Result<Settings> {
@@ -434,6 +454,9 @@ fn settings_for(config: &Config, snat: &[IpAddr], maglev_size: u32) -> Result<Se
         maglev_size,
         snat_port_min: config.agent.snat_port_range.0,
         snat_port_max: config.agent.snat_port_range.1,
+        tcp_idle_s: config.agent.tcp_idle_timeout.as_secs() as u32,
+        udp_idle_s: config.agent.udp_idle_timeout.as_secs() as u32,
+        closed_s: config.agent.closed_timeout.as_secs() as u32,
         ..Settings::default()
     };
     for ip in snat {
@@ -1315,8 +1338,12 @@ impl State {
         if let Some(name) = group {
             self.group(name)?;
         }
+        let now = monotonic_coarse_ns();
         let mut active = std::collections::HashMap::<u32, u64>::new();
-        for (_, flow) in flows {
+        for (key, flow) in flows {
+            if !self.active(key, flow, now) {
+                continue;
+            }
             *active.entry(flow.backend_id).or_insert(0) += 1;
         }
         let mut out = Vec::new();
@@ -1375,9 +1402,14 @@ impl State {
     /// Counters of every listener and target, and the data plane's verdicts.
     pub fn stats(&self, dp: &Dataplane) -> Result<StatsView> {
         let flows = dp.flows()?;
+        let now = monotonic_coarse_ns();
         let mut per_listener = std::collections::HashMap::<u32, u64>::new();
-        for (_, flow) in &flows {
-            *per_listener.entry(flow.listener_id).or_insert(0) += 1;
+        let mut active_flows = 0;
+        for (key, flow) in &flows {
+            if self.active(key, flow, now) {
+                *per_listener.entry(flow.listener_id).or_insert(0) += 1;
+                active_flows += 1;
+            }
         }
         let listeners = self
             .listeners
@@ -1404,12 +1436,14 @@ impl State {
             targets: self.targets_with(dp, None, &flows)?,
             verdicts,
             flows: flows.len(),
+            active_flows,
             health_transitions: self.transitions.clone(),
         })
     }
 
     /// The connection table, of every listener.
     pub fn flows(&self, dp: &Dataplane) -> Result<Vec<FlowView>> {
+        let now = monotonic_coarse_ns();
         let mut out = Vec::new();
         for (key, flow) in dp.flows()? {
             let listener = self.listeners.iter().find(|l| l.id == flow.listener_id);
@@ -1424,9 +1458,23 @@ impl State {
                 ),
                 snat: SocketAddr::new(ip_of(&flow.snat_addr, family), u16::from_be(flow.snat_port)),
                 target_group: listener.map(|l| l.group.clone()),
+                idle_seconds: now.saturating_sub(flow.last_seen) / 1_000_000_000,
+                closing: flow.closing != 0,
+                active: self.active(&key, &flow, now),
             });
         }
         Ok(out)
+    }
+
+    /// Whether a connection-table entry is a live flow (not over by the data plane's rules).
+    fn active(&self, key: &lb_common::FlowKey, flow: &lb_common::Flow, now: u64) -> bool {
+        !lb_common::conntrack::expired(
+            &self.settings,
+            key.proto,
+            flow.closing != 0,
+            flow.last_seen,
+            now,
+        )
     }
 
     /// A group's id in the data plane (for tests).
