@@ -416,7 +416,8 @@ fn now() -> u64 {
 }
 
 /// Notes a packet of a flow: `last_seen` moves on (at most once a `REFRESH_NS`, so a busy
-/// flow writes its entry once a second, not per packet), and a FIN or RST marks it closing.
+/// flow writes its entry once a second, not per packet), and a FIN or RST marks it closing
+/// (and moves `last_seen` to it).
 #[inline(always)]
 fn touch(last_seen: &mut u64, closing: &mut u8, closes: bool) {
     let now = now();
@@ -424,7 +425,9 @@ fn touch(last_seen: &mut u64, closing: &mut u8, closes: bool) {
         *last_seen = now;
     }
     if closes && *closing == 0 {
+        // The closed timeout counts from the FIN or RST itself.
         *closing = 1;
+        *last_seen = now;
     }
 }
 

@@ -835,3 +835,64 @@ default_action = {{ forward = "many" }}
         "checks bunched: {buckets:?}"
     );
 }
+
+#[test]
+fn a_draining_target_with_no_live_flow_left_is_removed_before_the_delay() {
+    let config = "[agent]\nclosed_timeout = \"1s\"\n".to_owned()
+        + &echo_group(
+            "echo",
+            80,
+            3,
+            "deregistration_delay = \"300s\"",
+            &fast_check(""),
+        );
+    let (lab, agent) = lab_with_agent("he", 3, &config);
+    wait_all_healthy(&agent, &lab, "echo");
+    let flow = EchoFlow::start(&lab, 2);
+    let index = lab
+        .backends()
+        .iter()
+        .position(|b| b.role == flow.serving)
+        .expect("a backend's name");
+    let address = echo_address(&lab, index);
+    agent
+        .cli(&["targets", "remove", "--group", "echo", &address])
+        .expect("deregister");
+    assert_eq!(target(&agent, "echo", &address)["state"], "draining");
+    let bytes = flow.finish();
+    assert!(bytes > 0);
+    let closed = Instant::now();
+    // Closed and quiet for closed_timeout (1 s), seen at the next look (every 5 s).
+    let deadline = closed + Duration::from_secs(9);
+    loop {
+        let gone = !agent
+            .targets()
+            .expect("targets")
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|t| t["address"] == address.as_str());
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still draining {:?} after its last flow closed",
+            closed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "removed {:?} after its last flow closed (delay 300 s)",
+        closed.elapsed()
+    );
+    assert!(
+        closed.elapsed() >= Duration::from_millis(900),
+        "removed while its flow was live"
+    );
+    assert!(
+        lab.log(agent.pid())
+            .expect("log")
+            .contains("no live flow left")
+    );
+}

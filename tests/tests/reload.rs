@@ -184,6 +184,9 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         "healthy",
         Duration::from_secs(4),
     );
+    // Flows to b1, so that it has something to drain (with none, deregistration ends at once).
+    let before = short_connections(&lab, 42900, 30);
+    assert!(before.contains_key("b1"), "{before:?}");
     // web loses b1; a new listener on :82 forwards to a new group; api and its listener go.
     let next = config([1, 1, 1], "")
         .replace(

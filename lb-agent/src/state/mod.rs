@@ -98,6 +98,9 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// small fraction of its weight (scaling every weight alike changes no table).
 const WEIGHT_SCALE: u32 = 100;
 
+/// How often draining targets' live flows are counted (a walk of the connection table).
+const DRAIN_SCAN_EVERY: Duration = Duration::from_secs(5);
+
 /// Steps a slow start's ramp takes: each one rebuilds the group's table.
 const SLOW_START_STEPS: u32 = 20;
 
@@ -433,6 +436,8 @@ pub struct State {
     check_generation: u64,
     /// The data-plane settings written.
     settings: Settings,
+    /// When draining targets' flows are looked at next.
+    next_drain_scan: Option<Instant>,
     transitions: BTreeMap<String, u64>,
 }
 
@@ -1017,7 +1022,7 @@ impl State {
             "deregistered: draining",
         );
         if delay.is_zero() {
-            self.finish_draining(dp, group, address)?;
+            self.finish_draining(dp, group, address, "no deregistration delay")?;
         }
         Ok(delay)
     }
@@ -1038,6 +1043,7 @@ impl State {
         dp: &mut Dataplane,
         group: &str,
         address: SocketAddr,
+        why: &str,
     ) -> Result<()> {
         let backend_id = self
             .group(group)?
@@ -1057,7 +1063,7 @@ impl State {
             .transitions
             .entry("draining->removed".to_owned())
             .or_insert(0) += 1;
-        tracing::info!(group, target = %address, purged_flows = purged, from = "draining", to = "removed", "target deregistered: deregistration delay over");
+        tracing::info!(group, target = %address, purged_flows = purged, from = "draining", to = "removed", "target deregistered: {why}");
         Ok(())
     }
 
@@ -1200,6 +1206,7 @@ impl State {
     /// Time-driven lifecycle: ends draining whose delay is over, moves slow starts along.
     pub fn tick(&mut self, dp: &mut Dataplane) -> Result<()> {
         let now = Instant::now();
+        self.end_idle_draining(dp, now)?;
         let names: Vec<String> = self.groups.keys().cloned().collect();
         for name in names {
             let g = self.group(&name)?;
@@ -1211,7 +1218,7 @@ impl State {
                 .collect();
             let ramping = g.targets.iter().any(|t| t.slow_start_since.is_some());
             for address in done {
-                self.finish_draining(dp, &name, address)?;
+                self.finish_draining(dp, &name, address, "deregistration delay over")?;
             }
             if ramping {
                 let slow_start = self.group(&name)?.slow_start;
@@ -1226,6 +1233,38 @@ impl State {
                 }
             }
             self.publish(dp, &name, now)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the draining of targets with no live flow left (as AWS does), looking at the
+    /// connection table at most every `DRAIN_SCAN_EVERY` while some target drains.
+    fn end_idle_draining(&mut self, dp: &mut Dataplane, now: Instant) -> Result<()> {
+        let draining: Vec<(String, SocketAddr, u32)> = self
+            .groups
+            .iter()
+            .flat_map(|(name, g)| {
+                g.targets
+                    .iter()
+                    .filter(|t| t.draining_until.is_some_and(|until| until > now))
+                    .map(|t| (name.clone(), t.address, t.backend_id))
+            })
+            .collect();
+        if draining.is_empty() || self.next_drain_scan.is_some_and(|at| at > now) {
+            return Ok(());
+        }
+        self.next_drain_scan = Some(now + DRAIN_SCAN_EVERY);
+        let clock = monotonic_coarse_ns();
+        let live: std::collections::HashSet<u32> = dp
+            .flows()?
+            .iter()
+            .filter(|(key, flow)| self.active(key, flow, clock))
+            .map(|(_, flow)| flow.backend_id)
+            .collect();
+        for (group, address, backend_id) in draining {
+            if !live.contains(&backend_id) {
+                self.finish_draining(dp, &group, address, "no live flow left")?;
+            }
         }
         Ok(())
     }

@@ -231,7 +231,7 @@ impl State {
         }
         if delay.is_zero() {
             for (address, _) in leaving {
-                self.finish_draining(dp, name, address)?;
+                self.finish_draining(dp, name, address, "no deregistration delay")?;
             }
         }
         Ok(())
