@@ -688,21 +688,28 @@ fn flows(socket: &Path, json: bool, limit: Option<usize>) -> anyhow::Result<()> 
     }
     let list: Vec<FlowView> = serde_json::from_value(r)?;
     println!(
-        "{:<5} {:<46} {:<46} {:<46} {:<46} GROUP",
-        "PROTO", "CLIENT", "LISTENER", "TARGET", "SNAT"
+        "{:<5} {:<46} {:<46} {:<46} {:<46} {:<12} {:>6} STATE",
+        "PROTO", "CLIENT", "LISTENER", "TARGET", "SNAT", "GROUP", "IDLE"
     );
     for f in &list {
+        let state = match (f.active, f.closing) {
+            (true, false) => "open",
+            (true, true) => "closing",
+            (false, _) => "over",
+        };
         println!(
-            "{:<5} {:<46} {:<46} {:<46} {:<46} {}",
+            "{:<5} {:<46} {:<46} {:<46} {:<46} {:<12} {:>5}s {state}",
             f.protocol,
             f.client.to_string(),
             f.listener.to_string(),
             f.backend.to_string(),
             f.snat.to_string(),
-            f.target_group.as_deref().unwrap_or("-")
+            f.target_group.as_deref().unwrap_or("-"),
+            f.idle_seconds
         );
     }
-    println!("{} flows", list.len());
+    let active = list.iter().filter(|f| f.active).count();
+    println!("{} flows, {active} active", list.len());
     Ok(())
 }
 

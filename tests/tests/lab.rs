@@ -374,4 +374,13 @@ default_action = { forward = "echo" }
         "120 connections through 50 SNAT ports: {} entries, {} active",
         stats["flows"], stats["active_flows"]
     );
+    // Every entry left is of a closed connection: over, or closing for under a second.
+    let listed = agent.cli(&["flows", "--limit", "10"]).expect("flows");
+    let rows: Vec<&str> = listed.lines().filter(|l| l.starts_with("tcp")).collect();
+    assert!(!rows.is_empty() && rows.len() <= 10, "{listed}");
+    assert!(
+        rows.iter()
+            .all(|r| r.ends_with(" over") || r.ends_with(" closing")),
+        "{listed}"
+    );
 }
