@@ -1338,6 +1338,13 @@ impl Config {
         Err(ConfigErrors(errors))
     }
 
+    /// Every target's address, of every group (with repeats).
+    pub fn target_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.target_groups
+            .iter()
+            .flat_map(|g| g.targets.iter().map(|t| t.address))
+    }
+
     /// The group named `name`.
     pub fn group(&self, name: &str) -> Option<&TargetGroup> {
         self.target_groups.iter().find(|g| g.name == name)

@@ -188,13 +188,7 @@ pub fn reload(agent: &Mutex<Agent>) -> Result<Vec<String>, String> {
     let addresses = node::addresses().map_err(|e| format!("{e:#}"))?;
     let snat = node::snat_addresses(&config, &addresses, &source.iface);
     // Outside the lock (it runs `ip`): new targets' next hops are resolved before they serve.
-    for group in &config.target_groups {
-        for target in &group.targets {
-            if let Err(e) = neighbor::keep_resolved(target.address) {
-                tracing::warn!(target = %target.address, error = %e, "cannot keep the target's next hop resolved");
-            }
-        }
-    }
+    neighbor::keep_all_resolved(config.target_addresses());
     let mut guard = lock(agent);
     let Agent {
         dataplane, state, ..
@@ -386,9 +380,7 @@ fn handle_request(agent: &Mutex<Agent>, request: Request) -> Response {
     if let Request::TargetsAdd { address, .. } = &request {
         // Before the target goes live (so its first flows find the next hop's MAC), and
         // outside the lock (it runs `ip`).
-        if let Err(e) = neighbor::keep_resolved(*address) {
-            tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
-        }
+        neighbor::keep_all_resolved([*address]);
     }
     if let Request::Reload = request {
         return match reload(agent) {

@@ -488,8 +488,18 @@ impl Dataplane {
 
     /// The ports some listener uses, with their protocol bits.
     pub fn ports(&self) -> Result<Vec<(u16, u32)>> {
-        let map: Array<_, u32> =
-            Array::try_from(self.map(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
+        let map = self.map(map_names::PORTS)?;
+        // All 65,536 entries in a few batched reads, else one by one.
+        if let aya::maps::Map::Array(data) = map
+            && let Ok(entries) = lookup_batch::<u32, u32>(data.fd().as_fd().as_raw_fd())
+        {
+            return Ok(entries
+                .into_iter()
+                .filter(|&(_, bits)| bits != 0)
+                .filter_map(|(port, bits)| Some((u16::try_from(port).ok()?, bits)))
+                .collect());
+        }
+        let map: Array<_, u32> = Array::try_from(map).map_err(map_err(map_names::PORTS))?;
         Ok((0..=u16::MAX)
             .zip(map.iter())
             .filter_map(|(port, bits)| match bits {
@@ -711,8 +721,8 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every entry of a hash map, with BPF_MAP_LOOKUP_BATCH: a few system calls for the whole
-/// table. Entries that change meanwhile may be seen in either state, as with any walk.
+/// Every entry of a hash or array map, with BPF_MAP_LOOKUP_BATCH: a few system calls for the
+/// whole table. Entries that change meanwhile may be seen in either state, as with any walk.
 fn lookup_batch<K: Copy + Default, V: Copy + Default>(
     fd: std::os::fd::RawFd,
 ) -> std::io::Result<Vec<(K, V)>> {
@@ -722,7 +732,7 @@ fn lookup_batch<K: Copy + Default, V: Copy + Default>(
     let mut keys = vec![K::default(); CHUNK];
     let mut values = vec![V::default(); CHUNK];
     let mut out = Vec::new();
-    // Hash maps' batch token is a bucket index.
+    // The batch token is a u32: a hash map's bucket index, an array's next index.
     let (mut token, mut next) = (0u32, 0u32);
     for round in 0.. {
         let mut attr = BatchAttr {

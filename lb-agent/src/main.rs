@@ -814,16 +814,7 @@ fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let state = State::apply(&cfg, &snat, &mut dataplane).context("programming the data plane")?;
     // Once per address: a target on many ports, or in many groups, has one next hop.
-    let addresses: std::collections::BTreeSet<IpAddr> = cfg
-        .target_groups
-        .iter()
-        .flat_map(|g| g.targets.iter().map(|t| t.address))
-        .collect();
-    for address in addresses {
-        if let Err(e) = neighbor::keep_resolved(address) {
-            tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
-        }
-    }
+    neighbor::keep_all_resolved(cfg.target_addresses());
     let mut modes = Vec::new();
     for iface in &ifaces {
         let changed = dataplane::enable_forwarding(iface)

@@ -62,3 +62,14 @@ pub fn keep_resolved(target: IpAddr) -> Result<(), NeighborError> {
     ip(&["neigh", "replace", &hop.to_string(), "dev", &dev, "managed"])?;
     Ok(())
 }
+
+/// `keep_resolved` for each of `targets`, once per address; a failure is a warning (the
+/// target is still served, its first packets may meet an unresolved next hop).
+pub fn keep_all_resolved(targets: impl IntoIterator<Item = IpAddr>) {
+    let addresses: std::collections::BTreeSet<IpAddr> = targets.into_iter().collect();
+    for address in addresses {
+        if let Err(e) = keep_resolved(address) {
+            tracing::warn!(target = %address, error = %e, "cannot keep the target's next hop resolved");
+        }
+    }
+}

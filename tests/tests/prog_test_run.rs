@@ -176,6 +176,13 @@ fn the_batched_connection_table_read_sees_every_flow_once() {
     batched.sort_by_key(key);
     walked.sort_by_key(key);
     assert_eq!(batched, walked);
+    // The listeners' ports, read in batches too: 80 (TCP over IPv4, TCP and UDP over IPv6),
+    // 53 (UDP), 8443 (TCP).
+    let (tcp, udp) = (lb_common::port_bits::TCP, lb_common::port_bits::UDP);
+    assert_eq!(
+        bed.dataplane.ports().expect("ports"),
+        [(53, udp), (80, tcp | udp), (8443, tcp)]
+    );
 }
 
 #[test]

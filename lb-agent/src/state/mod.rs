@@ -195,6 +195,18 @@ impl GroupState {
         }
     }
 
+    /// Puts `check` in force, configured as `configured`. Targets of a group that was not
+    /// checked were in service unchecked: they stay so (`initial`) until their first check.
+    fn install_check(&mut self, check: Option<GroupCheck>, configured: Option<HealthCheck>) {
+        if check.is_some() && self.check.is_none() {
+            for t in &mut self.targets {
+                t.health = Health::new(true);
+            }
+        }
+        self.check = check;
+        self.health_check = configured;
+    }
+
     /// Whether a target can take new flows at all: registered (not draining), with a weight.
     fn eligible(t: &TargetEntry) -> bool {
         t.draining_until.is_none() && t.weight > 0
@@ -1059,10 +1071,7 @@ impl State {
         let purged = dp.purge_backend(backend_id)?;
         self.take(group, address)?;
         self.free_backend_ids.push(backend_id);
-        *self
-            .transitions
-            .entry("draining->removed".to_owned())
-            .or_insert(0) += 1;
+        self.tally("draining", "removed");
         tracing::info!(group, target = %address, purged_flows = purged, from = "draining", to = "removed", "target deregistered: {why}");
         Ok(())
     }
@@ -1093,11 +1102,13 @@ impl State {
         to: TargetState,
         why: &str,
     ) {
-        *self
-            .transitions
-            .entry(format!("{}->{}", from.as_str(), to.as_str()))
-            .or_insert(0) += 1;
+        self.tally(from.as_str(), to.as_str());
         tracing::info!(group, target = %target, from = from.as_str(), to = to.as_str(), "{why}");
+    }
+
+    /// Counts a state change (`stats`: `health_transitions`).
+    fn tally(&mut self, from: &str, to: &str) {
+        *self.transitions.entry(format!("{from}->{to}")).or_insert(0) += 1;
     }
 
     /// The health checks to run now: one per registration in a group that has a check and
@@ -1178,10 +1189,7 @@ impl State {
         }
         let (backend_id, description) = (t.backend_id, t.health.description.clone());
         let reason = t.health.reason;
-        *self
-            .transitions
-            .entry(format!("{}->{}", from.as_str(), to.as_str()))
-            .or_insert(0) += 1;
+        self.tally(from.as_str(), to.as_str());
         tracing::info!(
             group = spec.group,
             target = %spec.target,
@@ -1279,43 +1287,14 @@ impl State {
         group: &str,
         health_check: HealthCheck,
     ) -> Result<()> {
-        let generation = self.check_generation + 1;
-        let check = if health_check.enabled {
-            Some(
-                GroupCheck::new(&health_check, generation).map_err(|message| {
-                    StateError::HealthCheck {
-                        group: group.to_owned(),
-                        message,
-                    }
-                })?,
-            )
-        } else {
-            None
-        };
-        let g = self.group_mut(group)?;
-        let before = (
-            g.check.take(),
-            g.health_check.replace(health_check.clone()),
-            g.targets
-                .iter()
-                .map(|t| t.health.clone())
-                .collect::<Vec<_>>(),
-        );
-        if check.is_some() && before.0.is_none() {
-            for t in &mut g.targets {
-                t.health = Health::new(true);
-            }
-        }
-        g.check = check;
+        let check = self.check_for(group, health_check.enabled.then(|| health_check.clone()))?;
+        let before = self.group(group)?.clone();
+        self.group_mut(group)?
+            .install_check(check, Some(health_check.clone()));
         if let Err(e) = self.publish(dp, group, Instant::now()) {
-            let g = self.group_mut(group)?;
-            (g.check, g.health_check) = (before.0, before.1);
-            for (t, health) in g.targets.iter_mut().zip(before.2) {
-                t.health = health;
-            }
+            *self.group_mut(group)? = before;
             return Err(e);
         }
-        self.check_generation = generation;
         tracing::info!(
             group,
             enabled = health_check.enabled,

@@ -130,15 +130,8 @@ impl State {
         let mut note = |what: String| changes.push(format!("group {name}: {what}"));
         if self.group(name)?.health_check != group.health_check {
             let check = self.check_for(name, group.effective_health_check())?;
-            let g = self.group_mut(name)?;
-            if check.is_some() && g.check.is_none() {
-                // They were in service unchecked: they stay so until their first check.
-                for t in &mut g.targets {
-                    t.health = Health::new(true);
-                }
-            }
-            g.check = check;
-            g.health_check = group.health_check.clone();
+            self.group_mut(name)?
+                .install_check(check, group.health_check.clone());
             note("health check replaced".to_owned());
         }
         let g = self.group_mut(name)?;
