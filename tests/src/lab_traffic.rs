@@ -165,6 +165,14 @@ impl EchoFlow {
         }
     }
 
+    /// The index in `lab.backends()` of the backend serving it.
+    pub fn serving_index(&self, lab: &Lab) -> usize {
+        lab.backends()
+            .iter()
+            .position(|b| b.role == self.serving)
+            .unwrap_or_else(|| panic!("`{}` is no backend's name", self.serving))
+    }
+
     /// Waits for the end; the bytes echoed, or a panic saying how the flow failed.
     pub fn finish(mut self) -> u64 {
         let result = self
@@ -184,4 +192,33 @@ impl EchoFlow {
             .and_then(|n| n.parse().ok())
             .expect("byte count")
     }
+}
+
+/// Starts `iperf3 -c VIP4 -p 5201 -t SECONDS -J` on the client in the background; its pid.
+pub fn start_iperf3(lab: &Lab, seconds: u32) -> u32 {
+    lab.spawn(
+        lab.client(),
+        &[
+            "iperf3",
+            "-c",
+            &VIP4.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ],
+    )
+    .expect("iperf3 client")
+}
+
+/// Waits (at most 20 s) for an iperf3 run of `start_iperf3` to end; its JSON report, which
+/// must hold no error.
+pub fn iperf3_report(lab: &Lab, pid: u32) -> serde_json::Value {
+    lab.wait_ended(pid, Duration::from_secs(20))
+        .expect("iperf3 finishes");
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.log(pid).expect("iperf3 output")).expect("iperf3 JSON");
+    assert!(report.get("error").is_none(), "iperf3: {}", report["error"]);
+    report
 }

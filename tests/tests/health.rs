@@ -10,8 +10,8 @@ use std::{
 };
 
 use tests::lab_traffic::{
-    EchoFlow, lab_with_agent, lab_with_agent_and_servers, short_connections, short_connections_to,
-    target, wait_for_state,
+    EchoFlow, iperf3_report, lab_with_agent, lab_with_agent_and_servers, short_connections,
+    short_connections_to, start_iperf3, target, wait_for_state,
 };
 use xtask::{
     agent::LabAgent,
@@ -107,21 +107,7 @@ default_action = {{ forward = "iperf" }}
     let (lab, servers, agent) = lab_with_agent_and_servers("hk", 3, &config);
     wait_all_healthy(&agent, &lab, "echo");
     // A long iperf3 stream through the VIP to one backend; the victim is another one.
-    let iperf = lab
-        .spawn(
-            lab.client(),
-            &[
-                "iperf3",
-                "-c",
-                &VIP4.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "8",
-                "-J",
-            ],
-        )
-        .expect("iperf3 client");
+    let iperf = start_iperf3(&lab, 8);
     let deadline = Instant::now() + Duration::from_secs(5);
     let streaming = loop {
         let busy: Vec<usize> = (0..3)
@@ -166,14 +152,7 @@ default_action = {{ forward = "iperf" }}
     assert!(!served.contains_key(&victim_name), "{served:?}");
 
     // The iperf3 stream to another backend ran on undisturbed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.is_running(iperf) {
-        assert!(Instant::now() < deadline, "iperf3 did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&lab.log(iperf).expect("iperf3 output")).expect("iperf3 JSON");
-    assert!(report.get("error").is_none(), "iperf3: {}", report["error"]);
+    let report = iperf3_report(&lab, iperf);
     let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(received > 10_000_000, "iperf3 moved only {received} bytes");
 
@@ -256,11 +235,7 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
     // A flow that echoes 4 KiB chunks for 3 s, comparing every byte.
     let flow = EchoFlow::start(&lab, 3);
     let serving = flow.serving.clone();
-    let index = lab
-        .backends()
-        .iter()
-        .position(|b| b.role == serving)
-        .expect("a backend's name");
+    let index = flow.serving_index(&lab);
     let address = echo_address(&lab, index);
     let removed_at = Instant::now();
     let said = agent
@@ -792,11 +767,8 @@ default_action = {{ forward = "many" }}
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.is_running(listener) {
-        assert!(Instant::now() < deadline, "the listener did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_ended(listener, Duration::from_secs(20))
+        .expect("the listener finishes");
     let log = lab.log(listener).expect("listener log");
     let times: Vec<f64> = log
         .lines()
@@ -849,11 +821,7 @@ fn a_draining_target_with_no_live_flow_left_is_removed_before_the_delay() {
     let (lab, agent) = lab_with_agent("he", 3, &config);
     wait_all_healthy(&agent, &lab, "echo");
     let flow = EchoFlow::start(&lab, 2);
-    let index = lab
-        .backends()
-        .iter()
-        .position(|b| b.role == flow.serving)
-        .expect("a backend's name");
+    let index = flow.serving_index(&lab);
     let address = echo_address(&lab, index);
     agent
         .cli(&["targets", "remove", "--group", "echo", &address])

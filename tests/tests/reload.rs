@@ -283,11 +283,8 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     // So does a restart.
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while lab.is_running(agent.pid()) {
-        assert!(std::time::Instant::now() < deadline, "agent still running");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.wait_ended(agent.pid(), Duration::from_secs(10))
+        .expect("the agent ends");
     let agent = LabAgent::start(
         &lab,
         &tests::lab_traffic::agent_binary(),

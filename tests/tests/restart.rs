@@ -5,12 +5,10 @@
 use std::time::{Duration, Instant};
 
 use tests::lab_traffic::{
-    agent_binary, config_path, lab_with_agent, short_connections, wait_for_state,
+    agent_binary, config_path, iperf3_report, lab_with_agent, short_connections, start_iperf3,
+    wait_for_state,
 };
-use xtask::{
-    agent::LabAgent,
-    lab::{self, Lab, VIP4},
-};
+use xtask::{agent::LabAgent, lab};
 
 const CONFIG: &str = r#"
 [[target_group]]
@@ -43,43 +41,21 @@ protocol = "tcp"
 default_action = { forward = "echo" }
 "#;
 
-/// Waits (at most 10 s) until a spawned process has ended.
-fn wait_gone(lab: &Lab, pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.is_running(pid) {
-        assert!(Instant::now() < deadline, "process {pid} still running");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
     let (lab, agent) = lab_with_agent("kr", 3, CONFIG);
     for b in ["198.18.0.21:8080", "198.18.0.22:8080"] {
         wait_for_state(&agent, "echo", b, "healthy", Duration::from_secs(4));
     }
-    let iperf = lab
-        .spawn(
-            lab.client(),
-            &[
-                "iperf3",
-                "-c",
-                &VIP4.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "10",
-                "-J",
-            ],
-        )
-        .expect("iperf3 client");
+    let iperf = start_iperf3(&lab, 10);
     std::thread::sleep(Duration::from_secs(2));
 
     // SIGKILL: no chance to clean up.
     let first = agent.pid();
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
-    wait_gone(&lab, first);
+    lab.wait_ended(first, Duration::from_secs(10))
+        .expect("the agent ends");
     let attached = lab::xdp_attachment(&lab.lb().ns, "eth0")
         .expect("ip link")
         .expect("the program stays attached without its agent");
@@ -114,14 +90,7 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
         "the iperf3 flow is missing from the adopted table: {flows:#}"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.is_running(iperf) {
-        assert!(Instant::now() < deadline, "iperf3 did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&lab.log(iperf).expect("iperf3 output")).expect("iperf3 JSON");
-    assert!(report.get("error").is_none(), "iperf3: {}", report["error"]);
+    let report = iperf3_report(&lab, iperf);
     let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     let seconds = report["end"]["sum_received"]["seconds"]
         .as_f64()
@@ -193,7 +162,8 @@ fn a_second_agent_is_refused_and_detach_removes_everything() {
     // SIGTERM leaves the data plane serving, pinned.
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-    wait_gone(&lab, agent.pid());
+    lab.wait_ended(agent.pid(), Duration::from_secs(10))
+        .expect("the agent ends");
     let log = lab.log(agent.pid()).expect("log");
     assert!(log.contains("keeps serving"), "{log}");
     assert!(

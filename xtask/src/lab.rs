@@ -377,6 +377,19 @@ impl Lab {
             .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
     }
 
+    /// Waits until a process started with `spawn` has ended, at most `timeout`.
+    pub fn wait_ended(&self, pid: u32, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.is_running(pid) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "process {pid} still runs after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Kills a process started with `spawn` and waits for it (at most 5 s).
     pub fn stop(&self, pid: u32) -> anyhow::Result<()> {
         let mut processes = self.processes.lock().map_err(|_| poisoned())?;
