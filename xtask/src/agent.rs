@@ -33,9 +33,8 @@ impl LabAgent {
         config: &Path,
         ifaces: &[&str],
     ) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("lb-agent-{}", lab.name()));
-        std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("agent.sock");
+        // In the lab's directory, which goes with the lab.
+        let socket = lab.log_dir().join("agent.sock");
         let _ = std::fs::remove_file(&socket);
         let pin_dir = lab.bpffs()?.join("lb-agent");
         // JSON logs: tests read them as the structured events they are.

@@ -1359,6 +1359,11 @@ mod tests {
         });
         assert!(result.is_err());
         assert_eq!(namespaces_of(&name), Vec::<String>::new());
+        // A failing test's logs are kept for whoever reads its failure; this one failed on
+        // purpose, so they go now.
+        let logs = std::env::temp_dir().join(format!("lab-{name}"));
+        assert!(logs.is_dir(), "no logs kept in {}", logs.display());
+        std::fs::remove_dir_all(&logs).expect("remove the kept logs");
     }
 
     #[test]
