@@ -2,9 +2,20 @@
 //! target, the data plane's verdicts, the connection table's fill, and the agent itself.
 //! Names follow Prometheus conventions: `lb_` prefix, `_total` counters, base units.
 
-use std::{fmt::Write as _, sync::Mutex};
+use std::{fmt::Write as _, time::SystemTime};
 
-use crate::{control::Agent, health::TargetState};
+use crate::{
+    health::TargetState,
+    protocol::{GroupView, StatsView},
+};
+
+/// What the metrics are made of.
+pub struct MetricsInput<'a> {
+    pub stats: &'a StatsView,
+    pub groups: &'a [GroupView],
+    pub started: SystemTime,
+    pub config_version: u64,
+}
 
 /// The text format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -56,16 +67,8 @@ fn escape(value: &str) -> String {
 }
 
 /// The metrics text.
-pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
-    let guard = match agent.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let stats = guard
-        .state
-        .stats(&guard.dataplane)
-        .map_err(|e| e.to_string())?;
-    let groups = guard.state.groups();
+pub fn render(input: &MetricsInput<'_>) -> String {
+    let (stats, groups) = (input.stats, input.groups);
     let mut out = String::new();
 
     let mut f = Family::new(
@@ -79,7 +82,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
-    let started = guard
+    let started = input
         .started
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -96,7 +99,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         "gauge",
         "The agent's state version: it grows with every change (API write, reload).",
     );
-    f.sample("lb_agent_config_version", &[], guard.version as f64);
+    f.sample("lb_agent_config_version", &[], input.config_version as f64);
 
     for (name, help, pick) in [
         (
@@ -181,7 +184,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         ),
     ] {
         let mut f = Family::new(&mut out, name, kind, help);
-        for g in &groups {
+        for g in groups {
             let sum: u64 = stats
                 .targets
                 .iter()
@@ -309,7 +312,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         "gauge",
         "Targets registered in a group, draining ones included.",
     );
-    for g in &groups {
+    for g in groups {
         f.sample(
             "lb_target_group_targets",
             &[("target_group", &g.name)],
@@ -322,7 +325,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         "gauge",
         "Targets of a group that receive new flows.",
     );
-    for g in &groups {
+    for g in groups {
         f.sample(
             "lb_target_group_targets_in_service",
             &[("target_group", &g.name)],
@@ -335,7 +338,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
         "gauge",
         "1 if no target of the group is healthy and new flows go to all of them.",
     );
-    for g in &groups {
+    for g in groups {
         f.sample(
             "lb_target_group_failing_open",
             &[("target_group", &g.name)],
@@ -395,7 +398,7 @@ pub fn render(agent: &Mutex<Agent>) -> Result<String, String> {
             *n as f64,
         );
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

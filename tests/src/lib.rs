@@ -13,7 +13,11 @@ use std::{
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use lb_agent::{config::Config, dataplane::Dataplane, state::State};
+use lb_agent::{
+    config::Config,
+    dataplane::{Dataplane, Maps as _},
+    state::{Ids, State},
+};
 use lb_common::program_names;
 
 /// The config the test bed programs (addresses of the lab's plan).
@@ -221,7 +225,14 @@ impl TestBed {
         let mut dataplane =
             Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
         let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();
-        let state = State::apply(&config, &snat, &mut dataplane).expect("program maps");
+        let state = State::apply(
+            &config,
+            &snat,
+            &mut dataplane,
+            &Ids::default(),
+            std::time::Instant::now(),
+        )
+        .expect("program maps");
         Self {
             dataplane,
             state,

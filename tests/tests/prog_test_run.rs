@@ -1,7 +1,12 @@
 //! The XDP program on crafted frames (BPF_PROG_TEST_RUN), its maps filled by the agent's code.
 //! Needs root. Each test builds its own namespace and maps.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Instant,
+};
+
+use lb_agent::dataplane::{MapReader as _, Maps as _};
 
 use lb_common::verdict;
 use tests::{
@@ -171,7 +176,12 @@ fn the_batched_connection_table_read_sees_every_flow_once() {
         (k.src.0, k.sport, k.dst.0, k.dport, k.proto)
     };
     let mut batched = bed.dataplane.flows().expect("batched read");
-    let mut walked = bed.dataplane.flows_one_by_one().expect("entry by entry");
+    let mut walked = bed
+        .dataplane
+        .reader()
+        .expect("reader")
+        .flows_one_by_one()
+        .expect("entry by entry");
     assert_eq!(batched.len(), count as usize);
     batched.sort_by_key(key);
     walked.sort_by_key(key);
@@ -305,7 +315,7 @@ fn established_flows_keep_their_backend_when_targets_change() {
         "no flow went to {removed}"
     );
     bed.state
-        .remove_target(&mut bed.dataplane, "web", removed)
+        .remove_target(&mut bed.dataplane, "web", removed, Instant::now())
         .expect("remove live");
     for (f, (backend, sport)) in frames.iter().zip(&first) {
         let f = Frame {
@@ -513,23 +523,33 @@ fn refused_target_changes_leave_the_table_untouched() {
     let dup: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
     let absent: SocketAddr = "198.18.0.99:8080".parse().expect("addr");
     assert!(
-        bed.state.add_target(dp, "web", v6, 1).is_err(),
+        bed.state
+            .add_target(dp, "web", v6, 1, Instant::now())
+            .is_err(),
         "IPv6 target in an IPv4 group"
     );
     assert!(
-        bed.state.add_target(dp, "web", dup, 1).is_err(),
+        bed.state
+            .add_target(dp, "web", dup, 1, Instant::now())
+            .is_err(),
         "duplicate target"
     );
     assert!(
-        bed.state.add_target(dp, "web", absent, 1001).is_err(),
+        bed.state
+            .add_target(dp, "web", absent, 1001, Instant::now())
+            .is_err(),
         "weight out of range"
     );
     assert!(
-        bed.state.add_target(dp, "nope", absent, 1).is_err(),
+        bed.state
+            .add_target(dp, "nope", absent, 1, Instant::now())
+            .is_err(),
         "unknown group"
     );
     assert!(
-        bed.state.remove_target(dp, "web", absent).is_err(),
+        bed.state
+            .remove_target(dp, "web", absent, Instant::now())
+            .is_err(),
         "unregistered target"
     );
     assert_eq!(
@@ -552,10 +572,10 @@ fn a_weight_zero_target_gets_no_new_flows_and_comes_back_to_the_same_slots() {
     let before = active_table(&bed, "web");
     let idle: SocketAddr = "198.18.0.23:8080".parse().expect("addr");
     bed.state
-        .remove_target(&mut bed.dataplane, "web", idle)
+        .remove_target(&mut bed.dataplane, "web", idle, Instant::now())
         .expect("remove");
     bed.state
-        .add_target(&mut bed.dataplane, "web", idle, 0)
+        .add_target(&mut bed.dataplane, "web", idle, 0, Instant::now())
         .expect("add with weight 0");
     let idle_id = bed.state.backend_id("web", idle).expect("id");
     assert!(
@@ -574,10 +594,10 @@ fn a_weight_zero_target_gets_no_new_flows_and_comes_back_to_the_same_slots() {
     }
     // Back to weight 1: the original table again (Maglev is deterministic).
     bed.state
-        .remove_target(&mut bed.dataplane, "web", idle)
+        .remove_target(&mut bed.dataplane, "web", idle, Instant::now())
         .expect("remove");
     bed.state
-        .add_target(&mut bed.dataplane, "web", idle, 1)
+        .add_target(&mut bed.dataplane, "web", idle, 1, Instant::now())
         .expect("add");
     let after = active_table(&bed, "web");
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();

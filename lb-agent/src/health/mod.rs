@@ -1,10 +1,9 @@
 //! Target health: the states a target goes through, and how check results move it.
 //!
-//! `Health` is a pure state machine (host-testable); `probe` runs one check; `monitor` runs
-//! the checks of every target on a schedule and feeds their results to the agent's `State`.
+//! `Health` is a pure state machine (host-testable); `probe` runs one check (the agent's
+//! `monitor` schedules them).
 //! States and reason codes are AWS's, so an operator reads them as on an ELB target group.
 
-pub mod monitor;
 pub mod probe;
 
 use std::time::Duration;

@@ -10,9 +10,10 @@ impl State {
     /// new ones wait for their checks as on `targets add`. On error nothing is left changed.
     pub fn reload(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl Maps,
         config: &Config,
         snat: &[IpAddr],
+        now: Instant,
     ) -> Result<Vec<String>> {
         if config.agent.maglev_table_size != dp.maglev_size() {
             return Err(StateError::NeedsRestart(format!(
@@ -28,25 +29,17 @@ impl State {
                 dp.group_capacity()
             )));
         }
-        let before = self.clone();
-        let result = self.reload_steps(dp, config, snat);
-        if result.is_err() {
-            *self = before;
-            if let Err(e) = self.rewrite(dp) {
-                tracing::error!(error = %e, "putting back the state before the failed reload failed too");
-            }
-        }
-        result
+        self.atomically(dp, |state, dp| state.reload_steps(dp, config, snat, now))
     }
 
     fn reload_steps(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl Maps,
         config: &Config,
         snat: &[IpAddr],
+        now: Instant,
     ) -> Result<Vec<String>> {
         let mut changes = Vec::new();
-        let now = Instant::now();
         let settings = settings_for(config, snat, dp.maglev_size())?;
         if settings != self.settings {
             dp.set_settings(&settings)?;
@@ -72,7 +65,7 @@ impl State {
                     let targets = desired_targets(group)?;
                     for &(address, weight) in &targets {
                         // As at start-up: in service while the first checks run.
-                        self.register(dp, &group.name, address, weight, true)?;
+                        self.register(dp, &group.name, address, weight, true, None)?;
                     }
                     self.publish(dp, &group.name, now)?;
                     changes.push(format!(
@@ -83,7 +76,12 @@ impl State {
                 }
             }
         }
-        let listeners = self.listener_states(config);
+        let previous: BTreeMap<String, u32> = self
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.id))
+            .collect();
+        let listeners = self.listener_states(config, &previous);
         for l in &listeners {
             match self.listeners.iter().find(|old| old.name == l.name) {
                 None => changes.push(format!("listener {}: added ({})", l.name, l.address)),
@@ -120,7 +118,7 @@ impl State {
     /// (which writes nothing if its table did not change).
     fn update_group(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl Maps,
         group: &TargetGroup,
         family: Option<u8>,
         now: Instant,
@@ -165,13 +163,11 @@ impl State {
         let desired = desired_targets(group)?;
         let mut returned = Vec::new();
         for &(address, weight) in &desired {
-            if weight > MAX_WEIGHT {
-                return Err(StateError::Weight(weight));
-            }
+            let weight = check_weight(weight)?;
             let g = self.group_mut(name)?;
             match g.targets.iter_mut().find(|t| t.address == address) {
                 None => {
-                    self.register(dp, name, address, weight, false)?;
+                    self.register(dp, name, address, weight, false, None)?;
                     note(format!("target {address} registered (weight {weight})"));
                 }
                 Some(t) if t.draining_until.is_some() => {
@@ -242,7 +238,7 @@ impl State {
     }
 
     /// Forgets a group: its targets' flows are cut and their ids freed, its table emptied.
-    fn remove_group(&mut self, dp: &mut Dataplane, name: &str) -> Result<()> {
+    fn remove_group(&mut self, dp: &mut impl Maps, name: &str) -> Result<()> {
         let Some(g) = self.groups.remove(name) else {
             return Ok(());
         };
@@ -256,38 +252,24 @@ impl State {
         dp.write_maglev(g.id, 0, &vec![0; dp.maglev_size() as usize])?;
         for t in g.targets {
             let purged = dp.purge_backend(t.backend_id)?;
-            self.free_backend_ids.push(t.backend_id);
             tracing::info!(group = name, target = %t.address, purged_flows = purged, "target removed with its group");
         }
         Ok(())
     }
 
-    /// Writes everything this state holds into the maps again (after a failed reload).
-    fn rewrite(&mut self, dp: &mut Dataplane) -> Result<()> {
+    /// Writes everything this state holds into the maps again: settings, backends, the
+    /// tables it had published, listeners (after a failed change).
+    pub(super) fn rewrite(&mut self, dp: &mut impl Maps) -> Result<()> {
         dp.set_settings(&self.settings)?;
-        let now = Instant::now();
         let names: Vec<String> = self.groups.keys().cloned().collect();
         for name in names {
-            let g = self.group_mut(&name)?;
-            g.published = None;
-            let backends: Vec<(u32, SocketAddr)> = g
-                .targets
-                .iter()
-                .map(|t| (t.backend_id, t.address))
-                .collect();
-            for (id, address) in backends {
-                let (addr, family) = addr_of(address.ip());
-                dp.set_backend(
-                    id,
-                    &Backend {
-                        addr,
-                        port: address.port().to_be(),
-                        family,
-                        _pad: 0,
-                    },
-                )?;
+            let g = self.group(&name)?;
+            for t in &g.targets {
+                dp.set_backend(t.backend_id, &backend_of(t.address))?;
             }
-            self.publish(dp, &name, now)?;
+            if let Some(plan) = g.published.clone() {
+                self.write_table(dp, &name, plan)?;
+            }
         }
         let listeners = self.listeners.clone();
         self.write_listeners(dp, listeners, true)

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use lb_agent::dataplane::MapReader as _;
 use lb_common::program_names;
 use tests::{TestBed, packet::Frame};
 
@@ -83,14 +84,15 @@ fn conntrack_read(bed: &mut TestBed) {
         let frame = Frame::tcp(client, 10_000 + (i % 45_000) as u16, vip, 80).build();
         bed.run(&frame);
     }
+    let reader = bed.dataplane.reader().expect("open the maps for reading");
     let time = |batched: bool| {
         let mut v: Vec<(f64, usize)> = (0..3)
             .map(|_| {
                 let start = std::time::Instant::now();
                 let n = if batched {
-                    bed.dataplane.flows()
+                    reader.flows()
                 } else {
-                    bed.dataplane.flows_one_by_one()
+                    reader.flows_one_by_one()
                 }
                 .expect("read the connection table")
                 .len();

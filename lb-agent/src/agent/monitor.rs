@@ -3,20 +3,16 @@
 //! One task per registration checks its target every `interval`; tasks start at a random
 //! offset within the interval (targets the agent started with) or within a second (targets
 //! added later), so a thousand targets do not fire at once, and at most
-//! `MAX_CONCURRENT_CHECKS` checks are in flight. Results go to `State::record_check`, which
-//! moves states and tables. A reconcile loop starts tasks for new registrations, stops those
-//! of registrations that are gone, ends draining and moves slow starts along.
+//! `MAX_CONCURRENT_CHECKS` checks are in flight. Results go to the writer, which moves states
+//! and tables. A reconcile loop tells the writer the time (draining ends, slow starts move
+//! along), starts tasks for new registrations and stops those of registrations that are gone.
 
-use std::{
-    collections::HashMap,
-    hash::BuildHasher as _,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, hash::BuildHasher as _, sync::Arc, time::Duration};
 
 use tokio::{sync::Semaphore, sync::watch, task::JoinHandle};
 
-use crate::{control::Agent, state::CheckSpec};
+use super::{Change, Handle};
+use crate::state::CheckSpec;
 
 /// Checks in flight at once, over all targets.
 pub const MAX_CONCURRENT_CHECKS: usize = 128;
@@ -25,7 +21,7 @@ pub const MAX_CONCURRENT_CHECKS: usize = 128;
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs until `stop` turns true.
-pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
+pub async fn run(agent: Handle, mut stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
     let seed = std::collections::hash_map::RandomState::new();
     // Keyed by (group, registration, check generation): a replaced check restarts its tasks.
@@ -37,22 +33,10 @@ pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
             _ = reconcile.tick() => {}
         }
-        let agent_now = agent.clone();
-        let specs = tokio::task::spawn_blocking(move || {
-            let mut guard = match agent_now.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let Agent {
-                dataplane, state, ..
-            } = &mut *guard;
-            if let Err(e) = state.tick(dataplane) {
-                tracing::error!(error = %e, "target lifecycle step failed");
-            }
-            state.checks()
-        })
-        .await
-        .unwrap_or_default();
+        if !agent.send(Change::Tick) {
+            break;
+        }
+        let specs = agent.snapshot().state.checks();
         tasks.retain(|key, task| {
             let wanted = specs
                 .iter()
@@ -79,12 +63,7 @@ pub async fn run(agent: Arc<Mutex<Agent>>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Checks one registration every `interval`, from `offset` on.
-async fn check_loop(
-    agent: Arc<Mutex<Agent>>,
-    spec: CheckSpec,
-    permits: Arc<Semaphore>,
-    offset: Duration,
-) {
+async fn check_loop(agent: Handle, spec: CheckSpec, permits: Arc<Semaphore>, offset: Duration) {
     let start = tokio::time::Instant::now() + offset;
     let mut ticker = tokio::time::interval_at(start, spec.interval);
     // A check that waited for a permit does not make the next ones bunch up.
@@ -98,22 +77,12 @@ async fn check_loop(
             };
             spec.probe.check(spec.target).await
         };
-        let (agent, spec) = (agent.clone(), spec.clone());
-        let recorded = tokio::task::spawn_blocking(move || {
-            let mut guard = match agent.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let Agent {
-                dataplane, state, ..
-            } = &mut *guard;
-            state.record_check(dataplane, &spec, &result)
-        })
-        .await;
-        match recorded {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "applying a health check result failed"),
-            Err(e) => tracing::error!(error = %e, "health check task failed"),
+        let change = Change::CheckResult {
+            spec: CheckSpec::clone(&spec),
+            result,
+        };
+        if !agent.send(change) {
+            return;
         }
     }
 }

@@ -1,0 +1,211 @@
+//! The running agent as its API and its health checks see it: writes go to the one `writer`
+//! (in order, on a channel), reads are answered from the last published snapshot and the data
+//! plane's counters, without waiting for the writer. `monitor` runs the health checks.
+
+pub mod monitor;
+pub mod writer;
+
+use std::{sync::Arc, time::SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    config::Config,
+    dataplane::MapReader,
+    protocol::{
+        Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, Request, StatusView, Validation,
+    },
+};
+pub use writer::{Change, ConfigSource, Node, Snapshot, Writer};
+
+/// What does not change while the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub started: SystemTime,
+    pub pin_dir: Option<String>,
+    pub adopted: bool,
+    pub interfaces: Vec<InterfaceView>,
+}
+
+/// A handle on the running agent: cheap to clone, one per API connection or check task.
+#[derive(Clone)]
+pub struct Handle {
+    changes: mpsc::UnboundedSender<Change>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    reader: Arc<dyn MapReader + Send + Sync>,
+    info: Arc<AgentInfo>,
+}
+
+impl Handle {
+    pub fn new(
+        changes: mpsc::UnboundedSender<Change>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        reader: Arc<dyn MapReader + Send + Sync>,
+        info: AgentInfo,
+    ) -> Self {
+        Self {
+            changes,
+            snapshots,
+            reader,
+            info: Arc::new(info),
+        }
+    }
+
+    /// The state as of the last change.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Hands a change to the writer (fire and forget); false if the writer is gone.
+    pub fn send(&self, change: Change) -> bool {
+        self.changes.send(change).is_ok()
+    }
+
+    /// Answers a request: a write through the writer, a read from the snapshot.
+    pub async fn call(&self, request: Request, if_match: Option<u64>) -> Result<Answer, ApiError> {
+        if request.writes() {
+            let (reply, answer) = oneshot::channel();
+            let sent = self.send(Change::Request {
+                request,
+                if_match,
+                reply,
+            });
+            if !sent {
+                return Err(ApiError::new(503, "the agent is stopping"));
+            }
+            return answer
+                .await
+                .unwrap_or_else(|_| Err(ApiError::new(503, "the agent is stopping")));
+        }
+        let (snapshot, reader, info) = (self.snapshot(), self.reader.clone(), self.info.clone());
+        // Map reads are system calls (a connection-table walk may take tens of ms).
+        tokio::task::spawn_blocking(move || read(&snapshot, reader.as_ref(), &info, request))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::new(500, format!("internal error: {e}"))))
+    }
+
+    /// The Prometheus text of the current state and counters.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let (snapshot, reader, info) = (self.snapshot(), self.reader.clone(), self.info.clone());
+        tokio::task::spawn_blocking(move || {
+            let stats = snapshot.state.stats(reader.as_ref()).map_err(internal)?;
+            let groups = snapshot.state.groups();
+            Ok(crate::metrics::render(&crate::metrics::MetricsInput {
+                stats: &stats,
+                groups: &groups,
+                started: info.started,
+                config_version: snapshot.version,
+            }))
+        })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(500, format!("internal error: {e}"))))
+    }
+
+    /// The state version (for `ETag`).
+    pub fn version(&self) -> u64 {
+        self.snapshots.borrow().version
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(500, e.to_string())
+}
+
+/// Answers a read request from `snapshot` and the data plane's counters.
+fn read(
+    snapshot: &Snapshot,
+    reader: &dyn MapReader,
+    info: &AgentInfo,
+    request: Request,
+) -> Result<Answer, ApiError> {
+    let state = &snapshot.state;
+    let not_found = |e: crate::state::StateError| match e {
+        crate::state::StateError::NoGroup(_) => ApiError::new(404, e.to_string()),
+        e => internal(e),
+    };
+    Ok(match request {
+        Request::TargetsList { group } => {
+            Answer::Targets(state.targets(reader, group.as_deref()).map_err(not_found)?)
+        }
+        Request::Groups => Answer::Groups(state.groups()),
+        Request::Stats => Answer::Stats(state.stats(reader).map_err(internal)?),
+        Request::Flows { limit } => {
+            let mut flows = state.flows(reader).map_err(internal)?;
+            flows.truncate(limit.unwrap_or(usize::MAX));
+            Answer::Flows(flows)
+        }
+        Request::Listeners => Answer::Listeners(state.stats(reader).map_err(internal)?.listeners),
+        Request::OverridesList => Answer::Overrides(snapshot.overrides.clone()),
+        Request::Status => {
+            let stats = state.stats(reader).map_err(internal)?;
+            Answer::Status(StatusView {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                pid: std::process::id(),
+                uptime_seconds: info.started.elapsed().unwrap_or_default().as_secs(),
+                config: snapshot
+                    .source
+                    .as_ref()
+                    .map(|s| s.path.display().to_string()),
+                state_file: snapshot
+                    .source
+                    .as_ref()
+                    .map(|s| s.state_file.display().to_string()),
+                overrides: snapshot.overrides.len(),
+                pin_dir: info.pin_dir.clone(),
+                adopted: info.adopted,
+                interfaces: info.interfaces.clone(),
+                listeners: stats.listeners,
+                groups: state.groups(),
+                flows: stats.flows,
+                active_flows: stats.active_flows,
+                health_transitions: stats.health_transitions,
+            })
+        }
+        Request::ConfigGet => {
+            let source = snapshot
+                .source
+                .as_ref()
+                .ok_or_else(|| ApiError::new(404, "this agent runs no config file"))?;
+            let text = std::fs::read_to_string(&source.path).map_err(|e| {
+                ApiError::new(500, format!("reading {}: {e}", source.path.display()))
+            })?;
+            Answer::ConfigFile(ConfigFile {
+                path: source.path.display().to_string(),
+                text,
+                state_file: source.state_file.display().to_string(),
+                overrides: snapshot.overrides.len(),
+            })
+        }
+        Request::ConfigValidate { text } => {
+            let name = snapshot
+                .source
+                .as_ref()
+                .map_or_else(|| "config".to_owned(), |s| s.path.display().to_string());
+            Answer::Validation(match Config::parse(&text, &name) {
+                Ok(_) => Validation {
+                    valid: true,
+                    errors: Vec::new(),
+                },
+                Err(errors) => Validation {
+                    valid: false,
+                    errors: errors
+                        .0
+                        .iter()
+                        .map(|e| ConfigProblem {
+                            line: e.line,
+                            column: e.column,
+                            field: e.field.clone(),
+                            message: e.message.clone(),
+                        })
+                        .collect(),
+                },
+            })
+        }
+        write => {
+            return Err(ApiError::new(
+                500,
+                format!("internal error: {:?} is a change, not a read", write.kind()),
+            ));
+        }
+    })
+}

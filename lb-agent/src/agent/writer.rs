@@ -1,0 +1,482 @@
+//! The one writer: a thread that owns the `State` and the data plane's maps and applies every
+//! change in the order it arrives on its channel: API writes, reloads, health-check results and
+//! the lifecycle clock (draining, slow start). After each change it publishes a `Snapshot`
+//! that readers use without ever waiting for it.
+//!
+//! Every change is checked as the whole config it produces (the file, the API's overrides and
+//! this change) before anything is applied or saved, and an `If-Match` version is compared in
+//! the same step as the write it guards.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    config::Config,
+    dataplane::{Detach, Maps},
+    health::probe::ProbeResult,
+    overrides::{Overrides, TargetOverride},
+    protocol::{
+        Answer, ApiError, Changes, Detached, HealthCheckSet, Request, TargetDeregistered,
+        TargetRegistered, WeightChanged,
+    },
+    state::{CheckSpec, Ids, State, StateError},
+};
+
+/// The config file a writer runs, and where its side files go.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Where the API's changes are kept (`Overrides`).
+    pub state_file: PathBuf,
+    /// Where the data-plane ids are kept (`Ids`).
+    pub ids_file: PathBuf,
+}
+
+/// What readers see: the state as of the last change, and what it was built from.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub state: State,
+    /// Grows with every change (API write, reload): writes may name the version they saw.
+    pub version: u64,
+    pub overrides: Overrides,
+    pub source: Option<ConfigSource>,
+}
+
+/// A change for the writer.
+pub enum Change {
+    /// A write request from the API (`Request::writes`), with the version it is based on.
+    Request {
+        request: Request,
+        if_match: Option<u64>,
+        reply: oneshot::Sender<Result<Answer, ApiError>>,
+    },
+    /// A health check's result.
+    CheckResult {
+        spec: CheckSpec,
+        result: ProbeResult,
+    },
+    /// Time passed: end draining, move slow starts along.
+    Tick,
+}
+
+/// The full-NAT source addresses a config gets on a node.
+pub type SnatAddresses = Box<dyn Fn(&Config) -> Result<Vec<IpAddr>, String> + Send>;
+
+/// What the writer needs from the node, apart from the maps: kept behind functions so that
+/// the writer runs in tests without a network.
+pub struct Node {
+    /// The full-NAT source addresses a config gets on this node.
+    pub snat_addresses: SnatAddresses,
+    /// Makes the kernel resolve and keep the next hops of these targets.
+    pub resolve_next_hops: Box<dyn Fn(Vec<IpAddr>) + Send>,
+}
+
+impl Node {
+    /// A node whose full-NAT sources are the config's, and that resolves nothing.
+    pub fn fixed() -> Self {
+        Self {
+            snat_addresses: Box::new(|config| Ok(config.agent.snat_addresses.clone())),
+            resolve_next_hops: Box::new(|_| {}),
+        }
+    }
+}
+
+/// The writer: owner of the state and the maps.
+pub struct Writer<M> {
+    state: State,
+    maps: M,
+    /// The config file as last read (without overrides).
+    file: Config,
+    source: Option<ConfigSource>,
+    overrides: Overrides,
+    version: u64,
+    node: Node,
+    ids: Ids,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    /// The data plane was detached on request.
+    detached: bool,
+}
+
+impl<M: Maps + Detach> Writer<M> {
+    /// A writer of `state` (built from `file` with `overrides`) on `maps`; and the receiver of
+    /// its snapshots.
+    pub fn new(
+        state: State,
+        maps: M,
+        file: Config,
+        source: Option<ConfigSource>,
+        overrides: Overrides,
+        node: Node,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let ids = state.ids();
+        let snapshot = Arc::new(Snapshot {
+            state: state.clone(),
+            version: 1,
+            overrides: overrides.clone(),
+            source: source.clone(),
+        });
+        let (snapshots, receiver) = watch::channel(snapshot);
+        let writer = Self {
+            state,
+            maps,
+            file,
+            source,
+            overrides,
+            version: 1,
+            node,
+            ids,
+            snapshots,
+            detached: false,
+        };
+        writer.save_ids();
+        (writer, receiver)
+    }
+
+    /// Applies changes until every sender is gone; gives the maps back.
+    pub fn run(mut self, mut changes: mpsc::UnboundedReceiver<Change>) -> M {
+        while let Some(change) = changes.blocking_recv() {
+            self.apply(change, Instant::now());
+        }
+        self.maps
+    }
+
+    /// The maps (for tests).
+    pub fn maps(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Applies one change at `now`, then publishes what it made.
+    pub fn apply(&mut self, change: Change, now: Instant) {
+        match change {
+            Change::Request {
+                request,
+                if_match,
+                reply,
+            } => {
+                let answer = self.write(request, if_match, now);
+                // The asker may have gone (a client that hung up): the change stands.
+                let _ = reply.send(answer);
+            }
+            Change::CheckResult { spec, result } => {
+                if let Err(e) = self.state.record_check(&mut self.maps, &spec, &result, now) {
+                    tracing::error!(error = %e, "applying a health check result failed");
+                }
+            }
+            Change::Tick => {
+                if let Err(e) = self.state.tick(&mut self.maps, now) {
+                    tracing::error!(error = %e, "target lifecycle step failed");
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Whether the data plane was detached on request (the agent then stops).
+    pub fn detached(&self) -> bool {
+        self.detached
+    }
+
+    fn publish(&mut self) {
+        let ids = self.state.ids();
+        if ids != self.ids {
+            self.ids = ids;
+            self.save_ids();
+        }
+        self.snapshots.send_replace(Arc::new(Snapshot {
+            state: self.state.clone(),
+            version: self.version,
+            overrides: self.overrides.clone(),
+            source: self.source.clone(),
+        }));
+    }
+
+    fn save_ids(&self) {
+        if let Some(source) = &self.source
+            && let Err(e) = self.ids.save(&source.ids_file)
+        {
+            tracing::warn!(error = %e, "a restart that adopts the data plane may misattribute flows");
+        }
+    }
+
+    /// One write request: refused if stale (`if_match`), else applied whole or not at all.
+    fn write(
+        &mut self,
+        request: Request,
+        if_match: Option<u64>,
+        now: Instant,
+    ) -> Result<Answer, ApiError> {
+        if let Some(seen) = if_match
+            && seen != self.version
+        {
+            return Err(ApiError::new(
+                412,
+                format!(
+                    "stale: this change was based on version {seen}, the agent is at version {}; read again and retry",
+                    self.version
+                ),
+            ));
+        }
+        let answer = self.write_request(request, now)?;
+        self.version += 1;
+        Ok(answer)
+    }
+
+    fn write_request(&mut self, request: Request, now: Instant) -> Result<Answer, ApiError> {
+        match request {
+            Request::TargetsAdd {
+                group,
+                address,
+                port,
+                weight,
+            } => {
+                let target = self
+                    .state
+                    .resolve_target(&group, address, port)
+                    .map_err(refusal)?;
+                let overrides =
+                    self.with_target(&group, target, TargetOverride::Registered { weight });
+                self.check_whole(&overrides)?;
+                // Before the target goes live, so its first flows find the next hop's MAC.
+                (self.node.resolve_next_hops)(vec![address]);
+                self.state
+                    .add_target(&mut self.maps, &group, target, weight, now)
+                    .map_err(refusal)?;
+                tracing::info!(group, %target, weight, "target registered");
+                self.keep(overrides)?;
+                Ok(Answer::TargetRegistered(TargetRegistered {
+                    group,
+                    target,
+                    weight,
+                }))
+            }
+            Request::TargetsRemove {
+                group,
+                address,
+                port,
+            } => {
+                let target = self
+                    .state
+                    .resolve_target(&group, address, port)
+                    .map_err(refusal)?;
+                let overrides = self.with_target(&group, target, TargetOverride::Deregistered);
+                self.check_whole(&overrides)?;
+                let delay = self
+                    .state
+                    .remove_target(&mut self.maps, &group, target, now)
+                    .map_err(refusal)?;
+                self.keep(overrides)?;
+                Ok(Answer::TargetDeregistered(TargetDeregistered {
+                    group,
+                    target,
+                    draining_seconds: delay.as_secs_f64(),
+                }))
+            }
+            Request::TargetsWeight {
+                group,
+                address,
+                port,
+                weight,
+            } => {
+                let target = self
+                    .state
+                    .resolve_target(&group, address, port)
+                    .map_err(refusal)?;
+                let overrides =
+                    self.with_target(&group, target, TargetOverride::Registered { weight });
+                self.check_whole(&overrides)?;
+                let previous_weight = self
+                    .state
+                    .set_weight(&mut self.maps, &group, target, weight, now)
+                    .map_err(refusal)?;
+                self.keep(overrides)?;
+                Ok(Answer::WeightChanged(WeightChanged {
+                    group,
+                    target,
+                    weight,
+                    previous_weight,
+                }))
+            }
+            Request::HealthCheckSet {
+                group,
+                health_check,
+            } => {
+                let mut overrides = self.overrides.clone();
+                overrides.set_health_check(&group, health_check.clone());
+                self.check_whole(&overrides)?;
+                self.state
+                    .set_health_check(&mut self.maps, &group, health_check.clone(), now)
+                    .map_err(refusal)?;
+                self.keep(overrides)?;
+                Ok(Answer::HealthCheckSet(HealthCheckSet {
+                    group,
+                    health_check,
+                }))
+            }
+            Request::Reload => {
+                let file = self.read_file()?;
+                let changes = self.reload(file, self.overrides.clone(), now)?;
+                Ok(Answer::Changes(changes))
+            }
+            Request::OverridesClear { group } => {
+                let mut overrides = self.overrides.clone();
+                overrides.clear(group.as_deref());
+                let changes = self.reload(self.file.clone(), overrides, now)?;
+                Ok(Answer::Changes(changes))
+            }
+            Request::ConfigApply { text } => {
+                let path = self.source_path()?;
+                let file = Config::parse(&text, &path.display().to_string())
+                    .map_err(|errors| ApiError::new(422, errors.to_string()))?;
+                let old = std::fs::read_to_string(&path)
+                    .map_err(|e| ApiError::new(500, format!("reading {}: {e}", path.display())))?;
+                let changes = self
+                    .reload(file, self.overrides.clone(), now)
+                    .map_err(|e| {
+                        ApiError::new(
+                            e.status,
+                            format!("not applied (the old file stays): {}", e.message),
+                        )
+                    })?;
+                if let Err(e) = replace_file(&path, &text) {
+                    // The new config runs but is not on disk: put the old one back in force.
+                    let message =
+                        format!("writing {}: {e}; the old config is back", path.display());
+                    let back = Config::parse(&old, &path.display().to_string())
+                        .map_err(|errors| ApiError::new(500, errors.to_string()))
+                        .and_then(|old| self.reload(old, self.overrides.clone(), now));
+                    if let Err(again) = back {
+                        tracing::error!(error = %again, "putting the old config back failed");
+                    }
+                    return Err(ApiError::new(500, message));
+                }
+                Ok(Answer::Changes(changes))
+            }
+            Request::Detach => {
+                self.maps
+                    .detach()
+                    .map_err(|e| ApiError::new(500, e.to_string()))?;
+                self.detached = true;
+                tracing::info!("detached on request");
+                Ok(Answer::Detached(Detached { detached: true }))
+            }
+            read => Err(ApiError::new(
+                500,
+                format!("internal error: {:?} is a read, not a change", read.kind()),
+            )),
+        }
+    }
+
+    /// The overrides with a target change recorded.
+    fn with_target(
+        &self,
+        group: &str,
+        target: std::net::SocketAddr,
+        change: TargetOverride,
+    ) -> Overrides {
+        let mut overrides = self.overrides.clone();
+        overrides.set_target(group, target, change);
+        overrides
+    }
+
+    /// The config the file and `overrides` make, if valid as a whole (422 if not).
+    fn check_whole(&self, overrides: &Overrides) -> Result<Config, ApiError> {
+        with_overrides(&self.file, overrides).map_err(|message| ApiError::new(422, message))
+    }
+
+    /// Makes `overrides` the ones in force and saves them.
+    fn keep(&mut self, overrides: Overrides) -> Result<(), ApiError> {
+        self.overrides = overrides;
+        match &self.source {
+            Some(source) => self.overrides.save(&source.state_file).map_err(|e| {
+                ApiError::new(
+                    500,
+                    format!("{e} (the change is in force, but a restart loses it)"),
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn source_path(&self) -> Result<PathBuf, ApiError> {
+        self.source
+            .as_ref()
+            .map(|s| s.path.clone())
+            .ok_or_else(|| ApiError::new(404, "this agent runs no config file"))
+    }
+
+    fn read_file(&self) -> Result<Config, ApiError> {
+        let path = self.source_path()?;
+        Config::load(&path).map_err(|errors| ApiError::new(422, errors.to_string()))
+    }
+
+    /// Moves the running state to `file` with `overrides`; both are kept if it worked.
+    fn reload(
+        &mut self,
+        file: Config,
+        overrides: Overrides,
+        now: Instant,
+    ) -> Result<Changes, ApiError> {
+        let config = with_overrides(&file, &overrides).map_err(|m| ApiError::new(422, m))?;
+        let snat = (self.node.snat_addresses)(&config).map_err(|m| ApiError::new(500, m))?;
+        // New targets' next hops are resolved before they serve.
+        (self.node.resolve_next_hops)(config.target_addresses().collect());
+        let changes = self
+            .state
+            .reload(&mut self.maps, &config, &snat, now)
+            .map_err(|e| ApiError::new(422, e.to_string()))?;
+        self.file = file;
+        self.keep(overrides)?;
+        tracing::info!(changes = ?changes, "reloaded");
+        Ok(Changes { changes })
+    }
+}
+
+/// `file` with `overrides` applied, checked whole.
+pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, String> {
+    let (config, skipped) = overrides.apply_to(file);
+    for what in skipped {
+        tracing::warn!(what, "an API change no longer applies to the file: skipped");
+    }
+    let problems = config.problems();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .into_iter()
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect();
+        return Err(format!(
+            "the config with the API's changes (`lb-agent overrides list`) would be invalid:\n{}",
+            lines.join("\n")
+        ));
+    }
+    Ok(config)
+}
+
+/// Writes `text` to a new file beside `path` and renames it over `path`.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("toml.{}.new", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The API's answer to a refused change.
+fn refusal(e: StateError) -> ApiError {
+    let status = match &e {
+        StateError::NoGroup(_) | StateError::NoTarget { .. } => 404,
+        StateError::Duplicate { .. } | StateError::NeedsRestart(_) | StateError::BackendsFull => {
+            409
+        }
+        StateError::NoPort(..)
+        | StateError::Family { .. }
+        | StateError::Weight(_)
+        | StateError::HealthCheck { .. }
+        | StateError::NoSnatAddress(_) => 422,
+        StateError::Dataplane(_) | StateError::Maglev(_) => 500,
+    };
+    ApiError::new(status, e.to_string())
+}

@@ -1,0 +1,246 @@
+//! `lb-agent run`: the daemon's start-up (load, adopt or program, attach), its servers and
+//! signals, and its shutdown.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use lb_agent::{
+    agent::{AgentInfo, ConfigSource, Handle, Node, Writer, monitor, writer},
+    api,
+    config::Config,
+    dataplane::{self, Dataplane, Detach as _, MapReader, Maps as _},
+    neighbor, node,
+    overrides::Overrides,
+    pinning::PinDir,
+    protocol::{Answer, InterfaceView, Request},
+    state::{Ids, State},
+};
+
+/// Target groups the maps are sized for beyond those in the config.
+const MIN_GROUP_CAPACITY: u32 = 16;
+
+/// `lb-agent run`'s options beside the config.
+pub struct RunOptions {
+    /// Read again on SIGHUP and `lb-agent reload`.
+    pub config_path: PathBuf,
+    pub state_file: PathBuf,
+    pub ifaces: Vec<String>,
+    pub socket: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub detach_on_exit: bool,
+}
+
+/// Starts the agent and serves until SIGTERM, ctrl-c or a detach.
+pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
+    let RunOptions {
+        config_path,
+        state_file,
+        mut ifaces,
+        socket,
+        pin_dir,
+        detach_on_exit,
+    } = options;
+    // The API's earlier changes apply on top of the file.
+    let overrides = Overrides::load(&state_file)?;
+    let cfg = writer::with_overrides(&file, &overrides).map_err(anyhow::Error::msg)?;
+    if !overrides.is_empty() {
+        tracing::info!(state_file = %state_file.display(), overrides = overrides.len(), "applied the control API's earlier changes on top of the config file");
+    }
+    if ifaces.is_empty() {
+        ifaces.extend(cfg.agent.interface.clone());
+    }
+    let iface = ifaces
+        .first()
+        .cloned()
+        .context("no interface: set agent.interface in the config or pass --iface")?;
+    let socket = socket.unwrap_or_else(|| cfg.agent.control_socket.clone());
+    let addresses = node::addresses()?;
+    let snat = node::snat_addresses(&cfg, &addresses, &iface);
+    for ip in &snat {
+        // Targets answer the SNAT address: if no interface has it, replies never come back.
+        if !addresses.iter().any(|(_, a)| a == ip) {
+            tracing::warn!(snat = %ip, "no interface of this node has the full-NAT source address: targets' replies will not reach the load balancer");
+        }
+    }
+    let group_capacity = (cfg.target_groups.len() as u32).max(MIN_GROUP_CAPACITY);
+    let api_token = match cfg.agent.api_listen {
+        Some(_) => Some(Arc::new(api_token(cfg.agent.api_token_file.as_deref())?)),
+        None => None,
+    };
+    // One agent per pin directory: its lock is held until this process ends, however it ends.
+    let pin_dir = pin_dir.unwrap_or_else(|| cfg.agent.pin_dir.clone());
+    let pins = PinDir::open(&pin_dir)?;
+    // Refuse before touching anything if another agent serves the socket.
+    let listener = api::bind(&socket)?;
+    let mut dataplane = Dataplane::load_pinned(cfg.agent.maglev_table_size, group_capacity, pins)
+        .context("loading the XDP program")?;
+    if dataplane.adopted() {
+        tracing::info!(pin_dir = %pin_dir.display(), "adopting the data plane an earlier agent left pinned: its connection table is kept");
+    }
+    let ids_file = Ids::path_beside(&state_file);
+    // Adopted maps carry the earlier agent's ids in their flows and counters.
+    let ids = if dataplane.adopted() {
+        Ids::load(&ids_file)?
+    } else {
+        Ids::default()
+    };
+    let state = State::apply(&cfg, &snat, &mut dataplane, &ids, Instant::now())
+        .context("programming the data plane")?;
+    // Once per address: a target on many ports, or in many groups, has one next hop.
+    neighbor::keep_all_resolved(cfg.target_addresses());
+    let mut modes = Vec::new();
+    for iface in &ifaces {
+        let changed = dataplane::enable_forwarding(iface)
+            .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
+        if !changed.is_empty() {
+            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+        }
+        let (mode, taken_over) = dataplane.attach(iface)?;
+        if taken_over {
+            tracing::info!(
+                iface,
+                "took over the pinned attachment: the new program replaced the old one without a gap"
+            );
+        }
+        modes.push(mode);
+    }
+    for iface in dataplane.drop_other_links(&ifaces)? {
+        tracing::info!(iface, "detached from an interface this run does not serve");
+    }
+    tracing::info!(
+        ifaces = ?ifaces,
+        modes = ?modes,
+        socket = %socket.display(),
+        snat = ?snat,
+        listeners = cfg.listeners.len(),
+        target_groups = cfg.target_groups.len(),
+        "load balancer running"
+    );
+    let info = AgentInfo {
+        started: std::time::SystemTime::now(),
+        pin_dir: dataplane.pin_dir().map(|p| p.display().to_string()),
+        adopted: dataplane.adopted(),
+        interfaces: dataplane
+            .attachments()
+            .map(|(name, mode)| InterfaceView {
+                name: name.to_owned(),
+                mode: mode.as_str().to_owned(),
+            })
+            .collect(),
+    };
+    let reader: Arc<dyn MapReader + Send + Sync> =
+        Arc::new(dataplane.reader().context("opening the maps for readers")?);
+    let source = ConfigSource {
+        path: config_path,
+        state_file,
+        ids_file,
+    };
+    let node_iface = iface.clone();
+    let node = Node {
+        snat_addresses: Box::new(move |config| {
+            let addresses = node::addresses().map_err(|e| format!("{e:#}"))?;
+            Ok(node::snat_addresses(config, &addresses, &node_iface))
+        }),
+        resolve_next_hops: Box::new(neighbor::keep_all_resolved),
+    };
+    let (writer, snapshots) = Writer::new(state, dataplane, file, Some(source), overrides, node);
+    let (changes, received) = tokio::sync::mpsc::unbounded_channel();
+    // The one writer: a thread of its own (map writes are system calls), fed in order.
+    let writer_thread = std::thread::Builder::new()
+        .name("lb-writer".into())
+        .spawn(move || writer.run(received))
+        .context("starting the writer")?;
+    let agent = Handle::new(changes, snapshots, reader, info);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let mut servers = vec![tokio::spawn(api::serve(
+            tokio::net::UnixListener::from_std(listener)?,
+            agent.clone(),
+            api::Access::Local,
+            shutdown.clone(),
+        ))];
+        if let Some(address) = cfg.agent.api_listen {
+            let tcp = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the API to {address}"))?;
+            let token = api_token.clone().context("no API token")?;
+            tracing::info!(%address, "control API on TCP (bearer token required)");
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::Token(token), shutdown.clone())));
+        }
+        if let Some(address) = cfg.agent.metrics_listen {
+            let tcp = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding /metrics to {address}"))?;
+            tracing::info!(%address, "metrics on TCP");
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, shutdown.clone())));
+        }
+        let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+                _ = stopped.changed() => {}
+                _ = hangup.recv() => {
+                    match agent.call(Request::Reload, None).await {
+                        Ok(Answer::Changes(c)) if c.changes.is_empty() => tracing::info!("SIGHUP: the config is unchanged"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(message = %e, "SIGHUP: reload refused; the running config stays"),
+                    }
+                    continue;
+                }
+            }
+            break;
+        }
+        let _ = shutdown.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        let _ = monitor.await;
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_file(&socket);
+    // The last handles go with the runtime's tasks: the writer then ends and gives back the
+    // data plane.
+    drop(agent);
+    drop(runtime);
+    let mut dataplane = writer_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    if detach_on_exit {
+        dataplane.detach()?;
+        tracing::info!("detached and unpinned (--detach-on-exit)");
+    } else if dataplane.attachments().next().is_some() {
+        tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it");
+    }
+    Ok(())
+}
+
+/// The TCP API's bearer token: `LB_AGENT_API_TOKEN`, else the token file; never the command
+/// line (where `ps` shows it).
+fn api_token(file: Option<&Path>) -> anyhow::Result<String> {
+    let token = match (std::env::var("LB_AGENT_API_TOKEN"), file) {
+        (Ok(token), _) => token,
+        (Err(_), Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the API token file {}", file.display()))?,
+        (Err(_), None) => anyhow::bail!(
+            "agent.api_listen needs a token: set agent.api_token_file or LB_AGENT_API_TOKEN"
+        ),
+    };
+    let token = token.trim().to_owned();
+    anyhow::ensure!(
+        token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+        "the API token must be at least 16 printable characters, without spaces"
+    );
+    Ok(token)
+}

@@ -1,0 +1,271 @@
+//! The control protocol, pure (no I/O): every request the agent takes, one typed answer per
+//! request, and the route table (`routes`) that both the server (`api`) and the CLI's client
+//! (`client`) use to turn a request into HTTP and back. Answer bodies are JSON; an error is
+//! `{"error": "..."}` with the HTTP status that says how the request failed.
+
+pub mod routes;
+pub mod views;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{config::HealthCheck, overrides::Overrides};
+pub use routes::{HttpRequest, ROUTES, Route, parse_target};
+pub use views::{
+    CountersView, FlowView, GroupView, InterfaceView, ListenerView, StatsView, StatusView,
+    TargetView,
+};
+
+/// A request to the running agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Register a target in a group; `port` defaults to the group's.
+    TargetsAdd {
+        group: String,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    },
+    /// Deregister a target from a group.
+    TargetsRemove {
+        group: String,
+        address: IpAddr,
+        port: Option<u16>,
+    },
+    /// Change a registered target's weight.
+    TargetsWeight {
+        group: String,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    },
+    /// List targets, of one group or all.
+    TargetsList { group: Option<String> },
+    /// Every target group's settings, health check included.
+    Groups,
+    /// Replace a group's health check (fields and defaults as in the config file).
+    HealthCheckSet {
+        group: String,
+        health_check: HealthCheck,
+    },
+    /// Counters of listeners, targets and data-plane verdicts.
+    Stats,
+    /// The connection table (its first `limit` entries).
+    Flows { limit: Option<usize> },
+    /// Read the config file again and apply what changed.
+    Reload,
+    /// What runs, where, and whether it is healthy.
+    Status,
+    /// The API's changes on top of the config file.
+    OverridesList,
+    /// Drop the API's changes (of one group, or all) and go back to the file.
+    OverridesClear { group: Option<String> },
+    /// The listeners with their counters.
+    Listeners,
+    /// The config file's text, its path, and where the API's changes are kept.
+    ConfigGet,
+    /// Check a config text without applying it: every error, with line and field.
+    ConfigValidate { text: String },
+    /// Replace the config file with `text` and apply it; nothing changes if it is invalid
+    /// or cannot be applied.
+    ConfigApply { text: String },
+    /// Detach the XDP program and stop the agent.
+    Detach,
+}
+
+impl Request {
+    /// Whether it changes anything (so it goes to the writer, and may carry `If-Match`).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Self::TargetsAdd { .. }
+                | Self::TargetsRemove { .. }
+                | Self::TargetsWeight { .. }
+                | Self::HealthCheckSet { .. }
+                | Self::OverridesClear { .. }
+                | Self::ConfigApply { .. }
+                | Self::Reload
+                | Self::Detach
+        )
+    }
+}
+
+/// A target registered (`targets add`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetRegistered {
+    pub group: String,
+    pub target: SocketAddr,
+    pub weight: u32,
+}
+
+/// A target deregistered (`targets remove`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetDeregistered {
+    pub group: String,
+    pub target: SocketAddr,
+    /// How long its established flows are kept (0: cut at once).
+    pub draining_seconds: f64,
+}
+
+/// A target's weight changed (`targets weight`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightChanged {
+    pub group: String,
+    pub target: SocketAddr,
+    pub weight: u32,
+    pub previous_weight: u32,
+}
+
+/// A group's health check replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckSet {
+    pub group: String,
+    pub health_check: HealthCheck,
+}
+
+/// What a reload (or a config apply, or clearing overrides) changed, a line each.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Changes {
+    pub changes: Vec<String>,
+}
+
+/// The config file the agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub path: String,
+    pub text: String,
+    /// Where the API's changes are kept.
+    pub state_file: String,
+    /// How many API changes are kept on top of the file.
+    pub overrides: usize,
+}
+
+/// One error of a config text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigProblem {
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Whether a config text is valid, and every error if not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub valid: bool,
+    pub errors: Vec<ConfigProblem>,
+}
+
+/// The program detached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detached {
+    pub detached: bool,
+}
+
+/// The agent's answer to a request: one variant per request (see `Answer::decode`).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    TargetRegistered(TargetRegistered),
+    TargetDeregistered(TargetDeregistered),
+    WeightChanged(WeightChanged),
+    Targets(Vec<TargetView>),
+    Groups(Vec<GroupView>),
+    HealthCheckSet(HealthCheckSet),
+    Stats(StatsView),
+    Flows(Vec<FlowView>),
+    Changes(Changes),
+    Status(StatusView),
+    Overrides(Overrides),
+    Listeners(Vec<ListenerView>),
+    ConfigFile(ConfigFile),
+    Validation(Validation),
+    Detached(Detached),
+}
+
+impl Answer {
+    /// The answer's JSON body.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            Self::TargetRegistered(a) => serde_json::to_vec(a),
+            Self::TargetDeregistered(a) => serde_json::to_vec(a),
+            Self::WeightChanged(a) => serde_json::to_vec(a),
+            Self::Targets(a) => serde_json::to_vec(a),
+            Self::Groups(a) => serde_json::to_vec(a),
+            Self::HealthCheckSet(a) => serde_json::to_vec(a),
+            Self::Stats(a) => serde_json::to_vec(a),
+            Self::Flows(a) => serde_json::to_vec(a),
+            Self::Changes(a) => serde_json::to_vec(a),
+            Self::Status(a) => serde_json::to_vec(a),
+            Self::Overrides(a) => serde_json::to_vec(a),
+            Self::Listeners(a) => serde_json::to_vec(a),
+            Self::ConfigFile(a) => serde_json::to_vec(a),
+            Self::Validation(a) => serde_json::to_vec(a),
+            Self::Detached(a) => serde_json::to_vec(a),
+        }
+    }
+
+    /// The answer to `request` from its JSON body.
+    pub fn decode(request: &Request, body: &[u8]) -> Result<Self, serde_json::Error> {
+        let json = body;
+        Ok(match request {
+            Request::TargetsAdd { .. } => Self::TargetRegistered(serde_json::from_slice(json)?),
+            Request::TargetsRemove { .. } => {
+                Self::TargetDeregistered(serde_json::from_slice(json)?)
+            }
+            Request::TargetsWeight { .. } => Self::WeightChanged(serde_json::from_slice(json)?),
+            Request::TargetsList { .. } => Self::Targets(serde_json::from_slice(json)?),
+            Request::Groups => Self::Groups(serde_json::from_slice(json)?),
+            Request::HealthCheckSet { .. } => Self::HealthCheckSet(serde_json::from_slice(json)?),
+            Request::Stats => Self::Stats(serde_json::from_slice(json)?),
+            Request::Flows { .. } => Self::Flows(serde_json::from_slice(json)?),
+            Request::Reload | Request::OverridesClear { .. } | Request::ConfigApply { .. } => {
+                Self::Changes(serde_json::from_slice(json)?)
+            }
+            Request::Status => Self::Status(serde_json::from_slice(json)?),
+            Request::OverridesList => Self::Overrides(serde_json::from_slice(json)?),
+            Request::Listeners => Self::Listeners(serde_json::from_slice(json)?),
+            Request::ConfigGet => Self::ConfigFile(serde_json::from_slice(json)?),
+            Request::ConfigValidate { .. } => Self::Validation(serde_json::from_slice(json)?),
+            Request::Detach => Self::Detached(serde_json::from_slice(json)?),
+        })
+    }
+}
+
+/// A refused or failed request: the HTTP status that says how, and why. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request itself is malformed.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+
+    /// The error's JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::json!({ "error": self.message })
+            .to_string()
+            .into_bytes()
+    }
+
+    /// The error an answer with `status` and `body` carries.
+    pub fn from_answer(status: u16, body: &[u8]) -> Self {
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {status}: {}", String::from_utf8_lossy(body)));
+        Self { status, message }
+    }
+}

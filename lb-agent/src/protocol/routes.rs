@@ -1,0 +1,529 @@
+//! The route table: every endpoint's method and path, written once. `Request::to_http` and
+//! `Endpoint::from_http` both go through it, so client and server cannot disagree; the served
+//! `openapi.json` documents the same list (a test holds them together).
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+
+use super::{ApiError, Request};
+use crate::config::HealthCheck;
+
+/// What an endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Status,
+    Listeners,
+    Groups,
+    HealthCheckSet,
+    TargetsList,
+    TargetsAdd,
+    TargetsWeight,
+    TargetsRemove,
+    Stats,
+    Flows,
+    OverridesList,
+    OverridesClear,
+    ConfigGet,
+    ConfigValidate,
+    ConfigApply,
+    Reload,
+    Detach,
+    /// Prometheus text, not a JSON answer.
+    Metrics,
+    /// This API's OpenAPI document.
+    OpenApi,
+}
+
+/// One endpoint: method, path (`{name}` is a path parameter), and what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub kind: Kind,
+}
+
+const fn route(method: &'static str, path: &'static str, kind: Kind) -> Route {
+    Route { method, path, kind }
+}
+
+/// Every endpoint.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/v1/status", Kind::Status),
+    route("GET", "/v1/listeners", Kind::Listeners),
+    route("GET", "/v1/target-groups", Kind::Groups),
+    route(
+        "PUT",
+        "/v1/target-groups/{group}/health-check",
+        Kind::HealthCheckSet,
+    ),
+    route("GET", "/v1/targets", Kind::TargetsList),
+    route(
+        "POST",
+        "/v1/target-groups/{group}/targets",
+        Kind::TargetsAdd,
+    ),
+    route(
+        "PATCH",
+        "/v1/target-groups/{group}/targets/{target}",
+        Kind::TargetsWeight,
+    ),
+    route(
+        "DELETE",
+        "/v1/target-groups/{group}/targets/{target}",
+        Kind::TargetsRemove,
+    ),
+    route("GET", "/v1/stats", Kind::Stats),
+    route("GET", "/v1/flows", Kind::Flows),
+    route("GET", "/v1/overrides", Kind::OverridesList),
+    route("DELETE", "/v1/overrides", Kind::OverridesClear),
+    route("GET", "/v1/config", Kind::ConfigGet),
+    route("POST", "/v1/config/validate", Kind::ConfigValidate),
+    route("PUT", "/v1/config", Kind::ConfigApply),
+    route("POST", "/v1/reload", Kind::Reload),
+    route("POST", "/v1/detach", Kind::Detach),
+    route("GET", "/metrics", Kind::Metrics),
+    route("GET", "/openapi.json", Kind::OpenApi),
+];
+
+/// What an HTTP request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoint {
+    Agent(Request),
+    Metrics,
+    OpenApi,
+}
+
+/// An HTTP request as the client sends it: method, path with query, and body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: &'static str,
+    pub path_and_query: String,
+    pub body: Vec<u8>,
+}
+
+/// The body of `targets add`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct NewTarget {
+    address: IpAddr,
+    port: Option<u16>,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The body of `targets weight`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct TargetChange {
+    weight: u32,
+}
+
+impl Request {
+    /// What the request is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::TargetsAdd { .. } => Kind::TargetsAdd,
+            Self::TargetsRemove { .. } => Kind::TargetsRemove,
+            Self::TargetsWeight { .. } => Kind::TargetsWeight,
+            Self::TargetsList { .. } => Kind::TargetsList,
+            Self::Groups => Kind::Groups,
+            Self::HealthCheckSet { .. } => Kind::HealthCheckSet,
+            Self::Stats => Kind::Stats,
+            Self::Flows { .. } => Kind::Flows,
+            Self::Reload => Kind::Reload,
+            Self::Status => Kind::Status,
+            Self::OverridesList => Kind::OverridesList,
+            Self::OverridesClear { .. } => Kind::OverridesClear,
+            Self::Listeners => Kind::Listeners,
+            Self::ConfigGet => Kind::ConfigGet,
+            Self::ConfigValidate { .. } => Kind::ConfigValidate,
+            Self::ConfigApply { .. } => Kind::ConfigApply,
+            Self::Detach => Kind::Detach,
+        }
+    }
+
+    /// The HTTP request that asks for this, through the route table.
+    pub fn to_http(&self) -> Result<HttpRequest, serde_json::Error> {
+        let route = route_of(self.kind());
+        let mut params: Vec<(&str, String)> = Vec::new();
+        let mut query: Vec<(&str, String)> = Vec::new();
+        let mut body = Vec::new();
+        match self {
+            Self::TargetsAdd {
+                group,
+                address,
+                port,
+                weight,
+            } => {
+                params.push(("group", group.clone()));
+                body = serde_json::to_vec(&NewTarget {
+                    address: *address,
+                    port: *port,
+                    weight: *weight,
+                })?;
+            }
+            Self::TargetsRemove {
+                group,
+                address,
+                port,
+            } => {
+                params.push(("group", group.clone()));
+                params.push(("target", target_text(*address, *port)));
+            }
+            Self::TargetsWeight {
+                group,
+                address,
+                port,
+                weight,
+            } => {
+                params.push(("group", group.clone()));
+                params.push(("target", target_text(*address, *port)));
+                body = serde_json::to_vec(&TargetChange { weight: *weight })?;
+            }
+            Self::TargetsList { group } | Self::OverridesClear { group } => {
+                query.extend(group.iter().map(|g| ("group", g.clone())));
+            }
+            Self::HealthCheckSet {
+                group,
+                health_check,
+            } => {
+                params.push(("group", group.clone()));
+                body = serde_json::to_vec(health_check)?;
+            }
+            Self::Flows { limit } => query.extend(limit.iter().map(|l| ("limit", l.to_string()))),
+            Self::ConfigValidate { text } | Self::ConfigApply { text } => {
+                body = text.clone().into_bytes();
+            }
+            Self::Groups
+            | Self::Stats
+            | Self::Reload
+            | Self::Status
+            | Self::OverridesList
+            | Self::Listeners
+            | Self::ConfigGet
+            | Self::Detach => {}
+        }
+        let mut path_and_query = fill(route.path, &params);
+        for (i, (key, value)) in query.iter().enumerate() {
+            path_and_query.push(if i == 0 { '?' } else { '&' });
+            path_and_query.push_str(&format!("{key}={}", percent_encode(value)));
+        }
+        Ok(HttpRequest {
+            method: route.method,
+            path_and_query,
+            body,
+        })
+    }
+}
+
+impl Endpoint {
+    /// What `method path?query` with `body` asks for: 404 for an unknown path, 405 for a
+    /// known path with another method, 400 for malformed parameters or bodies.
+    pub fn from_http(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<Self, ApiError> {
+        let segments: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| {
+                percent_decode(s).ok_or_else(|| ApiError::bad(format!("bad escape in `{path}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut path_known = false;
+        let found = ROUTES.iter().find_map(|route| {
+            let params = match_pattern(route.path, &segments)?;
+            path_known = true;
+            (route.method == method).then_some((route.kind, params))
+        });
+        let Some((kind, params)) = found else {
+            return Err(if path_known {
+                ApiError::new(405, format!("{method} is not allowed on {path}"))
+            } else {
+                ApiError::new(404, format!("no endpoint {path}"))
+            });
+        };
+        let param = |name: &str| -> String {
+            params
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let target = || parse_target(&param("target")).map_err(ApiError::bad);
+        let request = match kind {
+            Kind::Metrics => return Ok(Self::Metrics),
+            Kind::OpenApi => return Ok(Self::OpenApi),
+            Kind::Status => Request::Status,
+            Kind::Listeners => Request::Listeners,
+            Kind::Groups => Request::Groups,
+            Kind::HealthCheckSet => Request::HealthCheckSet {
+                group: param("group"),
+                health_check: json::<HealthCheck>(body)?,
+            },
+            Kind::TargetsList => Request::TargetsList {
+                group: query_value(query, "group")?,
+            },
+            Kind::TargetsAdd => {
+                let t: NewTarget = json(body)?;
+                Request::TargetsAdd {
+                    group: param("group"),
+                    address: t.address,
+                    port: t.port,
+                    weight: t.weight,
+                }
+            }
+            Kind::TargetsWeight => {
+                let (address, port) = target()?;
+                Request::TargetsWeight {
+                    group: param("group"),
+                    address,
+                    port,
+                    weight: json::<TargetChange>(body)?.weight,
+                }
+            }
+            Kind::TargetsRemove => {
+                let (address, port) = target()?;
+                Request::TargetsRemove {
+                    group: param("group"),
+                    address,
+                    port,
+                }
+            }
+            Kind::Stats => Request::Stats,
+            Kind::Flows => Request::Flows {
+                limit: query_value(query, "limit")?
+                    .map(|l| {
+                        l.parse::<usize>()
+                            .map_err(|_| ApiError::bad(format!("limit `{l}` is not a number")))
+                    })
+                    .transpose()?,
+            },
+            Kind::OverridesList => Request::OverridesList,
+            Kind::OverridesClear => Request::OverridesClear {
+                group: query_value(query, "group")?,
+            },
+            Kind::ConfigGet => Request::ConfigGet,
+            Kind::ConfigValidate => Request::ConfigValidate { text: text(body)? },
+            Kind::ConfigApply => Request::ConfigApply { text: text(body)? },
+            Kind::Reload => Request::Reload,
+            Kind::Detach => Request::Detach,
+        };
+        Ok(Self::Agent(request))
+    }
+}
+
+fn route_of(kind: Kind) -> &'static Route {
+    ROUTES.iter().find(|r| r.kind == kind).unwrap_or(&ROUTES[0])
+}
+
+/// The pattern's path parameters if `segments` match it.
+fn match_pattern<'p>(pattern: &'p str, segments: &[String]) -> Option<Vec<(&'p str, String)>> {
+    let parts: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (part, segment) in parts.iter().zip(segments) {
+        match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(name) => params.push((name, segment.clone())),
+            None if part == segment => {}
+            None => return None,
+        }
+    }
+    Some(params)
+}
+
+/// The pattern with its parameters filled in (escaped).
+fn fill(pattern: &str, params: &[(&str, String)]) -> String {
+    let mut out = pattern.to_owned();
+    for (name, value) in params {
+        out = out.replace(&format!("{{{name}}}"), &percent_encode(value));
+    }
+    out
+}
+
+/// `ADDR` or `ADDR:PORT` (`[V6]:PORT`).
+fn target_text(address: IpAddr, port: Option<u16>) -> String {
+    match port {
+        Some(p) => SocketAddr::new(address, p).to_string(),
+        None => address.to_string(),
+    }
+}
+
+/// Parses `ADDR`, `ADDR:PORT`, `[V6]:PORT`.
+pub fn parse_target(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("`{text}` is not ADDR, ADDR:PORT or [IPV6]:PORT"))
+}
+
+/// `%XX` decoding of a path segment or query value; none for a malformed escape.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Escapes what may not stand in a path segment or query value.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn query_value(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return percent_decode(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::bad(format!("bad escape in `{pair}`")));
+        }
+    }
+    Ok(None)
+}
+
+fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("bad JSON body: {e}")))
+}
+
+fn text(body: &[u8]) -> Result<String, ApiError> {
+    String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad("the body is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_request() -> Vec<Request> {
+        let v6: IpAddr = "fd00:198:18::21".parse().unwrap();
+        let v4: IpAddr = "198.18.0.21".parse().unwrap();
+        vec![
+            Request::Status,
+            Request::Listeners,
+            Request::Groups,
+            Request::HealthCheckSet {
+                group: "web".into(),
+                health_check: HealthCheck::default(),
+            },
+            Request::TargetsList { group: None },
+            Request::TargetsList {
+                group: Some("web 2/x".into()),
+            },
+            Request::TargetsAdd {
+                group: "web".into(),
+                address: v6,
+                port: Some(8080),
+                weight: 3,
+            },
+            Request::TargetsWeight {
+                group: "web".into(),
+                address: v6,
+                port: Some(8080),
+                weight: 0,
+            },
+            Request::TargetsRemove {
+                group: "web".into(),
+                address: v4,
+                port: None,
+            },
+            Request::Stats,
+            Request::Flows { limit: None },
+            Request::Flows { limit: Some(10) },
+            Request::OverridesList,
+            Request::OverridesClear { group: None },
+            Request::OverridesClear {
+                group: Some("web".into()),
+            },
+            Request::ConfigGet,
+            Request::ConfigValidate {
+                text: "[agent]\n".into(),
+            },
+            Request::ConfigApply {
+                text: "[agent]\n".into(),
+            },
+            Request::Reload,
+            Request::Detach,
+        ]
+    }
+
+    #[test]
+    fn every_request_goes_to_http_and_back() {
+        for request in every_request() {
+            let http = request.to_http().unwrap();
+            let (path, query) = match http.path_and_query.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (http.path_and_query.as_str(), None),
+            };
+            let back = Endpoint::from_http(http.method, path, query, &http.body);
+            assert_eq!(
+                back,
+                Ok(Endpoint::Agent(request.clone())),
+                "{} {}",
+                http.method,
+                http.path_and_query
+            );
+        }
+    }
+
+    #[test]
+    fn every_route_is_reached_by_its_kind() {
+        for route in ROUTES {
+            assert_eq!(route_of(route.kind).path, route.path);
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_wrong_methods_405() {
+        let status = |m, p, b: &[u8]| Endpoint::from_http(m, p, None, b).unwrap_err().status;
+        assert_eq!(status("GET", "/v2/nothing", b""), 404);
+        assert_eq!(status("DELETE", "/v1/status", b""), 405);
+        assert_eq!(
+            status("DELETE", "/v1/target-groups/web/targets/nonsense", b""),
+            400
+        );
+    }
+
+    #[test]
+    fn a_misspelt_body_field_is_refused_by_name() {
+        let e = Endpoint::from_http(
+            "POST",
+            "/v1/target-groups/web/targets",
+            None,
+            b"{\"adress\": 1}",
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("adress"), "{}", e.message);
+    }
+}

@@ -1,0 +1,229 @@
+//! What the state shows: views of groups, targets, listeners, counters and flows, read from
+//! the state and the data plane's counters (`MapReader`), never from a writer's lock.
+
+use std::{net::SocketAddr, time::Instant};
+
+use lb_common::PROTO_TCP;
+
+use super::{Result, State, WEIGHT_SCALE, encode::ip_of};
+use crate::{
+    config::{GroupProtocol, HealthCheck, duration_text},
+    dataplane::MapReader,
+    health::TargetState,
+    protocol::{FlowView, GroupView, ListenerView, StatsView, TargetView},
+};
+
+impl State {
+    /// Every target group's settings and how many of its targets serve.
+    pub fn groups(&self) -> Vec<GroupView> {
+        self.groups
+            .iter()
+            .map(|(name, g)| GroupView {
+                name: name.clone(),
+                protocol: g.protocol.as_str().to_owned(),
+                port: g.port,
+                in_use: g.family.is_some(),
+                health_check: g
+                    .health_check
+                    .clone()
+                    .or_else(|| (g.protocol != GroupProtocol::Udp).then(HealthCheck::default)),
+                checked: g.check.is_some(),
+                deregistration_delay: duration_text(g.deregistration_delay),
+                slow_start: duration_text(g.slow_start),
+                terminate_on_unhealthy: g.terminate_on_unhealthy,
+                fail_open: g.fail_open,
+                failing_open: g.failing_open,
+                targets: g.targets.len(),
+                in_service: g
+                    .targets
+                    .iter()
+                    .filter(|t| g.published_weight(t.backend_id) > 0)
+                    .count(),
+                unhealthy: g
+                    .targets
+                    .iter()
+                    .filter(|t| g.shown_state(t).0 == TargetState::Unhealthy)
+                    .count(),
+                table_version: g.table_version,
+            })
+            .collect()
+    }
+
+    /// Targets of one group, or of all.
+    pub fn targets(
+        &self,
+        dp: &(impl MapReader + ?Sized),
+        group: Option<&str>,
+    ) -> Result<Vec<TargetView>> {
+        self.targets_with(dp, group, &dp.flows()?)
+    }
+
+    /// As `targets`, counting active flows in `flows` (the connection table, read once).
+    fn targets_with(
+        &self,
+        dp: &(impl MapReader + ?Sized),
+        group: Option<&str>,
+        flows: &[(lb_common::FlowKey, lb_common::Flow)],
+    ) -> Result<Vec<TargetView>> {
+        if let Some(name) = group {
+            self.group(name)?;
+        }
+        let now = dp.clock_ns();
+        let mut active = std::collections::HashMap::<u32, u64>::new();
+        for (key, flow) in flows {
+            if !self.active(key, flow, now) {
+                continue;
+            }
+            *active.entry(flow.backend_id).or_insert(0) += 1;
+        }
+        let mut out = Vec::new();
+        for (name, g) in &self.groups {
+            if group.is_some_and(|want| want != name) {
+                continue;
+            }
+            let total: u64 = g
+                .published
+                .iter()
+                .flatten()
+                .map(|&(_, w)| u64::from(w))
+                .sum();
+            for t in &g.targets {
+                let (state, reason) = g.shown_state(t);
+                let scaled = g.published_weight(t.backend_id);
+                let description = match state {
+                    TargetState::Draining => t.draining_until.map(|until| {
+                        format!(
+                            "draining: leaves in {:.1}s",
+                            until
+                                .saturating_duration_since(Instant::now())
+                                .as_secs_f64()
+                        )
+                    }),
+                    TargetState::Unused => {
+                        Some("no listener forwards to this target group".to_owned())
+                    }
+                    TargetState::Unavailable => {
+                        Some("health checks are disabled for this target group".to_owned())
+                    }
+                    _ if g.failing_open && total > 0 => {
+                        Some("no target in service: failing open to all".to_owned())
+                    }
+                    _ => t.health.description.clone(),
+                };
+                out.push(TargetView {
+                    group: name.clone(),
+                    address: t.address,
+                    weight: t.weight,
+                    effective_weight: f64::from(scaled) / f64::from(WEIGHT_SCALE),
+                    state,
+                    reason: reason.map(str::to_owned),
+                    description,
+                    in_service: scaled > 0,
+                    last_check_ms: t.health.last_latency.map(|l| l.as_secs_f64() * 1000.0),
+                    checks: t.health.checks,
+                    active_flows: active.get(&t.backend_id).copied().unwrap_or(0),
+                    counters: dp.backend_counters(t.backend_id)?.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counters of every listener and target, and the data plane's verdicts.
+    pub fn stats(&self, dp: &(impl MapReader + ?Sized)) -> Result<StatsView> {
+        let flows = dp.flows()?;
+        let now = dp.clock_ns();
+        let mut per_listener = std::collections::HashMap::<u32, u64>::new();
+        let mut active_flows = 0;
+        for (key, flow) in &flows {
+            if self.active(key, flow, now) {
+                *per_listener.entry(flow.listener_id).or_insert(0) += 1;
+                active_flows += 1;
+            }
+        }
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| {
+                Ok(ListenerView {
+                    name: l.name.clone(),
+                    address: l.address,
+                    protocol: l.protocol.as_str().to_owned(),
+                    target_group: l.group.clone(),
+                    active_flows: per_listener.get(&l.id).copied().unwrap_or(0),
+                    counters: dp.listener_counters(l.id)?.into(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let verdicts = dp
+            .verdicts()?
+            .iter()
+            .zip(lb_common::verdict::NAMES)
+            .map(|(count, name)| (name.to_owned(), *count))
+            .collect();
+        Ok(StatsView {
+            listeners,
+            targets: self.targets_with(dp, None, &flows)?,
+            verdicts,
+            flows: flows.len(),
+            active_flows,
+            health_transitions: self.transitions.clone(),
+        })
+    }
+
+    /// The connection table, of every listener.
+    pub fn flows(&self, dp: &(impl MapReader + ?Sized)) -> Result<Vec<FlowView>> {
+        let now = dp.clock_ns();
+        let mut out = Vec::new();
+        for (key, flow) in dp.flows()? {
+            let listener = self.listeners.iter().find(|l| l.id == flow.listener_id);
+            let family = key.family;
+            out.push(FlowView {
+                protocol: if key.proto == PROTO_TCP { "tcp" } else { "udp" }.to_owned(),
+                client: SocketAddr::new(ip_of(&key.src, family), u16::from_be(key.sport)),
+                listener: SocketAddr::new(ip_of(&key.dst, family), u16::from_be(key.dport)),
+                backend: SocketAddr::new(
+                    ip_of(&flow.backend, family),
+                    u16::from_be(flow.backend_port),
+                ),
+                snat: SocketAddr::new(ip_of(&flow.snat_addr, family), u16::from_be(flow.snat_port)),
+                target_group: listener.map(|l| l.group.clone()),
+                idle_seconds: now.saturating_sub(flow.last_seen) / 1_000_000_000,
+                closing: flow.closing != 0,
+                active: self.active(&key, &flow, now),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether a connection-table entry is a live flow (not over by the data plane's rules).
+    pub(super) fn active(
+        &self,
+        key: &lb_common::FlowKey,
+        flow: &lb_common::Flow,
+        now: u64,
+    ) -> bool {
+        !lb_common::conntrack::expired(
+            &self.settings,
+            key.proto,
+            flow.closing != 0,
+            flow.last_seen,
+            now,
+        )
+    }
+
+    /// A group's id in the data plane (for tests).
+    pub fn group_id(&self, name: &str) -> Option<u32> {
+        self.groups.get(name).map(|g| g.id)
+    }
+
+    /// The backend id of a target's registration in a group (for tests).
+    pub fn backend_id(&self, group: &str, address: SocketAddr) -> Option<u32> {
+        self.groups
+            .get(group)?
+            .targets
+            .iter()
+            .find(|t| t.address == address)
+            .map(|t| t.backend_id)
+    }
+}
