@@ -1,9 +1,9 @@
 //! Whole config files: the examples, the defaults, and each rule of the validation.
 
-use std::{path::Path, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use super::{
-    Config, Mode, Stickiness,
+    Config, Mode, Stickiness, Target,
     fixture::{ConfigFile, errors, fields},
 };
 
@@ -324,6 +324,105 @@ fn addresses_must_be_unicast_and_snat_one_per_family() {
             "listener[0].address"
         ],
         "{e:?}"
+    );
+    assert_eq!(
+        e[1].message,
+        "ff02::1 is a multicast address; a SNAT source needs a unicast address"
+    );
+}
+
+/// `good()` in IPv6: the SNAT address, targets and VIP from fd00:198:18::/48.
+fn good_v6() -> ConfigFile {
+    ConfigFile::good()
+        .set("agent", "snat_addresses", r#"["fd00:198:18::1"]"#)
+        .set(
+            "target_group[0]",
+            "targets",
+            r#"[{ address = "fd00:198:18::21" }, { address = "fd00:198:18::22", weight = 2 }]"#,
+        )
+        .set("listener[0]", "address", r#""fd00:198:18:1::100""#)
+}
+
+/// Addresses that are not one host's, in both families, with what each is called.
+const NOT_UNICAST: [(&str, &str); 6] = [
+    ("0.0.0.0", "the unspecified address"),
+    ("224.0.0.1", "a multicast address"),
+    ("255.255.255.255", "the broadcast address"),
+    ("::", "the unspecified address"),
+    ("ff02::1", "a multicast address"),
+    ("::ffff:0.0.0.0", "the unspecified address"),
+];
+
+#[test]
+fn a_target_needs_a_unicast_address() {
+    for (address, what) in NOT_UNICAST {
+        let ip: IpAddr = address.parse().expect("an address");
+        let (file, good) = if ip.is_ipv4() {
+            (ConfigFile::good(), "198.18.0.21")
+        } else {
+            (good_v6(), "fd00:198:18::21")
+        };
+        let e = file
+            .set(
+                "target_group[0]",
+                "targets",
+                &format!(r#"[{{ address = "{good}" }}, {{ address = "{address}" }}]"#),
+            )
+            .errors();
+        assert_eq!(
+            fields(&e),
+            ["target_group[0].targets[1].address"],
+            "{address}: {e:?}"
+        );
+        assert_eq!(e[0].line, 9, "{}", e[0]);
+        assert!(
+            e[0].to_string().ends_with(&format!(
+                ": target_group[0].targets[1].address: {address} is {what}; \
+                 a target needs a unicast address"
+            )),
+            "{}",
+            e[0]
+        );
+    }
+}
+
+#[test]
+fn a_listener_needs_a_unicast_address() {
+    for (address, what) in NOT_UNICAST {
+        let ip: IpAddr = address.parse().expect("an address");
+        let file = if ip.is_ipv4() {
+            ConfigFile::good()
+        } else {
+            good_v6()
+        };
+        let e = file
+            .set("listener[0]", "address", &format!("\"{address}\""))
+            .errors();
+        assert_eq!(fields(&e), ["listener[0].address"], "{address}: {e:?}");
+        assert_eq!(e[0].line, 13, "{}", e[0]);
+        assert_eq!(
+            e[0].message,
+            format!("{address} is {what}; a listener needs a unicast address")
+        );
+    }
+}
+
+#[test]
+fn a_target_added_in_memory_is_checked_too() {
+    // The control API changes a config in memory, then asks `problems()` before saving it.
+    let mut config = ConfigFile::good().config();
+    assert_eq!(config.problems(), []);
+    config.target_groups[0].targets.push(Target {
+        address: "0.0.0.0".parse().expect("an address"),
+        port: None,
+        weight: 1,
+    });
+    assert_eq!(
+        config.problems(),
+        [(
+            "target_group[0].targets[2].address".to_owned(),
+            "0.0.0.0 is the unspecified address; a target needs a unicast address".to_owned()
+        )]
     );
 }
 

@@ -1,6 +1,10 @@
 //! The config as a whole, checked for sense after serde has typed it: ranges, names, references
 //! between listeners and groups, what the data plane supports. Every problem is collected, as
 //! (dotted field, message); `Config::parse` gives each its line and column.
+//!
+//! `Config::problems` is the one way in, for a file (`run`, `check`, reload) and for a config
+//! changed in memory (the control API's changes, before they are saved), so that nothing the
+//! file check refuses can be saved and then fail the next start-up.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -55,14 +59,20 @@ fn check_name(p: &mut Problems, field: String, name: &str) {
     }
 }
 
-fn check_unicast(p: &mut Problems, field: String, ip: IpAddr, what: &str) {
-    if ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
-    {
-        p.add(
-            field,
-            format!("{ip} cannot be {what}: it must be a unicast address"),
-        );
-    }
+/// Refuses an address that is not one host's: the unspecified address (`0.0.0.0`, `::`),
+/// multicast, and IPv4 broadcast; `who` needs a unicast address. An IPv4-mapped IPv6 address
+/// (`::ffff:0.0.0.0`) is judged as the IPv4 address it carries.
+fn check_unicast(p: &mut Problems, field: String, ip: IpAddr, who: &str) {
+    let what = match ip.to_canonical() {
+        canonical if canonical.is_unspecified() => "the unspecified address",
+        canonical if canonical.is_multicast() => "a multicast address",
+        IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+        _ => return,
+    };
+    p.add(
+        field,
+        format!("{ip} is {what}; {who} needs a unicast address"),
+    );
 }
 
 fn check_matcher(p: &mut Problems, field: String, matcher: &str) {
@@ -229,7 +239,7 @@ impl Config {
         let mut families = HashSet::new();
         for (i, ip) in agent.snat_addresses.iter().enumerate() {
             let at = format!("agent.snat_addresses[{i}]");
-            check_unicast(p, at.clone(), *ip, "a SNAT address");
+            check_unicast(p, at.clone(), *ip, "a SNAT source");
             if !families.insert(ip.is_ipv4()) {
                 p.add(
                     at,
@@ -359,7 +369,7 @@ impl Config {
                     format!("listener[{first}] is already named `{}`", l.name),
                 );
             }
-            check_unicast(p, format!("{at}.address"), l.address, "a listener address");
+            check_unicast(p, format!("{at}.address"), l.address, "a listener");
             if l.port == 0 {
                 p.add(format!("{at}.port"), "port 0 is not a port: 1..=65535");
             }
