@@ -1,0 +1,75 @@
+//! `[agent]`: settings of the node itself (interface, SNAT, control socket, pinning, timeouts).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// `[agent]`: the node itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// NIC the XDP program attaches to; `lb-agent run --iface` overrides it.
+    pub interface: Option<String>,
+    /// Full-NAT source addresses, at most one per family; empty: the interface's own.
+    pub snat_addresses: Vec<IpAddr>,
+    /// The control socket (default `/run/lb-agent.sock`).
+    pub control_socket: PathBuf,
+    /// Where the data plane is pinned on a BPF filesystem, so that it keeps forwarding while
+    /// the agent is stopped or restarted (default `/sys/fs/bpf/lb-agent`); `lb-agent run
+    /// --pin-dir` overrides it.
+    pub pin_dir: PathBuf,
+    /// A TCP address for the control API as well (default: the unix socket only). Every
+    /// request must carry `Authorization: Bearer TOKEN`, the token read from
+    /// `api_token_file` or the environment variable `LB_AGENT_API_TOKEN`.
+    pub api_listen: Option<SocketAddr>,
+    /// A file holding the API token (at least 16 characters; keep it mode 0600).
+    pub api_token_file: Option<PathBuf>,
+    /// A TCP address that serves `GET /metrics` only, without a token (for Prometheus).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Entries per Maglev table: prime, 251..=1000003 (default 65537). About 100 × the
+    /// largest group keeps each target's share within 1%.
+    pub maglev_table_size: u32,
+    /// Source ports for full NAT, inclusive; `snat_port_range = [1024, 32767]` by default.
+    ///
+    /// Keep it below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999
+    /// by default): the node's own outgoing connections (health checks, SSH, package updates)
+    /// take their source ports from there, and if a NAT flow used the same address and port, the
+    /// XDP program would take the node's own replies for that flow's and send them to a client.
+    pub snat_port_range: (u16, u16),
+    /// A TCP flow with no packet for this long is over: its SNAT port may serve a new flow
+    /// (60s..=6000s, default 350s as AWS NLB).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub tcp_idle_timeout: Duration,
+    /// The same for UDP (10s..=3600s, default 120s as AWS NLB).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub udp_idle_timeout: Duration,
+    /// A TCP flow that saw a FIN or RST is over once quiet this long (1s..=600s, default 60s:
+    /// the targets' TIME_WAIT, so a port is not reused while they remember it).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub closed_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            snat_addresses: Vec::new(),
+            control_socket: PathBuf::from("/run/lb-agent.sock"),
+            pin_dir: PathBuf::from(crate::pinning::DEFAULT_PIN_DIR),
+            api_listen: None,
+            api_token_file: None,
+            metrics_listen: None,
+            maglev_table_size: lb_common::DEFAULT_MAGLEV_SIZE,
+            snat_port_range: (1024, 32767),
+            tcp_idle_timeout: Duration::from_secs(350),
+            udp_idle_timeout: Duration::from_secs(120),
+            closed_timeout: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! A target group's health check: how targets are checked, with AWS NLB's defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    duration,
+    validate::{Problems, check_health_check},
+};
+
+/// Health-check protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthProtocol {
+    /// A TCP connect (the default).
+    #[default]
+    Tcp,
+    /// An HTTP GET of `path`, whose status must match `matcher`.
+    Http,
+    /// As `http`, over TLS.
+    Https,
+}
+
+impl HealthProtocol {
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// A group's health check (checked for sense here; run by the health module). Defaults are
+/// AWS NLB's. Serialized as it is written (durations as `"5s"`), so the control API takes and
+/// shows the same fields as the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// False: no checks, every target is in service (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How to check (default `tcp`).
+    #[serde(default)]
+    pub protocol: HealthProtocol,
+    /// Port to check; none: the traffic port.
+    pub port: Option<u16>,
+    /// HTTP(S) path to request (default `/`).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// HTTP(S) method: `GET` (default) or `HEAD`.
+    #[serde(default)]
+    pub method: HealthMethod,
+    /// HTTP(S) `Host` header; none: the target's address and port.
+    pub host: Option<String>,
+    /// HTTP(S) status codes that count as healthy, like `"200"`, `"200-299"`, `"200,301"`
+    /// (default `200-399`).
+    #[serde(default = "default_matcher")]
+    pub matcher: String,
+    /// Time between checks, 1s..=300s (default 30 s).
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub interval: Duration,
+    /// How long a check may take, 100ms..=120s and less than `interval` (default 10 s).
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub timeout: Duration,
+    /// Successes in a row before a target counts as healthy, 2..=10 (default 5).
+    #[serde(default = "default_healthy")]
+    pub healthy_threshold: u32,
+    /// Failures in a row before a target counts as unhealthy, 2..=10 (default 2).
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    /// What is wrong with it, as (field, message); empty when it can be run.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Problems::default();
+        check_health_check(&mut p, "health_check", self);
+        p.into_list()
+    }
+}
+
+impl Default for HealthCheck {
+    /// AWS NLB's TCP check: every 30 s, 10 s timeout, healthy after 5, unhealthy after 2.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            protocol: HealthProtocol::Tcp,
+            port: None,
+            path: default_path(),
+            method: HealthMethod::Get,
+            host: None,
+            matcher: default_matcher(),
+            interval: default_interval(),
+            timeout: default_timeout(),
+            healthy_threshold: default_healthy(),
+            unhealthy_threshold: default_unhealthy(),
+        }
+    }
+}
+
+/// An HTTP(S) health check's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HealthMethod {
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+impl HealthMethod {
+    /// As on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+        }
+    }
+}
+
+// AWS NLB's defaults.
+fn default_path() -> String {
+    "/".to_owned()
+}
+fn default_matcher() -> String {
+    "200-399".to_owned()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_healthy() -> u32 {
+    5
+}
+fn default_unhealthy() -> u32 {
+    2
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{HealthCheck, HealthMethod, HealthProtocol};
+
+    #[test]
+    fn a_health_check_round_trips_through_json_and_reports_its_problems() {
+        let hc = HealthCheck {
+            protocol: HealthProtocol::Https,
+            port: Some(8443),
+            path: "/ready".into(),
+            method: HealthMethod::Head,
+            interval: Duration::from_millis(1500),
+            ..HealthCheck::default()
+        };
+        let json = serde_json::to_value(&hc).unwrap();
+        assert_eq!(json["interval"], "1s500ms");
+        assert_eq!(json["protocol"], "https");
+        assert_eq!(json["method"], "HEAD");
+        let back: HealthCheck = serde_json::from_value(json).unwrap();
+        assert_eq!(back, hc);
+        assert!(
+            hc.problems().len() == 1,
+            "timeout 10s >= interval: {:?}",
+            hc.problems()
+        );
+        let bad = HealthCheck {
+            path: "/a b\r\nX: y".into(),
+            healthy_threshold: 1,
+            ..HealthCheck::default()
+        };
+        let fields: Vec<String> = bad.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            ["health_check.healthy_threshold", "health_check.path"]
+        );
+        assert!(HealthCheck::default().problems().is_empty());
+    }
+}

@@ -1,0 +1,292 @@
+//! `[[listener]]`: what the node accepts traffic on, and its actions and rules.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use super::GroupProtocol;
+
+/// A listener's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// TCP (L4, in XDP).
+    Tcp,
+    /// UDP (L4, in XDP).
+    Udp,
+    /// TCP and UDP on one port (L4, in XDP).
+    TcpUdp,
+    /// TLS terminated by the load balancer (not supported yet).
+    Tls,
+    /// HTTP (L7, not supported yet).
+    Http,
+    /// HTTPS (L7, not supported yet).
+    Https,
+}
+
+impl ListenerProtocol {
+    /// Handled in XDP.
+    pub fn is_l4(self) -> bool {
+        matches!(self, Self::Tcp | Self::Udp | Self::TcpUdp)
+    }
+
+    /// The config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::TcpUdp => "tcp_udp",
+            Self::Tls => "tls",
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+
+    /// Whether it carries TCP / UDP.
+    pub(super) fn transports(self) -> (bool, bool) {
+        match self {
+            Self::Udp => (false, true),
+            Self::TcpUdp => (true, true),
+            _ => (true, false),
+        }
+    }
+
+    /// Whether an L4 listener of this protocol can forward to a group of `group`'s.
+    pub(super) fn serves(self, group: GroupProtocol) -> bool {
+        match self {
+            Self::Tcp => matches!(group, GroupProtocol::Tcp | GroupProtocol::TcpUdp),
+            Self::Udp => matches!(group, GroupProtocol::Udp | GroupProtocol::TcpUdp),
+            Self::TcpUdp => group == GroupProtocol::TcpUdp,
+            Self::Tls => group == GroupProtocol::Tcp,
+            Self::Http | Self::Https => {
+                matches!(group, GroupProtocol::Http | GroupProtocol::Https)
+            }
+        }
+    }
+}
+
+/// L4 forwarding mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Full NAT: targets see a SNAT address and answer through the load balancer (default).
+    #[default]
+    Nat,
+    /// Direct server return (not supported yet).
+    Dsr,
+}
+
+/// A certificate and its key (TLS and HTTPS listeners).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// What a listener or rule does with a request: exactly one of the three.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Send it to target groups.
+    pub forward: Option<Forward>,
+    /// Answer with an HTTP redirect (L7).
+    pub redirect: Option<Redirect>,
+    /// Answer with a fixed HTTP response (L7).
+    pub fixed_response: Option<FixedResponse>,
+}
+
+/// `forward = "group"` or `forward = [{ target_group = "a", weight = 90 }, ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// All to one group.
+    Group(String),
+    /// Split between groups by weight (L7).
+    Weighted(Vec<WeightedGroup>),
+}
+
+impl<'de> Deserialize<'de> for Forward {
+    // By hand rather than `#[serde(untagged)]`: untagged enums lose the inner error (an
+    // unknown field in a weighted entry would read "did not match any variant").
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Forward;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a target group name, or a list like \
+                     [{ target_group = \"a\", weight = 90 }, { target_group = \"b\", weight = 10 }]",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Forward, E> {
+                Ok(Forward::Group(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Forward, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(Forward::Weighted)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One group of a weighted forward.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedGroup {
+    /// The group's name.
+    pub target_group: String,
+    /// Relative share of requests, 0..=999 as AWS (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A redirect's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedirectProtocol {
+    /// `http://`
+    Http,
+    /// `https://`
+    Https,
+}
+
+/// `redirect = { protocol = "https", port = 443, status_code = 301 }`: parts left out keep the
+/// request's own (AWS's `#{host}`, `#{path}`... placeholders are allowed in the strings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// Scheme of the new URL.
+    pub protocol: Option<RedirectProtocol>,
+    /// Host of the new URL.
+    pub host: Option<String>,
+    /// Port of the new URL.
+    pub port: Option<u16>,
+    /// Path of the new URL; starts with `/`.
+    pub path: Option<String>,
+    /// Query of the new URL, without the `?`.
+    pub query: Option<String>,
+    /// 301, 302, 303, 307 or 308 (default 301).
+    #[serde(default = "default_redirect_status")]
+    pub status_code: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    301
+}
+
+/// `fixed_response = { status_code = 503, content_type = "text/plain", message_body = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedResponse {
+    /// HTTP status, 200..=599.
+    pub status_code: u16,
+    /// `Content-Type` of the body.
+    pub content_type: Option<String>,
+    /// The body.
+    pub message_body: Option<String>,
+}
+
+impl Action {
+    /// The groups this action forwards to, with the dotted path of each name.
+    pub(super) fn forwards(&self, path: &str) -> Vec<(&str, String)> {
+        match &self.forward {
+            Some(Forward::Group(g)) => vec![(g.as_str(), format!("{path}.forward"))],
+            Some(Forward::Weighted(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    (
+                        w.target_group.as_str(),
+                        format!("{path}.forward[{i}].target_group"),
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// What a rule matches on (L7); a rule matches when every condition given matches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conditions {
+    /// Host header patterns (`*` and `?` wildcards); any may match.
+    pub host: Vec<String>,
+    /// Path patterns (`*` and `?` wildcards); any may match.
+    pub path: Vec<String>,
+    /// Request methods; any may match.
+    pub http_request_method: Vec<String>,
+    /// Client address blocks in CIDR notation; any may match.
+    pub source_ip: Vec<String>,
+    /// Header name → value patterns; for each header, any value may match.
+    pub http_header: BTreeMap<String, Vec<String>>,
+    /// Query key → value pattern.
+    pub query_string: BTreeMap<String, String>,
+}
+
+impl Conditions {
+    pub(super) fn is_empty(&self) -> bool {
+        self.host.is_empty()
+            && self.path.is_empty()
+            && self.http_request_method.is_empty()
+            && self.source_ip.is_empty()
+            && self.http_header.is_empty()
+            && self.query_string.is_empty()
+    }
+}
+
+/// A listener rule (L7): `[[listener.rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Lower is tried first; 1..=50000, unique in its listener.
+    pub priority: u32,
+    /// What the rule matches.
+    #[serde(default)]
+    pub conditions: Conditions,
+    /// What it does with a match.
+    pub action: Action,
+}
+
+/// An address, port and protocol the load balancer accepts traffic on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique among listeners; 1-64 of `[A-Za-z0-9_-]`.
+    pub name: String,
+    /// The VIP.
+    pub address: IpAddr,
+    /// The VIP's port.
+    pub port: u16,
+    /// What it accepts.
+    pub protocol: ListenerProtocol,
+    /// How L4 flows reach targets (default `nat`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// What it does with traffic no rule takes (L4: all of it).
+    pub default_action: Action,
+    /// Certificates (tls and https listeners).
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    /// `[[listener.rule]]`s (http and https listeners).
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+impl Listener {
+    /// The one group the default action forwards to, if it forwards to exactly one.
+    pub fn forward_group(&self) -> Option<&str> {
+        match &self.default_action.forward {
+            Some(Forward::Group(g)) => Some(g),
+            Some(Forward::Weighted(list)) if list.len() == 1 => Some(&list[0].target_group),
+            _ => None,
+        }
+    }
+}
