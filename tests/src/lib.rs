@@ -1,8 +1,11 @@
 //! Shared pieces of the integration tests: crafted frames and a test bed that runs the real
 //! XDP program with BPF_PROG_TEST_RUN, its maps filled by the agent's own code.
 
+pub mod bed_config;
+pub mod decode;
 pub mod lab_traffic;
 pub mod packet;
+pub mod table;
 
 use std::{
     fs::File,
@@ -20,68 +23,19 @@ use lb_agent::{
 };
 use lb_common::program_names;
 
-/// The config the test bed programs (addresses of the lab's plan).
-pub const TEST_CONFIG: &str = r#"
-[agent]
-snat_addresses = ["198.18.0.1", "fd00:198:18::1"]
-maglev_table_size = 65537
-
-[[target_group]]
-name = "web"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }, { address = "198.18.0.23" }]
-
-[[target_group]]
-name = "dns"
-protocol = "udp"
-port = 5353
-targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }]
-
-[[target_group]]
-name = "web6"
-protocol = "tcp_udp"
-port = 8080
-targets = [{ address = "fd00:198:18::21" }, { address = "fd00:198:18::22" }, { address = "fd00:198:18::23" }]
-
-[[target_group]]
-name = "far"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.4.21" }]
-
-[[listener]]
-name = "far"
-address = "198.18.1.100"
-port = 8443
-protocol = "tcp"
-default_action = { forward = "far" }
-
-[[listener]]
-name = "web"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "web" }
-
-[[listener]]
-name = "dns"
-address = "198.18.1.100"
-port = 53
-protocol = "udp"
-default_action = { forward = "dns" }
-
-[[listener]]
-name = "web6"
-address = "fd00:198:18:1::100"
-port = 80
-protocol = "tcp_udp"
-default_action = { forward = "web6" }
-"#;
+use crate::bed_config::BedConfig;
 
 /// The neighbour MAC the test bed gives a lab host whose address ends in byte `last`.
 pub fn mac_of(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, last]
+}
+
+/// The neighbour MAC the test bed gives the lab host at `ip`.
+pub fn host_mac(ip: IpAddr) -> [u8; 6] {
+    mac_of(match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    })
 }
 
 fn ip(ns: &str, args: &[&str]) {
@@ -150,13 +104,13 @@ pub struct TestBed {
 }
 
 impl TestBed {
-    /// A bed programmed from `TEST_CONFIG`.
+    /// A bed programmed with the lab's plan (`BedConfig::lab`).
     pub fn new() -> Self {
-        Self::with_config(TEST_CONFIG)
+        Self::with_config(BedConfig::lab().build())
     }
 
-    /// A bed programmed from `toml`.
-    pub fn with_config(toml: &str) -> Self {
+    /// A bed programmed with `config`.
+    pub fn with_config(config: Config) -> Self {
         let name = format!(
             "lbtr{}-{}",
             std::process::id(),
@@ -189,12 +143,7 @@ impl TestBed {
         }
         hosts.push(("198.18.4.21".to_owned(), "lbt2"));
         for (addr, nic) in &hosts {
-            let parsed: IpAddr = addr.parse().expect("lab address");
-            let last = match parsed {
-                IpAddr::V4(v4) => v4.octets()[3],
-                IpAddr::V6(v6) => v6.octets()[15],
-            };
-            let mac = mac_of(last)
+            let mac = host_mac(addr.parse().expect("lab address"))
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect::<Vec<_>>()
@@ -220,8 +169,6 @@ impl TestBed {
             unsafe { libc::if_nametoindex(c.as_ptr()) }
         };
         assert_ne!(ifindex, 0, "lbt0 not found in {name}");
-        let config =
-            Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
         let mut dataplane =
             Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
         let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();

@@ -1,5 +1,6 @@
-//! Crafted frames for BPF_PROG_TEST_RUN, and an independent check of their checksums
-//! (etherparse's, not ours).
+//! Crafted frames for BPF_PROG_TEST_RUN: a builder with named options, so a test says what
+//! is special about its frame ("a VLAN tag", "a later fragment", "cut after 30 bytes") instead
+//! of poking byte offsets. Every checksum is computed unless an option says otherwise.
 
 use std::net::IpAddr;
 
@@ -10,153 +11,228 @@ pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 /// MAC the crafted frames are sent to (the load balancer's NIC, as far as it matters).
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
-/// One frame to build.
-#[derive(Clone, Debug)]
-pub struct Frame {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    /// 6 (TCP) or 17 (UDP), or anything else for a bare IP payload.
-    pub proto: u8,
-    pub sport: u16,
-    pub dport: u16,
-    pub payload: Vec<u8>,
-    /// An 802.1Q tag.
-    pub vlan: Option<u16>,
-    /// IPv4 flags+fragment offset field (host order), e.g. 0x2000 for "more fragments".
-    pub frag: u16,
-    /// IPv4 UDP sent without a checksum (0).
-    pub udp_no_checksum: bool,
-    /// An IPv6 hop-by-hop options header before the transport header.
-    pub ipv6_hop_by_hop: bool,
-    /// TCP flags (default SYN: a client opening a connection).
-    pub tcp_flags: u8,
-}
-
+/// TCP FIN.
+pub const FIN: u8 = 0x01;
 /// TCP SYN.
 pub const SYN: u8 = 0x02;
 /// TCP ACK.
 pub const ACK: u8 = 0x10;
 
+/// IP protocol numbers of the transports the load balancer balances.
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// What a frame gets wrong on purpose, applied when it is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// The IP length field (IPv4 total length, IPv6 payload length) claims one byte more than
+    /// the frame holds; the IPv4 header checksum still matches, so only the length lies.
+    IpLengthBeyondFrame,
+    /// The IPv4 header length field says 3 words (12 bytes), below the 20-byte minimum.
+    Ipv4HeaderLengthBelowMinimum,
+    /// Byte `at` of the finished frame (checksums included) overwritten with `value`: a random
+    /// corruption that nothing repairs.
+    OverwriteByte {
+        /// Offset from the start of the Ethernet header.
+        at: usize,
+        /// The byte written there.
+        value: u8,
+    },
+}
+
+/// One frame to build: Ethernet (optionally 802.1Q-tagged), IPv4 or IPv6, then TCP, UDP or a
+/// bare payload of another IP protocol.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    /// 6 (TCP), 17 (UDP), or anything else for a bare IP payload.
+    pub(crate) proto: u8,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    payload: Vec<u8>,
+    vlan: Option<u16>,
+    tcp_flags: u8,
+    ttl: u8,
+    /// IPv4 flags and fragment offset field (host order).
+    fragment_field: u16,
+    udp_checksum: bool,
+    ipv6_hop_by_hop: bool,
+    ethernet_padding: usize,
+    mutations: Vec<Mutation>,
+    truncate_to: Option<usize>,
+}
+
 impl Frame {
-    /// A TCP SYN-like segment (flags don't matter to the load balancer) with a payload.
+    /// A TCP segment with a payload, SYN set (a client opening a connection).
     pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
+        assert_eq!(
+            src.is_ipv4(),
+            dst.is_ipv4(),
+            "a frame's addresses are of one family"
+        );
         Self {
             src,
             dst,
-            proto: 6,
+            proto: PROTO_TCP,
             sport,
             dport,
             payload: b"hello, backend".to_vec(),
             vlan: None,
-            frag: 0,
-            udp_no_checksum: false,
-            ipv6_hop_by_hop: false,
             tcp_flags: SYN,
+            ttl: 64,
+            fragment_field: 0,
+            udp_checksum: true,
+            ipv6_hop_by_hop: false,
+            ethernet_padding: 0,
+            mutations: Vec::new(),
+            truncate_to: None,
         }
     }
 
-    /// A UDP datagram.
+    /// A UDP datagram with a payload.
     pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
         Self {
-            proto: 17,
+            proto: PROTO_UDP,
             ..Self::tcp(src, sport, dst, dport)
         }
     }
 
-    /// Offset of the IP header.
-    pub fn l3(&self) -> usize {
-        if self.vlan.is_some() { 18 } else { 14 }
+    /// An IP packet of protocol `proto` (ICMP is 1) whose payload follows the IP header bare:
+    /// no ports for the load balancer to read.
+    pub fn ip_protocol(src: IpAddr, dst: IpAddr, proto: u8) -> Self {
+        Self {
+            proto,
+            ..Self::tcp(src, 0, dst, 0)
+        }
     }
 
-    /// Offset of the TCP/UDP header.
-    pub fn l4(&self) -> usize {
-        self.l3()
-            + match self.src {
-                IpAddr::V4(_) => 20,
-                IpAddr::V6(_) => 40 + if self.ipv6_hop_by_hop { 8 } else { 0 },
-            }
+    /// TCP or UDP, by IP protocol number: for tables that cover both.
+    pub fn transport(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Self {
+        Self {
+            proto,
+            ..Self::tcp(src, sport, dst, dport)
+        }
     }
 
-    /// The frame's bytes, every checksum correct.
+    /// An 802.1Q tag with VLAN id `vid`.
+    pub fn vlan(mut self, vid: u16) -> Self {
+        self.vlan = Some(vid);
+        self
+    }
+
+    /// TCP flags (`SYN`, `ACK`, `FIN | ACK`, ...); SYN by default.
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
+    }
+
+    /// IPv4 TTL or IPv6 hop limit (64 by default).
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The transport payload.
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// An IPv4 fragment: at byte `offset` (a multiple of 8) of the original datagram, with the
+    /// more-fragments flag set when `more`. The first of several is `fragment(0, true)`.
+    pub fn fragment(mut self, offset: u16, more: bool) -> Self {
+        assert!(self.src.is_ipv4(), "fragment() builds IPv4 fragments only");
+        assert_eq!(offset % 8, 0, "fragment offsets count 8-byte units");
+        // The flags share the field with the offset: bit 13 is "more fragments".
+        let more_fragments = if more { 0x2000 } else { 0 };
+        self.fragment_field = (offset / 8) | more_fragments;
+        self
+    }
+
+    /// An IPv4 UDP datagram sent without a checksum (the field is 0, as RFC 768 allows).
+    pub fn without_udp_checksum(mut self) -> Self {
+        assert!(
+            self.src.is_ipv4() && self.proto == PROTO_UDP,
+            "only IPv4 UDP may go without a checksum"
+        );
+        self.udp_checksum = false;
+        self
+    }
+
+    /// An IPv6 hop-by-hop options header (8 bytes of padding options) before the transport.
+    pub fn ipv6_hop_by_hop(mut self) -> Self {
+        assert!(self.src.is_ipv6(), "hop-by-hop options are IPv6's");
+        self.ipv6_hop_by_hop = true;
+        self
+    }
+
+    /// `len` zero bytes after the IP packet, as a NIC pads a short frame.
+    pub fn ethernet_padding(mut self, len: usize) -> Self {
+        self.ethernet_padding = len;
+        self
+    }
+
+    /// Gets `mutation` wrong on purpose.
+    pub fn mutate(mut self, mutation: Mutation) -> Self {
+        self.mutations.push(mutation);
+        self
+    }
+
+    /// Only the first `len` bytes of the frame (a frame cut short on the wire).
+    pub fn truncate_to(mut self, len: usize) -> Self {
+        self.truncate_to = Some(len);
+        self
+    }
+
+    /// The client's (source) port.
+    pub fn sport(&self) -> u16 {
+        self.sport
+    }
+
+    /// The transport payload the frame carries.
+    pub fn payload_bytes(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Bytes before the transport header: Ethernet, VLAN tag, IP header and its extensions.
+    /// Corrupting any of them is corrupting "the headers".
+    pub fn header_len(&self) -> usize {
+        let l2 = if self.vlan.is_some() { 18 } else { 14 };
+        l2 + match self.src {
+            IpAddr::V4(_) => 20,
+            IpAddr::V6(_) => 40 + if self.ipv6_hop_by_hop { 8 } else { 0 },
+        }
+    }
+
+    /// The frame's bytes.
     pub fn build(&self) -> Vec<u8> {
-        let mut l4 = Vec::new();
-        l4.extend(self.sport.to_be_bytes());
-        l4.extend(self.dport.to_be_bytes());
-        match self.proto {
-            6 => {
-                l4.extend([
-                    0,
-                    0,
-                    0,
-                    1,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0x50,
-                    self.tcp_flags,
-                    0xff,
-                    0xff,
-                    0,
-                    0,
-                    0,
-                    0,
-                ]);
-            }
-            17 => {
-                l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
-                l4.extend([0, 0]);
-            }
-            _ => l4.clear(),
-        }
-        l4.extend(&self.payload);
-        let csum_at = match self.proto {
-            6 => Some(16),
-            17 => Some(6),
-            _ => None,
-        };
-        let mut pseudo = Vec::new();
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                pseudo.extend(s.octets());
-                pseudo.extend(d.octets());
-                pseudo.extend([0, self.proto]);
-                pseudo.extend((l4.len() as u16).to_be_bytes());
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                pseudo.extend(s.octets());
-                pseudo.extend(d.octets());
-                pseudo.extend((l4.len() as u32).to_be_bytes());
-                pseudo.extend([0, 0, 0, self.proto]);
-            }
-            _ => panic!("mixed address families"),
-        }
-        if let Some(at) = csum_at
-            && !(self.proto == 17 && self.udp_no_checksum)
-        {
-            pseudo.extend(&l4);
-            let mut c = internet_checksum(&pseudo, 0);
-            if c == 0 && self.proto == 17 {
-                c = 0xffff;
-            }
-            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-        }
+        let l4 = self.transport_bytes();
         let mut frame = Vec::new();
         frame.extend(DST_MAC);
         frame.extend(SRC_MAC);
-        let ether_type: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
         if let Some(vid) = self.vlan {
             frame.extend(0x8100u16.to_be_bytes());
             frame.extend(vid.to_be_bytes());
         }
+        let ether_type: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
         frame.extend(ether_type.to_be_bytes());
+        let length_lie = usize::from(self.mutations.contains(&Mutation::IpLengthBeyondFrame));
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut ip = vec![0x45, 0];
-                ip.extend(((20 + l4.len()) as u16).to_be_bytes());
+                let version_ihl = if self
+                    .mutations
+                    .contains(&Mutation::Ipv4HeaderLengthBelowMinimum)
+                {
+                    0x43
+                } else {
+                    0x45
+                };
+                let mut ip = vec![version_ihl, 0];
+                ip.extend(((20 + l4.len() + length_lie) as u16).to_be_bytes());
                 ip.extend([0x12, 0x34]);
-                ip.extend(self.frag.to_be_bytes());
-                ip.extend([64, self.proto, 0, 0]);
+                ip.extend(self.fragment_field.to_be_bytes());
+                ip.extend([self.ttl, self.proto, 0, 0]);
                 ip.extend(s.octets());
                 ip.extend(d.octets());
                 let c = internet_checksum(&ip, 0);
@@ -166,9 +242,10 @@ impl Frame {
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let ext = if self.ipv6_hop_by_hop { 8 } else { 0 };
                 frame.extend([0x60, 0, 0, 0]);
-                frame.extend(((l4.len() + ext) as u16).to_be_bytes());
+                frame.extend(((l4.len() + ext + length_lie) as u16).to_be_bytes());
+                // Next header 0: hop-by-hop options.
                 frame.push(if self.ipv6_hop_by_hop { 0 } else { self.proto });
-                frame.push(64);
+                frame.push(self.ttl);
                 frame.extend(s.octets());
                 frame.extend(d.octets());
                 if self.ipv6_hop_by_hop {
@@ -176,107 +253,83 @@ impl Frame {
                     frame.extend([self.proto, 0, 1, 4, 0, 0, 0, 0]);
                 }
             }
-            _ => unreachable!(),
+            _ => unreachable!("Frame::tcp refuses mixed families"),
         }
         frame.extend(l4);
+        frame.resize(frame.len() + self.ethernet_padding, 0);
+        for mutation in &self.mutations {
+            if let Mutation::OverwriteByte { at, value } = *mutation {
+                frame[at] = value;
+            }
+        }
+        if let Some(len) = self.truncate_to {
+            frame.truncate(len);
+        }
         frame
+    }
+
+    /// The TCP or UDP header and payload, checksummed (or the bare payload).
+    fn transport_bytes(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        let checksum_at = match self.proto {
+            PROTO_TCP => {
+                l4.extend(self.sport.to_be_bytes());
+                l4.extend(self.dport.to_be_bytes());
+                // Sequence number 1, no acknowledgment number, 5 words, flags, window 65535.
+                l4.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, self.tcp_flags, 0xff, 0xff]);
+                // Checksum, urgent pointer.
+                l4.extend([0, 0, 0, 0]);
+                Some(16)
+            }
+            PROTO_UDP => {
+                l4.extend(self.sport.to_be_bytes());
+                l4.extend(self.dport.to_be_bytes());
+                l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                l4.extend([0, 0]);
+                self.udp_checksum.then_some(6)
+            }
+            _ => None,
+        };
+        l4.extend(&self.payload);
+        if let Some(at) = checksum_at {
+            let mut sum =
+                internet_checksum(&[self.pseudo_header(l4.len()), l4.clone()].concat(), 0);
+            // UDP sends a computed 0 as 0xffff: 0 means "no checksum".
+            if sum == 0 && self.proto == PROTO_UDP {
+                sum = 0xffff;
+            }
+            l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        l4
+    }
+
+    /// The pseudo-header the transport checksum covers.
+    fn pseudo_header(&self, l4_len: usize) -> Vec<u8> {
+        let mut pseudo = Vec::new();
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                pseudo.extend(s.octets());
+                pseudo.extend(d.octets());
+                pseudo.extend([0, self.proto]);
+                pseudo.extend((l4_len as u16).to_be_bytes());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                pseudo.extend(s.octets());
+                pseudo.extend(d.octets());
+                pseudo.extend((l4_len as u32).to_be_bytes());
+                pseudo.extend([0, 0, 0, self.proto]);
+            }
+            _ => unreachable!("Frame::tcp refuses mixed families"),
+        }
+        pseudo
     }
 }
 
-/// What a frame's headers say, read back from bytes.
-#[derive(Debug, PartialEq, Eq, Clone)]
-pub struct Seen {
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub sport: u16,
-    pub dport: u16,
-    pub payload: Vec<u8>,
-}
-
-/// Reads a frame built like `Frame` (same layout), and verifies every checksum with etherparse.
-/// Returns an error naming the first bad checksum.
-pub fn inspect(bytes: &[u8], like: &Frame) -> Result<Seen, String> {
-    let l3 = like.l3();
-    let l4 = like.l4();
-    let mut src_mac = [0; 6];
-    let mut dst_mac = [0; 6];
-    dst_mac.copy_from_slice(&bytes[0..6]);
-    src_mac.copy_from_slice(&bytes[6..12]);
-    let (src, dst): (IpAddr, IpAddr) = if like.src.is_ipv4() {
-        let ip =
-            etherparse::Ipv4HeaderSlice::from_slice(&bytes[l3..]).map_err(|e| e.to_string())?;
-        let header = ip.to_header();
-        if header.calc_header_checksum() != header.header_checksum {
-            return Err(format!(
-                "IPv4 header checksum {:#06x}, should be {:#06x}",
-                header.header_checksum,
-                header.calc_header_checksum()
-            ));
-        }
-        (
-            IpAddr::from(header.source),
-            IpAddr::from(header.destination),
-        )
-    } else {
-        let ip =
-            etherparse::Ipv6HeaderSlice::from_slice(&bytes[l3..]).map_err(|e| e.to_string())?;
-        (IpAddr::from(ip.source()), IpAddr::from(ip.destination()))
-    };
-    let l4_bytes = &bytes[l4..];
-    let (sport, dport, payload) = match like.proto {
-        6 => {
-            let tcp = etherparse::TcpSlice::from_slice(l4_bytes).map_err(|e| e.to_string())?;
-            let want = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()),
-                (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()),
-                _ => return Err("mixed families".into()),
-            }
-            .map_err(|e| e.to_string())?;
-            if want != tcp.checksum() {
-                return Err(format!(
-                    "TCP checksum {:#06x}, should be {want:#06x}",
-                    tcp.checksum()
-                ));
-            }
-            (
-                tcp.source_port(),
-                tcp.destination_port(),
-                tcp.payload().to_vec(),
-            )
-        }
-        17 => {
-            let (udp, rest) =
-                etherparse::UdpHeader::from_slice(l4_bytes).map_err(|e| e.to_string())?;
-            let want = match (src, dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => {
-                    udp.calc_checksum_ipv4_raw(s.octets(), d.octets(), rest)
-                }
-                (IpAddr::V6(s), IpAddr::V6(d)) => {
-                    udp.calc_checksum_ipv6_raw(s.octets(), d.octets(), rest)
-                }
-                _ => return Err("mixed families".into()),
-            }
-            .map_err(|e| e.to_string())?;
-            let no_checksum_ok = src.is_ipv4() && udp.checksum == 0;
-            if want != udp.checksum && !no_checksum_ok {
-                return Err(format!(
-                    "UDP checksum {:#06x}, should be {want:#06x}",
-                    udp.checksum
-                ));
-            }
-            (udp.source_port, udp.destination_port, rest.to_vec())
-        }
-        _ => return Err("not TCP/UDP".into()),
-    };
-    Ok(Seen {
-        src_mac,
-        dst_mac,
-        src,
-        dst,
-        sport,
-        dport,
-        payload,
-    })
+/// A broadcast ARP request (its body all zeros): a frame that is not IP at all.
+pub fn arp_request() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend([0x02, 0, 0, 0, 0, 0x09]);
+    frame.extend(0x0806u16.to_be_bytes());
+    frame.extend([0; 28]);
+    frame
 }

@@ -1,24 +1,26 @@
 //! The XDP program on crafted frames (BPF_PROG_TEST_RUN), its maps filled by the agent's code.
 //! Needs root. Each test builds its own namespace and maps.
+//!
+//! Data-plane tests are tables (`tests::table`): each case a name, a frame from the builder
+//! (`tests::packet::Frame`), the expected verdict and what must hold of the output frame; the
+//! runner checks every case and then lists each one that failed.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use lb_agent::dataplane::{MapReader as _, Maps as _};
-
 use lb_common::verdict;
 use tests::{
-    TestBed, flow_key, mac_of,
-    packet::{ACK, Frame, inspect},
+    TestBed,
+    bed_config::BedConfig,
+    decode::decode,
+    flow_key, host_mac,
+    packet::{ACK, FIN, Frame, Mutation, arp_request},
+    table::{Case, Expect, Property, SnatPort, Verdict, run_table},
 };
-
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const CLIENT4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
 const VIP4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 100));
@@ -27,139 +29,169 @@ const CLIENT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0
 const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 0x100));
 const SNAT6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 1));
 
-fn last_octet(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(v4) => v4.octets()[3],
-        IpAddr::V6(v6) => v6.octets()[15],
-    }
+/// A client's frame to a listener of `group`: sent back out (XDP_TX) to the backend the hash
+/// predicts, from our SNAT address `snat`, checksums valid, payload intact, next-hop MAC.
+fn forwarded(bed: &TestBed, name: &str, group: &str, frame: &Frame, snat: IpAddr) -> Case {
+    let backend = bed.predict_backend(group, &flow_key(frame), false);
+    Case::new(
+        name,
+        frame.build(),
+        Expect::verdict(Verdict::Tx).and(Property::forwarded(backend, snat, frame.payload_bytes())),
+    )
 }
 
-/// Sends a client frame through the bed and checks the full-NAT rewrite: the predicted
-/// backend, our SNAT source, valid checksums, the payload intact, the next hop's MAC.
-fn assert_forwarded(
-    bed: &mut TestBed,
-    name: &str,
-    group: &str,
-    frame: &Frame,
-    snat: IpAddr,
-) -> SocketAddr {
-    let want = bed.predict_backend(group, &flow_key(frame), false);
-    let (action, out) = bed.run(&frame.build());
-    assert_eq!(action, XDP_TX, "{name}: verdict");
-    let seen = inspect(&out, frame).unwrap_or_else(|e| panic!("{name}: {e}\nout: {out:02x?}"));
-    assert_eq!(
-        SocketAddr::new(seen.dst, seen.dport),
-        want,
-        "{name}: backend"
-    );
-    assert_eq!(seen.src, snat, "{name}: SNAT source address");
-    assert!(
-        (1024..=32767).contains(&seen.sport),
-        "{name}: SNAT port {} outside the range",
-        seen.sport
-    );
-    assert_eq!(seen.payload, frame.payload, "{name}: payload");
-    assert_eq!(
-        seen.dst_mac,
-        mac_of(last_octet(want.ip())),
-        "{name}: next-hop MAC"
-    );
-    want
+/// The backend and SNAT source port a forwarded frame went to / came from.
+fn backend_and_snat_port(output: &[u8]) -> (SocketAddr, u16) {
+    let seen = decode(output).unwrap_or_else(|e| panic!("a forwarded frame: {e}"));
+    (SocketAddr::new(seen.dst, seen.dport), seen.sport)
+}
+
+/// One client frame of each family and transport, to a listener of each.
+fn listener_hits(bed: &TestBed) -> Vec<Case> {
+    vec![
+        forwarded(
+            bed,
+            "ipv4 tcp",
+            "web",
+            &Frame::tcp(CLIENT4, 40000, VIP4, 80),
+            SNAT4,
+        ),
+        forwarded(
+            bed,
+            "ipv4 udp",
+            "dns",
+            &Frame::udp(CLIENT4, 40001, VIP4, 53),
+            SNAT4,
+        ),
+        forwarded(
+            bed,
+            "ipv6 tcp",
+            "web6",
+            &Frame::tcp(CLIENT6, 40002, VIP6, 80),
+            SNAT6,
+        ),
+        forwarded(
+            bed,
+            "ipv6 udp",
+            "web6",
+            &Frame::udp(CLIENT6, 40003, VIP6, 80),
+            SNAT6,
+        ),
+        forwarded(
+            bed,
+            "ipv4 tcp, vlan tag",
+            "web",
+            &Frame::tcp(CLIENT4, 40004, VIP4, 80).vlan(7),
+            SNAT4,
+        ),
+        forwarded(
+            bed,
+            "ipv4 udp, no checksum",
+            "dns",
+            &Frame::udp(CLIENT4, 40005, VIP4, 53).without_udp_checksum(),
+            SNAT4,
+        ),
+    ]
 }
 
 #[test]
-fn listener_hits_are_rewritten_to_the_predicted_backend_with_valid_checksums() {
+fn listener_hits_are_forwarded_to_the_predicted_backend_with_our_snat_source() {
     let mut bed = TestBed::new();
-    let rows: Vec<(&str, &str, Frame, IpAddr)> = vec![
-        (
-            "ipv4 tcp",
-            "web",
-            Frame::tcp(CLIENT4, 40000, VIP4, 80),
-            SNAT4,
-        ),
-        (
-            "ipv4 udp",
-            "dns",
-            Frame::udp(CLIENT4, 40001, VIP4, 53),
-            SNAT4,
-        ),
-        (
-            "ipv6 tcp",
-            "web6",
-            Frame::tcp(CLIENT6, 40002, VIP6, 80),
-            SNAT6,
-        ),
-        (
-            "ipv6 udp",
-            "web6",
-            Frame::udp(CLIENT6, 40003, VIP6, 80),
-            SNAT6,
-        ),
-        (
-            "ipv4 tcp, vlan tag",
-            "web",
-            Frame {
-                vlan: Some(7),
-                ..Frame::tcp(CLIENT4, 40004, VIP4, 80)
-            },
-            SNAT4,
-        ),
-        (
-            "ipv4 udp, no checksum",
-            "dns",
-            Frame {
-                udp_no_checksum: true,
-                ..Frame::udp(CLIENT4, 40005, VIP4, 53)
-            },
-            SNAT4,
-        ),
-    ];
-    for (name, group, frame, snat) in &rows {
-        assert_forwarded(&mut bed, name, group, frame, *snat);
-    }
-    // A UDP datagram sent without a checksum still has none.
-    let frame = &rows[5].2;
-    let (_, out) = bed.run(&frame.build());
-    assert_eq!(
-        &out[frame.l4() + 6..frame.l4() + 8],
-        &[0, 0],
-        "zero UDP checksum kept zero"
-    );
-    // The VLAN tag is kept.
-    let frame = &rows[4].2;
-    let (_, out) = bed.run(&frame.build());
-    assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 0x07]);
+    let cases = listener_hits(&bed);
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn a_vlan_tagged_frame_is_forwarded_with_its_tag() {
+    let mut bed = TestBed::new();
+    let frame = Frame::tcp(CLIENT4, 40004, VIP4, 80).vlan(7);
+    let case = forwarded(&bed, "ipv4 tcp, vlan 7", "web", &frame, SNAT4);
+    let case = Case {
+        expect: case.expect.and(Property::VlanTag(7)),
+        ..case
+    };
+    run_table(&mut bed, &[case]);
+}
+
+#[test]
+fn a_udp_datagram_without_checksum_is_forwarded_without_one() {
+    let mut bed = TestBed::new();
+    let frame = Frame::udp(CLIENT4, 40005, VIP4, 53).without_udp_checksum();
+    let case = forwarded(&bed, "ipv4 udp, checksum 0", "dns", &frame, SNAT4);
+    let case = Case {
+        expect: case.expect.and(Property::NoUdpChecksum),
+        ..case
+    };
+    run_table(&mut bed, &[case]);
+}
+
+#[test]
+fn forwarded_frames_are_counted_as_forwarded_to_a_backend() {
+    let mut bed = TestBed::new();
+    let cases = listener_hits(&bed);
+    run_table(&mut bed, &cases);
     let verdicts = bed.dataplane.verdicts().expect("verdicts");
-    assert!(verdicts[verdict::FWD_TO_BACKEND as usize] >= rows.len() as u64);
+    assert!(
+        verdicts[verdict::FWD_TO_BACKEND as usize] >= cases.len() as u64,
+        "{} forwarded frames counted, {} sent",
+        verdicts[verdict::FWD_TO_BACKEND as usize],
+        cases.len()
+    );
 }
 
 #[test]
 fn a_backend_behind_another_nic_is_reached_by_redirect() {
     let mut bed = TestBed::new();
     let frame = Frame::tcp(CLIENT4, 40000, VIP4, 8443);
-    let (action, out) = bed.run(&frame.build());
-    assert_eq!(action, XDP_REDIRECT, "verdict");
-    let seen = inspect(&out, &frame).expect("checksums");
-    assert_eq!(
-        (seen.dst, seen.dport),
-        ("198.18.4.21".parse().expect("ip"), 8080)
+    let far: SocketAddr = "198.18.4.21:8080".parse().expect("addr");
+    let case = Case::new(
+        "to the far group, behind lbt2",
+        frame.build(),
+        Expect::verdict(Verdict::Redirect).and(Property::forwarded(
+            far,
+            SNAT4,
+            frame.payload_bytes(),
+        )),
     );
-    assert_eq!(seen.dst_mac, mac_of(21), "next hop behind lbt2");
-    assert_eq!(seen.src, SNAT4);
+    run_table(&mut bed, &[case]);
+}
+
+/// 300 new flows from one client to the web listener.
+fn three_hundred_new_flows(bed: &TestBed) -> Vec<Case> {
+    (0..300u16)
+        .map(|i| {
+            let frame = Frame::tcp(CLIENT4, 20000 + i, VIP4, 80);
+            forwarded(
+                bed,
+                &format!("flow from port {}", 20000 + i),
+                "web",
+                &frame,
+                SNAT4,
+            )
+        })
+        .collect()
 }
 
 #[test]
-fn many_flows_spread_over_all_backends_by_the_predicted_hash() {
+fn each_new_flow_goes_to_the_backend_the_hash_predicts() {
     let mut bed = TestBed::new();
-    let mut seen = std::collections::BTreeMap::new();
-    for port in 0..300u16 {
-        let frame = Frame::tcp(CLIENT4, 20000 + port, VIP4, 80);
-        let backend = assert_forwarded(&mut bed, "spread", "web", &frame, SNAT4);
-        *seen.entry(backend).or_insert(0) += 1;
+    let cases = three_hundred_new_flows(&bed);
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn new_flows_spread_evenly_over_all_backends() {
+    let mut bed = TestBed::new();
+    let cases = three_hundred_new_flows(&bed);
+    let mut per_backend = BTreeMap::new();
+    for ran in run_table(&mut bed, &cases) {
+        *per_backend
+            .entry(backend_and_snat_port(&ran.output).0)
+            .or_insert(0) += 1;
     }
-    assert_eq!(seen.len(), 3, "{seen:?}");
-    for n in seen.values() {
-        assert!((75..=125).contains(n), "uneven: {seen:?}");
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    for n in per_backend.values() {
+        assert!((75..=125).contains(n), "uneven: {per_backend:?}");
     }
 }
 
@@ -167,27 +199,32 @@ fn many_flows_spread_over_all_backends_by_the_predicted_hash() {
 fn the_batched_connection_table_read_sees_every_flow_once() {
     let mut bed = TestBed::new();
     // More flows than one batch holds, so the walk takes several calls.
-    let count = 20_000u32;
-    for i in 0..count {
-        let frame = Frame::tcp(CLIENT4, 10_000 + i as u16, VIP4, 80).build();
-        assert_eq!(bed.run(&frame).0, 3, "flow {i} not forwarded");
-    }
+    let count = 20_000u16;
+    let cases: Vec<Case> = (0..count)
+        .map(|i| {
+            Case::new(
+                format!("flow {i}"),
+                Frame::tcp(CLIENT4, 10_000 + i, VIP4, 80).build(),
+                Expect::verdict(Verdict::Tx),
+            )
+        })
+        .collect();
+    run_table(&mut bed, &cases);
     let key = |(k, _): &(lb_common::FlowKey, lb_common::Flow)| {
         (k.src.0, k.sport, k.dst.0, k.dport, k.proto)
     };
     let mut batched = bed.dataplane.flows().expect("batched read");
-    let mut walked = bed
-        .dataplane
-        .reader()
-        .expect("reader")
-        .flows_one_by_one()
-        .expect("entry by entry");
-    assert_eq!(batched.len(), count as usize);
+    let mut walked = bed.dataplane.reader().expect("reader").flows_one_by_one().expect("entry by entry");
+    assert_eq!(batched.len(), usize::from(count));
     batched.sort_by_key(key);
     walked.sort_by_key(key);
     assert_eq!(batched, walked);
-    // The listeners' ports, read in batches too: 80 (TCP over IPv4, TCP and UDP over IPv6),
-    // 53 (UDP), 8443 (TCP).
+}
+
+#[test]
+fn the_batched_port_read_sees_every_listeners_port() {
+    let bed = TestBed::new();
+    // 80 (TCP over IPv4, TCP and UDP over IPv6), 53 (UDP), 8443 (TCP).
     let (tcp, udp) = (lb_common::port_bits::TCP, lb_common::port_bits::UDP);
     assert_eq!(
         bed.dataplane.ports().expect("ports"),
@@ -195,41 +232,82 @@ fn the_batched_connection_table_read_sees_every_flow_once() {
     );
 }
 
+/// A client's flow to the far group (one target), from `port`.
+fn far_flow(port: u16) -> Frame {
+    Frame::tcp(CLIENT4, port, VIP4, 8443)
+}
+
+/// A bed with two SNAT ports (20000-20001) and a closed timeout of 1 s, both ports taken by
+/// open flows from client ports 30001 and 30002.
+fn both_snat_ports_taken() -> TestBed {
+    let config = BedConfig::lab()
+        .snat_port_range(20000, 20001)
+        .closed_timeout(Duration::from_secs(1))
+        .build();
+    let mut bed = TestBed::with_config(config);
+    let cases: Vec<Case> = [30001, 30002]
+        .map(|port| {
+            Case::new(
+                format!("flow {port} takes a port"),
+                far_flow(port).build(),
+                Expect::verdict(Verdict::Redirect),
+            )
+        })
+        .to_vec();
+    run_table(&mut bed, &cases);
+    bed
+}
+
+/// The client closes flow 30001 (FIN), which is forwarded.
+fn client_closes_the_first_flow() -> Case {
+    Case::new(
+        "the FIN of flow 30001 is forwarded",
+        far_flow(30001).flags(FIN | ACK).build(),
+        Expect::verdict(Verdict::Redirect),
+    )
+}
+
+/// A closing flow's port is free again after closed_timeout (1 s) and a margin.
+fn wait_out_closed_timeout() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
+#[test]
+fn a_new_flow_is_dropped_when_every_snat_port_is_taken() {
+    let mut bed = both_snat_ports_taken();
+    let case = Case::new(
+        "flow 30003, no SNAT port left",
+        far_flow(30003).build(),
+        Expect::verdict(Verdict::Drop),
+    );
+    run_table(&mut bed, &[case]);
+}
+
+#[test]
+fn a_closing_flow_keeps_its_snat_port_for_closed_timeout() {
+    let mut bed = both_snat_ports_taken();
+    let cases = [
+        client_closes_the_first_flow(),
+        Case::new(
+            "flow 30003 right after the FIN: still no port",
+            far_flow(30003).build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+    ];
+    run_table(&mut bed, &cases);
+}
+
 #[test]
 fn a_closed_flow_gives_its_snat_port_to_a_new_flow_after_closed_timeout() {
-    // One target and two SNAT ports: two flows fill them.
-    let config = tests::TEST_CONFIG.replace(
-        "maglev_table_size = 65537",
-        "maglev_table_size = 65537\nsnat_port_range = [20000, 20001]\nclosed_timeout = \"1s\"",
+    let mut bed = both_snat_ports_taken();
+    run_table(&mut bed, &[client_closes_the_first_flow()]);
+    wait_out_closed_timeout();
+    let case = Case::new(
+        "flow 30003 after closed_timeout: the closed flow's port",
+        far_flow(30003).build(),
+        Expect::verdict(Verdict::Redirect),
     );
-    let mut bed = TestBed::with_config(&config);
-    let flow = |port: u16| Frame::tcp(CLIENT4, port, VIP4, 8443);
-    for port in [30001, 30002] {
-        assert_eq!(bed.run(&flow(port).build()).0, XDP_REDIRECT, "flow {port}");
-    }
-    let third = flow(30003).build();
-    assert_eq!(bed.run(&third).0, XDP_DROP, "no SNAT port left: dropped");
-    // The first flow closes (a FIN from the client); the second stays open and idle.
-    let fin = Frame {
-        tcp_flags: 0x11,
-        ..flow(30001)
-    };
-    assert_eq!(
-        bed.run(&fin.build()).0,
-        XDP_REDIRECT,
-        "the FIN is forwarded"
-    );
-    assert_eq!(
-        bed.run(&third).0,
-        XDP_DROP,
-        "a closing flow keeps its port for closed_timeout"
-    );
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(
-        bed.run(&third).0,
-        XDP_REDIRECT,
-        "the closed flow's port serves a new flow"
-    );
+    run_table(&mut bed, &[case]);
     let clients: Vec<u16> = bed
         .dataplane
         .flows()
@@ -245,71 +323,111 @@ fn a_closed_flow_gives_its_snat_port_to_a_new_flow_after_closed_timeout() {
         clients.contains(&30002) && clients.contains(&30003),
         "{clients:?}"
     );
-    // The idle open flow (TCP idle timeout: minutes) keeps its port.
-    assert_eq!(bed.run(&flow(30004).build()).0, XDP_DROP);
+}
+
+#[test]
+fn an_idle_open_flow_keeps_its_snat_port() {
+    let mut bed = both_snat_ports_taken();
+    run_table(&mut bed, &[client_closes_the_first_flow()]);
+    wait_out_closed_timeout();
+    // Flow 30002 stays open and idle (TCP idle timeout: minutes); 30003 takes the port flow
+    // 30001 gave back, so 30004 finds none.
+    let cases = [
+        Case::new(
+            "flow 30003 takes the closed flow's port",
+            far_flow(30003).build(),
+            Expect::verdict(Verdict::Redirect),
+        ),
+        Case::new(
+            "flow 30004: the idle flow 30002 still holds its port",
+            far_flow(30004).build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+    ];
+    run_table(&mut bed, &cases);
 }
 
 #[test]
 fn replies_are_reverse_nated_to_the_client() {
     let mut bed = TestBed::new();
-    for (name, client, vip, snat, proto, group) in [
-        ("ipv4 tcp", CLIENT4, VIP4, SNAT4, 6, "web"),
-        ("ipv4 udp", CLIENT4, VIP4, SNAT4, 17, "dns"),
-        ("ipv6 tcp", CLIENT6, VIP6, SNAT6, 6, "web6"),
-    ] {
-        let port = if proto == 17 && client.is_ipv4() {
-            53
-        } else {
-            80
-        };
-        let request = Frame {
-            proto,
-            ..Frame::tcp(client, 41000, vip, port)
-        };
-        let (action, out) = bed.run(&request.build());
-        assert_eq!(action, XDP_TX, "{name}");
-        let fwd = inspect(&out, &request).expect("request checksums");
-        let backend = bed.predict_backend(group, &flow_key(&request), false);
-        assert_eq!(SocketAddr::new(fwd.dst, fwd.dport), backend);
-        // The backend answers the SNAT address and port.
-        let reply = Frame {
-            proto,
-            payload: b"hello, client".to_vec(),
-            ..Frame::tcp(backend.ip(), backend.port(), snat, fwd.sport)
-        };
-        let (action, out) = bed.run(&reply.build());
-        assert_eq!(action, XDP_TX, "{name}: reply verdict");
-        let back = inspect(&out, &reply).unwrap_or_else(|e| panic!("{name}: reply {e}"));
-        assert_eq!((back.src, back.sport), (vip, port), "{name}: reply source");
-        assert_eq!(
-            (back.dst, back.dport),
-            (client, 41000),
-            "{name}: reply destination"
-        );
-        assert_eq!(
-            back.dst_mac,
-            mac_of(last_octet(client)),
-            "{name}: client MAC"
-        );
-        assert_eq!(back.payload, b"hello, client");
-    }
+    // (name, group, client, VIP and port, SNAT address, protocol)
+    let flows = [
+        (
+            "ipv4 tcp",
+            "web",
+            CLIENT4,
+            SocketAddr::new(VIP4, 80),
+            SNAT4,
+            6,
+        ),
+        (
+            "ipv4 udp",
+            "dns",
+            CLIENT4,
+            SocketAddr::new(VIP4, 53),
+            SNAT4,
+            17,
+        ),
+        (
+            "ipv6 tcp",
+            "web6",
+            CLIENT6,
+            SocketAddr::new(VIP6, 80),
+            SNAT6,
+            6,
+        ),
+    ];
+    let requests: Vec<Case> = flows
+        .iter()
+        .map(|&(name, group, client, vip, snat, proto)| {
+            let frame = Frame::transport(proto, client, 41000, vip.ip(), vip.port());
+            forwarded(&bed, &format!("{name} request"), group, &frame, snat)
+        })
+        .collect();
+    let forwarded = run_table(&mut bed, &requests);
+    // Each backend answers the SNAT address and port its request came from.
+    let replies: Vec<Case> = flows
+        .iter()
+        .zip(&forwarded)
+        .map(|(&(name, _, client, vip, snat, proto), ran)| {
+            let (backend, snat_port) = backend_and_snat_port(&ran.output);
+            let reply = Frame::transport(proto, backend.ip(), backend.port(), snat, snat_port)
+                .payload(b"hello, client");
+            Case::new(
+                format!("{name} reply"),
+                reply.build(),
+                Expect::verdict(Verdict::Tx).and(Property::ReverseNated {
+                    from: vip,
+                    to: SocketAddr::new(client, 41000),
+                    client_mac: host_mac(client),
+                    payload: b"hello, client".to_vec(),
+                }),
+            )
+        })
+        .collect();
+    run_table(&mut bed, &replies);
 }
 
-#[test]
-fn established_flows_keep_their_backend_when_targets_change() {
+/// The target that `sixty_flows_then_a_target_removed` removes.
+const REMOVED: &str = "198.18.0.21:8080";
+
+/// A bed where 60 client flows were opened to the web group (some to `REMOVED`), then
+/// `REMOVED` was taken out of the group live. Returns the flows' frames and the backend and
+/// SNAT port each got.
+fn sixty_flows_then_a_target_removed() -> (TestBed, Vec<Frame>, Vec<(SocketAddr, u16)>) {
     let mut bed = TestBed::new();
     let frames: Vec<Frame> = (0..60)
         .map(|i| Frame::tcp(CLIENT4, 42000 + i, VIP4, 80))
         .collect();
-    let first: Vec<(SocketAddr, u16)> = frames
+    let opening: Vec<Case> = frames
         .iter()
-        .map(|f| {
-            let (_, out) = bed.run(&f.build());
-            let s = inspect(&out, f).expect("checksums");
-            (SocketAddr::new(s.dst, s.dport), s.sport)
-        })
+        .map(|f| forwarded(&bed, &format!("flow {} opens", f.sport()), "web", f, SNAT4))
         .collect();
-    let removed: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
+    let first: Vec<(SocketAddr, u16)> = run_table(&mut bed, &opening)
+        .iter()
+        .map(|ran| backend_and_snat_port(&ran.output))
+        .collect();
+    let removed: SocketAddr = REMOVED.parse().expect("addr");
     assert!(
         first.iter().any(|(b, _)| *b == removed),
         "no flow went to {removed}"
@@ -317,115 +435,186 @@ fn established_flows_keep_their_backend_when_targets_change() {
     bed.state
         .remove_target(&mut bed.dataplane, "web", removed, Instant::now())
         .expect("remove live");
-    for (f, (backend, sport)) in frames.iter().zip(&first) {
-        let f = Frame {
-            tcp_flags: ACK,
-            ..f.clone()
-        };
-        let (_, out) = bed.run(&f.build());
-        let s = inspect(&out, &f).expect("checksums");
-        assert_eq!(
-            (SocketAddr::new(s.dst, s.dport), s.sport),
-            (*backend, *sport),
-            "established flow moved"
-        );
-    }
-    // A new connection (SYN) that reuses the 5-tuple of a flow to the removed target goes to a
-    // live target, not to the stale entry.
-    for (f, (backend, _)) in frames
+    (bed, frames, first)
+}
+
+#[test]
+fn established_flows_keep_their_backend_and_snat_port_when_a_target_is_removed() {
+    let (mut bed, frames, first) = sixty_flows_then_a_target_removed();
+    let cases: Vec<Case> = frames
         .iter()
         .zip(&first)
-        .filter(|(_, (b, _))| *b == removed)
-    {
-        let (_, out) = bed.run(&f.build());
-        let s = inspect(&out, f).expect("checksums");
-        assert_ne!(
-            SocketAddr::new(s.dst, s.dport),
-            *backend,
-            "SYN reused a stale flow"
-        );
-        assert_eq!(
-            SocketAddr::new(s.dst, s.dport),
-            bed.predict_backend("web", &flow_key(f), false)
-        );
-    }
-    // New flows avoid the removed target.
-    for i in 0..100 {
-        let f = Frame::tcp(CLIENT4, 43000 + i, VIP4, 80);
-        let (_, out) = bed.run(&f.build());
-        let s = inspect(&out, &f).expect("checksums");
-        assert_ne!(
-            SocketAddr::new(s.dst, s.dport),
-            removed,
-            "new flow to a removed target"
-        );
-    }
+        .map(|(f, &(backend, snat_port))| {
+            let established = f.clone().flags(ACK);
+            Case::new(
+                format!("established flow {} (was {backend})", f.sport()),
+                established.build(),
+                Expect::verdict(Verdict::Tx).and(Property::Forwarded {
+                    backend,
+                    snat: SNAT4,
+                    snat_port: SnatPort::Exactly(snat_port),
+                    payload: f.payload_bytes().to_vec(),
+                    next_hop_mac: host_mac(backend.ip()),
+                }),
+            )
+        })
+        .collect();
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn a_syn_reusing_a_removed_targets_flow_goes_to_a_live_target() {
+    let (mut bed, frames, first) = sixty_flows_then_a_target_removed();
+    let removed: SocketAddr = REMOVED.parse().expect("addr");
+    // A new connection (SYN) that reuses the 5-tuple of a flow to the removed target goes to
+    // the backend the hash picks now, not to the stale entry.
+    let cases: Vec<Case> = frames
+        .iter()
+        .zip(&first)
+        .filter(|(_, (backend, _))| *backend == removed)
+        .map(|(f, _)| {
+            let case = forwarded(
+                &bed,
+                &format!("new SYN from {}", f.sport()),
+                "web",
+                f,
+                SNAT4,
+            );
+            Case {
+                expect: case.expect.and(Property::NotTo(removed)),
+                ..case
+            }
+        })
+        .collect();
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn new_flows_avoid_a_removed_target() {
+    let (mut bed, _, _) = sixty_flows_then_a_target_removed();
+    let removed: SocketAddr = REMOVED.parse().expect("addr");
+    let cases: Vec<Case> = (0..100u16)
+        .map(|i| {
+            Case::new(
+                format!("new flow from {}", 43000 + i),
+                Frame::tcp(CLIENT4, 43000 + i, VIP4, 80).build(),
+                Expect::verdict(Verdict::Tx).and(Property::NotTo(removed)),
+            )
+        })
+        .collect();
+    run_table(&mut bed, &cases);
 }
 
 #[test]
 fn traffic_without_a_listener_passes_byte_identical() {
     let mut bed = TestBed::new();
-    let other = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
-    let rows = [
-        Frame::tcp(CLIENT4, 40000, VIP4, 81),
-        Frame::udp(CLIENT4, 40000, VIP4, 80),
-        Frame::tcp(CLIENT4, 40000, other, 22),
-        Frame::udp(CLIENT6, 40000, VIP6, 81),
-        Frame {
-            proto: 1,
-            ..Frame::tcp(CLIENT4, 0, VIP4, 0)
-        },
-        // A fragment to an address that is no VIP.
-        Frame {
-            frag: 0x2000,
-            ..Frame::tcp(CLIENT4, 40000, other, 80)
-        },
+    let not_a_vip = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    let passed = || Expect::verdict(Verdict::Pass).and(Property::Unchanged);
+    let cases = [
+        Case::new(
+            "tcp to a VIP port without listener",
+            Frame::tcp(CLIENT4, 40000, VIP4, 81).build(),
+            passed(),
+        ),
+        Case::new(
+            "udp to a VIP port with a tcp listener only",
+            Frame::udp(CLIENT4, 40000, VIP4, 80).build(),
+            passed(),
+        ),
+        Case::new(
+            "tcp to an address that is no VIP",
+            Frame::tcp(CLIENT4, 40000, not_a_vip, 22).build(),
+            passed(),
+        ),
+        Case::new(
+            "ipv6 udp to a VIP port without listener",
+            Frame::udp(CLIENT6, 40000, VIP6, 81).build(),
+            passed(),
+        ),
+        Case::new(
+            "icmp to a VIP",
+            Frame::ip_protocol(CLIENT4, VIP4, 1).build(),
+            passed(),
+        ),
+        Case::new(
+            "a fragment to an address that is no VIP",
+            Frame::tcp(CLIENT4, 40000, not_a_vip, 80)
+                .fragment(0, true)
+                .build(),
+            passed(),
+        ),
+        Case::new("arp request", arp_request(), passed()),
     ];
-    for frame in &rows {
-        let bytes = frame.build();
-        let (action, out) = bed.run(&bytes);
-        assert_eq!(action, XDP_PASS, "{frame:?}");
-        assert_eq!(out, bytes, "{frame:?} was modified");
-    }
-    let arp = [
-        vec![0xff; 6],
-        vec![2, 0, 0, 0, 0, 9],
-        vec![0x08, 0x06],
-        vec![0; 28],
-    ]
-    .concat();
-    assert_eq!(bed.run(&arp), (XDP_PASS, arp.clone()));
+    run_table(&mut bed, &cases);
 }
 
 #[test]
-fn fragments_and_extension_headers_to_a_vip_are_dropped() {
+fn fragments_to_a_vip_are_dropped() {
     let mut bed = TestBed::new();
-    let rows = [
-        (
-            "first fragment",
-            Frame {
-                frag: 0x2000,
-                ..Frame::tcp(CLIENT4, 40000, VIP4, 80)
-            },
+    let cases = [
+        Case::new(
+            "first fragment (more fragments, offset 0)",
+            Frame::tcp(CLIENT4, 40000, VIP4, 80)
+                .fragment(0, true)
+                .build(),
+            Expect::verdict(Verdict::Drop),
         ),
-        (
-            "later fragment",
-            Frame {
-                frag: 0x0010,
-                ..Frame::udp(CLIENT4, 40000, VIP4, 53)
-            },
-        ),
-        (
-            "ipv6 hop-by-hop",
-            Frame {
-                ipv6_hop_by_hop: true,
-                ..Frame::tcp(CLIENT6, 40000, VIP6, 80)
-            },
+        Case::new(
+            "later fragment (last, offset 128)",
+            Frame::udp(CLIENT4, 40000, VIP4, 53)
+                .fragment(128, false)
+                .build(),
+            Expect::verdict(Verdict::Drop),
         ),
     ];
-    for (name, frame) in &rows {
-        assert_eq!(bed.run(&frame.build()).0, XDP_DROP, "{name}");
-    }
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn ipv6_extension_headers_to_a_vip_are_dropped() {
+    let mut bed = TestBed::new();
+    let case = Case::new(
+        "ipv6 hop-by-hop options before tcp",
+        Frame::tcp(CLIENT6, 40000, VIP6, 80)
+            .ipv6_hop_by_hop()
+            .build(),
+        Expect::verdict(Verdict::Drop),
+    );
+    run_table(&mut bed, &[case]);
+}
+
+/// Frames to listeners of each family, transport and tagging, to cut short and corrupt.
+fn malformation_seeds() -> [(&'static str, Frame); 4] {
+    [
+        ("ipv4 tcp", Frame::tcp(CLIENT4, 40000, VIP4, 80)),
+        ("ipv4 udp", Frame::udp(CLIENT4, 40000, VIP4, 53)),
+        ("ipv6 tcp", Frame::tcp(CLIENT6, 40000, VIP6, 80)),
+        (
+            "ipv6 udp, vlan 3",
+            Frame::udp(CLIENT6, 40000, VIP6, 80).vlan(3),
+        ),
+    ]
+}
+
+#[test]
+fn truncated_frames_are_passed_or_dropped_never_aborted_nor_forwarded() {
+    let mut bed = TestBed::new();
+    // Every truncation: into the headers, or into the payload (the IP length then says more
+    // than the frame holds).
+    let cases: Vec<Case> = malformation_seeds()
+        .iter()
+        .flat_map(|(name, frame)| {
+            (0..frame.build().len()).map(move |len| {
+                Case::new(
+                    format!("{name} cut to {len} bytes"),
+                    frame.clone().truncate_to(len).build(),
+                    Expect::one_of(&[Verdict::Pass, Verdict::Drop]),
+                )
+            })
+        })
+        .collect();
+    assert!(cases.len() > 250, "{} truncations", cases.len());
+    run_table(&mut bed, &cases);
 }
 
 /// Deterministic xorshift, so failures reproduce.
@@ -440,69 +629,74 @@ impl Rng {
 }
 
 #[test]
-fn truncated_and_malformed_frames_never_abort_and_never_reach_a_backend() {
+fn frames_with_randomly_corrupted_headers_never_abort() {
     let mut bed = TestBed::new();
-    let seeds = [
-        Frame::tcp(CLIENT4, 40000, VIP4, 80),
-        Frame::udp(CLIENT4, 40000, VIP4, 53),
-        Frame::tcp(CLIENT6, 40000, VIP6, 80),
-        Frame {
-            vlan: Some(3),
-            ..Frame::udp(CLIENT6, 40000, VIP6, 80)
-        },
-    ];
     let mut rng = Rng(0x5eed_1b0a_7c0f_fee1);
-    let mut runs = 0;
-    for frame in &seeds {
-        let bytes = frame.build();
-        // Every truncation: into the headers, or into the payload (the IP length then says
-        // more than the frame holds).
-        for len in 0..bytes.len() {
-            let (action, _) = bed.run(&bytes[..len]);
-            runs += 1;
-            assert_ne!(action, XDP_ABORTED, "truncated to {len}");
-            assert!(
-                action == XDP_PASS || action == XDP_DROP,
-                "truncated to {len}: verdict {action}"
-            );
-        }
-        // Random corruption of the headers: never aborted.
-        for _ in 0..300 {
-            let mut b = bytes.clone();
+    let mut cases = Vec::new();
+    for (name, frame) in malformation_seeds() {
+        let len = frame.build().len();
+        for i in 0..300 {
+            // 1-4 bytes of the Ethernet and IP headers overwritten, then cut somewhere after
+            // the Ethernet header.
+            let mut corrupted = frame.clone();
             for _ in 0..1 + rng.next() % 4 {
-                let at = (rng.next() as usize) % frame.l4().max(1);
-                b[at] = rng.next() as u8;
+                let at = (rng.next() as usize) % frame.header_len();
+                let value = rng.next() as u8;
+                corrupted = corrupted.mutate(Mutation::OverwriteByte { at, value });
             }
-            b.truncate(14 + (rng.next() as usize) % (b.len() - 13));
-            let (action, _) = bed.run(&b);
-            runs += 1;
-            assert_ne!(action, XDP_ABORTED, "corrupted {b:02x?}");
+            let cut = 14 + (rng.next() as usize) % (len - 13);
+            cases.push(Case::new(
+                format!("{name}, corruption {i}"),
+                corrupted.truncate_to(cut).build(),
+                Expect::one_of(&Verdict::HANDLED),
+            ));
         }
     }
-    // An IP length field that claims more than the frame holds, with complete headers.
-    let mut b = seeds[0].build();
-    b[17] += 1;
-    assert_eq!(
-        bed.run(&b).0,
-        XDP_DROP,
-        "IPv4 total length beyond the frame"
+    assert!(cases.len() > 1000, "{} corruptions", cases.len());
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn an_ip_length_beyond_the_frame_is_dropped() {
+    let mut bed = TestBed::new();
+    let cases = [
+        Case::new(
+            "IPv4 total length one byte beyond the frame",
+            Frame::tcp(CLIENT4, 40000, VIP4, 80)
+                .mutate(Mutation::IpLengthBeyondFrame)
+                .build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+        Case::new(
+            "IPv6 payload length one byte beyond the frame",
+            Frame::tcp(CLIENT6, 40000, VIP6, 80)
+                .mutate(Mutation::IpLengthBeyondFrame)
+                .build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+    ];
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn ethernet_padding_after_the_ip_packet_is_forwarded() {
+    let mut bed = TestBed::new();
+    let frame = Frame::tcp(CLIENT4, 40000, VIP4, 80).ethernet_padding(6);
+    let case = forwarded(&bed, "ipv4 tcp, 6 bytes of padding", "web", &frame, SNAT4);
+    run_table(&mut bed, &[case]);
+}
+
+#[test]
+fn an_ipv4_header_length_below_the_minimum_is_passed() {
+    let mut bed = TestBed::new();
+    let case = Case::new(
+        "ipv4 tcp to a VIP, header length 12 bytes",
+        Frame::tcp(CLIENT4, 40000, VIP4, 80)
+            .mutate(Mutation::Ipv4HeaderLengthBelowMinimum)
+            .build(),
+        Expect::verdict(Verdict::Pass),
     );
-    let mut b = seeds[2].build();
-    b[19] += 1;
-    assert_eq!(
-        bed.run(&b).0,
-        XDP_DROP,
-        "IPv6 payload length beyond the frame"
-    );
-    // Ethernet padding after the IP packet is fine.
-    let mut b = seeds[0].build();
-    b.extend([0; 6]);
-    assert_eq!(bed.run(&b).0, XDP_TX, "padded frame");
-    // A bad IPv4 header length to a VIP.
-    let mut b = seeds[0].build();
-    b[14] = 0x43;
-    assert_eq!(bed.run(&b).0, XDP_PASS);
-    assert!(runs > 1000);
+    run_table(&mut bed, &[case]);
 }
 
 /// The active Maglev table of a group, read back from the map.
@@ -523,33 +717,23 @@ fn refused_target_changes_leave_the_table_untouched() {
     let dup: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
     let absent: SocketAddr = "198.18.0.99:8080".parse().expect("addr");
     assert!(
-        bed.state
-            .add_target(dp, "web", v6, 1, Instant::now())
-            .is_err(),
+        bed.state.add_target(dp, "web", v6, 1, Instant::now()).is_err(),
         "IPv6 target in an IPv4 group"
     );
     assert!(
-        bed.state
-            .add_target(dp, "web", dup, 1, Instant::now())
-            .is_err(),
+        bed.state.add_target(dp, "web", dup, 1, Instant::now()).is_err(),
         "duplicate target"
     );
     assert!(
-        bed.state
-            .add_target(dp, "web", absent, 1001, Instant::now())
-            .is_err(),
+        bed.state.add_target(dp, "web", absent, 1001, Instant::now()).is_err(),
         "weight out of range"
     );
     assert!(
-        bed.state
-            .add_target(dp, "nope", absent, 1, Instant::now())
-            .is_err(),
+        bed.state.add_target(dp, "nope", absent, 1, Instant::now()).is_err(),
         "unknown group"
     );
     assert!(
-        bed.state
-            .remove_target(dp, "web", absent, Instant::now())
-            .is_err(),
+        bed.state.remove_target(dp, "web", absent, Instant::now()).is_err(),
         "unregistered target"
     );
     assert_eq!(
@@ -566,39 +750,55 @@ fn refused_target_changes_leave_the_table_untouched() {
     );
 }
 
-#[test]
-fn a_weight_zero_target_gets_no_new_flows_and_comes_back_to_the_same_slots() {
-    let mut bed = TestBed::new();
-    let before = active_table(&bed, "web");
-    let idle: SocketAddr = "198.18.0.23:8080".parse().expect("addr");
+/// The web target that `set_to_weight_zero` re-registers with weight 0.
+const IDLE: &str = "198.18.0.23:8080";
+
+/// Takes `IDLE` out of the web group and registers it again with weight 0.
+fn set_to_weight_zero(bed: &mut TestBed) {
+    let idle: SocketAddr = IDLE.parse().expect("addr");
     bed.state
         .remove_target(&mut bed.dataplane, "web", idle, Instant::now())
         .expect("remove");
     bed.state
         .add_target(&mut bed.dataplane, "web", idle, 0, Instant::now())
         .expect("add with weight 0");
+}
+
+#[test]
+fn a_weight_zero_target_gets_no_new_flows() {
+    let mut bed = TestBed::new();
+    set_to_weight_zero(&mut bed);
+    let idle: SocketAddr = IDLE.parse().expect("addr");
     let idle_id = bed.state.backend_id("web", idle).expect("id");
     assert!(
         !active_table(&bed, "web").contains(&idle_id),
         "weight 0 target holds slots"
     );
-    for port in 0..100u16 {
-        let frame = Frame::tcp(CLIENT4, 44000 + port, VIP4, 80);
-        let (_, out) = bed.run(&frame.build());
-        let seen = inspect(&out, &frame).expect("checksums");
-        assert_ne!(
-            SocketAddr::new(seen.dst, seen.dport),
-            idle,
-            "new flow to a weight-0 target"
-        );
-    }
-    // Back to weight 1: the original table again (Maglev is deterministic).
+    let cases: Vec<Case> = (0..100u16)
+        .map(|i| {
+            Case::new(
+                format!("new flow from {}", 44000 + i),
+                Frame::tcp(CLIENT4, 44000 + i, VIP4, 80).build(),
+                Expect::verdict(Verdict::Tx).and(Property::NotTo(idle)),
+            )
+        })
+        .collect();
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn a_target_back_at_weight_one_gets_its_old_slots_back() {
+    let mut bed = TestBed::new();
+    let before = active_table(&bed, "web");
+    set_to_weight_zero(&mut bed);
+    let idle: SocketAddr = IDLE.parse().expect("addr");
     bed.state
         .remove_target(&mut bed.dataplane, "web", idle, Instant::now())
         .expect("remove");
     bed.state
         .add_target(&mut bed.dataplane, "web", idle, 1, Instant::now())
         .expect("add");
+    // Maglev is deterministic: the same targets give the same table.
     let after = active_table(&bed, "web");
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     assert_eq!(moved, 0, "same targets, same table");
