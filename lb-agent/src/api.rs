@@ -477,7 +477,7 @@ async fn serve_one(
         }
         Endpoint::Metrics => {
             let agent = agent.clone();
-            let text = tokio::task::spawn_blocking(move || metrics::render(&agent))
+            let text = tokio::task::spawn_blocking(move || metrics::render_agent(&agent))
                 .await
                 .unwrap_or_else(|e| Err(format!("internal error: {e}")));
             return Ok(match text {
