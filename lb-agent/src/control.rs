@@ -188,7 +188,7 @@ pub fn reload(agent: &Mutex<Agent>) -> Result<Vec<String>, String> {
     let addresses = node::addresses().map_err(|e| format!("{e:#}"))?;
     let snat = node::snat_addresses(&config, &addresses, &source.iface);
     // Outside the lock (it runs `ip`): new targets' next hops are resolved before they serve.
-    neighbor::keep_all_resolved(config.target_addresses());
+    neighbor::keep_all_resolved_blocking(config.target_addresses());
     let mut guard = lock(agent);
     let Agent {
         dataplane, state, ..
@@ -380,7 +380,7 @@ fn handle_request(agent: &Mutex<Agent>, request: Request) -> Response {
     if let Request::TargetsAdd { address, .. } = &request {
         // Before the target goes live (so its first flows find the next hop's MAC), and
         // outside the lock (it runs `ip`).
-        neighbor::keep_all_resolved([*address]);
+        neighbor::keep_all_resolved_blocking([*address]);
     }
     if let Request::Reload = request {
         return match reload(agent) {

@@ -814,7 +814,7 @@ fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let state = State::apply(&cfg, &snat, &mut dataplane).context("programming the data plane")?;
     // Once per address: a target on many ports, or in many groups, has one next hop.
-    neighbor::keep_all_resolved(cfg.target_addresses());
+    neighbor::keep_all_resolved_blocking(cfg.target_addresses());
     let mut modes = Vec::new();
     for iface in &ifaces {
         let changed = dataplane::enable_forwarding(iface)
