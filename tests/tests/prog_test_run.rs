@@ -214,7 +214,12 @@ fn the_batched_connection_table_read_sees_every_flow_once() {
         (k.src.0, k.sport, k.dst.0, k.dport, k.proto)
     };
     let mut batched = bed.dataplane.flows().expect("batched read");
-    let mut walked = bed.dataplane.reader().expect("reader").flows_one_by_one().expect("entry by entry");
+    let mut walked = bed
+        .dataplane
+        .reader()
+        .expect("reader")
+        .flows_one_by_one()
+        .expect("entry by entry");
     assert_eq!(batched.len(), usize::from(count));
     batched.sort_by_key(key);
     walked.sort_by_key(key);
@@ -717,23 +722,33 @@ fn refused_target_changes_leave_the_table_untouched() {
     let dup: SocketAddr = "198.18.0.21:8080".parse().expect("addr");
     let absent: SocketAddr = "198.18.0.99:8080".parse().expect("addr");
     assert!(
-        bed.state.add_target(dp, "web", v6, 1, Instant::now()).is_err(),
+        bed.state
+            .add_target(dp, "web", v6, 1, Instant::now())
+            .is_err(),
         "IPv6 target in an IPv4 group"
     );
     assert!(
-        bed.state.add_target(dp, "web", dup, 1, Instant::now()).is_err(),
+        bed.state
+            .add_target(dp, "web", dup, 1, Instant::now())
+            .is_err(),
         "duplicate target"
     );
     assert!(
-        bed.state.add_target(dp, "web", absent, 1001, Instant::now()).is_err(),
+        bed.state
+            .add_target(dp, "web", absent, 1001, Instant::now())
+            .is_err(),
         "weight out of range"
     );
     assert!(
-        bed.state.add_target(dp, "nope", absent, 1, Instant::now()).is_err(),
+        bed.state
+            .add_target(dp, "nope", absent, 1, Instant::now())
+            .is_err(),
         "unknown group"
     );
     assert!(
-        bed.state.remove_target(dp, "web", absent, Instant::now()).is_err(),
+        bed.state
+            .remove_target(dp, "web", absent, Instant::now())
+            .is_err(),
         "unregistered target"
     );
     assert_eq!(

@@ -154,9 +154,13 @@ pub fn demo() -> anyhow::Result<()> {
             .join(", ")
     );
     lab::start_backend_servers(&lab)?;
+    // Canonical, so the agent's logs and this line name the file, not `xtask/../examples/..`.
     let config = workspace_root().join(DEMO_CONFIG);
+    let config = config
+        .canonicalize()
+        .with_context(|| format!("finding {}", config.display()))?;
     let agent = LabAgent::start(&lab, &agent_bin, &config)?;
-    println!("lb-agent running with {DEMO_CONFIG}; VIP {VIP4}\n");
+    println!("lb-agent running with {}; VIP {VIP4}\n", config.display());
     let vip = VIP4.to_string();
 
     let before = target_counters(&agent)?;

@@ -90,12 +90,13 @@ impl Handle {
         tokio::task::spawn_blocking(move || {
             let stats = snapshot.state.stats(reader.as_ref()).map_err(internal)?;
             let groups = snapshot.state.groups();
-            Ok(crate::metrics::render(&crate::metrics::MetricsInput {
+            crate::metrics::render(&crate::metrics::MetricsInput {
                 stats: &stats,
                 groups: &groups,
                 started: info.started,
                 config_version: snapshot.version,
-            }))
+            })
+            .map_err(internal)
         })
         .await
         .unwrap_or_else(|e| Err(ApiError::new(500, format!("internal error: {e}"))))

@@ -91,7 +91,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     let state = State::apply(&cfg, &snat, &mut dataplane, &ids, Instant::now())
         .context("programming the data plane")?;
     // Once per address: a target on many ports, or in many groups, has one next hop.
-    neighbor::keep_all_resolved(cfg.target_addresses());
+    neighbor::keep_all_resolved_blocking(cfg.target_addresses());
     let mut modes = Vec::new();
     for iface in &ifaces {
         let changed = dataplane::enable_forwarding(iface)
@@ -145,7 +145,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             let addresses = node::addresses().map_err(|e| format!("{e:#}"))?;
             Ok(node::snat_addresses(config, &addresses, &node_iface))
         }),
-        resolve_next_hops: Box::new(neighbor::keep_all_resolved),
+        resolve_next_hops: Box::new(neighbor::keep_all_resolved_blocking),
     };
     let (writer, snapshots) = Writer::new(state, dataplane, file, Some(source), overrides, node);
     let (changes, received) = tokio::sync::mpsc::unbounded_channel();
