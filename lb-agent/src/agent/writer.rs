@@ -480,3 +480,151 @@ fn refusal(e: StateError) -> ApiError {
     };
     ApiError::new(status, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::memory::MemoryMaps;
+
+    const CONFIG: &str = r#"
+[agent]
+snat_addresses = ["198.18.0.1"]
+maglev_table_size = 251
+
+[[target_group]]
+name = "web"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[listener]]
+name = "web"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "web" }
+"#;
+
+    /// A writer of `CONFIG` on in-memory maps, its config file and state file in `dir`.
+    fn writer(dir: &Path) -> Writer<MemoryMaps> {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("lb.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let file = Config::load(&path).unwrap();
+        let mut maps = MemoryMaps::new(251, 4);
+        let snat = file.agent.snat_addresses.clone();
+        let state = State::apply(&file, &snat, &mut maps, &Ids::default(), Instant::now()).unwrap();
+        let source = ConfigSource {
+            state_file: Overrides::path_beside(&path),
+            ids_file: Ids::path_beside(&Overrides::path_beside(&path)),
+            path,
+        };
+        let (writer, _) = Writer::new(
+            state,
+            maps,
+            file,
+            Some(source),
+            Overrides::default(),
+            Node::fixed(),
+        );
+        writer
+    }
+
+    fn send(
+        writer: &mut Writer<MemoryMaps>,
+        request: Request,
+        if_match: Option<u64>,
+    ) -> Result<Answer, ApiError> {
+        let (reply, mut answer) = oneshot::channel();
+        writer.apply(
+            Change::Request {
+                request,
+                if_match,
+                reply,
+            },
+            Instant::now(),
+        );
+        answer.try_recv().expect("the writer answers at once")
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("lb-writer-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_change_that_makes_the_config_invalid_is_refused_with_422_and_not_kept() {
+        let dir = scratch("invalid");
+        let mut writer = writer(&dir);
+        let refused = send(
+            &mut writer,
+            Request::TargetsAdd {
+                group: "web".into(),
+                address: "0.0.0.0".parse().unwrap(),
+                port: None,
+                weight: 1,
+            },
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(refused.status, 422, "{}", refused.message);
+        assert!(refused.message.contains("0.0.0.0"), "{}", refused.message);
+        assert!(writer.overrides.is_empty());
+        assert_eq!(
+            writer
+                .state
+                .backend_id("web", "0.0.0.0:8080".parse().unwrap()),
+            None
+        );
+        // A restart reads the file and the state file again: it still starts.
+        let source = writer.source.clone().unwrap();
+        let overrides = Overrides::load(&source.state_file).unwrap();
+        with_overrides(&Config::load(&source.path).unwrap(), &overrides).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_valid_change_is_applied_kept_and_moves_the_version() {
+        let dir = scratch("valid");
+        let mut writer = writer(&dir);
+        let target = "198.18.0.22:8080".parse().unwrap();
+        let added = send(
+            &mut writer,
+            Request::TargetsAdd {
+                group: "web".into(),
+                address: "198.18.0.22".parse().unwrap(),
+                port: None,
+                weight: 2,
+            },
+            Some(1),
+        );
+        assert!(
+            matches!(added, Ok(Answer::TargetRegistered(_))),
+            "{added:?}"
+        );
+        assert_eq!(writer.version, 2);
+        assert!(writer.state.backend_id("web", target).is_some());
+        let kept = Overrides::load(&writer.source.clone().unwrap().state_file).unwrap();
+        assert_eq!(
+            kept.targets["web"][&target],
+            TargetOverride::Registered { weight: 2 }
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_write_based_on_an_older_version_is_refused_with_412() {
+        let dir = scratch("stale");
+        let mut writer = writer(&dir);
+        let remove = Request::TargetsRemove {
+            group: "web".into(),
+            address: "198.18.0.21".parse().unwrap(),
+            port: None,
+        };
+        writer.version = 5;
+        let stale = send(&mut writer, remove.clone(), Some(4)).unwrap_err();
+        assert_eq!(stale.status, 412);
+        assert_eq!(writer.version, 5, "a refused write moved the version");
+        assert!(send(&mut writer, remove, Some(5)).is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
