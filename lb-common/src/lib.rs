@@ -6,8 +6,14 @@
 //! plane runs them per packet, and host tests run the very same code to predict its choices.
 #![no_std]
 
+// The userspace-only parts (`xdp_attachment`) run commands and parse JSON.
+#[cfg(feature = "user")]
+extern crate std;
+
 pub mod checksum;
 pub mod hash;
+#[cfg(feature = "user")]
+pub mod xdp_attachment;
 
 /// Address family tag used in keys: IPv4.
 pub const FAMILY_V4: u8 = 4;

@@ -8,10 +8,7 @@ pub mod packet;
 pub mod table;
 
 use std::{
-    fs::File,
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd as _,
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -22,6 +19,7 @@ use lb_agent::{
     state::{Ids, State},
 };
 use lb_common::program_names;
+use xtask::lab::netns::{Inside, NetNs};
 
 use crate::bed_config::BedConfig;
 
@@ -38,58 +36,6 @@ pub fn host_mac(ip: IpAddr) -> [u8; 6] {
     })
 }
 
-fn ip(ns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(ns)
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip -n {ns} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace that the current thread enters, left and deleted on drop.
-struct NetNs {
-    name: String,
-    original: File,
-}
-
-impl NetNs {
-    fn enter(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let original = File::open("/proc/thread-self/ns/net").expect("open own netns");
-        let target = File::open(format!("/run/netns/{name}")).expect("open new netns");
-        // SAFETY: setns on this thread with a valid namespace fd.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        Self { name, original }
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        // SAFETY: back to the namespace we came from.
-        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
 static BED_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The XDP program loaded and programmed by the agent's code, runnable on crafted frames in a
@@ -99,7 +45,8 @@ pub struct TestBed {
     pub state: State,
     pub config: Config,
     ifindex: u32,
-    // Last: leave the namespace after the program's maps are gone.
+    // Last: leave the namespace after the program's maps are gone, then delete it.
+    _inside: Inside,
     _ns: NetNs,
 }
 
@@ -116,22 +63,22 @@ impl TestBed {
             std::process::id(),
             BED_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let ns = NetNs::enter(name.clone());
-        ip(&name, &["link", "set", "lo", "up"]);
+        let ns = NetNs::create(&name).unwrap_or_else(|e| panic!("{e:#}"));
+        let inside = Inside::enter(&name).unwrap_or_else(|e| panic!("{e:#}"));
+        let ip = |args: &[&str]| {
+            ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+        };
         // lbt0: the NIC packets arrive on (clients, and backends on 198.18.0.0/24).
         // lbt2: a second NIC towards 198.18.4.0/24, reached by redirect.
         for (nic, peer, v4, v6) in [
             ("lbt0", "lbt1", "198.18.0.1/24", "fd00:198:18::1/64"),
             ("lbt2", "lbt3", "198.18.4.1/24", "fd00:198:18:4::1/64"),
         ] {
-            ip(
-                &name,
-                &["link", "add", nic, "type", "veth", "peer", "name", peer],
-            );
-            ip(&name, &["link", "set", nic, "up"]);
-            ip(&name, &["link", "set", peer, "up"]);
-            ip(&name, &["addr", "add", v4, "dev", nic]);
-            ip(&name, &["addr", "add", v6, "dev", nic, "nodad"]);
+            ip(&["link", "add", nic, "type", "veth", "peer", "name", peer]);
+            ip(&["link", "set", nic, "up"]);
+            ip(&["link", "set", peer, "up"]);
+            ip(&["addr", "add", v4, "dev", nic]);
+            ip(&["addr", "add", v6, "dev", nic, "nodad"]);
             lb_agent::dataplane::enable_forwarding(nic).expect("enable forwarding");
         }
         // Lab hosts .10 (client) and .21-.23 (backends), and 198.18.4.21 behind lbt2; a host's
@@ -148,20 +95,17 @@ impl TestBed {
                 .map(|b| format!("{b:02x}"))
                 .collect::<Vec<_>>()
                 .join(":");
-            ip(
-                &name,
-                &[
-                    "neigh",
-                    "add",
-                    addr,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    nic,
-                    "nud",
-                    "permanent",
-                ],
-            );
+            ip(&[
+                "neigh",
+                "add",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                nic,
+                "nud",
+                "permanent",
+            ]);
         }
         let ifindex = {
             let c = std::ffi::CString::new("lbt0").expect("name");
@@ -185,6 +129,7 @@ impl TestBed {
             state,
             config,
             ifindex,
+            _inside: inside,
             _ns: ns,
         }
     }

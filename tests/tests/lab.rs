@@ -266,14 +266,8 @@ fn a_target_behind_a_second_nic_is_reached_by_xdp_redirect_both_ways() {
         assert!(out.status.success(), "ethtool on {dev} in {ns}");
     }
     // A veth delivers redirected frames only if its peer runs XDP (as for XDP_TX).
-    let pass = lab::load_pass_program().expect("pass program");
-    lab::attach_xdp(
-        &far.0,
-        "eth0",
-        std::os::fd::AsFd::as_fd(&pass),
-        lab::XdpMode::Driver,
-    )
-    .expect("attach pass");
+    lab.attach_pass_program(&far.0, "eth0")
+        .expect("attach pass");
     let far_host = lab::Host {
         ns: far.0.clone(),
         role: "far".into(),

@@ -6,7 +6,7 @@ mod setup;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use xtask::lab::{Lab, LabSpec};
+use xtask::lab::{Lab, LabSpec, kernel_object};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project tasks: setup, demo, test, bench, lab")]
@@ -134,13 +134,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "--",
     ];
     unit.extend(&extra);
-    let unit_result = cargo_test(&unit, &mut total);
-    // The lab tests run the agent's binary, as an operator would.
-    cargo(&["build", "-p", "lb-agent"])?;
+    let unit_result = cargo_test(&unit, &[], &mut total);
+    // The lab tests run the agent's binary, as an operator would, and their labs attach the
+    // `pass` program of the object built with it: told where it is, they ask cargo nothing.
+    let object = kernel_object::lb_ebpf_object()?;
     // Data-plane and lab tests share kernel state (interfaces, namespaces): one at a time.
     let mut integration = vec!["test", "-p", "tests", "--tests", "--", "--test-threads=1"];
     integration.extend(&extra);
-    let integration_result = cargo_test(&integration, &mut total);
+    let integration_result = cargo_test(
+        &integration,
+        &[(kernel_object::OBJECT_ENV, object.as_os_str())],
+        &mut total,
+    );
     println!(
         "xtask test: {} passed, {} failed",
         total.passed, total.failed
@@ -155,11 +160,17 @@ struct TestCount {
     failed: u64,
 }
 
-/// Runs `cargo test ...`, echoing its output and adding up its `test result:` lines.
-fn cargo_test(args: &[&str], total: &mut TestCount) -> anyhow::Result<()> {
+/// Runs `cargo test ...` with `envs` set, echoing its output and adding up its
+/// `test result:` lines.
+fn cargo_test(
+    args: &[&str],
+    envs: &[(&str, &std::ffi::OsStr)],
+    total: &mut TestCount,
+) -> anyhow::Result<()> {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(env!("CARGO"))
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(workspace_root())
         .stdout(std::process::Stdio::piped())
         .spawn()

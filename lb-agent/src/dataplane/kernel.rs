@@ -18,6 +18,7 @@ use aya::{
 
 use super::{MapReader, Maps, Verdicts, refused};
 use crate::pinning::{PinDir, PinError};
+use lb_common::xdp_attachment::XdpAttachment;
 use lb_common::{
     Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS,
     ReverseFlow, Settings, VipKey, map_names, program_names, verdict,
@@ -86,25 +87,8 @@ pub enum DataplaneError {
 
 use super::Result;
 
-/// How the program ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachMode {
-    /// In the driver: the fast path.
-    Native,
-    /// In the kernel stack (`xdpgeneric`): works everywhere, much slower.
-    Generic,
-}
-
-impl AttachMode {
-    /// As `status` shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Generic => "generic",
-        }
-    }
-}
+/// How the program ended up attached: the one attach-mode type the lab shares.
+pub use lb_common::xdp_attachment::AttachMode;
 
 /// The loaded XDP object and its maps.
 pub struct Dataplane {
@@ -308,7 +292,7 @@ impl Dataplane {
             .map_err(|e| link_error(e.to_string()))?;
         let fd = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
         let mode = match attached_mode(iface) {
-            Some(2) => AttachMode::Generic,
+            Some(AttachMode::Generic) => AttachMode::Generic,
             _ => AttachMode::Native,
         };
         Ok(Some(Attachment {
@@ -906,33 +890,21 @@ fn update_batch(fd: std::os::fd::RawFd, first: u32, values: &[u32]) -> std::io::
     Ok(())
 }
 
-/// The XDP attachment of `iface` as `ip -d -j link` reports it.
-fn xdp_of(iface: &str) -> Option<serde_json::Value> {
-    let out = std::process::Command::new("ip")
-        .args(["-d", "-j", "link", "show", "dev", iface])
-        .output()
-        .ok()?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    links.get(0)?.get("xdp").cloned()
-}
-
 /// The XDP program attached to `iface`, described (`id 42, lb`), if any.
 fn attached_program(iface: &str) -> Option<String> {
-    let xdp = xdp_of(iface)?;
-    let prog = xdp.get("prog");
-    let field = |name: &str| prog.and_then(|p| p.get(name)).cloned();
+    let attached = XdpAttachment::read(None, iface).ok()??;
     Some(format!(
         "id {}, {}",
-        field("id").unwrap_or(serde_json::Value::Null),
-        field("name")
-            .and_then(|n| n.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "unnamed".into())
+        attached
+            .prog_id
+            .map_or_else(|| "null".to_owned(), |id| id.to_string()),
+        attached.prog_name.as_deref().unwrap_or("unnamed")
     ))
 }
 
-/// The XDP attach mode of `iface` (1 driver, 2 generic, 3 offload), if any.
-fn attached_mode(iface: &str) -> Option<u64> {
-    xdp_of(iface)?.get("mode")?.as_u64()
+/// How the program on `iface` is attached, if one is.
+fn attached_mode(iface: &str) -> Option<AttachMode> {
+    Some(XdpAttachment::read(None, iface).ok()??.mode)
 }
 
 /// The interfaces of this network namespace: (name, ifindex).
