@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod json_file;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbor;

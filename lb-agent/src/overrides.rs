@@ -65,33 +65,18 @@ impl Overrides {
 
     /// Reads the state file; none there: no overrides.
     pub fn load(path: &Path) -> Result<Self, OverridesError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => {
-                return Err(OverridesError::Read {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                });
-            }
-        };
-        serde_json::from_str(&text).map_err(|e| OverridesError::Read {
+        crate::json_file::load(path).map_err(|message| OverridesError::Read {
             path: path.to_owned(),
-            message: e.to_string(),
+            message,
         })
     }
 
     /// Writes the state file whole (a new file renamed over the old: never half written).
     pub fn save(&self, path: &Path) -> Result<(), OverridesError> {
-        let write_error = |source| OverridesError::Write {
+        crate::json_file::save(self, path).map_err(|source| OverridesError::Write {
             path: path.to_owned(),
             source,
-        };
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| write_error(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, text + "\n").map_err(write_error)?;
-        std::fs::rename(&tmp, path).map_err(write_error)
+        })
     }
 
     /// How many overrides there are.

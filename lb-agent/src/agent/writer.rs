@@ -8,7 +8,7 @@
 //! the same step as the write it guards.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -235,20 +235,19 @@ impl<M: Maps + Detach> Writer<M> {
                 port,
                 weight,
             } => {
-                let target = self
-                    .state
-                    .resolve_target(&group, address, port)
-                    .map_err(refusal)?;
-                let overrides =
-                    self.with_target(&group, target, TargetOverride::Registered { weight });
-                self.check_whole(&overrides)?;
-                // Before the target goes live, so its first flows find the next hop's MAC.
-                (self.node.resolve_next_hops)(vec![address]);
-                self.state
-                    .add_target(&mut self.maps, &group, target, weight, now)
-                    .map_err(refusal)?;
+                let change = TargetOverride::Registered { weight };
+                let (target, ()) = self.target_change(
+                    &group,
+                    address,
+                    port,
+                    change,
+                    |state, maps, node, target| {
+                        // Before the target goes live, so its first flows find the next hop.
+                        (node.resolve_next_hops)(vec![address]);
+                        state.add_target(maps, &group, target, weight, now)
+                    },
+                )?;
                 tracing::info!(group, %target, weight, "target registered");
-                self.keep(overrides)?;
                 Ok(Answer::TargetRegistered(TargetRegistered {
                     group,
                     target,
@@ -260,17 +259,11 @@ impl<M: Maps + Detach> Writer<M> {
                 address,
                 port,
             } => {
-                let target = self
-                    .state
-                    .resolve_target(&group, address, port)
-                    .map_err(refusal)?;
-                let overrides = self.with_target(&group, target, TargetOverride::Deregistered);
-                self.check_whole(&overrides)?;
-                let delay = self
-                    .state
-                    .remove_target(&mut self.maps, &group, target, now)
-                    .map_err(refusal)?;
-                self.keep(overrides)?;
+                let change = TargetOverride::Deregistered;
+                let (target, delay) =
+                    self.target_change(&group, address, port, change, |state, maps, _, target| {
+                        state.remove_target(maps, &group, target, now)
+                    })?;
                 Ok(Answer::TargetDeregistered(TargetDeregistered {
                     group,
                     target,
@@ -283,18 +276,11 @@ impl<M: Maps + Detach> Writer<M> {
                 port,
                 weight,
             } => {
-                let target = self
-                    .state
-                    .resolve_target(&group, address, port)
-                    .map_err(refusal)?;
-                let overrides =
-                    self.with_target(&group, target, TargetOverride::Registered { weight });
-                self.check_whole(&overrides)?;
-                let previous_weight = self
-                    .state
-                    .set_weight(&mut self.maps, &group, target, weight, now)
-                    .map_err(refusal)?;
-                self.keep(overrides)?;
+                let change = TargetOverride::Registered { weight };
+                let (target, previous_weight) =
+                    self.target_change(&group, address, port, change, |state, maps, _, target| {
+                        state.set_weight(maps, &group, target, weight, now)
+                    })?;
                 Ok(Answer::WeightChanged(WeightChanged {
                     group,
                     target,
@@ -372,16 +358,27 @@ impl<M: Maps + Detach> Writer<M> {
         }
     }
 
-    /// The overrides with a target change recorded.
-    fn with_target(
-        &self,
+    /// A change to one target of `group` (port defaulted to the group's): checked as the
+    /// whole config it makes, applied by `apply`, then kept in the overrides. The target and
+    /// what `apply` returned.
+    fn target_change<T>(
+        &mut self,
         group: &str,
-        target: std::net::SocketAddr,
+        address: IpAddr,
+        port: Option<u16>,
         change: TargetOverride,
-    ) -> Overrides {
+        apply: impl FnOnce(&mut State, &mut M, &Node, SocketAddr) -> Result<T, StateError>,
+    ) -> Result<(SocketAddr, T), ApiError> {
+        let target = self
+            .state
+            .resolve_target(group, address, port)
+            .map_err(refusal)?;
         let mut overrides = self.overrides.clone();
         overrides.set_target(group, target, change);
-        overrides
+        self.check_whole(&overrides)?;
+        let done = apply(&mut self.state, &mut self.maps, &self.node, target).map_err(refusal)?;
+        self.keep(overrides)?;
+        Ok((target, done))
     }
 
     /// The config the file and `overrides` make, if valid as a whole (422 if not).

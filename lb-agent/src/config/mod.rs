@@ -39,7 +39,7 @@ pub use self::{
         Redirect, RedirectProtocol, Rule, WeightedGroup,
     },
     location::{ConfigError, ConfigErrors},
-    target_group::{GroupProtocol, Stickiness, Target, TargetGroup},
+    target_group::{GroupProtocol, MAX_WEIGHT, Stickiness, Target, TargetGroup},
 };
 
 /// The whole config.

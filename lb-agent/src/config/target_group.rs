@@ -7,6 +7,9 @@ use serde::Deserialize;
 use super::{HealthCheck, duration};
 
 /// A target group's protocol.
+/// Heaviest weight a target may have.
+pub const MAX_WEIGHT: u32 = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupProtocol {
@@ -189,7 +192,7 @@ pub struct Target {
     pub address: IpAddr,
     /// Its port; none: the group's.
     pub port: Option<u16>,
-    /// Relative share of new flows, 0..=1000 (default 1; 0: none).
+    /// Relative share of new flows, 0..=`MAX_WEIGHT` (default 1; 0: none).
     #[serde(default = "one")]
     pub weight: u32,
 }

@@ -14,7 +14,9 @@ use std::{
 
 use lb_common::{MAX_BACKENDS, MAX_GROUPS, MAX_LISTENERS};
 
-use super::{Action, Config, Forward, HealthCheck, Listener, ListenerProtocol, Mode, Stickiness};
+use super::{
+    Action, Config, Forward, HealthCheck, Listener, ListenerProtocol, MAX_WEIGHT, Mode, Stickiness,
+};
 use crate::maglev::is_prime;
 
 /// Collects semantic errors by dotted path; positions are looked up at the end.
@@ -318,10 +320,10 @@ impl Config {
             for (ti, t) in g.targets.iter().enumerate() {
                 let tat = format!("{at}.targets[{ti}]");
                 check_unicast(p, format!("{tat}.address"), t.address, "a target");
-                if t.weight > 1000 {
+                if t.weight > MAX_WEIGHT {
                     p.add(
                         format!("{tat}.weight"),
-                        format!("{} is out of range 0..=1000", t.weight),
+                        format!("{} is out of range 0..={MAX_WEIGHT}", t.weight),
                     );
                 }
                 p.port(format!("{tat}.port"), t.port);

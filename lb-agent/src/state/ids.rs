@@ -54,28 +54,18 @@ impl Ids {
 
     /// Reads the ids file; none there: no ids.
     pub fn load(path: &Path) -> Result<Self, IdsError> {
-        let read_error = |message: String| IdsError::Read {
+        crate::json_file::load(path).map_err(|message| IdsError::Read {
             path: path.to_owned(),
             message,
-        };
-        match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| read_error(e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(read_error(e.to_string())),
-        }
+        })
     }
 
     /// Writes the ids file whole (a new file renamed over the old).
     pub fn save(&self, path: &Path) -> Result<(), IdsError> {
-        let write_error = |source| IdsError::Write {
+        crate::json_file::save(self, path).map_err(|source| IdsError::Write {
             path: path.to_owned(),
             source,
-        };
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| write_error(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, text + "\n").map_err(write_error)?;
-        std::fs::rename(&tmp, path).map_err(write_error)
+        })
     }
 
     /// Every backend id held.

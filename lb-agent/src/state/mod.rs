@@ -35,7 +35,7 @@ use group::{GroupCheck, GroupState, ListenerState, TargetEntry};
 pub use ids::Ids;
 
 use crate::{
-    config::{Config, HealthCheck, TargetGroup, duration_text},
+    config::{Config, HealthCheck, MAX_WEIGHT, TargetGroup, duration_text},
     dataplane::{DataplaneError, Maps},
     health::{Health, TargetState, Transition, probe::ProbeResult},
     maglev::{MaglevError, MaglevTable, MaglevTarget},
@@ -67,8 +67,8 @@ pub enum StateError {
         got: u8,
         want: u8,
     },
-    /// A weight outside 0..=1000.
-    #[error("weight {0} is out of range 0..=1000")]
+    /// A weight outside 0..=`MAX_WEIGHT`.
+    #[error("weight {0} is out of range 0..={MAX_WEIGHT}")]
     Weight(u32),
     /// The Maglev table could not be built.
     #[error("building the Maglev table: {0}")]
@@ -90,9 +90,6 @@ pub enum StateError {
 }
 
 type Result<T> = std::result::Result<T, StateError>;
-
-/// Heaviest weight a target may have.
-pub const MAX_WEIGHT: u32 = 1000;
 
 /// `weight` if it is one a target may have.
 fn check_weight(weight: u32) -> Result<u32> {

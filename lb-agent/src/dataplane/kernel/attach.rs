@@ -1,0 +1,264 @@
+//! Attaching the program to NICs: native, else generic; pinned links that outlive the agent
+//! and are taken over by the next one; the XDP state of a NIC; forwarding, which
+//! `bpf_fib_lookup` needs.
+
+use std::ffi::CString;
+
+use aya::programs::{
+    XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use lb_common::{
+    program_names,
+    xdp_attachment::{AttachMode, XdpAttachment},
+};
+
+use super::{Attachment, AttachmentLink, Dataplane, DataplaneError};
+use crate::dataplane::Result;
+
+impl Dataplane {
+    /// Attaches the load balancer to `iface` (one more NIC: a two-arm node has the program on
+    /// both): native mode, else generic with a warning. With a pin directory the attachment
+    /// is pinned; one an earlier agent pinned is taken over without a gap (the kernel swaps
+    /// the program on the existing link). Returns the mode and whether it was taken over.
+    pub fn attach(&mut self, iface: &str) -> Result<(AttachMode, bool)> {
+        let c_iface =
+            CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))?;
+        // SAFETY: a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c_iface.as_ptr()) };
+        if ifindex == 0 {
+            return Err(DataplaneError::NoInterface(iface.to_owned()));
+        }
+        let link_pin = self.pins.as_ref().map(|p| p.link(iface));
+        let taken_over = match &link_pin {
+            Some(path) if path.exists() => self.take_over(iface, path)?,
+            _ => None,
+        };
+        let (attachment, taken) = match taken_over {
+            Some(attachment) => (attachment, true),
+            None => {
+                if link_pin.is_some()
+                    && let Some(program) = attached_program(iface)
+                {
+                    return Err(DataplaneError::Occupied {
+                        iface: iface.to_owned(),
+                        program,
+                    });
+                }
+                (self.attach_new(iface, ifindex, link_pin)?, false)
+            }
+        };
+        let mode = attachment.mode;
+        self.attachments.push(attachment);
+        self.tx_ports()?
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
+        // Every other interface may be a next hop too (two-arm set-ups): a devmap redirect is
+        // the fast way there. One that refuses (no XDP transmit support) is left to the
+        // generic redirect.
+        for (name, other) in interfaces() {
+            if other != ifindex
+                && name != "lo"
+                && let Err(e) = self.tx_ports()?.insert(other, other, None, 0)
+            {
+                tracing::debug!(iface = name, error = %e, "not in the redirect map");
+            }
+        }
+        Ok((mode, taken))
+    }
+
+    /// Puts this agent's program on the link an earlier agent pinned at `path`, atomically.
+    /// `None` when the pin is stale (its interface went away): it is removed.
+    fn take_over(&mut self, iface: &str, path: &std::path::Path) -> Result<Option<Attachment>> {
+        let link_error = |message: String| DataplaneError::Link {
+            iface: iface.to_owned(),
+            message,
+        };
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| link_error(format!("opening its pin: {e}")))?;
+        let xdp = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| link_error(format!("the pin is no XDP link: {e}")))?;
+        let program = self.program(program_names::LB)?;
+        let id = match program.attach_to_link(xdp) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(iface, error = %e, pin = %path.display(), "a stale pinned attachment: removed");
+                std::fs::remove_file(path).map_err(|e| link_error(format!("removing it: {e}")))?;
+                return Ok(None);
+            }
+        };
+        let link = program
+            .take_link(id)
+            .map_err(|e| link_error(e.to_string()))?;
+        let fd = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
+        let mode = match attached_mode(iface) {
+            Some(AttachMode::Generic) => AttachMode::Generic,
+            _ => AttachMode::Native,
+        };
+        Ok(Some(Attachment {
+            iface: iface.to_owned(),
+            mode,
+            link: AttachmentLink::Pinned(fd, path.to_owned()),
+        }))
+    }
+
+    /// Attaches afresh, pinned at `pin` if given.
+    fn attach_new(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        pin: Option<std::path::PathBuf>,
+    ) -> Result<Attachment> {
+        let program = self.program(program_names::LB)?;
+        let (id, mode) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(link) => (link, AttachMode::Native),
+            Err(native) => match program.attach_to_if_index(ifindex, XdpMode::Skb) {
+                Ok(link) => {
+                    tracing::warn!(
+                        iface,
+                        error = %native,
+                        "native XDP unavailable; attached in generic mode, which is much slower"
+                    );
+                    (link, AttachMode::Generic)
+                }
+                Err(generic) => {
+                    return Err(DataplaneError::Attach {
+                        iface: iface.to_owned(),
+                        native: Box::new(native),
+                        generic: Box::new(generic),
+                    });
+                }
+            },
+        };
+        let link = match pin {
+            None => AttachmentLink::Owned(id),
+            Some(path) => {
+                let link_error = |message: String| DataplaneError::Link {
+                    iface: iface.to_owned(),
+                    message,
+                };
+                let link = program
+                    .take_link(id)
+                    .map_err(|e| link_error(e.to_string()))?;
+                let fd = FdLink::try_from(link).map_err(|e| {
+                    link_error(format!("the kernel attached no bpf_link (needs 5.9+): {e}"))
+                })?;
+                let pinned = fd
+                    .pin(&path)
+                    .map_err(|e| link_error(format!("pinning at {}: {e}", path.display())))?;
+                AttachmentLink::Pinned(FdLink::from(pinned), path)
+            }
+        };
+        Ok(Attachment {
+            iface: iface.to_owned(),
+            mode,
+            link,
+        })
+    }
+
+    /// Detaches the program from every NIC and removes every pin: nothing is left behind.
+    pub(super) fn detach_all(&mut self) -> Result<()> {
+        while let Some(attachment) = self.attachments.pop() {
+            match attachment.link {
+                AttachmentLink::Owned(id) => {
+                    self.program(program_names::LB)?
+                        .detach(id)
+                        .map_err(|source| DataplaneError::Program {
+                            name: program_names::LB,
+                            source: Box::new(source),
+                        })?
+                }
+                AttachmentLink::Pinned(fd, path) => {
+                    // The kernel detaches once the pin and our descriptor are both gone.
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(DataplaneError::Link {
+                            iface: attachment.iface,
+                            message: format!("removing {}: {e}", path.display()),
+                        });
+                    }
+                    drop(fd);
+                }
+            }
+        }
+        if let Some(pins) = &self.pins {
+            pins.remove_all()?;
+        }
+        Ok(())
+    }
+
+    /// Detaches from interfaces whose attachment an earlier agent pinned and that this one
+    /// does not serve; returns their names.
+    pub fn drop_other_links(&mut self, keep: &[String]) -> Result<Vec<String>> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let dir = pins.link("");
+        let mut dropped = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                std::fs::remove_file(entry.path()).map_err(|e| DataplaneError::Link {
+                    iface: name.clone(),
+                    message: format!("removing {}: {e}", entry.path().display()),
+                })?;
+                dropped.push(name);
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Where and how the program is attached.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attachments.iter().map(|a| (a.iface.as_str(), a.mode))
+    }
+}
+
+/// The XDP program attached to `iface`, described (`id 42, lb`), if any.
+fn attached_program(iface: &str) -> Option<String> {
+    let attached = XdpAttachment::read(None, iface).ok()??;
+    Some(format!(
+        "id {}, {}",
+        attached
+            .prog_id
+            .map_or_else(|| "null".to_owned(), |id| id.to_string()),
+        attached.prog_name.as_deref().unwrap_or("unnamed")
+    ))
+}
+
+/// How the program on `iface` is attached, if one is.
+fn attached_mode(iface: &str) -> Option<AttachMode> {
+    Some(XdpAttachment::read(None, iface).ok()??.mode)
+}
+
+/// The interfaces of this network namespace: (name, ifindex).
+fn interfaces() -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    dir.filter_map(std::result::Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let c_name = CString::new(name.as_str()).ok()?;
+            // SAFETY: a NUL-terminated string.
+            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            (index != 0).then_some((name, index))
+        })
+        .collect()
+}
+
+/// Turns on IP forwarding on `iface`: `bpf_fib_lookup` refuses to route packets that arrive on
+/// an interface without it (BPF_FIB_LKUP_RET_FWD_DISABLED). Returns the sysctls it changed.
+pub fn enable_forwarding(iface: &str) -> std::io::Result<Vec<String>> {
+    let mut changed = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path)?.trim() != "1" {
+            std::fs::write(&path, "1")?;
+            changed.push(format!("net.{family}.conf.{iface}.forwarding=1"));
+        }
+    }
+    Ok(changed)
+}
