@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lb_agent::health::TargetState;
+use lb_agent::{health::TargetState, overrides::Overrides};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
@@ -307,6 +307,7 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     let status = agent.cli(&["status"]).expect("status");
     println!("{status}");
     assert!(status.contains("+ 3 API changes"), "{status}");
+    assert_eq!(agent.status().overrides, 3);
     let api = short_connections_to(&lab, &VIP4.to_string(), 81, 44000, 60);
     assert!(api.contains_key("b3"), "{api:?}");
 
@@ -321,4 +322,5 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     );
     let listed = agent.cli(&["overrides", "list"]).expect("list");
     assert!(listed.contains("no API changes"), "{listed}");
+    assert_eq!(agent.overrides(), Overrides::default());
 }
