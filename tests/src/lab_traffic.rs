@@ -1,12 +1,16 @@
 //! Shared pieces of the lab tests: a lab with the agent binary running a config, and clients
 //! that open connections through the VIP and report who served them.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration, time::Instant};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration, time::Instant};
 
+use lb_agent::{health::TargetState, protocol::TargetView};
+use serde::Deserialize;
 use xtask::{
     agent::LabAgent,
     lab::{self, BackendServers, Lab, LabSpec, VIP4},
 };
+
+use crate::agent_views::AgentViews as _;
 
 /// The agent binary `cargo xtask test` builds before these tests.
 pub fn agent_binary() -> PathBuf {
@@ -86,15 +90,14 @@ pub fn short_connections_to(
 }
 
 /// The target `address` of `group` in `targets list --json`.
-pub fn target(agent: &LabAgent, group: &str, address: &str) -> serde_json::Value {
-    let targets = agent.targets().expect("targets list");
+pub fn target(agent: &LabAgent, group: &str, address: &str) -> TargetView {
+    let address: SocketAddr = address.parse().unwrap_or_else(|e| panic!("{address}: {e}"));
+    let targets = agent.targets();
     targets
-        .as_array()
-        .expect("an array")
         .iter()
-        .find(|t| t["group"] == group && t["address"] == address)
+        .find(|t| t.group == group && t.address == address)
         .cloned()
-        .unwrap_or_else(|| panic!("no target {address} in {group}: {targets:#}"))
+        .unwrap_or_else(|| panic!("no target {address} in {group}: {targets:?}"))
 }
 
 /// Polls `targets list` every 50 ms until `group`'s target `address` is in `state`, for at
@@ -103,18 +106,19 @@ pub fn wait_for_state(
     agent: &LabAgent,
     group: &str,
     address: &str,
-    state: &str,
+    state: TargetState,
     within: Duration,
 ) -> Duration {
     let start = Instant::now();
     loop {
         let t = target(agent, group, address);
-        if t["state"] == state {
+        if t.state == state {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < within,
-            "{address} in {group} not {state} within {within:?}: {t:#}"
+            "{address} in {group} not {} within {within:?}: {t:?}",
+            state.as_str()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -212,13 +216,57 @@ pub fn start_iperf3(lab: &Lab, seconds: u32) -> u32 {
     .expect("iperf3 client")
 }
 
-/// Waits (at most 20 s) for an iperf3 run of `start_iperf3` to end; its JSON report, which
-/// must hold no error.
-pub fn iperf3_report(lab: &Lab, pid: u32) -> serde_json::Value {
+/// The parts of an iperf3 `-J` report the tests read.
+#[derive(Debug, Deserialize)]
+pub struct Iperf3Report {
+    /// Why the run failed, if it did (then `end` is empty).
+    pub error: Option<String>,
+    #[serde(default)]
+    pub end: Iperf3End,
+}
+
+/// A report's totals: `sum_sent` and `sum_received` for TCP, `sum` for UDP.
+#[derive(Debug, Default, Deserialize)]
+pub struct Iperf3End {
+    pub sum_sent: Option<Iperf3Sum>,
+    pub sum_received: Option<Iperf3Sum>,
+    pub sum: Option<Iperf3Sum>,
+}
+
+/// One of a report's totals.
+#[derive(Debug, Deserialize)]
+pub struct Iperf3Sum {
+    pub bytes: u64,
+    pub seconds: f64,
+    /// UDP only.
+    pub packets: Option<u64>,
+    /// UDP only.
+    pub lost_percent: Option<f64>,
+}
+
+impl Iperf3Report {
+    /// Parses iperf3's `-J` output.
+    pub fn parse(json: &str) -> Self {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("iperf3 JSON: {e}\n{json}"))
+    }
+
+    /// The bytes the server received (TCP), 0 if the report has no such total.
+    pub fn bytes_received(&self) -> u64 {
+        self.end.sum_received.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// Over how many seconds the server received them, 0 if the report has no such total.
+    pub fn seconds_received(&self) -> f64 {
+        self.end.sum_received.as_ref().map_or(0.0, |s| s.seconds)
+    }
+}
+
+/// Waits (at most 20 s) for an iperf3 run of `start_iperf3` to end; its report, which must
+/// hold no error.
+pub fn iperf3_report(lab: &Lab, pid: u32) -> Iperf3Report {
     lab.wait_ended(pid, Duration::from_secs(20))
         .expect("iperf3 finishes");
-    let report: serde_json::Value =
-        serde_json::from_str(&lab.log(pid).expect("iperf3 output")).expect("iperf3 JSON");
-    assert!(report.get("error").is_none(), "iperf3: {}", report["error"]);
+    let report = Iperf3Report::parse(&lab.log(pid).expect("iperf3 output"));
+    assert!(report.error.is_none(), "iperf3: {:?}", report.error);
     report
 }

@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: crafted frames and a test bed that runs the real
 //! XDP program with BPF_PROG_TEST_RUN, its maps filled by the agent's own code.
 
+pub mod agent_views;
 pub mod bed_config;
 pub mod decode;
 pub mod lab_traffic;

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use tests::lab_traffic::{config_path, lab_with_agent, short_connections, target};
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{config_path, lab_with_agent, short_connections, target},
+};
 use xtask::{agent::LabAgent, lab::Lab};
 
 const TOKEN: &str = "s3cret-token-for-the-lab-0123456789";
@@ -108,20 +111,13 @@ fn the_tcp_api_answers_401_without_the_token_and_registers_a_target_with_it() {
     );
     let (status, _, _) = post(Some("not-the-token-at-all-0000"));
     assert_eq!(status, 401);
-    let count = |agent: &LabAgent| {
-        agent
-            .targets()
-            .expect("targets")
-            .as_array()
-            .expect("array")
-            .len()
-    };
+    let count = |agent: &LabAgent| agent.targets().len();
     assert_eq!(count(&agent), 2, "a refused request changed something");
 
     let (status, head, said) = post(Some(TOKEN));
     assert_eq!(status, 200, "{head}\n{said}");
     assert_eq!(count(&agent), 3);
-    assert_eq!(target(&agent, "echo", "198.18.0.23:8080")["weight"], 2);
+    assert_eq!(target(&agent, "echo", "198.18.0.23:8080").weight, 2);
 
     // The metrics address serves /metrics without a token, and nothing else.
     let (status, _, metrics) = curl(&lab, &["http://127.0.0.1:9090/metrics"]);
@@ -259,15 +255,7 @@ fn a_stale_write_is_refused_and_the_config_is_validated_and_applied_through_the_
     let (status, _, said) = add("198.18.0.24", &seen);
     assert_eq!(status, 412, "{said}");
     assert!(said.contains("stale"), "{said}");
-    assert_eq!(
-        agent
-            .targets()
-            .expect("targets")
-            .as_array()
-            .expect("array")
-            .len(),
-        3
-    );
+    assert_eq!(agent.targets().len(), 3);
 
     // Validate: every error with its line; apply refuses a bad file and keeps the old one.
     // Two mistakes: both reported.
@@ -324,7 +312,7 @@ fn a_stale_write_is_refused_and_the_config_is_validated_and_applied_through_the_
         std::fs::read_to_string(config_path(&lab)).expect("config"),
         good
     );
-    assert_eq!(target(&agent, "echo", "198.18.0.22:8080")["weight"], 3);
+    assert_eq!(target(&agent, "echo", "198.18.0.22:8080").weight, 3);
     let shown = agent.cli(&["config", "show"]).expect("show");
     assert_eq!(shown, good);
 }

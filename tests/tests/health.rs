@@ -5,13 +5,18 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use tests::lab_traffic::{
-    EchoFlow, iperf3_report, lab_with_agent, lab_with_agent_and_servers, short_connections,
-    short_connections_to, start_iperf3, target, wait_for_state,
+use lb_agent::{config::HealthProtocol, health::TargetState};
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{
+        EchoFlow, iperf3_report, lab_with_agent, lab_with_agent_and_servers, short_connections,
+        short_connections_to, start_iperf3, target, wait_for_state,
+    },
 };
 use xtask::{
     agent::LabAgent,
@@ -73,13 +78,22 @@ fn echo_address(lab: &Lab, index: usize) -> String {
 /// Waits until every target of `group` has passed its first checks and is healthy.
 fn wait_all_healthy(agent: &LabAgent, lab: &Lab, group: &str) {
     for i in 0..lab.backends().len() {
-        wait_for_state(agent, group, &echo_address(lab, i), "healthy", 4 * INTERVAL);
+        wait_for_state(
+            agent,
+            group,
+            &echo_address(lab, i),
+            TargetState::Healthy,
+            4 * INTERVAL,
+        );
     }
 }
 
 fn transitions(agent: &LabAgent, change: &str) -> u64 {
-    agent.stats().expect("stats")["health_transitions"][change]
-        .as_u64()
+    agent
+        .stats()
+        .health_transitions
+        .get(change)
+        .copied()
         .unwrap_or(0)
 }
 
@@ -113,7 +127,7 @@ default_action = {{ forward = "iperf" }}
         let busy: Vec<usize> = (0..3)
             .filter(|&i| {
                 let t = target(&agent, "iperf", &format!("{}:5201", lab.backends()[i].v4));
-                t["counters"]["bytes"].as_u64().unwrap_or(0) > 1_000_000
+                t.counters.bytes > 1_000_000
             })
             .collect();
         if let [one] = busy[..] {
@@ -129,20 +143,30 @@ default_action = {{ forward = "iperf" }}
     lab.stop(servers.echo[victim])
         .expect("kill the echo server");
     let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
-    let detected = wait_for_state(&agent, "echo", &victim_address, "unhealthy", bound);
+    let detected = wait_for_state(
+        &agent,
+        "echo",
+        &victim_address,
+        TargetState::Unhealthy,
+        bound,
+    );
     println!("{victim_name} unhealthy {detected:?} after its server was killed (bound {bound:?})");
     let t = target(&agent, "echo", &victim_address);
-    assert_eq!(t["reason"], "Target.FailedHealthChecks", "{t:#}");
-    assert_eq!(t["in_service"], false, "{t:#}");
+    assert_eq!(
+        t.reason.as_deref(),
+        Some("Target.FailedHealthChecks"),
+        "{t:?}"
+    );
+    assert!(!t.in_service, "{t:?}");
     assert!(
-        t["description"].as_str().unwrap_or("").contains("refused"),
-        "{t:#}"
+        t.description.as_deref().unwrap_or("").contains("refused"),
+        "{t:?}"
     );
     // The other targets are untouched.
     for i in (0..3).filter(|&i| i != victim) {
         assert_eq!(
-            target(&agent, "echo", &echo_address(&lab, i))["state"],
-            "healthy"
+            target(&agent, "echo", &echo_address(&lab, i)).state,
+            TargetState::Healthy
         );
     }
 
@@ -153,13 +177,13 @@ default_action = {{ forward = "iperf" }}
 
     // The iperf3 stream to another backend ran on undisturbed.
     let report = iperf3_report(&lab, iperf);
-    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let received = report.bytes_received();
     assert!(received > 10_000_000, "iperf3 moved only {received} bytes");
 
     // Back up: healthy after `healthy_threshold` passing checks, and new flows again.
     lab::start_echo_server(&lab, &lab.backends()[victim]).expect("restart the echo server");
     let bound = INTERVAL * HEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
-    let recovered = wait_for_state(&agent, "echo", &victim_address, "healthy", bound);
+    let recovered = wait_for_state(&agent, "echo", &victim_address, TargetState::Healthy, bound);
     println!("{victim_name} healthy {recovered:?} after its server came back (bound {bound:?})");
     let served = short_connections(&lab, 21000, 200);
     println!("200 connections with {victim_name} back: {served:?}");
@@ -180,27 +204,43 @@ fn http_checks_mark_a_500_target_response_code_mismatch_and_a_hung_one_timeout()
     lab::set_health(&lab, &lab.backends()[1], HealthMode::Status(500)).expect("b2 answers 500");
     lab::set_health(&lab, &lab.backends()[2], HealthMode::Hang).expect("b3 hangs");
     let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
-    wait_for_state(&agent, "web", &echo_address(&lab, 1), "unhealthy", bound);
-    wait_for_state(&agent, "web", &echo_address(&lab, 2), "unhealthy", bound);
+    wait_for_state(
+        &agent,
+        "web",
+        &echo_address(&lab, 1),
+        TargetState::Unhealthy,
+        bound,
+    );
+    wait_for_state(
+        &agent,
+        "web",
+        &echo_address(&lab, 2),
+        TargetState::Unhealthy,
+        bound,
+    );
 
     let b2 = target(&agent, "web", &echo_address(&lab, 1));
-    assert_eq!(b2["reason"], "Target.ResponseCodeMismatch", "{b2:#}");
+    assert_eq!(
+        b2.reason.as_deref(),
+        Some("Target.ResponseCodeMismatch"),
+        "{b2:?}"
+    );
     assert!(
-        b2["description"].as_str().unwrap_or("").contains("500"),
-        "{b2:#}"
+        b2.description.as_deref().unwrap_or("").contains("500"),
+        "{b2:?}"
     );
     let b3 = target(&agent, "web", &echo_address(&lab, 2));
-    assert_eq!(b3["reason"], "Target.Timeout", "{b3:#}");
-    let latency = b3["last_check_ms"].as_f64().expect("a latency");
+    assert_eq!(b3.reason.as_deref(), Some("Target.Timeout"), "{b3:?}");
+    let latency = b3.last_check_ms.expect("a latency");
     assert!(
         (450.0..1500.0).contains(&latency),
         "timed-out check took {latency} ms"
     );
     let b1 = target(&agent, "web", &echo_address(&lab, 0));
-    assert_eq!(b1["state"], "healthy", "{b1:#}");
-    let latency = b1["last_check_ms"].as_f64().expect("a latency");
+    assert_eq!(b1.state, TargetState::Healthy, "{b1:?}");
+    let latency = b1.last_check_ms.expect("a latency");
     assert!(latency < 250.0, "a passing check took {latency} ms");
-    assert!(b1["checks"].as_u64().unwrap_or(0) >= 2, "{b1:#}");
+    assert!(b1.checks >= 2, "{b1:?}");
 
     // As an operator sees it.
     let list = agent.cli(&["targets", "list"]).expect("targets list");
@@ -212,8 +252,8 @@ fn http_checks_mark_a_500_target_response_code_mismatch_and_a_hung_one_timeout()
     assert_eq!(web.keys().collect::<Vec<_>>(), ["b1"], "{web:?}");
     for i in 0..3 {
         assert_eq!(
-            target(&agent, "raw", &echo_address(&lab, i))["state"],
-            "healthy"
+            target(&agent, "raw", &echo_address(&lab, i)).state,
+            TargetState::Healthy
         );
     }
     let raw = short_connections_to(&lab, &VIP4.to_string(), 81, 22100, 90);
@@ -243,10 +283,14 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
         .expect("deregister");
     assert!(said.contains("draining"), "{said}");
     let t = target(&agent, "echo", &address);
-    assert_eq!(t["state"], "draining", "{t:#}");
-    assert_eq!(t["reason"], "Target.DeregistrationInProgress", "{t:#}");
-    assert_eq!(t["in_service"], false, "{t:#}");
-    assert!(t["active_flows"].as_u64().unwrap_or(0) >= 1, "{t:#}");
+    assert_eq!(t.state, TargetState::Draining, "{t:?}");
+    assert_eq!(
+        t.reason.as_deref(),
+        Some("Target.DeregistrationInProgress"),
+        "{t:?}"
+    );
+    assert!(!t.in_service, "{t:?}");
+    assert!(t.active_flows >= 1, "{t:?}");
 
     let served = short_connections(&lab, 23000, 100);
     assert!(
@@ -258,29 +302,27 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
     agent
         .cli(&["targets", "remove", "--group", "echo", &other])
         .expect("deregister another");
-    assert_eq!(target(&agent, "echo", &other)["state"], "draining");
+    assert_eq!(target(&agent, "echo", &other).state, TargetState::Draining);
     agent
         .cli(&["targets", "add", "--group", "echo", &other])
         .expect("register it again");
     let back = target(&agent, "echo", &other);
     assert_eq!(
-        (&back["state"], &back["in_service"]),
-        (&"healthy".into(), &true.into()),
-        "{back:#}"
+        (back.state, back.in_service),
+        (TargetState::Healthy, true),
+        "{back:?}"
     );
     assert_eq!(transitions(&agent, "draining->healthy"), 1);
     let bytes = flow.finish();
     assert!(bytes > 50_000, "only {bytes} bytes echoed while draining");
 
     // Its connection-table entries stay until the delay ends, then they are purged.
+    let backend: SocketAddr = address.parse().expect("a socket address");
     let flows_to = |agent: &LabAgent| {
         agent
             .flows()
-            .expect("flows")
-            .as_array()
-            .expect("an array")
             .iter()
-            .filter(|f| f["backend"] == address.as_str())
+            .filter(|f| f.backend == backend)
             .count()
     };
     assert!(
@@ -306,12 +348,8 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
     // Readers see the writer's last published state: the purge and the removal are one
     // change, published right after it (within milliseconds of the entries going).
     let listed = |agent: &LabAgent| {
-        let targets = agent.targets().expect("targets");
-        let listed = targets
-            .as_array()
-            .expect("array")
-            .iter()
-            .any(|t| t["address"] == address.as_str());
+        let targets = agent.targets();
+        let listed = targets.iter().any(|t| t.address == backend);
         (listed, targets)
     };
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -319,7 +357,7 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (still, targets) = listed(&agent);
-    assert!(!still, "{targets:#}");
+    assert!(!still, "{targets:?}");
     assert_eq!(transitions(&agent, "draining->removed"), 1);
 }
 
@@ -378,10 +416,16 @@ fn terminate_on_unhealthy_cuts_established_flows_and_the_default_keeps_them() {
     lab::set_health(&lab, &lab.backends()[0], HealthMode::Status(503)).expect("b1 fails");
     let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
     for group in ["keep", "cut"] {
-        wait_for_state(&agent, group, &echo_address(&lab, 0), "unhealthy", bound);
+        wait_for_state(
+            &agent,
+            group,
+            &echo_address(&lab, 0),
+            TargetState::Unhealthy,
+            bound,
+        );
     }
     let cut = target(&agent, "cut", &echo_address(&lab, 0));
-    assert_eq!(cut["active_flows"], 0, "{cut:#}");
+    assert_eq!(cut.active_flows, 0, "{cut:?}");
     writeln!(stdin, "go").expect("tell the client to ping");
     let mut outcome: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for _ in 0..2 * per_listener {
@@ -419,7 +463,13 @@ fn with_every_target_unhealthy_fail_open_spreads_over_all_and_fail_closed_drops(
     let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
     for group in ["open", "closed"] {
         for i in 0..3 {
-            wait_for_state(&agent, group, &echo_address(&lab, i), "unhealthy", bound);
+            wait_for_state(
+                &agent,
+                group,
+                &echo_address(&lab, i),
+                TargetState::Unhealthy,
+                bound,
+            );
         }
     }
     let served = short_connections(&lab, 24000, 150);
@@ -457,14 +507,16 @@ fn a_flapping_target_never_changes_state() {
     // b2 goes down for good first, then flaps too.
     lab::set_health(&lab, &lab.backends()[1], HealthMode::Status(503)).expect("b2 down");
     let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
-    wait_for_state(&agent, "echo", &echo_address(&lab, 1), "unhealthy", bound);
-    let changes_before = agent.stats().expect("stats")["health_transitions"].clone();
+    wait_for_state(
+        &agent,
+        "echo",
+        &echo_address(&lab, 1),
+        TargetState::Unhealthy,
+        bound,
+    );
+    let changes_before = agent.stats().health_transitions;
     let checks_before: Vec<u64> = (0..2)
-        .map(|i| {
-            target(&agent, "echo", &echo_address(&lab, i))["checks"]
-                .as_u64()
-                .unwrap_or(0)
-        })
+        .map(|i| target(&agent, "echo", &echo_address(&lab, i)).checks)
         .collect();
     for i in 0..2 {
         lab::set_health(&lab, &lab.backends()[i], HealthMode::Alternate).expect("flap");
@@ -473,25 +525,20 @@ fn a_flapping_target_never_changes_state() {
     let until = Instant::now() + 8 * INTERVAL;
     while Instant::now() < until {
         assert_eq!(
-            target(&agent, "echo", &echo_address(&lab, 0))["state"],
-            "healthy"
+            target(&agent, "echo", &echo_address(&lab, 0)).state,
+            TargetState::Healthy
         );
         assert_eq!(
-            target(&agent, "echo", &echo_address(&lab, 1))["state"],
-            "unhealthy"
+            target(&agent, "echo", &echo_address(&lab, 1)).state,
+            TargetState::Unhealthy
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     for (i, before) in checks_before.iter().enumerate() {
-        let checks = target(&agent, "echo", &echo_address(&lab, i))["checks"]
-            .as_u64()
-            .unwrap_or(0);
+        let checks = target(&agent, "echo", &echo_address(&lab, i)).checks;
         assert!(checks >= before + 6, "b{}: {checks} checks", i + 1);
     }
-    assert_eq!(
-        agent.stats().expect("stats")["health_transitions"],
-        changes_before
-    );
+    assert_eq!(agent.stats().health_transitions, changes_before);
 }
 
 #[test]
@@ -503,7 +550,7 @@ fn weights_steer_new_flows_and_a_new_target_ramps_up_over_slow_start() {
             &agent,
             "echo",
             &echo_address(&lab, i),
-            "healthy",
+            TargetState::Healthy,
             4 * INTERVAL,
         );
     }
@@ -539,13 +586,13 @@ fn weights_steer_new_flows_and_a_new_target_ramps_up_over_slow_start() {
         &agent,
         "echo",
         &echo_address(&lab, 2),
-        "healthy",
+        TargetState::Healthy,
         4 * INTERVAL,
     );
     let healthy_at = Instant::now();
     let early = target(&agent, "echo", &echo_address(&lab, 2));
-    let weight = early["effective_weight"].as_f64().unwrap_or(1.0);
-    assert!(weight < 0.3, "b3 starts at {weight}: {early:#}");
+    let weight = early.effective_weight;
+    assert!(weight < 0.3, "b3 starts at {weight}: {early:?}");
     let served = short_connections(&lab, 26000, 200);
     println!("b3 just healthy, slow start: {served:?}");
     let b3 = served.get("b3").copied().unwrap_or(0);
@@ -554,7 +601,7 @@ fn weights_steer_new_flows_and_a_new_target_ramps_up_over_slow_start() {
         (healthy_at + Duration::from_millis(8500)).saturating_duration_since(Instant::now()),
     );
     let done = target(&agent, "echo", &echo_address(&lab, 2));
-    assert_eq!(done["effective_weight"].as_f64(), Some(1.0), "{done:#}");
+    assert_eq!(done.effective_weight, 1.0, "{done:?}");
     let served = short_connections(&lab, 27000, 300);
     println!("after slow start: {served:?}");
     let b3 = served.get("b3").copied().unwrap_or(0);
@@ -573,11 +620,12 @@ fn a_health_check_changed_through_the_control_api_takes_effect_at_once() {
     lab::set_health(&lab, &lab.backends()[1], HealthMode::Status(500)).expect("b2 sick");
     std::thread::sleep(3 * INTERVAL);
     assert_eq!(
-        target(&agent, "echo", &echo_address(&lab, 1))["state"],
-        "healthy"
+        target(&agent, "echo", &echo_address(&lab, 1)).state,
+        TargetState::Healthy
     );
 
-    // A bad change is refused whole, naming the field; the check in force stays.
+    // A bad change is refused whole, naming the field; the check in force stays (the groups'
+    // JSON is compared byte for byte: nothing of any group changed).
     let groups_before = agent
         .cli(&["groups", "list", "--json"])
         .expect("groups list");
@@ -629,22 +677,30 @@ fn a_health_check_changed_through_the_control_api_takes_effect_at_once() {
         ])
         .expect("switch to an HTTP check");
     assert!(said.contains("http GET"), "{said}");
-    let groups = agent
-        .cli(&["groups", "list", "--json"])
-        .expect("groups list");
-    let groups: serde_json::Value = serde_json::from_str(&groups).expect("JSON");
-    let check = &groups[0]["health_check"];
+    let groups = agent.groups();
+    let check = groups
+        .first()
+        .and_then(|g| g.health_check.as_ref())
+        .unwrap_or_else(|| panic!("no health check: {groups:?}"));
     assert_eq!(
-        (&check["protocol"], &check["port"], &check["interval"]),
-        (&"http".into(), &8081.into(), &"1s".into()),
-        "{groups:#}"
+        (check.protocol, check.port, check.interval),
+        (HealthProtocol::Http, Some(8081), INTERVAL),
+        "{groups:?}"
     );
     let bound = INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL;
-    let took = wait_for_state(&agent, "echo", &echo_address(&lab, 1), "unhealthy", bound);
+    let took = wait_for_state(
+        &agent,
+        "echo",
+        &echo_address(&lab, 1),
+        TargetState::Unhealthy,
+        bound,
+    );
     println!("b2 unhealthy {took:?} after the check became HTTP");
     assert_eq!(
-        target(&agent, "echo", &echo_address(&lab, 1))["reason"],
-        "Target.ResponseCodeMismatch"
+        target(&agent, "echo", &echo_address(&lab, 1))
+            .reason
+            .as_deref(),
+        Some("Target.ResponseCodeMismatch")
     );
     let served = short_connections(&lab, 28000, 60);
     assert!(!served.contains_key("b2"), "{served:?}");
@@ -655,13 +711,13 @@ fn a_health_check_changed_through_the_control_api_takes_effect_at_once() {
         .expect("disable");
     let t = target(&agent, "echo", &echo_address(&lab, 1));
     assert_eq!(
-        (&t["state"], &t["reason"], &t["in_service"]),
+        (t.state, t.reason.as_deref(), t.in_service),
         (
-            &"unavailable".into(),
-            &"Target.HealthCheckDisabled".into(),
-            &true.into()
+            TargetState::Unavailable,
+            Some("Target.HealthCheckDisabled"),
+            true
         ),
-        "{t:#}"
+        "{t:?}"
     );
     let served = short_connections(&lab, 28100, 90);
     assert_eq!(served.len(), 3, "{served:?}");
@@ -755,12 +811,10 @@ default_action = {{ forward = "many" }}
     println!("agent serving {:?} after its start", started.elapsed());
     // Every target passes its first check within one interval (plus start-up).
     loop {
-        let list = agent.targets().expect("targets");
-        let healthy = list
-            .as_array()
-            .expect("array")
+        let healthy = agent
+            .targets()
             .iter()
-            .filter(|t| t["state"] == "healthy")
+            .filter(|t| t.state == TargetState::Healthy)
             .count();
         if healthy == usize::from(count) {
             println!(
@@ -834,20 +888,18 @@ fn a_draining_target_with_no_live_flow_left_is_removed_before_the_delay() {
     agent
         .cli(&["targets", "remove", "--group", "echo", &address])
         .expect("deregister");
-    assert_eq!(target(&agent, "echo", &address)["state"], "draining");
+    assert_eq!(
+        target(&agent, "echo", &address).state,
+        TargetState::Draining
+    );
     let bytes = flow.finish();
     assert!(bytes > 0);
+    let removed: SocketAddr = address.parse().expect("a socket address");
     let closed = Instant::now();
     // Closed and quiet for closed_timeout (1 s), seen at the next look (every 5 s).
     let deadline = closed + Duration::from_secs(9);
     loop {
-        let gone = !agent
-            .targets()
-            .expect("targets")
-            .as_array()
-            .expect("array")
-            .iter()
-            .any(|t| t["address"] == address.as_str());
+        let gone = !agent.targets().iter().any(|t| t.address == removed);
         if gone {
             break;
         }

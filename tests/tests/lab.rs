@@ -3,8 +3,13 @@
 
 use std::time::Duration;
 
-use tests::lab_traffic::{
-    EchoFlow, agent_binary, lab_with_agent, short_connections, short_connections_to, wait_for_state,
+use lb_agent::health::TargetState;
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{
+        EchoFlow, Iperf3Report, agent_binary, lab_with_agent, short_connections,
+        short_connections_to, wait_for_state,
+    },
 };
 use xtask::{
     agent::LabAgent,
@@ -47,47 +52,40 @@ protocol = "tcp"
 default_action = { forward = "echo" }
 "#;
 
-fn iperf3(lab: &Lab, extra: &[&str]) -> serde_json::Value {
+fn iperf3(lab: &Lab, extra: &[&str]) -> Iperf3Report {
     let mut args = vec!["iperf3", "-c", "198.18.1.100", "-p", "5201", "-J"];
     args.extend(extra);
     let out = lab
         .run(lab.client(), &args)
         .expect("iperf3 through the VIP");
-    serde_json::from_str(&out).expect("iperf3 JSON")
+    Iperf3Report::parse(&out)
 }
 
 #[test]
 fn iperf3_tcp_and_udp_through_the_vip_reach_the_backends() {
     let (lab, agent) = lab_with_agent("tu", 3, CONFIG);
     let tcp = iperf3(&lab, &["-t", "3"]);
-    let sent = tcp["end"]["sum_sent"]["bytes"]
-        .as_u64()
-        .expect("bytes sent");
-    let received = tcp["end"]["sum_received"]["bytes"]
-        .as_u64()
-        .expect("bytes received");
+    let sent = tcp.end.sum_sent.as_ref().expect("bytes sent").bytes;
+    let received = tcp.end.sum_received.as_ref().expect("bytes received").bytes;
     // iperf3 stops its clock with bytes still in flight: the server's count trails a little.
     assert!(
         received > 1_000_000 && received as f64 >= sent as f64 * 0.98,
         "tcp: sent {sent}, received {received}"
     );
     let udp = iperf3(&lab, &["-u", "-b", "50M", "-t", "2"]);
-    let packets = udp["end"]["sum"]["packets"].as_u64().expect("udp packets");
-    let lost = udp["end"]["sum"]["lost_percent"]
-        .as_f64()
-        .expect("udp loss");
+    let sum = udp.end.sum.as_ref().expect("udp totals");
+    let packets = sum.packets.expect("udp packets");
+    let lost = sum.lost_percent.expect("udp loss");
     assert!(
         packets > 1000 && lost < 5.0,
         "udp: {packets} packets, {lost}% lost"
     );
     // The agent saw it all go through one backend of the sticky group.
-    let targets = agent.targets().expect("targets");
-    let iperf_bytes: Vec<u64> = targets
-        .as_array()
-        .expect("array")
+    let iperf_bytes: Vec<u64> = agent
+        .targets()
         .iter()
-        .filter(|t| t["group"] == "iperf")
-        .map(|t| t["counters"]["bytes"].as_u64().unwrap_or(0))
+        .filter(|t| t.group == "iperf")
+        .map(|t| t.counters.bytes)
         .collect();
     assert_eq!(
         iperf_bytes.iter().filter(|b| **b > 0).count(),
@@ -140,12 +138,12 @@ default_action = { forward = "echo6" }
             "{backend} served {n} of 150: {served:?}"
         );
     }
-    let stats = agent.stats().expect("stats");
-    assert_eq!(
-        stats["listeners"][0]["counters"]["new_flows"], 150,
-        "{}",
-        stats["listeners"]
-    );
+    let stats = agent.stats();
+    let listener = stats
+        .listeners
+        .first()
+        .unwrap_or_else(|| panic!("no listener: {stats:?}"));
+    assert_eq!(listener.counters.new_flows, 150, "{:?}", stats.listeners);
 }
 
 #[test]
@@ -199,7 +197,7 @@ fn adding_a_target_live_brings_it_new_flows() {
         &agent,
         "echo",
         "198.18.0.23:8080",
-        "healthy",
+        TargetState::Healthy,
         Duration::from_secs(6),
     );
     println!("b3 healthy {took:?} after being added");
@@ -302,21 +300,15 @@ default_action = { forward = "far" }
     let agent = LabAgent::start_on(&lab, &agent_binary(), &path, &["eth0", "eth1"])
         .expect("agent on two NICs");
     let tcp = iperf3(&lab, &["-t", "2"]);
-    let received = tcp["end"]["sum_received"]["bytes"]
-        .as_u64()
-        .expect("bytes received");
+    let received = tcp.end.sum_received.as_ref().expect("bytes received").bytes;
     assert!(
         received > 1_000_000,
         "only {received} bytes reached the far target"
     );
-    let stats = agent.stats().expect("stats");
-    let to_backend = stats["verdicts"]["fwd_to_backend"].as_u64().unwrap_or(0);
-    let to_client = stats["verdicts"]["fwd_to_client"].as_u64().unwrap_or(0);
-    assert!(
-        to_backend > 1000 && to_client > 100,
-        "{}",
-        stats["verdicts"]
-    );
+    let verdicts = agent.stats().verdicts;
+    let to_backend = verdicts.get("fwd_to_backend").copied().unwrap_or(0);
+    let to_client = verdicts.get("fwd_to_client").copied().unwrap_or(0);
+    assert!(to_backend > 1000 && to_client > 100, "{verdicts:?}");
 }
 
 #[test]
@@ -357,16 +349,16 @@ default_action = { forward = "echo" }
         .run(lab.client(), &["python3", "-c", &script])
         .expect("120 connections through 50 ports");
     assert_eq!(ok.trim(), "120");
-    let stats = agent.stats().expect("stats");
+    let stats = agent.stats();
     assert_eq!(
-        stats["verdicts"]["drop_no_snat"].as_u64().unwrap_or(0),
+        stats.verdicts.get("drop_no_snat").copied().unwrap_or(0),
         0,
-        "{}",
-        stats["verdicts"]
+        "{:?}",
+        stats.verdicts
     );
     println!(
         "120 connections through 50 SNAT ports: {} entries, {} active",
-        stats["flows"], stats["active_flows"]
+        stats.flows, stats.active_flows
     );
     // Every entry left is of a closed connection: over, or closing for under a second.
     let listed = agent.cli(&["flows", "--limit", "10"]).expect("flows");

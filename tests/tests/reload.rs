@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
-use tests::lab_traffic::{
-    config_path, lab_with_agent, short_connections, short_connections_to, target, wait_for_state,
+use lb_agent::{health::TargetState, overrides::Overrides};
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{
+        config_path, lab_with_agent, short_connections, short_connections_to, target,
+        wait_for_state,
+    },
 };
 use xtask::{agent::LabAgent, lab::VIP4};
 
@@ -60,22 +65,10 @@ default_action = {{ forward = "iperf" }}
 
 /// Each group's `table_version`.
 fn table_versions(agent: &LabAgent) -> Vec<(String, u64)> {
-    let groups: serde_json::Value = serde_json::from_str(
-        &agent
-            .cli(&["groups", "list", "--json"])
-            .expect("groups list"),
-    )
-    .expect("JSON");
-    groups
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|g| {
-            (
-                g["name"].as_str().unwrap_or("?").to_owned(),
-                g["table_version"].as_u64().unwrap_or(0),
-            )
-        })
+    agent
+        .groups()
+        .into_iter()
+        .map(|g| (g.name, g.table_version))
         .collect()
 }
 
@@ -181,7 +174,7 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         &agent,
         "web",
         "198.18.0.21:8080",
-        "healthy",
+        TargetState::Healthy,
         Duration::from_secs(4),
     );
     // Flows to b1, so that it has something to drain (with none, deregistration ends at once).
@@ -222,8 +215,8 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         assert!(log.contains(change), "{change} missing from: {log}");
     }
     assert_eq!(
-        target(&agent, "web", "198.18.0.21:8080")["state"],
-        "draining"
+        target(&agent, "web", "198.18.0.21:8080").state,
+        TargetState::Draining
     );
     let web = short_connections(&lab, 43000, 60);
     assert!(!web.contains_key("b1"), "{web:?}");
@@ -252,7 +245,7 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
         &agent,
         "web",
         "198.18.0.22:8080",
-        "healthy",
+        TargetState::Healthy,
         Duration::from_secs(4),
     );
     agent
@@ -300,23 +293,21 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
         &agent,
         "api",
         "198.18.0.23:8080",
-        "healthy",
+        TargetState::Healthy,
         Duration::from_secs(40),
     );
-    assert_eq!(target(&agent, "web", "198.18.0.21:8080")["weight"], 0);
+    assert_eq!(target(&agent, "web", "198.18.0.21:8080").weight, 0);
     let web: Vec<String> = agent
         .targets()
-        .expect("targets")
-        .as_array()
-        .expect("array")
         .iter()
-        .filter(|t| t["group"] == "web")
-        .map(|t| t["address"].as_str().unwrap_or("").to_owned())
+        .filter(|t| t.group == "web")
+        .map(|t| t.address.to_string())
         .collect();
     assert_eq!(web, ["198.18.0.21:8080", "198.18.0.23:8080"]);
     let status = agent.cli(&["status"]).expect("status");
     println!("{status}");
     assert!(status.contains("+ 3 API changes"), "{status}");
+    assert_eq!(agent.status().overrides, 3);
     let api = short_connections_to(&lab, &VIP4.to_string(), 81, 44000, 60);
     assert!(api.contains_key("b3"), "{api:?}");
 
@@ -324,11 +315,12 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     let said = agent.cli(&["overrides", "clear"]).expect("clear");
     println!("{said}");
     assert!(said.contains("198.18.0.23:8080 deregistered"), "{said}");
-    assert_eq!(target(&agent, "web", "198.18.0.21:8080")["weight"], 1);
+    assert_eq!(target(&agent, "web", "198.18.0.21:8080").weight, 1);
     assert_eq!(
-        target(&agent, "api", "198.18.0.23:8080")["state"],
-        "draining"
+        target(&agent, "api", "198.18.0.23:8080").state,
+        TargetState::Draining
     );
     let listed = agent.cli(&["overrides", "list"]).expect("list");
     assert!(listed.contains("no API changes"), "{listed}");
+    assert_eq!(agent.overrides(), Overrides::default());
 }

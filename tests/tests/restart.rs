@@ -2,11 +2,18 @@
 //! the agent is dead (even after SIGKILL), and a new agent adopts it without a gap. Needs
 //! root; one test at a time.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use tests::lab_traffic::{
-    agent_binary, config_path, iperf3_report, lab_with_agent, short_connections, start_iperf3,
-    wait_for_state,
+use lb_agent::health::TargetState;
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{
+        agent_binary, config_path, iperf3_report, lab_with_agent, short_connections, start_iperf3,
+        wait_for_state,
+    },
 };
 use xtask::{agent::LabAgent, lab};
 
@@ -45,7 +52,13 @@ default_action = { forward = "echo" }
 fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
     let (lab, agent) = lab_with_agent("kr", 3, CONFIG);
     for b in ["198.18.0.21:8080", "198.18.0.22:8080"] {
-        wait_for_state(&agent, "echo", b, "healthy", Duration::from_secs(4));
+        wait_for_state(
+            &agent,
+            "echo",
+            b,
+            TargetState::Healthy,
+            Duration::from_secs(4),
+        );
     }
     let iperf = start_iperf3(&lab, 10);
     std::thread::sleep(Duration::from_secs(2));
@@ -80,21 +93,16 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
         );
     }
     assert!(log.contains("took over the pinned attachment"), "{log}");
-    let flows = agent.flows().expect("flows");
+    let iperf_listener: SocketAddr = "198.18.1.100:5201".parse().expect("a socket address");
+    let flows = agent.flows();
     assert!(
-        flows
-            .as_array()
-            .expect("array")
-            .iter()
-            .any(|f| f["listener"] == "198.18.1.100:5201"),
-        "the iperf3 flow is missing from the adopted table: {flows:#}"
+        flows.iter().any(|f| f.listener == iperf_listener),
+        "the iperf3 flow is missing from the adopted table: {flows:?}"
     );
 
     let report = iperf3_report(&lab, iperf);
-    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-    let seconds = report["end"]["sum_received"]["seconds"]
-        .as_f64()
-        .unwrap_or(0.0);
+    let received = report.bytes_received();
+    let seconds = report.seconds_received();
     println!("iperf3 across the SIGKILL and the restart: {received} bytes in {seconds:.1} s");
     assert!(
         received > 100_000_000 && seconds > 9.5,
@@ -109,7 +117,7 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
         &agent,
         "echo",
         "198.18.0.23:8080",
-        "healthy",
+        TargetState::Healthy,
         Duration::from_secs(4),
     );
     let served = short_connections(&lab, 31000, 90);

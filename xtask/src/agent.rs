@@ -1,5 +1,8 @@
 //! Running `lb-agent` inside a lab: start it in the load-balancer namespace, wait until it
 //! serves its control socket, and talk to it through its own CLI (as an operator would).
+//! Its answers are read as the agent's typed views by the tests crate (`tests::agent_views`),
+//! which can depend on `lb-agent`; xtask cannot (its build script needs bpf-linker, which
+//! `cargo xtask setup` installs).
 
 use std::{
     path::{Path, PathBuf},
@@ -107,22 +110,5 @@ impl LabAgent {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `targets list --json`, parsed.
-    pub fn targets(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(
-            &self.cli(&["targets", "list", "--json"])?,
-        )?)
-    }
-
-    /// `stats --json`, parsed.
-    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.cli(&["stats", "--json"])?)?)
-    }
-
-    /// `flows --json` (the connection table), parsed.
-    pub fn flows(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.cli(&["flows", "--json"])?)?)
     }
 }

@@ -22,9 +22,16 @@ pub fn build_agent() -> anyhow::Result<std::path::PathBuf> {
     Ok(workspace_root().join("target/release/lb-agent"))
 }
 
+/// `targets list --json`, parsed (untyped: xtask cannot depend on lb-agent for its views).
+fn targets_json(agent: &LabAgent) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &agent.cli(&["targets", "list", "--json"])?,
+    )?)
+}
+
 /// Per-target `bytes`/`new_flows` from `targets list --json`, keyed "group target".
 fn target_counters(agent: &LabAgent) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
-    let list = agent.targets()?;
+    let list = targets_json(agent)?;
     let mut out = BTreeMap::new();
     for t in list.as_array().context("targets list is not an array")? {
         let key = format!(
@@ -109,7 +116,7 @@ fn health_demo(lab: &Lab, agent: &LabAgent, vip: &str) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     loop {
-        let list = agent.targets()?;
+        let list = targets_json(agent)?;
         let state = list
             .as_array()
             .and_then(|l| {
