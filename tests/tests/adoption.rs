@@ -4,8 +4,10 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use lb_agent::protocol::{FlowView, TargetView};
-use tests::lab_traffic::{agent_binary, config_path, lab_with_agent, short_connections};
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{agent_binary, config_path, lab_with_agent, short_connections},
+};
 use xtask::agent::LabAgent;
 
 /// `echo` lists b1, b2, b3; `other` comes second.
@@ -68,20 +70,10 @@ protocol = "tcp"
 default_action = { forward = "echo" }
 "#;
 
-fn targets(agent: &LabAgent) -> Vec<TargetView> {
-    let json = agent.cli(&["targets", "list", "--json"]).expect("targets");
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
-}
-
-fn flows(agent: &LabAgent) -> Vec<FlowView> {
-    let json = agent.cli(&["flows", "--json"]).expect("flows");
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
-}
-
 /// Connection-table entries per target.
 fn entries(agent: &LabAgent) -> BTreeMap<SocketAddr, usize> {
     let mut out = BTreeMap::new();
-    for flow in flows(agent) {
+    for flow in agent.flows() {
         *out.entry(flow.backend).or_insert(0) += 1;
     }
     out
@@ -89,7 +81,8 @@ fn entries(agent: &LabAgent) -> BTreeMap<SocketAddr, usize> {
 
 /// New flows counted per target of `echo`.
 fn new_flows(agent: &LabAgent) -> BTreeMap<SocketAddr, u64> {
-    targets(agent)
+    agent
+        .targets()
         .into_iter()
         .filter(|t| t.group == "echo")
         .map(|t| (t.address, t.counters.new_flows))

@@ -13,6 +13,11 @@ use xtask::{agent::LabAgent, lab::Lab};
 const TOKEN: &str = "s3cret-token-for-the-lab-0123456789";
 
 fn config(extra_agent: &str) -> String {
+    config_with(extra_agent, 80, 1)
+}
+
+/// The test's config with `extra_agent` lines, the listener on `port`, and b2 at `b2_weight`.
+fn config_with(extra_agent: &str, port: u16, b2_weight: u32) -> String {
     format!(
         r#"
 [agent]
@@ -22,13 +27,13 @@ fn config(extra_agent: &str) -> String {
 name = "echo"
 protocol = "tcp"
 port = 8080
-targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22" }}]
+targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22", weight = {b2_weight} }}]
 health_check = {{ interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
 
 [[listener]]
 name = "echo"
 address = "198.18.1.100"
-port = 80
+port = {port}
 protocol = "tcp"
 default_action = {{ forward = "echo" }}
 "#
@@ -259,10 +264,7 @@ fn a_stale_write_is_refused_and_the_config_is_validated_and_applied_through_the_
 
     // Validate: every error with its line; apply refuses a bad file and keeps the old one.
     // Two mistakes: both reported.
-    let bad = config("").replace("port = 80\n", "port = 0\n").replace(
-        "{ address = \"198.18.0.22\" }]",
-        "{ address = \"198.18.0.22\", weight = 5000 }]",
-    );
+    let bad = config_with("", 0, 5000);
     let bad_file = lab.log_dir().join("bad.toml");
     std::fs::write(&bad_file, &bad).expect("write");
     let err = agent
@@ -293,10 +295,7 @@ fn a_stale_write_is_refused_and_the_config_is_validated_and_applied_through_the_
         before
     );
 
-    let good = config("").replace(
-        "{ address = \"198.18.0.22\" }]",
-        "{ address = \"198.18.0.22\", weight = 3 }]",
-    );
+    let good = config_with("", 80, 3);
     let good_file = lab.log_dir().join("good.toml");
     std::fs::write(&good_file, &good).expect("write");
     let said = agent

@@ -13,10 +13,20 @@ use tests::{
 };
 use xtask::{
     agent::LabAgent,
-    lab::{self, Lab, LabSpec, VIP4, VIP6},
+    lab::{
+        self, Lab, LabSpec, VIP4, VIP6,
+        netns::{self, NetNs},
+    },
 };
 
-const CONFIG: &str = r#"
+/// The lab tests' config, with the `echo` group's targets b1..b`echo_backends`.
+fn config(echo_backends: u8) -> String {
+    let echo_targets: Vec<String> = (1..=echo_backends)
+        .map(|i| format!("{{ address = \"198.18.0.{}\" }}", 20 + i))
+        .collect();
+    let echo_targets = echo_targets.join(", ");
+    format!(
+        r#"
 [agent]
 interface = "eth0"
 
@@ -25,32 +35,34 @@ name = "iperf"
 protocol = "tcp_udp"
 port = 5201
 # iperf3's control and data connections must meet one server.
-stickiness = { type = "source_ip" }
+stickiness = {{ type = "source_ip" }}
 # Checked on the health endpoint: a connect to an iperf3 server that is busy disturbs its test.
-health_check = { port = 8081 }
-targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }, { address = "198.18.0.23" }]
+health_check = {{ port = 8081 }}
+targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22" }}, {{ address = "198.18.0.23" }}]
 
 [[target_group]]
 name = "echo"
 protocol = "tcp"
 port = 8080
-targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }, { address = "198.18.0.23" }]
-health_check = { interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }
+targets = [{echo_targets}]
+health_check = {{ interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
 
 [[listener]]
 name = "iperf"
 address = "198.18.1.100"
 port = 5201
 protocol = "tcp_udp"
-default_action = { forward = "iperf" }
+default_action = {{ forward = "iperf" }}
 
 [[listener]]
 name = "echo"
 address = "198.18.1.100"
 port = 80
 protocol = "tcp"
-default_action = { forward = "echo" }
-"#;
+default_action = {{ forward = "echo" }}
+"#
+    )
+}
 
 fn iperf3(lab: &Lab, extra: &[&str]) -> Iperf3Report {
     let mut args = vec!["iperf3", "-c", "198.18.1.100", "-p", "5201", "-J"];
@@ -63,7 +75,7 @@ fn iperf3(lab: &Lab, extra: &[&str]) -> Iperf3Report {
 
 #[test]
 fn iperf3_tcp_and_udp_through_the_vip_reach_the_backends() {
-    let (lab, agent) = lab_with_agent("tu", 3, CONFIG);
+    let (lab, agent) = lab_with_agent("tu", 3, &config(3));
     let tcp = iperf3(&lab, &["-t", "3"]);
     let sent = tcp.end.sum_sent.as_ref().expect("bytes sent").bytes;
     let received = tcp.end.sum_received.as_ref().expect("bytes received").bytes;
@@ -100,7 +112,7 @@ fn iperf3_tcp_and_udp_through_the_vip_reach_the_backends() {
 
 #[test]
 fn short_connections_spread_evenly_over_three_backends() {
-    let (lab, _agent) = lab_with_agent("sp", 3, CONFIG);
+    let (lab, _agent) = lab_with_agent("sp", 3, &config(3));
     let served = short_connections(&lab, 20000, 300);
     println!("300 connections: {served:?}");
     assert_eq!(served.len(), 3, "{served:?}");
@@ -148,7 +160,7 @@ default_action = { forward = "echo6" }
 
 #[test]
 fn removing_a_target_keeps_established_flows_and_stops_its_new_flows() {
-    let (lab, agent) = lab_with_agent("rm", 3, CONFIG);
+    let (lab, agent) = lab_with_agent("rm", 3, &config(3));
     // A long-lived connection: greet, then echo 4 KiB chunks for 6 s, comparing every byte.
     let flow = EchoFlow::start(&lab, 6);
     let serving = flow.serving.clone();
@@ -181,11 +193,7 @@ fn removing_a_target_keeps_established_flows_and_stops_its_new_flows() {
 
 #[test]
 fn adding_a_target_live_brings_it_new_flows() {
-    let two_targets = CONFIG.replace(
-        "name = \"echo\"\nprotocol = \"tcp\"\nport = 8080\ntargets = [{ address = \"198.18.0.21\" }, { address = \"198.18.0.22\" }, { address = \"198.18.0.23\" }]",
-        "name = \"echo\"\nprotocol = \"tcp\"\nport = 8080\ntargets = [{ address = \"198.18.0.21\" }, { address = \"198.18.0.22\" }]",
-    );
-    assert_ne!(two_targets, CONFIG);
+    let two_targets = config(2);
     let (lab, agent) = lab_with_agent("ad", 3, &two_targets);
     let before = short_connections(&lab, 22000, 60);
     assert!(!before.contains_key("b3"), "{before:?}");
@@ -209,30 +217,6 @@ fn adding_a_target_live_brings_it_new_flows() {
     );
 }
 
-/// A namespace of the test's own, deleted on drop.
-struct ExtraNamespace(String);
-
-impl Drop for ExtraNamespace {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .output();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_target_behind_a_second_nic_is_reached_by_xdp_redirect_both_ways() {
     // Two-arm: the target 198.18.4.2 sits on the LB node's eth1, on no bridge; the client on
@@ -242,32 +226,37 @@ fn a_target_behind_a_second_nic_is_reached_by_xdp_redirect_both_ways() {
         backends: 1,
     })
     .expect("lab up");
-    let far = ExtraNamespace(format!("{}-far", lab.name()));
+    // A namespace of the test's own (deleted on drop), on the LB node's second NIC.
+    let far = NetNs::create(&format!("{}-far", lab.name())).expect("far namespace");
+    let far_ns = far.name().to_owned();
     let lb = &lab.lb().ns;
-    ip(&["netns", "add", &far.0]);
-    ip(&["-n", &far.0, "link", "set", "lo", "up"]);
+    let ip = |args: &[&str]| {
+        netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    };
     ip(&[
-        "-n", lb, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far.0,
+        "-n", lb, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far_ns,
     ]);
     ip(&["-n", lb, "addr", "add", "198.18.4.1/24", "dev", "eth1"]);
-    ip(&["-n", &far.0, "addr", "add", "198.18.4.2/24", "dev", "eth0"]);
+    ip(&["-n", &far_ns, "addr", "add", "198.18.4.2/24", "dev", "eth0"]);
     ip(&["-n", lb, "link", "set", "eth1", "up"]);
-    ip(&["-n", &far.0, "link", "set", "eth0", "up"]);
-    for (ns, dev) in [(lb.as_str(), "eth1"), (far.0.as_str(), "eth0")] {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", ns, "ethtool", "-K", dev, "rx", "off", "tx", "off", "tso", "off",
-                "gso", "off", "gro", "off",
-            ])
-            .output()
-            .expect("ethtool");
-        assert!(out.status.success(), "ethtool on {dev} in {ns}");
+    ip(&["-n", &far_ns, "link", "set", "eth0", "up"]);
+    let offloads_off = [
+        "ethtool", "-K", "DEV", "rx", "off", "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+    ];
+    for (ns, dev) in [(lb.as_str(), "eth1"), (far_ns.as_str(), "eth0")] {
+        let mut args = vec!["netns", "exec", ns];
+        args.extend(
+            offloads_off
+                .iter()
+                .map(|a| if *a == "DEV" { dev } else { a }),
+        );
+        ip(&args);
     }
     // A veth delivers redirected frames only if its peer runs XDP (as for XDP_TX).
-    lab.attach_pass_program(&far.0, "eth0")
+    lab.attach_pass_program(&far_ns, "eth0")
         .expect("attach pass");
     let far_host = lab::Host {
-        ns: far.0.clone(),
+        ns: far_ns.clone(),
         role: "far".into(),
         v4: "198.18.4.2".parse().expect("ip"),
         v6: "fd00:198:18:4::2".parse().expect("ip"),

@@ -16,51 +16,124 @@ use xtask::{agent::LabAgent, lab::VIP4};
 
 /// Three groups over the lab's three backends; `web_weights` sets the web group's.
 fn config(web_weights: [u32; 3], extra: &str) -> String {
-    format!(
-        r#"
+    Plan {
+        web: &[
+            ("198.18.0.21", web_weights[0]),
+            ("198.18.0.22", web_weights[1]),
+            ("198.18.0.23", web_weights[2]),
+        ],
+        api: Some("api"),
+        new: false,
+        extra,
+    }
+    .text()
+}
+
+/// A reload test's config, put together from its parts.
+struct Plan<'a> {
+    /// `web`'s targets and weights.
+    web: &'a [(&'a str, u32)],
+    /// The group the `api` listener forwards to; none: no `api` group nor listener.
+    api: Option<&'a str>,
+    /// Group `new` (b3) with a listener on :82.
+    new: bool,
+    /// Appended as it is.
+    extra: &'a str,
+}
+
+impl Plan<'_> {
+    fn text(&self) -> String {
+        let web: Vec<String> = self
+            .web
+            .iter()
+            .map(|(address, weight)| format!("{{ address = \"{address}\", weight = {weight} }}"))
+            .collect();
+        let mut out = format!(
+            r#"
 [[target_group]]
 name = "web"
 protocol = "tcp"
 port = 8080
-targets = [{{ address = "198.18.0.21", weight = {} }}, {{ address = "198.18.0.22", weight = {} }}, {{ address = "198.18.0.23", weight = {} }}]
+targets = [{}]
 health_check = {{ interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
-
+"#,
+            web.join(", ")
+        );
+        if self.api.is_some() {
+            out.push_str(
+                r#"
 [[target_group]]
 name = "api"
 protocol = "tcp"
 port = 8080
-targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22" }}]
-
+targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }]
+"#,
+            );
+        }
+        if self.new {
+            out.push_str(
+                r#"
+[[target_group]]
+name = "new"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.23" }]
+"#,
+            );
+        }
+        out.push_str(
+            r#"
 [[target_group]]
 name = "iperf"
 protocol = "tcp"
 port = 5201
-health_check = {{ port = 8081 }}
-targets = [{{ address = "198.18.0.21" }}]
+health_check = { port = 8081 }
+targets = [{ address = "198.18.0.21" }]
 
 [[listener]]
 name = "web"
 address = "198.18.1.100"
 port = 80
 protocol = "tcp"
-default_action = {{ forward = "web" }}
-
+default_action = { forward = "web" }
+"#,
+        );
+        if let Some(forward) = self.api {
+            out.push_str(&format!(
+                r#"
 [[listener]]
 name = "api"
 address = "198.18.1.100"
 port = 81
 protocol = "tcp"
-default_action = {{ forward = "api" }}
-
+default_action = {{ forward = "{forward}" }}
+"#
+            ));
+        }
+        out.push_str(
+            r#"
 [[listener]]
 name = "iperf"
 address = "198.18.1.100"
 port = 5201
 protocol = "tcp"
-default_action = {{ forward = "iperf" }}
-{extra}"#,
-        web_weights[0], web_weights[1], web_weights[2]
-    )
+default_action = { forward = "iperf" }
+"#,
+        );
+        if self.new {
+            out.push_str(
+                r#"
+[[listener]]
+name = "new"
+address = "198.18.1.100"
+port = 82
+protocol = "tcp"
+default_action = { forward = "new" }
+"#,
+            );
+        }
+        out + self.extra
+    }
 }
 
 /// Each group's `table_version`.
@@ -113,12 +186,17 @@ fn a_reload_with_an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
     let (lab, agent) = lab_with_agent("ri", 3, &good);
     let before = table_versions(&agent);
     // Two mistakes: both are reported, with file and line.
-    let bad = good
-        .replace(
-            "weight = 1 }, { address = \"198.18.0.22\"",
-            "weight = 5000 }, { address = \"198.18.0.22\"",
-        )
-        .replace("forward = \"api\"", "forward = \"nope\"");
+    let bad = Plan {
+        web: &[
+            ("198.18.0.21", 5000),
+            ("198.18.0.22", 1),
+            ("198.18.0.23", 1),
+        ],
+        api: Some("nope"),
+        new: false,
+        extra: "",
+    }
+    .text();
     std::fs::write(config_path(&lab), &bad).expect("write");
     let err = format!("{:#}", agent.cli(&["reload"]).expect_err("a bad file"));
     println!("{err}");
@@ -181,20 +259,13 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
     let before = short_connections(&lab, 42900, 30);
     assert!(before.contains_key("b1"), "{before:?}");
     // web loses b1; a new listener on :82 forwards to a new group; api and its listener go.
-    let next = config([1, 1, 1], "")
-        .replace(
-            "targets = [{ address = \"198.18.0.21\", weight = 1 }, ",
-            "targets = [",
-        )
-        .replace(
-            "[[listener]]\nname = \"api\"\naddress = \"198.18.1.100\"\nport = 81\nprotocol = \"tcp\"\ndefault_action = { forward = \"api\" }\n",
-            "",
-        )
-        .replace(
-            "[[target_group]]\nname = \"api\"\nprotocol = \"tcp\"\nport = 8080\ntargets = [{ address = \"198.18.0.21\" }, { address = \"198.18.0.22\" }]\n",
-            "[[target_group]]\nname = \"new\"\nprotocol = \"tcp\"\nport = 8080\ntargets = [{ address = \"198.18.0.23\" }]\n",
-        )
-        + "\n[[listener]]\nname = \"new\"\naddress = \"198.18.1.100\"\nport = 82\nprotocol = \"tcp\"\ndefault_action = { forward = \"new\" }\n";
+    let next = Plan {
+        web: &[("198.18.0.22", 1), ("198.18.0.23", 1)],
+        api: None,
+        new: true,
+        extra: "",
+    }
+    .text();
     std::fs::write(config_path(&lab), &next).expect("write");
     // SIGHUP, as systemd's reload does.
     // SAFETY: a plain kill(2) of our own child.
