@@ -315,3 +315,42 @@ fn a_stale_write_is_refused_and_the_config_is_validated_and_applied_through_the_
     let shown = agent.cli(&["config", "show"]).expect("show");
     assert_eq!(shown, good);
 }
+
+#[test]
+fn a_change_that_would_make_the_config_invalid_is_refused_and_a_restart_still_starts() {
+    let (lab, agent) = lab_with_agent("az", 2, &config(""));
+    let sock = unix(&agent);
+    let (status, _, said) = curl(
+        &lab,
+        &[
+            sock[0],
+            sock[1],
+            "-X",
+            "POST",
+            "-d",
+            r#"{"address": "0.0.0.0"}"#,
+            "http://lb-agent/v1/target-groups/echo/targets",
+        ],
+    );
+    assert_eq!(status, 422, "{said}");
+    assert!(said.contains("0.0.0.0"), "{said}");
+    assert_eq!(
+        agent.targets().len(),
+        2,
+        "the refused target was registered"
+    );
+    assert!(agent.overrides().is_empty(), "the refused target was kept");
+    // The next agent starts from the file and the state file: nothing there stops it.
+    let pid = agent.pid();
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    lab.wait_ended(pid, std::time::Duration::from_secs(10))
+        .expect("the agent ends");
+    let again = LabAgent::start(
+        &lab,
+        &tests::lab_traffic::agent_binary(),
+        &config_path(&lab),
+    )
+    .expect("the agent starts again");
+    assert_eq!(again.targets().len(), 2);
+}
