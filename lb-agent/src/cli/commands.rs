@@ -29,7 +29,7 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `request` and hands its answer to `show`.
+/// Sends `request`; its answer, which must be of the variant given.
 macro_rules! call {
     ($socket:expr, $request:expr, $variant:ident) => {{
         match Client::new($socket).call(&$request)? {

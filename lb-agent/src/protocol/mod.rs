@@ -255,17 +255,24 @@ impl ApiError {
 
     /// The error's JSON body.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::json!({ "error": self.message })
-            .to_string()
-            .into_bytes()
+        let body = ErrorBody {
+            error: self.message.clone(),
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
     }
 
     /// The error an answer with `status` and `body` carries.
     pub fn from_answer(status: u16, body: &[u8]) -> Self {
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("HTTP {status}: {}", String::from_utf8_lossy(body)));
+        let message = serde_json::from_slice::<ErrorBody>(body).map_or_else(
+            |_| format!("HTTP {status}: {}", String::from_utf8_lossy(body)),
+            |b| b.error,
+        );
         Self { status, message }
     }
+}
+
+/// An error's JSON body.
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
 }
