@@ -270,3 +270,12 @@ pub fn iperf3_report(lab: &Lab, pid: u32) -> Iperf3Report {
     assert!(report.error.is_none(), "iperf3: {:?}", report.error);
     report
 }
+
+/// Ends the agent `pid` with `signal` (SIGTERM: the data plane stays pinned; SIGKILL: no chance
+/// to clean up) and waits, at most 10 s, until it is gone.
+pub fn end_agent(lab: &Lab, pid: u32, signal: i32) {
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+    lab.wait_ended(pid, Duration::from_secs(10))
+        .expect("the agent ends");
+}

@@ -2,11 +2,11 @@
 //! carry, whatever order the new config lists groups and targets in. Needs root; one test at
 //! a time.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use tests::{
     agent_views::AgentViews as _,
-    lab_traffic::{agent_binary, config_path, lab_with_agent, short_connections},
+    lab_traffic::{agent_binary, config_path, end_agent, lab_with_agent, short_connections},
 };
 use xtask::agent::LabAgent;
 
@@ -100,10 +100,7 @@ fn an_adopted_data_plane_keeps_each_targets_flows_and_counters_when_the_config_i
 
     // SIGTERM leaves the data plane pinned and serving; the next agent runs the reordered file.
     let pid = agent.pid();
-    // SAFETY: a plain kill(2) of our own child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    lab.wait_ended(pid, Duration::from_secs(10))
-        .expect("the agent ends");
+    end_agent(&lab, pid, libc::SIGTERM);
     std::fs::write(config_path(&lab), REORDERED).expect("write the reordered config");
     let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("restart");
     let log = lab.log(agent.pid()).expect("agent log");

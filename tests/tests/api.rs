@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tests::{
     agent_views::AgentViews as _,
-    lab_traffic::{config_path, lab_with_agent, short_connections, target},
+    lab_traffic::{config_path, end_agent, lab_with_agent, short_connections, target},
 };
 use xtask::{agent::LabAgent, lab::Lab};
 
@@ -342,10 +342,7 @@ fn a_change_that_would_make_the_config_invalid_is_refused_and_a_restart_still_st
     assert!(agent.overrides().is_empty(), "the refused target was kept");
     // The next agent starts from the file and the state file: nothing there stops it.
     let pid = agent.pid();
-    // SAFETY: a plain kill(2) of our own child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    lab.wait_ended(pid, std::time::Duration::from_secs(10))
-        .expect("the agent ends");
+    end_agent(&lab, pid, libc::SIGTERM);
     let again = LabAgent::start(
         &lab,
         &tests::lab_traffic::agent_binary(),

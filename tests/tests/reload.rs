@@ -8,7 +8,7 @@ use lb_agent::{health::TargetState, overrides::Overrides};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
-        config_path, lab_with_agent, short_connections, short_connections_to, target,
+        config_path, end_agent, lab_with_agent, short_connections, short_connections_to, target,
         wait_for_state,
     },
 };
@@ -345,10 +345,7 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     assert!(said.contains("no changes"), "{said}");
 
     // So does a restart.
-    // SAFETY: a plain kill(2) of our own child.
-    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-    lab.wait_ended(agent.pid(), Duration::from_secs(10))
-        .expect("the agent ends");
+    end_agent(&lab, agent.pid(), libc::SIGTERM);
     let agent = LabAgent::start(
         &lab,
         &tests::lab_traffic::agent_binary(),

@@ -11,8 +11,8 @@ use lb_agent::health::TargetState;
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
-        agent_binary, config_path, iperf3_report, lab_with_agent, short_connections, start_iperf3,
-        wait_for_state,
+        agent_binary, config_path, end_agent, iperf3_report, lab_with_agent, short_connections,
+        start_iperf3, wait_for_state,
     },
 };
 use xtask::{agent::LabAgent, lab};
@@ -65,10 +65,7 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
 
     // SIGKILL: no chance to clean up.
     let first = agent.pid();
-    // SAFETY: a plain kill(2) of our own child.
-    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
-    lab.wait_ended(first, Duration::from_secs(10))
-        .expect("the agent ends");
+    end_agent(&lab, first, libc::SIGKILL);
     let attached = lab::xdp_attachment(&lab.lb().ns, "eth0")
         .expect("ip link")
         .expect("the program stays attached without its agent");
@@ -168,10 +165,7 @@ fn a_second_agent_is_refused_and_detach_removes_everything() {
     );
 
     // SIGTERM leaves the data plane serving, pinned.
-    // SAFETY: a plain kill(2) of our own child.
-    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-    lab.wait_ended(agent.pid(), Duration::from_secs(10))
-        .expect("the agent ends");
+    end_agent(&lab, agent.pid(), libc::SIGTERM);
     let log = lab.log(agent.pid()).expect("log");
     assert!(log.contains("keeps serving"), "{log}");
     assert!(
