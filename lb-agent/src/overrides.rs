@@ -170,24 +170,7 @@ impl Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const FILE: &str = r#"
-[agent]
-snat_addresses = ["198.18.0.1"]
-
-[[target_group]]
-name = "web"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22", weight = 2 }]
-
-[[listener]]
-name = "web"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "web" }
-"#;
+    use crate::config::fixture::ConfigFile;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -195,7 +178,8 @@ default_action = { forward = "web" }
 
     #[test]
     fn overrides_add_reweight_and_remove_targets_of_the_file() {
-        let file = Config::parse(FILE, "test.toml").unwrap();
+        // Group `web` (port 8080): b1, and b2 at weight 2.
+        let file = Config::parse(&ConfigFile::good().text(), "test.toml").unwrap();
         let mut o = Overrides::default();
         o.set_target(
             "web",

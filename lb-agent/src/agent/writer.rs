@@ -99,8 +99,6 @@ pub struct Writer<M> {
     node: Node,
     ids: Ids,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    /// The data plane was detached on request.
-    detached: bool,
 }
 
 impl<M: Maps + Detach> Writer<M> {
@@ -132,7 +130,6 @@ impl<M: Maps + Detach> Writer<M> {
             node,
             ids,
             snapshots,
-            detached: false,
         };
         writer.save_ids();
         (writer, receiver)
@@ -144,11 +141,6 @@ impl<M: Maps + Detach> Writer<M> {
             self.apply(change, Instant::now());
         }
         self.maps
-    }
-
-    /// The maps (for tests).
-    pub fn maps(&mut self) -> &mut M {
-        &mut self.maps
     }
 
     /// Applies one change at `now`, then publishes what it made.
@@ -175,11 +167,6 @@ impl<M: Maps + Detach> Writer<M> {
             }
         }
         self.publish();
-    }
-
-    /// Whether the data plane was detached on request (the agent then stops).
-    pub fn detached(&self) -> bool {
-        self.detached
     }
 
     fn publish(&mut self) {
@@ -347,7 +334,6 @@ impl<M: Maps + Detach> Writer<M> {
                 self.maps
                     .detach()
                     .map_err(|e| ApiError::new(500, e.to_string()))?;
-                self.detached = true;
                 tracing::info!("detached on request");
                 Ok(Answer::Detached(Detached { detached: true }))
             }

@@ -6,7 +6,7 @@ use super::{Config, ConfigError, ConfigErrors};
 /// with a blank line before each section (so the first header is on line 2). Values are TOML
 /// as written: `r#""tcp""#`, `"8080"`, `r#"{ forward = "web" }"#`.
 #[derive(Clone, Default)]
-pub(super) struct ConfigFile {
+pub(crate) struct ConfigFile {
     sections: Vec<Section>,
 }
 
@@ -37,7 +37,7 @@ impl ConfigFile {
     /// 15 protocol = "tcp"
     /// 16 default_action = { forward = "web" }
     /// ```
-    pub(super) fn good() -> Self {
+    pub(crate) fn good() -> Self {
         Self::default()
             .table("agent", &[("snat_addresses", r#"["198.18.0.1"]"#)])
             .entry(
@@ -134,7 +134,7 @@ impl ConfigFile {
     }
 
     /// The file's text.
-    pub(super) fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         for s in &self.sections {
             out.push('\n');

@@ -14,7 +14,7 @@
 mod agent;
 mod duration;
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 mod health_check;
 mod listener;
 mod location;
