@@ -85,3 +85,48 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// An IPv4 address in the packet (2-byte aligned) as a native-endian word, read in halves:
+/// BPF has no unaligned loads, and a byte-wise copy would call a slow memmove.
+#[inline(always)]
+pub unsafe fn packet_word(p: *const [u8; 4]) -> u32 {
+    let h = p.cast::<u16>();
+    // Little-endian (bpfel): the first half is the low half.
+    unsafe { u32::from(h.read()) | (u32::from(h.add(1).read()) << 16) }
+}
+
+/// An IPv6 address in the packet as four native-endian words.
+#[inline(always)]
+pub unsafe fn packet_words(p: *const [u8; 16]) -> [u32; 4] {
+    let w = p.cast::<[u8; 4]>();
+    unsafe {
+        [
+            packet_word(w),
+            packet_word(w.add(1)),
+            packet_word(w.add(2)),
+            packet_word(w.add(3)),
+        ]
+    }
+}
+
+/// Writes a native-endian word as an IPv4 address into the packet, in halves.
+#[inline(always)]
+pub unsafe fn set_packet_word(p: *mut [u8; 4], w: u32) {
+    let h = p.cast::<u16>();
+    unsafe {
+        h.write(w as u16);
+        h.add(1).write((w >> 16) as u16);
+    }
+}
+
+/// Writes four native-endian words as an IPv6 address into the packet.
+#[inline(always)]
+pub unsafe fn set_packet_words(p: *mut [u8; 16], w: [u32; 4]) {
+    let q = p.cast::<[u8; 4]>();
+    unsafe {
+        set_packet_word(q, w[0]);
+        set_packet_word(q.add(1), w[1]);
+        set_packet_word(q.add(2), w[2]);
+        set_packet_word(q.add(3), w[3]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Sending a rewritten packet: `bpf_fib_lookup` for the next hop, then XDP_TX or a redirect.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::xdp_action,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{Addr, FAMILY_V4, FlowKey, verdict};
+
+use crate::{
+    Verdict,
+    headers::{EthHdr, ptr_at},
+    maps::TX_PORTS,
+    nat::Nat,
+};
+
+/// `struct bpf_fib_lookup` (uapi/linux/bpf.h), laid out flat: the unions we use as one member.
+#[repr(C)]
+pub(crate) struct FibParams {
+    pub(crate) family: u8,
+    pub(crate) l4_protocol: u8,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) tot_len: u16,
+    pub(crate) ifindex: u32,
+    pub(crate) flowinfo: u32,
+    pub(crate) src: Addr,
+    pub(crate) dst: Addr,
+    pub(crate) vlan_proto: u16,
+    pub(crate) vlan_tci: u16,
+    pub(crate) smac: [u16; 3],
+    pub(crate) dmac: [u16; 3],
+}
+const _: () = assert!(size_of::<FibParams>() == 64);
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+
+/// Routes the rewritten packet: the kernel's FIB and neighbour tables give the next hop, then
+/// XDP_TX back out of the same NIC or a redirect to another one.
+#[inline(always)]
+pub(crate) fn send(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    nat: &Nat<'_>,
+    fib: &mut FibParams,
+    reason: u32,
+) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // Field by field, into per-CPU memory: a struct literal would be built on the stack.
+    fib.family = if key.family == FAMILY_V4 {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    fib.l4_protocol = key.proto;
+    fib.sport = 0;
+    fib.dport = 0;
+    // 0: no MTU check; the frame is no longer than when it arrived.
+    fib.tot_len = 0;
+    fib.ifindex = ingress;
+    fib.flowinfo = 0;
+    fib.src.set(nat.src);
+    fib.dst.set(nat.dst);
+    // vlan_*, smac and dmac are outputs (their union twins, tbid and mark, are read only
+    // with flags we do not pass): no need to clear them.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            (fib as *mut FibParams).cast(),
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Verdict::drop(verdict::DROP_NO_NEIGH),
+        _ => return Verdict::drop(verdict::DROP_NO_ROUTE),
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Verdict::drop(verdict::DROP_MALFORMED);
+    };
+    unsafe {
+        (*eth).dst = [fib.dmac[0], fib.dmac[1], fib.dmac[2]];
+        (*eth).src = [fib.smac[0], fib.smac[1], fib.smac[2]];
+    }
+    if fib.ifindex == ingress {
+        return Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+        };
+    }
+    let action = match TX_PORTS.redirect(fib.ifindex, 0) {
+        Ok(action) => action,
+        // Not in the devmap: the slower generic redirect still delivers it.
+        Err(_) => unsafe { bpf_redirect(fib.ifindex, 0) as u32 },
+    };
+    Verdict { action, reason }
+}
