@@ -6,7 +6,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use lb_agent::dataplane::MapReader as _;
 use lb_common::program_names;
-use tests::{TestBed, packet::Frame};
+use tests::{
+    TestBed,
+    packet::{ACK, Frame},
+};
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 5;
@@ -17,7 +20,11 @@ fn main() {
     let client = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
     let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 100));
     let miss = Frame::tcp(client, 40000, vip, 9999).build();
-    let established = Frame::tcp(client, 40001, vip, 80).build();
+    // The flow is opened by a SYN; its later packets (ACKs) take the established path. A
+    // repeated SYN would measure a reused 5-tuple's re-pick instead.
+    let open = Frame::tcp(client, 40001, vip, 80).build();
+    assert_eq!(bed.run(&open).0, 3, "the flow's SYN not forwarded");
+    let established = Frame::tcp(client, 40001, vip, 80).flags(ACK).build();
     assert_eq!(bed.run(&established).0, 3, "established flow not forwarded");
     let mut median = |name: &'static str, frames: &mut dyn FnMut(usize) -> Vec<u8>, repeat: u32| {
         let mut v: Vec<f64> = (0..ROUNDS)
