@@ -84,6 +84,12 @@ impl BedConfig {
         self
     }
 
+    /// Flows the connection table holds.
+    pub fn connection_table_size(mut self, flows: u32) -> Self {
+        self.config.agent.connection_table_size = flows;
+        self
+    }
+
     /// New flows one listener may start per second on one CPU (0: unlimited).
     pub fn new_flow_rate_limit(mut self, per_second: u32) -> Self {
         self.config.agent.new_flow_rate_limit = per_second;

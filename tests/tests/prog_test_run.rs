@@ -843,7 +843,9 @@ fn a_stray_ack_or_rst_to_a_listener_is_dropped_and_claims_nothing() {
         ),
         Case::new(
             "ipv6 fin-ack of no flow",
-            Frame::tcp(CLIENT6, 45002, VIP6, 80).flags(FIN | ACK).build(),
+            Frame::tcp(CLIENT6, 45002, VIP6, 80)
+                .flags(FIN | ACK)
+                .build(),
             Expect::verdict(Verdict::Drop),
         ),
     ];
@@ -1063,6 +1065,34 @@ fn the_flood_guard_drops_new_flows_above_the_rate_and_counts_them() {
     );
     // Established flows pass the guard: it only meters new ones.
     for frame in &forwarded {
+        let (action, _) = bed.run(&frame.clone().flags(ACK).build());
+        assert_eq!(Verdict::of(action), Verdict::Tx, "established {frame:?}");
+    }
+}
+
+#[test]
+fn a_full_table_drops_new_flows_and_keeps_every_established_one() {
+    const SIZE: u16 = 1024;
+    let config = BedConfig::lab()
+        .connection_table_size(u32::from(SIZE))
+        .build();
+    let mut bed = TestBed::with_config(config);
+    let flows: Vec<Frame> = (0..SIZE)
+        .map(|i| Frame::tcp(CLIENT4, 47000 + i, VIP4, 80))
+        .collect();
+    for frame in &flows {
+        let (action, _) = bed.run(&frame.build());
+        assert_eq!(Verdict::of(action), Verdict::Tx, "filling: {frame:?}");
+    }
+    assert_eq!(bed.dataplane.flow_capacity(), u32::from(SIZE));
+    let full = Case::new(
+        "a new flow into the full table",
+        Frame::tcp(CLIENT4, 49000, VIP4, 80).build(),
+        Expect::verdict(Verdict::Drop),
+    );
+    run_table(&mut bed, &[full]);
+    assert_eq!(verdict_count(&bed, verdict::DROP_MAP_FULL), 1);
+    for frame in &flows {
         let (action, _) = bed.run(&frame.clone().flags(ACK).build());
         assert_eq!(Verdict::of(action), Verdict::Tx, "established {frame:?}");
     }

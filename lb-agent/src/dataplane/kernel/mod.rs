@@ -137,6 +137,11 @@ impl Dataplane {
         Self::load_with(maglev_size, group_capacity, CONNTRACK_SIZE, None)
     }
 
+    /// As `load`, with a connection table of `flow_capacity` flows.
+    pub fn load_sized(maglev_size: u32, group_capacity: u32, flow_capacity: u32) -> Result<Self> {
+        Self::load_with(maglev_size, group_capacity, flow_capacity, None)
+    }
+
     /// As `load`, with a connection table of `flow_capacity` flows, and maps and attachments
     /// pinned in `pins`, where they outlive the agent. Maps an earlier agent pinned there are
     /// adopted (`adopted()`), contents and all, if they fit this program.
