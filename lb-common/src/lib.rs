@@ -410,7 +410,11 @@ pub mod conntrack {
     /// least one of them does not divide it.
     #[inline(always)]
     pub fn probe_stride(span: u32) -> u32 {
-        if span % 7919 == 0 { 7907 } else { 7919 }
+        if span.is_multiple_of(7919) {
+            7907
+        } else {
+            7919
+        }
     }
 
     /// The `attempt`-th SNAT port (host byte order) a new flow with hash `hash` tries, in

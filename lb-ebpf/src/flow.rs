@@ -418,7 +418,7 @@ fn take_over(
     // If the agent's sweeper deleted the entry between our lookup and now, the writes went
     // to a detached element: put the new flow's entry in the map.
     match SNAT.get_ptr(reverse_key) {
-        Some(current) if current == old as *const ReverseFlow => true,
+        Some(current) if core::ptr::eq(current, old) => true,
         Some(_) => false,
         None => SNAT
             .insert(reverse_key, reverse, u64::from(BPF_NOEXIST))
