@@ -354,9 +354,9 @@ impl Snapshot {
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(lb_common::CONNTRACK_SIZE).encode(encoder.encode_descriptor(
+        ConstGauge::new(stats.flow_capacity).encode(encoder.encode_descriptor(
             "lb_conntrack_capacity",
-            "Entries the connection table holds before its LRU evicts the oldest.",
+            "Flows the connection table holds; when full, new flows are dropped (established ones are never evicted).",
             None,
             MetricType::Gauge,
         )?)?;
@@ -480,6 +480,7 @@ mod tests {
             ]),
             flows: 70,
             active_flows: 60,
+            flow_capacity: 4096,
             health_transitions: BTreeMap::from([("initial->healthy".to_owned(), 1)]),
         }
     }
@@ -602,7 +603,7 @@ mod tests {
             r#"lb_dataplane_packets_total{verdict="drop_no_backend"} 0"#.to_owned(),
             "lb_conntrack_entries 70".to_owned(),
             "lb_conntrack_active_flows 60".to_owned(),
-            format!("lb_conntrack_capacity {}", lb_common::CONNTRACK_SIZE),
+            "lb_conntrack_capacity 4096".to_owned(),
             r#"lb_health_transitions_total{from="initial",to="healthy"} 1"#.to_owned(),
         ] {
             assert!(samples.contains(&line.as_str()), "no `{line}` in:\n{text}");
@@ -645,6 +646,7 @@ mod tests {
             verdicts: BTreeMap::new(),
             flows: 0,
             active_flows: 0,
+            flow_capacity: 0,
             health_transitions: BTreeMap::new(),
         };
         let text = text(&stats, &[]);

@@ -15,8 +15,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, CONNTRACK_SIZE, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey,
-    ReverseFlow, Settings, VipKey, map_names,
+    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, ReverseFlow, Settings,
+    VipKey, map_names,
 };
 
 /// `statfs` magic of a BPF filesystem.
@@ -159,8 +159,13 @@ impl PinDir {
     }
 
     /// Checks that the pinned maps have the layouts and sizes this agent's program expects;
-    /// `maglev_entries`: the Maglev map's size for the configured table size and groups.
-    pub fn check_compatible(&self, maglev_entries: u32) -> Result<(), PinError> {
+    /// `maglev_entries`: the Maglev map's size for the configured table size and groups;
+    /// `flow_capacity`: the connection table's.
+    pub fn check_compatible(
+        &self,
+        maglev_entries: u32,
+        flow_capacity: u32,
+    ) -> Result<(), PinError> {
         for (name, key, value) in MAPS {
             let path = self.map(name);
             if !path.exists() {
@@ -186,14 +191,14 @@ impl PinDir {
             }
             let want = match name {
                 map_names::MAGLEV => Some(maglev_entries),
-                map_names::CONNTRACK | map_names::SNAT => Some(CONNTRACK_SIZE),
+                map_names::CONNTRACK | map_names::SNAT => Some(flow_capacity),
                 _ => None,
             };
             if let Some(want) = want
                 && info.max_entries() != want
             {
                 return Err(incompatible(format!(
-                    "{} entries, the config asks for {want} (maglev_table_size or the number of target groups changed)",
+                    "{} entries, the config asks for {want} (maglev_table_size, connection_table_size or the number of target groups changed)",
                     info.max_entries()
                 )));
             }

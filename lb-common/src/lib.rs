@@ -6,8 +6,8 @@
 //! plane runs them per packet, and host tests run the very same code to predict its choices.
 #![no_std]
 
-// The userspace-only parts (`xdp_attachment`) run commands and parse JSON.
-#[cfg(feature = "user")]
+// The userspace-only parts (`xdp_attachment`) run commands and parse JSON; tests use std.
+#[cfg(any(feature = "user", test))]
 extern crate std;
 
 pub mod checksum;
@@ -58,7 +58,8 @@ pub const MAX_LISTENERS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 65536;
 /// Target groups. Each owns two Maglev slots of `SETTINGS.maglev_size` entries.
 pub const MAX_GROUPS: u32 = 256;
-/// Connection-table capacity (flows); SNAT holds one reverse entry per flow.
+/// Default connection-table capacity (flows); SNAT holds one reverse entry per flow. The
+/// agent sizes both maps at load time from `agent.connection_table_size`.
 pub const CONNTRACK_SIZE: u32 = 1 << 20;
 /// Default Maglev table size: prime, and > 100 × the largest expected group.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65537;
@@ -266,7 +267,7 @@ pub struct Flow {
     pub snat_addr: Addr,
     pub backend_id: u32,
     pub listener_id: u32,
-    /// 1 once a FIN or RST went by from the client (see `conntrack::expired`).
+    /// 1 once a FIN or RST went by from the client (see `conntrack::over`).
     pub closing: u8,
     pub _pad: [u8; 3],
     /// When the client last sent a packet (`bpf_ktime_get_coarse_ns`, refreshed at most
@@ -290,11 +291,19 @@ pub struct ReverseFlow {
     pub listener_id: u32,
     /// 1 once a FIN or RST went by from the backend.
     pub closing: u8,
-    pub _pad: [u8; 3],
-    /// When the backend last sent a packet (as `Flow::last_seen`).
+    /// 1 once the backend sent anything: until then a TCP flow is half-open and over after
+    /// `Settings::half_open_s`.
+    pub answered: u8,
+    pub _pad: u16,
+    /// Bumped (compare-and-swap) by whoever takes this entry's SNAT port over, so two CPUs
+    /// can never both take the same finished flow's port. 64 bits: BPF compares and swaps
+    /// 32-bit words only with ALU32 instructions.
+    pub generation: u64,
+    /// When the backend last sent a packet (as `Flow::last_seen`); when the flow was made
+    /// (or its SYN last seen) until the backend answers.
     pub last_seen: u64,
 }
-const _: () = assert!(size_of::<ReverseFlow>() == 56);
+const _: () = assert!(size_of::<ReverseFlow>() == 64);
 
 /// `SETTINGS[0]`: data-plane settings written by the agent before it adds listeners.
 #[repr(C)]
@@ -319,32 +328,239 @@ pub struct Settings {
     pub udp_idle_s: u32,
     /// A TCP flow that saw a FIN or RST, once quiet for this long.
     pub closed_s: u32,
+    /// A TCP flow whose backend never answered (half-open), this long after its SYN.
+    pub half_open_s: u32,
+    /// New flows one listener may start per second on one CPU (token bucket, a second's
+    /// burst); 0: no limit.
+    pub new_flows_per_s: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 56);
+const _: () = assert!(size_of::<Settings>() == 64);
 
-/// When a connection-table entry is over, so its SNAT port may serve a new flow: shared by
-/// the XDP program (which reclaims ports) and the agent (which counts active flows).
+/// When a flow is over, so its SNAT port may serve a new flow and its entries may go: shared
+/// by the XDP program (which reclaims ports) and the agent (which counts active flows and
+/// sweeps over flows out of the table), so both always agree.
 pub mod conntrack {
+    use super::{Flow, FlowKey, PROTO_TCP, ReverseFlow, Settings};
+
     /// `last_seen` is rewritten at most this often (one write a second per busy flow).
     pub const REFRESH_NS: u64 = 1_000_000_000;
 
-    /// Whether a flow last seen at `last_seen` (closing: a FIN or RST went by) is over at
-    /// `now`, with `settings`' timeouts.
-    pub fn expired(
-        settings: &super::Settings,
+    /// Whether the flow made of `forward` (the client's half, `CONNTRACK`) and `reverse` (the
+    /// backend's half, `SNAT`) is over at `now`. Both directions count: a flow is live while
+    /// either side still sends. Without its forward half a flow counts as closed (its client's
+    /// packets no longer pass), so only the closed timeout keeps its port from a new flow;
+    /// without its reverse half it is judged on the forward half alone. A TCP flow whose
+    /// backend never answered is half-open and over after `half_open_s`.
+    #[inline(always)]
+    pub fn over(
+        settings: &Settings,
         proto: u8,
-        closing: bool,
-        last_seen: u64,
+        forward: Option<&Flow>,
+        reverse: Option<&ReverseFlow>,
         now: u64,
     ) -> bool {
-        let limit_s = if closing {
+        let (f_seen, f_closing) = match forward {
+            Some(f) => (f.last_seen, f.closing != 0),
+            None => (0, true),
+        };
+        let (r_seen, r_closing, answered) = match reverse {
+            Some(r) => (r.last_seen, r.closing != 0, r.answered != 0),
+            None => (0, false, true),
+        };
+        let seen = if f_seen > r_seen { f_seen } else { r_seen };
+        let mut limit_s = if f_closing || r_closing {
             settings.closed_s
-        } else if proto == super::PROTO_TCP {
+        } else if proto == PROTO_TCP {
             settings.tcp_idle_s
         } else {
             settings.udp_idle_s
         };
-        now.saturating_sub(last_seen) > u64::from(limit_s) * 1_000_000_000
+        if proto == PROTO_TCP && !answered && settings.half_open_s < limit_s {
+            limit_s = settings.half_open_s;
+        }
+        now.saturating_sub(seen) > u64::from(limit_s) * 1_000_000_000
+    }
+
+    /// The `SNAT` key of the reverse entry of `flow` (keyed `key` in `CONNTRACK`): the
+    /// backend's replies, to the SNAT address and port.
+    pub fn reverse_key(key: &FlowKey, flow: &Flow) -> FlowKey {
+        FlowKey {
+            src: flow.backend,
+            dst: flow.snat_addr,
+            sport: flow.backend_port,
+            dport: flow.snat_port,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether the reverse entry `reverse` belongs to the client flow `key`.
+    #[inline(always)]
+    pub fn belongs(reverse: &ReverseFlow, key: &FlowKey) -> bool {
+        reverse.client == key.src
+            && reverse.client_port == key.sport
+            && reverse.vip == key.dst
+            && reverse.vip_port == key.dport
+    }
+
+    /// A prime stride for the SNAT port probe. The probe visits `start + attempt * stride`
+    /// modulo the span; a stride coprime to the span never repeats a port within `span` tries.
+    /// 7919 and 7907 are primes whose product exceeds any span (at most 65,536 ports), so at
+    /// least one of them does not divide it.
+    #[inline(always)]
+    pub fn probe_stride(span: u32) -> u32 {
+        if span.is_multiple_of(7919) {
+            7907
+        } else {
+            7919
+        }
+    }
+
+    /// The `attempt`-th SNAT port (host byte order) a new flow with hash `hash` tries, in
+    /// `min..min + span` (span >= 1). Successive attempts scatter over the range (so a crowded
+    /// neighbourhood is left at once) and never repeat a port.
+    #[inline(always)]
+    pub fn probe_port(min: u32, span: u32, hash: u32, attempt: u32) -> u32 {
+        let start = hash % span;
+        let step = (attempt % span) * (probe_stride(span) % span) % span;
+        min + (start + step) % span
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const S: u64 = 1_000_000_000;
+
+        fn settings() -> Settings {
+            Settings {
+                tcp_idle_s: 350,
+                udp_idle_s: 120,
+                closed_s: 60,
+                half_open_s: 10,
+                ..Settings::default()
+            }
+        }
+
+        fn forward(last_seen: u64, closing: u8) -> Flow {
+            Flow {
+                last_seen,
+                closing,
+                ..Flow::default()
+            }
+        }
+
+        fn reverse(last_seen: u64, closing: u8, answered: u8) -> ReverseFlow {
+            ReverseFlow {
+                last_seen,
+                closing,
+                answered,
+                ..ReverseFlow::default()
+            }
+        }
+
+        #[test]
+        fn a_half_open_tcp_flow_is_over_after_the_half_open_timeout() {
+            let s = settings();
+            let (f, r) = (forward(S, 0), reverse(S, 0, 0));
+            assert!(!over(&s, PROTO_TCP, Some(&f), Some(&r), 10 * S));
+            assert!(over(&s, PROTO_TCP, Some(&f), Some(&r), 12 * S));
+        }
+
+        #[test]
+        fn an_answered_tcp_flow_lasts_the_idle_timeout() {
+            let s = settings();
+            let (f, r) = (forward(S, 0), reverse(S, 0, 1));
+            assert!(!over(&s, PROTO_TCP, Some(&f), Some(&r), 300 * S));
+            assert!(over(&s, PROTO_TCP, Some(&f), Some(&r), 352 * S));
+        }
+
+        #[test]
+        fn a_udp_flow_only_the_target_still_sends_on_is_live() {
+            let s = settings();
+            // The client spoke once at 1 s; the target streams on at 500 s.
+            let (f, r) = (forward(S, 0), reverse(500 * S, 0, 1));
+            assert!(!over(&s, crate::PROTO_UDP, Some(&f), Some(&r), 510 * S));
+            assert!(over(&s, crate::PROTO_UDP, Some(&f), Some(&r), 621 * S));
+        }
+
+        #[test]
+        fn an_unanswered_udp_flow_lasts_the_udp_idle_timeout() {
+            let s = settings();
+            let (f, r) = (forward(S, 0), reverse(S, 0, 0));
+            assert!(!over(&s, crate::PROTO_UDP, Some(&f), Some(&r), 100 * S));
+        }
+
+        #[test]
+        fn a_closing_mark_on_either_half_applies_the_closed_timeout() {
+            let s = settings();
+            for (fc, rc) in [(1, 0), (0, 1)] {
+                let (f, r) = (forward(S, fc), reverse(S, rc, 1));
+                assert!(!over(&s, PROTO_TCP, Some(&f), Some(&r), 60 * S));
+                assert!(over(&s, PROTO_TCP, Some(&f), Some(&r), 62 * S));
+            }
+        }
+
+        #[test]
+        fn a_flow_without_its_forward_half_counts_as_closed() {
+            let s = settings();
+            let r = reverse(S, 0, 1);
+            assert!(over(&s, PROTO_TCP, None, Some(&r), 62 * S));
+        }
+
+        #[test]
+        fn a_flow_without_its_reverse_half_is_judged_on_the_forward_half() {
+            let s = settings();
+            let f = forward(S, 0);
+            assert!(!over(&s, PROTO_TCP, Some(&f), None, 300 * S));
+            assert!(over(&s, PROTO_TCP, Some(&f), None, 352 * S));
+        }
+
+        #[test]
+        fn the_reverse_key_is_the_backends_reply_to_the_snat_source() {
+            let key = FlowKey {
+                sport: 40000u16.to_be(),
+                dport: 80u16.to_be(),
+                proto: PROTO_TCP,
+                family: crate::FAMILY_V4,
+                ..FlowKey::default()
+            };
+            let flow = Flow {
+                backend: crate::Addr::v4([198, 18, 0, 21]),
+                backend_port: 8080u16.to_be(),
+                snat_addr: crate::Addr::v4([198, 18, 0, 1]),
+                snat_port: 20000u16.to_be(),
+                ..Flow::default()
+            };
+            let r = reverse_key(&key, &flow);
+            assert_eq!((r.src, r.dst), (flow.backend, flow.snat_addr));
+            assert_eq!((r.sport, r.dport), (flow.backend_port, flow.snat_port));
+            assert_eq!((r.proto, r.family), (key.proto, key.family));
+        }
+
+        #[test]
+        fn the_port_probe_never_repeats_a_port() {
+            // Spans that 7919 divides repeated after one try before.
+            for span in [1, 2, 3, 7, 8, 100, 7919, 15838, 31744, 31838, 64512, 65536] {
+                let mut seen = std::collections::BTreeSet::new();
+                let tries = span.min(4096);
+                for attempt in 0..tries {
+                    let port = probe_port(1024, span, 0xdead_beef, attempt);
+                    assert!((1024..1024 + span).contains(&port), "span {span}: {port}");
+                    assert!(
+                        seen.insert(port),
+                        "span {span}: port {port} again at {attempt}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn the_port_probe_scatters_its_tries() {
+            let ports: [u32; 3] = core::array::from_fn(|a| probe_port(0, 31744, 5, a as u32));
+            assert_eq!(ports, [5, 5 + 7919, 5 + 2 * 7919]);
+        }
     }
 }
 
@@ -388,10 +604,15 @@ pub mod verdict {
     pub const DROP_NO_ROUTE: u32 = 12;
     /// Next hop's MAC not yet resolved: dropped (the agent keeps targets' neighbours resolved).
     pub const DROP_NO_NEIGH: u32 = 13;
-    /// A map update failed: dropped.
+    /// A map update failed (the connection table is full): dropped.
     pub const DROP_MAP_FULL: u32 = 14;
+    /// A TCP segment other than a SYN that belongs to no flow: dropped, claiming nothing (the
+    /// target would answer it with a reset anyway).
+    pub const DROP_NO_FLOW: u32 = 15;
+    /// A new flow above its listener's `new_flow_rate_limit` on this CPU: dropped.
+    pub const DROP_FLOOD: u32 = 16;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
 
     /// Names for stats output, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -410,6 +631,8 @@ pub mod verdict {
         "drop_no_route",
         "drop_no_neigh",
         "drop_map_full",
+        "drop_no_flow",
+        "drop_flood",
     ];
 }
 

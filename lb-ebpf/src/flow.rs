@@ -1,20 +1,30 @@
-//! The connection table: a client's flow keeps its backend and SNAT port; a new flow gets a
-//! backend from Maglev and a free SNAT port.
+//! The connection table: a client's flow keeps its backend and SNAT port; a new flow (a TCP
+//! SYN, or any UDP datagram) gets a backend from Maglev and a free SNAT port, within its
+//! listener's new-flow budget.
+//!
+//! The two halves of a flow (`CONNTRACK`, keyed by the client's 5-tuple, and its `SNAT`
+//! reverse entry) are made together and go together: a new flow undoes its reverse entry when
+//! its forward entry cannot be stored, a port takeover removes the old flow's forward entry,
+//! and the agent's sweeper deletes both halves of a flow that is over.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::generated::bpf_ktime_get_coarse_ns,
-    programs::XdpContext,
+    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
 };
 use lb_common::{
-    Flow, FlowKey, GroupInfo, ListenerInfo, ReverseFlow, Settings, conntrack, group_flags,
+    Flow, FlowKey, GroupInfo, ListenerInfo, PROTO_TCP, ReverseFlow, Settings, conntrack,
+    group_flags,
     hash::{flow_hash, source_hash},
     verdict,
 };
 
 use crate::{
     Packet, Route, Scratch, Verdict, count_new_flow, forward,
-    maps::{BACKEND_STATS, BACKENDS, CONNTRACK, GROUPS, LISTENER_STATS, MAGLEV, SETTINGS, SNAT},
+    maps::{
+        BACKEND_STATS, BACKENDS, CONNTRACK, GROUPS, LISTENER_STATS, MAGLEV, NEW_FLOW_BUDGET,
+        SETTINGS, SNAT,
+    },
     nat::Nat,
     parse::{closes, is_syn},
     snat_addr,
@@ -22,6 +32,22 @@ use crate::{
 
 /// How many SNAT source ports a new flow tries before it is dropped.
 const SNAT_PORT_TRIES: u32 = 8;
+
+/// One second in the clock's unit.
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// `bpf_map_update_elem`'s answer when the map holds `max_entries` already.
+const E2BIG: i32 = 7;
+
+/// A listener's new-flow token bucket on one CPU (`NEW_FLOW_BUDGET`). The credit is counted in
+/// nanoseconds × flows per second, so a refill is one multiplication: a flow costs
+/// `SECOND_NS`, and the bucket holds a second's worth of flows.
+#[repr(C)]
+pub struct FlowBudget {
+    credit: u64,
+    /// When the credit was last brought up to date.
+    updated_ns: u64,
+}
 
 /// A client's packet to a listener: find or make its flow, rewrite, send to the backend.
 #[inline(always)]
@@ -34,32 +60,12 @@ pub(crate) fn to_backend(
     let flow = match CONNTRACK.get_ptr_mut(&scratch.key) {
         // A SYN opens a new connection even if its 5-tuple is still in the table (a reused
         // client port): it must go where Maglev sends new flows now, not to a stale backend.
-        Some(flow) if is_syn(ctx, packet, &scratch.key) => {
-            let Some(settings) = SETTINGS.get(0) else {
-                return Verdict::drop(verdict::DROP_NO_BACKEND);
-            };
-            let current = match pick_backend(settings, listener, &scratch.key) {
-                Ok((backend_id, _)) => backend_id,
-                Err(verdict) => return verdict,
-            };
-            // SAFETY: a connection-table value, valid for the whole run.
-            if unsafe { (*flow).backend_id } == current {
-                // The same backend: the entry serves the new connection, from now on.
-                unsafe {
-                    (*flow).last_seen = now();
-                    (*flow).closing = 0;
-                }
-                flow as *const Flow
-            } else {
-                forget_reverse(unsafe { &*flow }, &scratch.key, &mut scratch.reverse_key);
-                match new_flow(listener, scratch, true) {
-                    Ok(flow) => flow,
-                    Err(verdict) => return verdict,
-                }
-            }
-        }
+        Some(flow) if is_syn(ctx, packet, &scratch.key) => match reopen(listener, scratch, flow) {
+            Ok(flow) => flow,
+            Err(verdict) => return verdict,
+        },
         Some(flow) => {
-            // SAFETY: as above.
+            // SAFETY: a connection-table value, valid for the whole run.
             unsafe {
                 touch(
                     &mut (*flow).last_seen,
@@ -69,7 +75,12 @@ pub(crate) fn to_backend(
             }
             flow as *const Flow
         }
-        None => match new_flow(listener, scratch, false) {
+        // Only a SYN starts a TCP flow: a stray ACK or RST (spoofed, or of a flow long gone)
+        // must not claim a SNAT port. The target would answer it with a reset anyway.
+        None if scratch.key.proto == PROTO_TCP && !is_syn(ctx, packet, &scratch.key) => {
+            return Verdict::drop(verdict::DROP_NO_FLOW);
+        }
+        None => match new_flow(listener, scratch) {
             Ok(flow) => flow,
             Err(verdict) => return verdict,
         },
@@ -88,6 +99,47 @@ pub(crate) fn to_backend(
         backend_id: flow.backend_id,
     };
     forward(ctx, packet, &scratch.key, &nat, &mut scratch.fib, &route)
+}
+
+/// A SYN whose 5-tuple is in the table. If Maglev still picks the same backend and the
+/// flow's reverse entry is there, the pair serves the new connection and both halves start
+/// clean (no closing mark, not answered yet, seen now); otherwise the old pair goes and the
+/// SYN makes a new flow.
+#[inline(always)]
+fn reopen(
+    listener: &ListenerInfo,
+    scratch: &mut Scratch,
+    flow: *mut Flow,
+) -> Result<*const Flow, Verdict> {
+    let settings = SETTINGS
+        .get(0)
+        .ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
+    let (current, _) = pick_backend(settings, listener, &scratch.key)?;
+    // SAFETY: a connection-table value, valid for the whole run.
+    let old = unsafe { &mut *flow };
+    reverse_key_of(old, &scratch.key, &mut scratch.reverse_key);
+    if old.backend_id == current
+        && let Some(reverse) = SNAT.get_ptr_mut(&scratch.reverse_key)
+    {
+        // SAFETY: a reverse-NAT value, valid for the whole run.
+        let reverse = unsafe { &mut *reverse };
+        let key = &scratch.key;
+        if conntrack::belongs(reverse, key) {
+            let now = now();
+            reverse.closing = 0;
+            reverse.answered = 0;
+            reverse.last_seen = now;
+            old.closing = 0;
+            old.last_seen = now;
+            return Ok(flow as *const Flow);
+        }
+    }
+    // Over budget: the old pair stays as it is (the SYN is dropped before it is touched).
+    admit(settings, listener.listener_id)?;
+    // Both halves go, so a failure below leaves no half behind.
+    let _ = SNAT.remove(&scratch.reverse_key);
+    let _ = CONNTRACK.remove(&scratch.key);
+    make_flow(settings, listener, scratch)
 }
 
 /// The clock of `last_seen`.
@@ -111,6 +163,38 @@ pub(crate) fn touch(last_seen: &mut u64, closing: &mut u8, closes: bool) {
         *closing = 1;
         *last_seen = now;
     }
+}
+
+/// Takes one new flow from `listener_id`'s budget on this CPU; `DROP_FLOOD` when it is spent.
+#[inline(always)]
+fn admit(settings: &Settings, listener_id: u32) -> Result<(), Verdict> {
+    let rate = u64::from(settings.new_flows_per_s);
+    if rate == 0 {
+        return Ok(());
+    }
+    let Some(budget) = NEW_FLOW_BUDGET.get_ptr_mut(listener_id) else {
+        return Ok(());
+    };
+    // SAFETY: this CPU's value, used by this program run alone.
+    let budget = unsafe { &mut *budget };
+    let now = now();
+    let full = rate * SECOND_NS;
+    let elapsed = now.wrapping_sub(budget.updated_ns);
+    // A second or more since the last new flow (or never): the bucket is full. Else the
+    // product stays below `full` + 1e9 × rate, far from overflowing.
+    let credit = if elapsed >= SECOND_NS {
+        full
+    } else {
+        let refilled = budget.credit + elapsed * rate;
+        if refilled > full { full } else { refilled }
+    };
+    budget.updated_ns = now;
+    if credit < SECOND_NS {
+        budget.credit = credit;
+        return Err(Verdict::drop(verdict::DROP_FLOOD));
+    }
+    budget.credit = credit - SECOND_NS;
+    Ok(())
 }
 
 /// The backend Maglev gives a new flow `key` of `listener` now, and the flow's hash.
@@ -140,9 +224,9 @@ fn pick_backend(
     }
 }
 
-/// Removes the reverse-NAT entry of a flow that is being replaced.
+/// The `SNAT` key of `flow`'s reverse entry (`key`: the flow's own key).
 #[inline(always)]
-fn forget_reverse(flow: &Flow, key: &FlowKey, reverse_key: &mut FlowKey) {
+fn reverse_key_of(flow: &Flow, key: &FlowKey, reverse_key: &mut FlowKey) {
     reverse_key.src.set(&flow.backend);
     reverse_key.dst.set(&flow.snat_addr);
     reverse_key.sport = flow.backend_port;
@@ -150,21 +234,27 @@ fn forget_reverse(flow: &Flow, key: &FlowKey, reverse_key: &mut FlowKey) {
     reverse_key.proto = key.proto;
     reverse_key.family = key.family;
     reverse_key._pad = [0; 2];
-    let _ = SNAT.remove(&*reverse_key);
 }
 
-/// A flow's first packet (or a new connection's SYN replacing a stale entry, `replace`):
-/// Maglev picks the backend, a free SNAT port is claimed, and both directions enter the
-/// connection table. Returns the flow as stored.
+/// A flow's first packet: within the listener's budget, Maglev picks the backend, a free SNAT
+/// port is claimed, and both directions enter the connection table. Returns the flow as
+/// stored.
 #[inline(always)]
-fn new_flow(
-    listener: &ListenerInfo,
-    scratch: &mut Scratch,
-    replace: bool,
-) -> Result<*const Flow, Verdict> {
+fn new_flow(listener: &ListenerInfo, scratch: &mut Scratch) -> Result<*const Flow, Verdict> {
     let settings = SETTINGS
         .get(0)
         .ok_or(Verdict::drop(verdict::DROP_NO_BACKEND))?;
+    admit(settings, listener.listener_id)?;
+    make_flow(settings, listener, scratch)
+}
+
+/// Makes the flow `scratch.key` (admitted already): backend, SNAT port, both halves.
+#[inline(always)]
+fn make_flow(
+    settings: &Settings,
+    listener: &ListenerInfo,
+    scratch: &mut Scratch,
+) -> Result<*const Flow, Verdict> {
     let (backend_id, hash) = pick_backend(settings, listener, &scratch.key)?;
     let key = &scratch.key;
     let backend = BACKENDS
@@ -181,7 +271,9 @@ fn new_flow(
     reverse.listener_id = listener.listener_id;
     let now = now();
     reverse.closing = 0;
-    reverse._pad = [0; 3];
+    reverse.answered = 0;
+    reverse._pad = 0;
+    reverse.generation = 0;
     reverse.last_seen = now;
     let reverse_key = &mut scratch.reverse_key;
     reverse_key.src.set(&backend.addr);
@@ -197,8 +289,7 @@ fn new_flow(
         &scratch.reverse,
         &mut scratch.old_key,
         now,
-    )
-    .ok_or(Verdict::drop(verdict::DROP_NO_SNAT))?;
+    )?;
     let flow = &mut scratch.flow;
     flow.backend.set(&backend.addr);
     flow.backend_port = backend.port;
@@ -209,17 +300,14 @@ fn new_flow(
     flow.closing = 0;
     flow._pad = [0; 3];
     flow.last_seen = now;
-    let flags = if replace { BPF_ANY } else { BPF_NOEXIST };
-    if CONNTRACK
-        .insert(&scratch.key, &scratch.flow, u64::from(flags))
-        .is_err()
-    {
-        // Another CPU created this flow first (or the table refused): undo our claim and
-        // follow the winner, so both directions agree on one SNAT port.
+    if let Err(errno) = CONNTRACK.insert(&scratch.key, &scratch.flow, u64::from(BPF_NOEXIST)) {
+        // Another CPU created this flow first, or the table is full: undo our claim (the two
+        // halves live and die together), and follow the winner if there is one, so both
+        // directions agree on one SNAT port.
         let _ = SNAT.remove(&scratch.reverse_key);
         return match CONNTRACK.get_ptr(&scratch.key) {
-            Some(existing) => Ok(existing),
-            None => Err(Verdict::drop(verdict::DROP_MAP_FULL)),
+            Some(existing) if -errno != E2BIG => Ok(existing),
+            _ => Err(Verdict::drop(verdict::DROP_MAP_FULL)),
         };
     }
     count_new_flow(&LISTENER_STATS, listener.listener_id);
@@ -229,8 +317,9 @@ fn new_flow(
 
 /// Claims a source port towards the backend that no live flow uses: the reverse entry is
 /// inserted only if absent, so two clients can never share (SNAT address, port, backend), or
-/// over the entry of a flow that is over (idle past its timeout, or closed and quiet), whose
-/// connection-table entry goes with it. Returns the port in network byte order.
+/// takes over the entry of a flow that is over (`take_over`). Returns the port in network
+/// byte order; `DROP_NO_SNAT` when every port tried is live, `DROP_MAP_FULL` when the table
+/// is full.
 #[inline(always)]
 fn claim_snat_port(
     settings: &Settings,
@@ -239,40 +328,48 @@ fn claim_snat_port(
     reverse: &ReverseFlow,
     old_key: &mut FlowKey,
     now: u64,
-) -> Option<u16> {
+) -> Result<u16, Verdict> {
     let min = u32::from(settings.snat_port_min);
     let span = u32::from(settings.snat_port_max).saturating_sub(min) + 1;
-    let start = hash % span;
     for attempt in 0..SNAT_PORT_TRIES {
-        // A prime stride, so retries scatter instead of probing a crowded neighbourhood.
-        let port = ((min + (start + attempt * 7919) % span) as u16).to_be();
+        let port = (conntrack::probe_port(min, span, hash, attempt) as u16).to_be();
         reverse_key.dport = port;
-        if SNAT
-            .insert(&*reverse_key, reverse, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
-            return Some(port);
+        match SNAT.insert(&*reverse_key, reverse, u64::from(BPF_NOEXIST)) {
+            Ok(()) => return Ok(port),
+            Err(errno) if -errno == E2BIG => return Err(Verdict::drop(verdict::DROP_MAP_FULL)),
+            Err(_) => {}
         }
-        if over(settings, reverse_key, old_key, now)
-            && SNAT
-                .insert(&*reverse_key, reverse, u64::from(BPF_ANY))
-                .is_ok()
-        {
-            return Some(port);
+        if take_over(settings, reverse_key, reverse, old_key, now) {
+            return Ok(port);
         }
     }
-    None
+    Err(Verdict::drop(verdict::DROP_NO_SNAT))
 }
 
-/// Whether the flow holding the SNAT entry `reverse_key` is over; if it is, its connection-
-/// table entry is removed (its client's next packet starts a new flow).
+/// Takes the SNAT entry `reverse_key` for the new flow `reverse` if the flow holding it is
+/// over: its generation is bumped with a compare-and-swap first, so of two CPUs that both see
+/// the same finished flow only one takes its port; the winner removes the old flow's forward
+/// entry (its client's next packet is a stray, or a new flow) and rewrites the entry in place.
 #[inline(always)]
-fn over(settings: &Settings, reverse_key: &FlowKey, old_key: &mut FlowKey, now: u64) -> bool {
-    let Some(old) = SNAT.get_ptr(reverse_key) else {
-        return true;
+fn take_over(
+    settings: &Settings,
+    reverse_key: &FlowKey,
+    reverse: &ReverseFlow,
+    old_key: &mut FlowKey,
+    now: u64,
+) -> bool {
+    let Some(old) = SNAT.get_ptr_mut(reverse_key) else {
+        // Gone since our insert failed (the sweeper, or a flow that ended): free again.
+        return SNAT
+            .insert(reverse_key, reverse, u64::from(BPF_NOEXIST))
+            .is_ok();
     };
-    // SAFETY: a map value, valid for the whole run.
-    let old = unsafe { &*old };
+    // SAFETY: a map value, valid for the whole run (the map is not preallocated, so even an
+    // entry deleted meanwhile stays memory of its own until the run ends).
+    let generation_ptr = unsafe { &raw mut (*old).generation };
+    // SAFETY: as above; read once, before anything else of the entry.
+    let generation = unsafe { generation_ptr.read_volatile() };
+    let old = unsafe { &mut *old };
     old_key.src.set(&old.client);
     old_key.dst.set(&old.vip);
     old_key.sport = old.client_port;
@@ -282,28 +379,49 @@ fn over(settings: &Settings, reverse_key: &FlowKey, old_key: &mut FlowKey, now: 
     old_key._pad = [0; 2];
     let forward = CONNTRACK
         .get_ptr(&*old_key)
+        // SAFETY: a map value, valid for the whole run.
         .map(|f| unsafe { &*f })
         .filter(|f| {
             // The client's 5-tuple may carry a newer flow now, with a port of its own.
             f.snat_port == reverse_key.dport && f.backend_id == old.backend_id
         });
-    let (seen, closing) = match forward {
-        Some(f) => (
-            if f.last_seen > old.last_seen {
-                f.last_seen
-            } else {
-                old.last_seen
-            },
-            f.closing | old.closing != 0,
-        ),
-        // Its connection-table entry is gone (evicted or replaced): only replies are left.
-        None => (old.last_seen, true),
+    if !conntrack::over(settings, reverse_key.proto, forward, Some(old), now) {
+        return false;
+    }
+    // SAFETY: an aligned u64 of a map value, only ever changed atomically. The intrinsic, as
+    // the BPF target offers no `compare_exchange` on its atomics (it compiles to BPF's
+    // cmpxchg instruction all the same).
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            generation_ptr,
+            generation,
+            generation.wrapping_add(1),
+        )
     };
-    if !conntrack::expired(settings, reverse_key.proto, closing, seen, now) {
+    if !won {
         return false;
     }
     if forward.is_some() {
         let _ = CONNTRACK.remove(&*old_key);
     }
-    true
+    // In place, field by field, the generation kept: the entry stays the one element other
+    // CPUs compare against.
+    old.client.set(&reverse.client);
+    old.vip.set(&reverse.vip);
+    old.client_port = reverse.client_port;
+    old.vip_port = reverse.vip_port;
+    old.backend_id = reverse.backend_id;
+    old.listener_id = reverse.listener_id;
+    old.closing = 0;
+    old.answered = 0;
+    old.last_seen = reverse.last_seen;
+    // If the agent's sweeper deleted the entry between our lookup and now, the writes went
+    // to a detached element: put the new flow's entry in the map.
+    match SNAT.get_ptr(reverse_key) {
+        Some(current) if core::ptr::eq(current, old) => true,
+        Some(_) => false,
+        None => SNAT
+            .insert(reverse_key, reverse, u64::from(BPF_NOEXIST))
+            .is_ok(),
+    }
 }

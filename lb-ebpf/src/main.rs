@@ -11,10 +11,16 @@
 //! - IPv4 fragments and IPv6 packets with extension headers carry no ports we could trust (or
 //!   would need walking): dropped when sent to a VIP, passed untouched otherwise.
 //! - a truncated TCP/UDP header to a VIP: dropped.
+//! - a TCP segment other than a SYN that belongs to no flow: dropped, claiming nothing.
+//! - a new flow over its listener's per-CPU rate (`new_flow_rate_limit`): dropped.
 //!
 //! Nothing here returns XDP_ABORTED.
 #![no_std]
 #![no_main]
+// Port takeover compares and swaps a generation (`flow::take_over`); BPF has the instruction
+// but Rust's BPF target exposes no `compare_exchange`.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_cxchg: see above")]
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys are passed by reference on purpose: by value they would be copied onto the 512-byte BPF stack"
@@ -162,6 +168,10 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
                 &mut (*reverse).closing,
                 closes(ctx, packet, key),
             );
+            // The backend answered: the flow is no longer half-open. Written once.
+            if (*reverse).answered == 0 {
+                (*reverse).answered = 1;
+            }
         }
         let reverse = unsafe { &*reverse };
         return to_client(ctx, packet, &scratch.key, reverse, &mut scratch.fib);

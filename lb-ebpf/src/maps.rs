@@ -1,9 +1,9 @@
 //! The maps shared with the agent. Layouts are `lb-common`'s; see DESIGN.md "Maps".
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, CONNTRACK_SIZE, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey,
@@ -37,16 +37,29 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Client flow → its backend and SNAT source. One table shared by all CPUs (a flow's packets
-/// and its replies may arrive on different CPUs); its LRU lists are per CPU
-/// (BPF_F_NO_COMMON_LRU), so inserts on different CPUs do not contend for one lock.
+/// and its replies may arrive on different CPUs), sized by the agent at load time
+/// (`agent.connection_table_size`; the default here).
+///
+/// A plain hash, not an LRU: it holds exactly `max_entries` flows on any number of CPUs, and
+/// never evicts an established flow for a new one (a full table drops new flows). Flows that
+/// are over leave when a new flow takes their SNAT port, or with the agent's sweeper. Not
+/// preallocated: a deleted element stays memory of its own until every program run that
+/// looked it up has ended, so a port takeover's in-place write can never land in an element
+/// that meanwhile holds another flow.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, Flow> =
-    LruHashMap::with_max_entries(CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+pub static CONNTRACK: HashMap<FlowKey, Flow> =
+    HashMap::with_max_entries(CONNTRACK_SIZE, BPF_F_NO_PREALLOC);
 
-/// Backend → SNAT address flow → the client flow it belongs to (the reverse NAT index).
+/// Backend → SNAT address flow → the client flow it belongs to (the reverse NAT index): one
+/// entry per `CONNTRACK` entry, made and removed with it.
 #[map]
-pub static SNAT: LruHashMap<FlowKey, ReverseFlow> =
-    LruHashMap::with_max_entries(CONNTRACK_SIZE, BPF_F_NO_COMMON_LRU);
+pub static SNAT: HashMap<FlowKey, ReverseFlow> =
+    HashMap::with_max_entries(CONNTRACK_SIZE, BPF_F_NO_PREALLOC);
+
+/// Per CPU, by listener id: the new-flow token bucket (`agent.new_flow_rate_limit`).
+#[map]
+pub static NEW_FLOW_BUDGET: PerCpuArray<crate::flow::FlowBudget> =
+    PerCpuArray::with_max_entries(MAX_LISTENERS, 0);
 
 /// `[0]`: data-plane settings.
 #[map]

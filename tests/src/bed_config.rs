@@ -78,6 +78,24 @@ impl BedConfig {
         self
     }
 
+    /// A TCP flow whose target never answered is over this long after its SYN.
+    pub fn half_open_timeout(mut self, timeout: Duration) -> Self {
+        self.config.agent.half_open_timeout = timeout;
+        self
+    }
+
+    /// Flows the connection table holds.
+    pub fn connection_table_size(mut self, flows: u32) -> Self {
+        self.config.agent.connection_table_size = flows;
+        self
+    }
+
+    /// New flows one listener may start per second on one CPU (0: unlimited).
+    pub fn new_flow_rate_limit(mut self, per_second: u32) -> Self {
+        self.config.agent.new_flow_rate_limit = per_second;
+        self
+    }
+
     /// The config, checked by the agent's own validation.
     pub fn build(self) -> Config {
         let problems = self.config.problems();

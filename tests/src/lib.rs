@@ -114,8 +114,12 @@ impl TestBed {
             unsafe { libc::if_nametoindex(c.as_ptr()) }
         };
         assert_ne!(ifindex, 0, "lbt0 not found in {name}");
-        let mut dataplane =
-            Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
+        let mut dataplane = Dataplane::load_sized(
+            config.agent.maglev_table_size,
+            8,
+            config.agent.connection_table_size,
+        )
+        .expect("load XDP object");
         let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();
         let state = State::apply(
             &config,

@@ -18,7 +18,7 @@ use tests::{
     bed_config::BedConfig,
     decode::decode,
     flow_key, host_mac,
-    packet::{ACK, FIN, Frame, Mutation, arp_request},
+    packet::{ACK, FIN, Frame, Mutation, SYN, arp_request},
     table::{Case, Expect, Property, SnatPort, Verdict, run_table},
 };
 
@@ -197,7 +197,8 @@ fn new_flows_spread_evenly_over_all_backends() {
 
 #[test]
 fn the_batched_connection_table_read_sees_every_flow_once() {
-    let mut bed = TestBed::new();
+    // Without the flood guard: the flows come all at once, and every one must be made.
+    let mut bed = TestBed::with_config(BedConfig::lab().new_flow_rate_limit(0).build());
     // More flows than one batch holds, so the walk takes several calls.
     let count = 20_000u16;
     let cases: Vec<Case> = (0..count)
@@ -817,4 +818,283 @@ fn a_target_back_at_weight_one_gets_its_old_slots_back() {
     let after = active_table(&bed, "web");
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     assert_eq!(moved, 0, "same targets, same table");
+}
+
+/// TCP RST (the builder names SYN, ACK and FIN).
+const RST: u8 = 0x04;
+
+/// How many packets the data plane counted for `reason`.
+fn verdict_count(bed: &TestBed, reason: u32) -> u64 {
+    bed.dataplane.verdicts().expect("verdicts")[reason as usize]
+}
+
+#[test]
+fn a_stray_ack_or_rst_to_a_listener_is_dropped_and_claims_nothing() {
+    let mut bed = TestBed::new();
+    let cases = [
+        Case::new(
+            "ack of no flow",
+            Frame::tcp(CLIENT4, 45000, VIP4, 80).flags(ACK).build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+        Case::new(
+            "rst of no flow",
+            Frame::tcp(CLIENT4, 45001, VIP4, 80).flags(RST).build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+        Case::new(
+            "ipv6 fin-ack of no flow",
+            Frame::tcp(CLIENT6, 45002, VIP6, 80)
+                .flags(FIN | ACK)
+                .build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+    ];
+    run_table(&mut bed, &cases);
+    assert_eq!(verdict_count(&bed, verdict::DROP_NO_FLOW), 3);
+    assert!(bed.dataplane.flows().expect("flows").is_empty());
+    assert!(
+        bed.dataplane
+            .reverse_flows()
+            .expect("reverse flows")
+            .is_empty(),
+        "a stray segment claimed a SNAT port"
+    );
+}
+
+#[test]
+fn a_syn_then_its_ack_go_to_one_backend_from_one_snat_port() {
+    let mut bed = TestBed::new();
+    let syn = Frame::tcp(CLIENT4, 45100, VIP4, 80);
+    let opening = forwarded(&bed, "syn", "web", &syn, SNAT4);
+    let opened = run_table(&mut bed, &[opening]);
+    let (backend, snat_port) = backend_and_snat_port(&opened[0].output);
+    let ack = syn.clone().flags(ACK);
+    let case = Case::new(
+        "ack",
+        ack.build(),
+        Expect::verdict(Verdict::Tx).and(Property::Forwarded {
+            backend,
+            snat: SNAT4,
+            snat_port: SnatPort::Exactly(snat_port),
+            payload: ack.payload_bytes().to_vec(),
+            next_hop_mac: host_mac(backend.ip()),
+        }),
+    );
+    run_table(&mut bed, &[case]);
+    assert_eq!(verdict_count(&bed, verdict::DROP_NO_FLOW), 0);
+}
+
+/// The far group's only target, which answers flows of `far_flow`.
+const FAR: &str = "198.18.4.21:8080";
+
+/// The far target's reply to the SNAT port `snat_port`, with TCP `flags`.
+fn far_reply(snat_port: u16, flags: u8) -> Frame {
+    let far: SocketAddr = FAR.parse().expect("addr");
+    Frame::tcp(far.ip(), far.port(), SNAT4, snat_port).flags(flags)
+}
+
+/// A bed with two SNAT ports (20000-20001) and 1 s closed and half-open timeouts, both ports
+/// taken by SYNs from client ports 30001 and 30002; returns the SNAT port of each.
+fn both_snat_ports_half_open() -> (TestBed, [u16; 2]) {
+    let config = BedConfig::lab()
+        .snat_port_range(20000, 20001)
+        .closed_timeout(Duration::from_secs(1))
+        .half_open_timeout(Duration::from_secs(1))
+        .build();
+    let mut bed = TestBed::with_config(config);
+    let cases: Vec<Case> = [30001, 30002]
+        .map(|port| {
+            Case::new(
+                format!("flow {port} takes a port"),
+                far_flow(port).build(),
+                Expect::verdict(Verdict::Redirect),
+            )
+        })
+        .to_vec();
+    let ran = run_table(&mut bed, &cases);
+    let ports = [0, 1].map(|i| backend_and_snat_port(&ran[i].output).1);
+    (bed, ports)
+}
+
+#[test]
+fn a_half_open_flow_gives_its_snat_port_to_a_new_flow_after_half_open_timeout() {
+    let (mut bed, [first, _]) = both_snat_ports_half_open();
+    // The target answers flow 30001 only: 30002 stays half-open.
+    let answer = Case::new(
+        "the target answers flow 30001",
+        far_reply(first, SYN | ACK).build(),
+        Expect::verdict(Verdict::Tx),
+    );
+    run_table(&mut bed, &[answer]);
+    run_table(
+        &mut bed,
+        &[Case::new(
+            "flow 30003 before the half-open timeout: no port",
+            far_flow(30003).build(),
+            Expect::verdict(Verdict::Drop),
+        )],
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let cases = [
+        Case::new(
+            "flow 30003 takes the half-open flow's port",
+            far_flow(30003).build(),
+            Expect::verdict(Verdict::Redirect),
+        ),
+        Case::new(
+            "flow 30004: the answered flow 30001 keeps its port",
+            far_flow(30004).build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+    ];
+    run_table(&mut bed, &cases);
+}
+
+#[test]
+fn a_syn_reusing_a_5_tuple_starts_with_a_clean_reverse_entry() {
+    let (mut bed, [first, _]) = both_snat_ports_half_open();
+    // The target resets flow 30001 (its reverse entry is marked closing), then the client
+    // opens a new connection from the same port: it reuses the entry, and must not inherit
+    // the mark (else its port is taken after closed_timeout of quiet and it is cut).
+    let cases = [
+        Case::new(
+            "the target answers flow 30001",
+            far_reply(first, SYN | ACK).build(),
+            Expect::verdict(Verdict::Tx),
+        ),
+        Case::new(
+            "the target resets flow 30001",
+            far_reply(first, RST | ACK).build(),
+            Expect::verdict(Verdict::Tx),
+        ),
+        Case::new(
+            "a new SYN from client port 30001",
+            far_flow(30001).build(),
+            Expect::verdict(Verdict::Redirect).and(Property::Forwarded {
+                backend: FAR.parse().expect("addr"),
+                snat: SNAT4,
+                snat_port: SnatPort::Exactly(first),
+                payload: far_flow(30001).payload_bytes().to_vec(),
+                next_hop_mac: host_mac(FAR.parse::<SocketAddr>().expect("addr").ip()),
+            }),
+        ),
+    ];
+    run_table(&mut bed, &cases);
+    let reverse = bed.dataplane.reverse_flows().expect("reverse flows");
+    let entry = reverse
+        .iter()
+        .find(|(k, _)| u16::from_be(k.dport) == first)
+        .map(|(_, r)| *r)
+        .expect("the reused flow's reverse entry");
+    assert_eq!(
+        (entry.closing, entry.answered),
+        (0, 0),
+        "the reverse entry kept the old connection's state: {entry:?}"
+    );
+    // Past closed_timeout (not the half-open one: the new SYN restarted it, 1 s, so answer
+    // first), the flow still holds its port.
+    run_table(
+        &mut bed,
+        &[Case::new(
+            "the target answers the new connection",
+            far_reply(first, SYN | ACK).build(),
+            Expect::verdict(Verdict::Tx),
+        )],
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let cases = [
+        Case::new(
+            "flow 30003 takes the half-open flow 30002's port",
+            far_flow(30003).build(),
+            Expect::verdict(Verdict::Redirect),
+        ),
+        Case::new(
+            "flow 30004: the reused flow 30001 keeps its port",
+            far_flow(30004).build(),
+            Expect::verdict(Verdict::Drop),
+        ),
+    ];
+    run_table(&mut bed, &cases);
+}
+
+/// Keeps the calling thread on the CPU it runs on (the flood guard's budget is per CPU).
+fn stay_on_this_cpu() {
+    // SAFETY: plain system calls on this thread's own affinity.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+#[test]
+fn the_flood_guard_drops_new_flows_above_the_rate_and_counts_them() {
+    const RATE: u32 = 50;
+    let config = BedConfig::lab().new_flow_rate_limit(RATE).build();
+    let mut bed = TestBed::with_config(config);
+    stay_on_this_cpu();
+    let started = Instant::now();
+    let mut forwarded = Vec::new();
+    let mut dropped = 0u64;
+    for port in 46000..46400u16 {
+        let frame = Frame::tcp(CLIENT4, port, VIP4, 80);
+        match Verdict::of(bed.run(&frame.build()).0) {
+            Verdict::Tx => forwarded.push(frame),
+            Verdict::Drop => dropped += 1,
+            other => panic!("new flow from {port}: {other:?}"),
+        }
+    }
+    // The bucket holds a second's worth and refills at RATE a second meanwhile.
+    let refilled = (started.elapsed().as_secs_f64() * f64::from(RATE)).ceil() as usize;
+    assert!(
+        (RATE as usize..=RATE as usize + refilled).contains(&forwarded.len()),
+        "{} of 400 new flows forwarded at {RATE}/s (+{refilled} refilled)",
+        forwarded.len()
+    );
+    assert_eq!(verdict_count(&bed, verdict::DROP_FLOOD), dropped);
+    assert_eq!(
+        bed.dataplane.flows().expect("flows").len(),
+        forwarded.len(),
+        "a dropped new flow took table space"
+    );
+    // Established flows pass the guard: it only meters new ones.
+    for frame in &forwarded {
+        let (action, _) = bed.run(&frame.clone().flags(ACK).build());
+        assert_eq!(Verdict::of(action), Verdict::Tx, "established {frame:?}");
+    }
+}
+
+#[test]
+fn a_full_table_drops_new_flows_and_keeps_every_established_one() {
+    const SIZE: u16 = 1024;
+    let config = BedConfig::lab()
+        .connection_table_size(u32::from(SIZE))
+        .build();
+    let mut bed = TestBed::with_config(config);
+    let flows: Vec<Frame> = (0..SIZE)
+        .map(|i| Frame::tcp(CLIENT4, 47000 + i, VIP4, 80))
+        .collect();
+    for frame in &flows {
+        let (action, _) = bed.run(&frame.build());
+        assert_eq!(Verdict::of(action), Verdict::Tx, "filling: {frame:?}");
+    }
+    assert_eq!(bed.dataplane.flow_capacity(), u32::from(SIZE));
+    let full = Case::new(
+        "a new flow into the full table",
+        Frame::tcp(CLIENT4, 49000, VIP4, 80).build(),
+        Expect::verdict(Verdict::Drop),
+    );
+    run_table(&mut bed, &[full]);
+    assert_eq!(verdict_count(&bed, verdict::DROP_MAP_FULL), 1);
+    for frame in &flows {
+        let (action, _) = bed.run(&frame.clone().flags(ACK).build());
+        assert_eq!(Verdict::of(action), Verdict::Tx, "established {frame:?}");
+    }
 }

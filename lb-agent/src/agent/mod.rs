@@ -3,6 +3,7 @@
 //! plane's counters, without waiting for the writer. `monitor` runs the health checks.
 
 pub mod monitor;
+pub mod sweeper;
 pub mod writer;
 
 use std::{sync::Arc, time::SystemTime};

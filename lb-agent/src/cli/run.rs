@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use lb_agent::{
-    agent::{AgentInfo, ConfigSource, Handle, Node, Writer, monitor, writer},
+    agent::{AgentInfo, ConfigSource, Handle, Node, Writer, monitor, sweeper, writer},
     api,
     config::Config,
     dataplane::{self, Dataplane, Detach as _, MapReader, Maps as _},
@@ -76,8 +76,13 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     let pins = PinDir::open(&pin_dir)?;
     // Refuse before touching anything if another agent serves the socket.
     let listener = api::bind(&socket)?;
-    let mut dataplane = Dataplane::load_pinned(cfg.agent.maglev_table_size, group_capacity, pins)
-        .context("loading the XDP program")?;
+    let mut dataplane = Dataplane::load_pinned(
+        cfg.agent.maglev_table_size,
+        group_capacity,
+        cfg.agent.connection_table_size,
+        pins,
+    )
+    .context("loading the XDP program")?;
     if dataplane.adopted() {
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the data plane an earlier agent left pinned: its connection table is kept");
     }
@@ -134,6 +139,14 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     };
     let reader: Arc<dyn MapReader + Send + Sync> =
         Arc::new(dataplane.reader().context("opening the maps for readers")?);
+    let sweeper = dataplane
+        .sweeper()
+        .context("opening the connection table for its sweeper")?;
+    let (stop_sweeping, sweeper_stop) = std::sync::mpsc::channel::<()>();
+    let sweeper_thread = std::thread::Builder::new()
+        .name("lb-sweeper".into())
+        .spawn(move || sweeper::sweep_until_stopped(sweeper, &sweeper_stop))
+        .context("starting the connection-table sweeper")?;
     let source = ConfigSource {
         path: config_path,
         state_file,
@@ -210,6 +223,8 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);
+    drop(stop_sweeping);
+    let _ = sweeper_thread.join();
     // The last handles go with the runtime's tasks: the writer then ends and gives back the
     // data plane.
     drop(agent);

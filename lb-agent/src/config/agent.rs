@@ -53,6 +53,19 @@ pub struct AgentConfig {
     /// the targets' TIME_WAIT, so a port is not reused while they remember it).
     #[serde(deserialize_with = "duration::deserialize")]
     pub closed_timeout: Duration,
+    /// A TCP flow whose target never answered its SYN (half-open) is over this long after the
+    /// SYN (1s..=600s, default 10s: a target answers a SYN within milliseconds, and SYN
+    /// retries come at 1 s, 3 s, 7 s; a SYN flood's entries and ports are back quickly).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub half_open_timeout: Duration,
+    /// New flows one listener may start per second on one CPU (RX queue) of the node; those
+    /// above it are dropped (`drop_flood`) and take no table space. 0: unlimited. Default
+    /// 20000: more than a busy node's legitimate rate per queue, while a SYN flood on one
+    /// queue fills at most 20000 × `half_open_timeout` (200,000) entries.
+    pub new_flow_rate_limit: u32,
+    /// Flows the connection table holds (1024..=16777216, default 1048576), on any number of
+    /// CPUs; a full table drops new flows (`drop_map_full`), never an established one.
+    pub connection_table_size: u32,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +83,9 @@ impl Default for AgentConfig {
             tcp_idle_timeout: Duration::from_secs(350),
             udp_idle_timeout: Duration::from_secs(120),
             closed_timeout: Duration::from_secs(60),
+            half_open_timeout: Duration::from_secs(10),
+            new_flow_rate_limit: 20_000,
+            connection_table_size: lb_common::CONNTRACK_SIZE,
         }
     }
 }

@@ -219,6 +219,7 @@ impl Config {
             ("tcp_idle_timeout", agent.tcp_idle_timeout, 60, 6000),
             ("udp_idle_timeout", agent.udp_idle_timeout, 10, 3600),
             ("closed_timeout", agent.closed_timeout, 1, 600),
+            ("half_open_timeout", agent.half_open_timeout, 1, 600),
         ] {
             check_duration(
                 p,
@@ -226,6 +227,16 @@ impl Config {
                 d,
                 Duration::from_secs(min),
                 Duration::from_secs(max),
+            );
+        }
+        let table = agent.connection_table_size;
+        if !(1024..=16_777_216).contains(&table) {
+            p.add(
+                "agent.connection_table_size",
+                format!(
+                    "{table} is out of range 1024..=16777216 flows (the default, 1048576, \
+                     takes up to about 300 MB when full)"
+                ),
             );
         }
         let (lo, hi) = agent.snat_port_range;

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, Settings, VipKey,
-    map_names,
+    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, ReverseFlow, Settings,
+    VipKey, map_names,
 };
 
 use super::{DataplaneError, MapReader, Maps, Result, Verdicts, refused};
@@ -30,6 +30,9 @@ pub struct MemoryMaps {
     maglev: Vec<u32>,
     /// The connection table.
     pub flows: Vec<(FlowKey, Flow)>,
+    /// The reverse-NAT entries (backends' halves); a flow without one is judged on its
+    /// forward half alone.
+    pub reverse_flows: Vec<(FlowKey, ReverseFlow)>,
     pub listener_counters: BTreeMap<u32, Counters>,
     pub backend_counters: BTreeMap<u32, Counters>,
     pub verdicts: Verdicts,
@@ -58,6 +61,7 @@ impl MemoryMaps {
             groups: vec![GroupInfo::default(); group_capacity as usize],
             maglev: vec![0; (group_capacity * 2 * maglev_size) as usize],
             flows: Vec::new(),
+            reverse_flows: Vec::new(),
             listener_counters: BTreeMap::new(),
             backend_counters: BTreeMap::new(),
             verdicts: [0; lb_common::verdict::COUNT as usize],
@@ -155,6 +159,14 @@ impl MapReader for MemoryMaps {
 
     fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
         Ok(self.flows.clone())
+    }
+
+    fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
+        Ok(self.reverse_flows.clone())
+    }
+
+    fn flow_capacity(&self) -> u32 {
+        lb_common::CONNTRACK_SIZE
     }
 
     fn clock_ns(&self) -> u64 {
@@ -277,6 +289,8 @@ impl Maps for MemoryMaps {
         self.write(map_names::CONNTRACK)?;
         let before = self.flows.len();
         self.flows.retain(|(_, flow)| flow.backend_id != backend_id);
+        self.reverse_flows
+            .retain(|(_, reverse)| reverse.backend_id != backend_id);
         Ok(before - self.flows.len())
     }
 }

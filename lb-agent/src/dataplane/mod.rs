@@ -9,11 +9,13 @@ pub mod kernel;
 pub mod memory;
 
 use lb_common::{
-    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, Settings, VipKey,
-    verdict,
+    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, ReverseFlow, Settings,
+    VipKey, verdict,
 };
 
-pub use kernel::{AttachMode, Dataplane, DataplaneError, DataplaneReader, enable_forwarding};
+pub use kernel::{
+    AttachMode, Dataplane, DataplaneError, DataplaneReader, Sweeper, enable_forwarding,
+};
 
 /// Results of map operations.
 pub type Result<T> = std::result::Result<T, DataplaneError>;
@@ -31,6 +33,10 @@ pub trait MapReader {
     fn verdicts(&self) -> Result<Verdicts>;
     /// Every connection-table entry.
     fn flows(&self) -> Result<Vec<(FlowKey, Flow)>>;
+    /// Every reverse-NAT entry (the backends' halves of the flows).
+    fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>>;
+    /// Flows the connection table holds (the same on any number of CPUs).
+    fn flow_capacity(&self) -> u32;
     /// The clock of the entries' `last_seen` (the kernel's `bpf_ktime_get_coarse_ns`).
     fn clock_ns(&self) -> u64;
 }

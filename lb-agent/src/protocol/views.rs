@@ -103,6 +103,9 @@ pub struct StatsView {
     pub flows: usize,
     /// Those of live flows (the rest are over and give their SNAT ports to new flows).
     pub active_flows: usize,
+    /// Flows the connection table holds (`agent.connection_table_size`, on any CPU count).
+    #[serde(default)]
+    pub flow_capacity: u64,
     /// Target state changes since the agent started, as `"initial->healthy": 3`.
     pub health_transitions: BTreeMap<String, u64>,
 }

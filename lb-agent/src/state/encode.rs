@@ -28,6 +28,8 @@ pub(super) fn settings_for(config: &Config, snat: &[IpAddr], maglev_size: u32) -
         tcp_idle_s: config.agent.tcp_idle_timeout.as_secs() as u32,
         udp_idle_s: config.agent.udp_idle_timeout.as_secs() as u32,
         closed_s: config.agent.closed_timeout.as_secs() as u32,
+        half_open_s: config.agent.half_open_timeout.as_secs() as u32,
+        new_flows_per_s: config.agent.new_flow_rate_limit,
         ..Settings::default()
     };
     for ip in snat {

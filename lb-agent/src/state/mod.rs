@@ -776,12 +776,11 @@ impl State {
             return Ok(());
         }
         self.next_drain_scan = Some(now + DRAIN_SCAN_EVERY);
-        let clock = dp.clock_ns();
-        let live: std::collections::HashSet<u32> = dp
-            .flows()?
+        let live: std::collections::HashSet<u32> = self
+            .judged_flows(dp)?
             .iter()
-            .filter(|(key, flow)| self.active(key, flow, clock))
-            .map(|(_, flow)| flow.backend_id)
+            .filter(|(_, _, live)| *live)
+            .map(|(_, flow, _)| flow.backend_id)
             .collect();
         for (group, address, backend_id) in draining {
             if !live.contains(&backend_id) {

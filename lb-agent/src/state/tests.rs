@@ -292,6 +292,37 @@ fn draining_ends_early_once_the_target_has_no_live_flow() {
 }
 
 #[test]
+fn draining_waits_for_a_flow_where_only_the_target_still_sends() {
+    let mut bed = Bed::new(&plain());
+    let leaving = "198.18.0.21:8080";
+    bed.flow("web", leaving, 1000);
+    // The client went quiet past the idle timeout; the target kept sending until now.
+    bed.maps.clock_ns += 400_000_000_000;
+    let (key, flow) = bed.maps.flows[0];
+    let reverse = lb_common::ReverseFlow {
+        client: key.src,
+        vip: key.dst,
+        client_port: key.sport,
+        vip_port: key.dport,
+        backend_id: flow.backend_id,
+        answered: 1,
+        last_seen: bed.maps.clock_ns,
+        ..lb_common::ReverseFlow::default()
+    };
+    bed.maps
+        .reverse_flows
+        .push((lb_common::conntrack::reverse_key(&key, &flow), reverse));
+    bed.state
+        .remove_target(&mut bed.maps, "web", addr(leaving), at(bed.t0, 0.0))
+        .unwrap();
+    bed.state.tick(&mut bed.maps, at(bed.t0, 6.0)).unwrap();
+    assert!(
+        bed.state.backend_id("web", addr(leaving)).is_some(),
+        "draining ended while the target still sends"
+    );
+}
+
+#[test]
 fn a_draining_target_registered_again_returns_to_service() {
     let mut bed = Bed::new(&plain());
     let target = addr("198.18.0.21:8080");

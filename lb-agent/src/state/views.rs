@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use lb_common::PROTO_TCP;
+use lb_common::{Flow, FlowKey, PROTO_TCP, ReverseFlow, conntrack};
 
 use super::{Result, State, WEIGHT_SCALE, encode::ip_of};
 use crate::{
@@ -12,6 +12,9 @@ use crate::{
     health::TargetState,
     protocol::{FlowView, GroupView, ListenerView, StatsView, TargetView},
 };
+
+/// A connection-table entry and whether its flow is live.
+pub(super) type JudgedFlow = (FlowKey, Flow, bool);
 
 impl State {
     /// Every target group's settings and how many of its targets serve.
@@ -55,7 +58,7 @@ impl State {
         dp: &(impl MapReader + ?Sized),
         group: Option<&str>,
     ) -> Result<Vec<TargetView>> {
-        self.targets_with(dp, group, &dp.flows()?)
+        self.targets_with(dp, group, &self.judged_flows(dp)?)
     }
 
     /// As `targets`, counting active flows in `flows` (the connection table, read once).
@@ -63,15 +66,14 @@ impl State {
         &self,
         dp: &(impl MapReader + ?Sized),
         group: Option<&str>,
-        flows: &[(lb_common::FlowKey, lb_common::Flow)],
+        flows: &[JudgedFlow],
     ) -> Result<Vec<TargetView>> {
         if let Some(name) = group {
             self.group(name)?;
         }
-        let now = dp.clock_ns();
         let mut active = std::collections::HashMap::<u32, u64>::new();
-        for (key, flow) in flows {
-            if !self.active(key, flow, now) {
+        for (_, flow, live) in flows {
+            if !live {
                 continue;
             }
             *active.entry(flow.backend_id).or_insert(0) += 1;
@@ -131,12 +133,11 @@ impl State {
 
     /// Counters of every listener and target, and the data plane's verdicts.
     pub fn stats(&self, dp: &(impl MapReader + ?Sized)) -> Result<StatsView> {
-        let flows = dp.flows()?;
-        let now = dp.clock_ns();
+        let flows = self.judged_flows(dp)?;
         let mut per_listener = std::collections::HashMap::<u32, u64>::new();
         let mut active_flows = 0;
-        for (key, flow) in &flows {
-            if self.active(key, flow, now) {
+        for (_, flow, live) in &flows {
+            if *live {
                 *per_listener.entry(flow.listener_id).or_insert(0) += 1;
                 active_flows += 1;
             }
@@ -167,6 +168,7 @@ impl State {
             verdicts,
             flows: flows.len(),
             active_flows,
+            flow_capacity: u64::from(dp.flow_capacity()),
             health_transitions: self.transitions.clone(),
         })
     }
@@ -175,7 +177,7 @@ impl State {
     pub fn flows(&self, dp: &(impl MapReader + ?Sized)) -> Result<Vec<FlowView>> {
         let now = dp.clock_ns();
         let mut out = Vec::new();
-        for (key, flow) in dp.flows()? {
+        for (key, flow, live) in self.judged_flows(dp)? {
             let listener = self.listeners.iter().find(|l| l.id == flow.listener_id);
             let family = key.family;
             out.push(FlowView {
@@ -190,26 +192,30 @@ impl State {
                 target_group: listener.map(|l| l.group.clone()),
                 idle_seconds: now.saturating_sub(flow.last_seen) / 1_000_000_000,
                 closing: flow.closing != 0,
-                active: self.active(&key, &flow, now),
+                active: live,
             });
         }
         Ok(out)
     }
 
-    /// Whether a connection-table entry is a live flow (not over by the data plane's rules).
-    pub(super) fn active(
-        &self,
-        key: &lb_common::FlowKey,
-        flow: &lb_common::Flow,
-        now: u64,
-    ) -> bool {
-        !lb_common::conntrack::expired(
-            &self.settings,
-            key.proto,
-            flow.closing != 0,
-            flow.last_seen,
-            now,
-        )
+    /// Every connection-table entry, and whether it is a live flow by the data plane's own
+    /// rule (`lb_common::conntrack::over`), which looks at both directions: a flow where only
+    /// the target still sends (a UDP stream from the server) is live.
+    pub(super) fn judged_flows(&self, dp: &(impl MapReader + ?Sized)) -> Result<Vec<JudgedFlow>> {
+        let now = dp.clock_ns();
+        let reverse: std::collections::HashMap<FlowKey, ReverseFlow> =
+            dp.reverse_flows()?.into_iter().collect();
+        Ok(dp
+            .flows()?
+            .into_iter()
+            .map(|(key, flow)| {
+                let half = reverse
+                    .get(&conntrack::reverse_key(&key, &flow))
+                    .filter(|r| conntrack::belongs(r, &key));
+                let over = conntrack::over(&self.settings, key.proto, Some(&flow), half, now);
+                (key, flow, !over)
+            })
+            .collect())
     }
 
     /// A group's id in the data plane (for tests).

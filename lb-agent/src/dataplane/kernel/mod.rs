@@ -4,9 +4,11 @@
 
 mod attach;
 mod batch;
+mod sweep;
 
 pub use attach::enable_forwarding;
 use batch::{lookup_batch, update_batch};
+pub use sweep::Sweeper;
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -19,8 +21,8 @@ use aya::{
 use super::{MapReader, Maps, Verdicts, refused};
 use crate::pinning::{PinDir, PinError};
 use lb_common::{
-    Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, MAX_GROUPS,
-    ReverseFlow, Settings, VipKey, map_names, program_names, verdict,
+    Backend, CONNTRACK_SIZE, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey,
+    MAX_GROUPS, ReverseFlow, Settings, VipKey, map_names, program_names, verdict,
 };
 
 /// The compiled XDP object (`lb-ebpf`), embedded at build time.
@@ -94,6 +96,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maglev_size: u32,
     group_capacity: u32,
+    /// Flows the connection table holds.
+    flow_capacity: u32,
     /// Where maps and attachments are pinned; none: they live as long as the agent.
     pins: Option<PinDir>,
     /// The maps were pinned by an earlier agent and are in use (connection table included).
@@ -127,20 +131,35 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneE
 
 impl Dataplane {
     /// Loads the object with `group_capacity` target groups of Maglev tables of `maglev_size`
-    /// entries each (two per group), and loads (verifies) the load-balancer program. Its maps
-    /// and attachments end with the agent.
+    /// entries each (two per group) and a connection table of the default size, and loads
+    /// (verifies) the load-balancer program. Its maps and attachments end with the agent.
     pub fn load(maglev_size: u32, group_capacity: u32) -> Result<Self> {
-        Self::load_with(maglev_size, group_capacity, None)
+        Self::load_with(maglev_size, group_capacity, CONNTRACK_SIZE, None)
     }
 
-    /// As `load`, with maps and attachments pinned in `pins`, where they outlive the agent.
-    /// Maps an earlier agent pinned there are adopted (`adopted()`), contents and all, if
-    /// they fit this program.
-    pub fn load_pinned(maglev_size: u32, group_capacity: u32, pins: PinDir) -> Result<Self> {
-        Self::load_with(maglev_size, group_capacity, Some(pins))
+    /// As `load`, with a connection table of `flow_capacity` flows.
+    pub fn load_sized(maglev_size: u32, group_capacity: u32, flow_capacity: u32) -> Result<Self> {
+        Self::load_with(maglev_size, group_capacity, flow_capacity, None)
     }
 
-    fn load_with(maglev_size: u32, group_capacity: u32, pins: Option<PinDir>) -> Result<Self> {
+    /// As `load`, with a connection table of `flow_capacity` flows, and maps and attachments
+    /// pinned in `pins`, where they outlive the agent. Maps an earlier agent pinned there are
+    /// adopted (`adopted()`), contents and all, if they fit this program.
+    pub fn load_pinned(
+        maglev_size: u32,
+        group_capacity: u32,
+        flow_capacity: u32,
+        pins: PinDir,
+    ) -> Result<Self> {
+        Self::load_with(maglev_size, group_capacity, flow_capacity, Some(pins))
+    }
+
+    fn load_with(
+        maglev_size: u32,
+        group_capacity: u32,
+        flow_capacity: u32,
+        pins: Option<PinDir>,
+    ) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -148,9 +167,12 @@ impl Dataplane {
         let maglev_entries = group_capacity * 2 * maglev_size;
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::MAGLEV, maglev_entries);
+        // Both halves of every flow: one reverse entry per connection-table entry.
+        loader.map_max_entries(map_names::CONNTRACK, flow_capacity);
+        loader.map_max_entries(map_names::SNAT, flow_capacity);
         let mut adopted = false;
         if let Some(pins) = &pins {
-            pins.check_compatible(maglev_entries)?;
+            pins.check_compatible(maglev_entries, flow_capacity)?;
             adopted = pins.holds_data_plane();
             for (name, _, _) in crate::pinning::MAPS {
                 loader.map_pin_path(name, pins.map(name));
@@ -159,11 +181,12 @@ impl Dataplane {
         let ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        let reader = DataplaneReader::of(&ebpf)?;
+        let reader = DataplaneReader::of(&ebpf, flow_capacity)?;
         let mut dataplane = Self {
             ebpf,
             maglev_size,
             group_capacity,
+            flow_capacity,
             pins,
             adopted,
             attachments: Vec::new(),
@@ -231,19 +254,15 @@ impl Dataplane {
             .map_err(map_err(map_names::TX_PORTS))
     }
 
-    /// Every reverse-NAT entry.
-    pub fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
-        let map: HashMap<_, FlowKey, ReverseFlow> =
-            HashMap::try_from(self.map(map_names::SNAT)?).map_err(map_err(map_names::SNAT))?;
-        map.iter()
-            .map(|r| r.map_err(map_err(map_names::SNAT)))
-            .collect()
-    }
-
     /// A reader of this data plane's counters and connection table, with handles of its own:
     /// it reads beside the writer without sharing anything with it.
     pub fn reader(&self) -> Result<DataplaneReader> {
-        DataplaneReader::of(&self.ebpf)
+        DataplaneReader::of(&self.ebpf, self.flow_capacity)
+    }
+
+    /// The connection table's sweeper, with handles of its own (see `sweep`).
+    pub fn sweeper(&self) -> Result<Sweeper> {
+        Sweeper::of(&self.ebpf)
     }
 }
 
@@ -268,6 +287,14 @@ impl MapReader for Dataplane {
 
     fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
         self.reader.flows()
+    }
+
+    fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
+        self.reader.reverse_flows()
+    }
+
+    fn flow_capacity(&self) -> u32 {
+        self.flow_capacity
     }
 
     fn clock_ns(&self) -> u64 {
@@ -486,31 +513,66 @@ pub struct DataplaneReader {
     backend_stats: aya::maps::Map,
     verdicts: aya::maps::Map,
     conntrack: aya::maps::Map,
+    snat: aya::maps::Map,
+    flow_capacity: u32,
+}
+
+/// A handle of `ebpf`'s map `name` on a descriptor of its own.
+fn own_handle(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+    let map = ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+    let (data, wrap): (&MapData, fn(MapData) -> aya::maps::Map) = match map {
+        aya::maps::Map::PerCpuArray(d) => (d, aya::maps::Map::PerCpuArray),
+        aya::maps::Map::Array(d) => (d, aya::maps::Map::Array),
+        aya::maps::Map::LruHashMap(d) => (d, aya::maps::Map::LruHashMap),
+        aya::maps::Map::HashMap(d) => (d, aya::maps::Map::HashMap),
+        _ => return Err(DataplaneError::MissingMap(name)),
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| refused(name, "dup", e.raw_os_error().unwrap_or(libc::EBADF)))?;
+    Ok(wrap(MapData::from_fd(fd).map_err(map_err(name))?))
+}
+
+/// Every entry of the hash map `map` (`name`): in batches of thousands per system call
+/// (BPF_MAP_LOOKUP_BATCH, Linux 5.6+), else entry by entry.
+fn read_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &aya::maps::Map,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
+    let one_by_one = || -> Result<Vec<(K, V)>> {
+        // aya's `HashMap` reads LRU hash maps too.
+        let map: HashMap<_, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+        map.iter().map(|r| r.map_err(map_err(name))).collect()
+    };
+    let fd = match map {
+        aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
+            data.fd().as_fd().as_raw_fd()
+        }
+        _ => return one_by_one(),
+    };
+    match lookup_batch::<K, V>(fd) {
+        Ok(entries) => Ok(entries),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => one_by_one(),
+        Err(e) => Err(refused(
+            name,
+            "bpf_map_lookup_batch",
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )),
+    }
 }
 
 impl DataplaneReader {
     /// Handles of `ebpf`'s maps, on descriptors of their own.
-    fn of(ebpf: &Ebpf) -> Result<Self> {
-        let handle = |name: &'static str| -> Result<aya::maps::Map> {
-            let map = ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
-            let (data, wrap): (&MapData, fn(MapData) -> aya::maps::Map) = match map {
-                aya::maps::Map::PerCpuArray(d) => (d, aya::maps::Map::PerCpuArray),
-                aya::maps::Map::LruHashMap(d) => (d, aya::maps::Map::LruHashMap),
-                aya::maps::Map::HashMap(d) => (d, aya::maps::Map::HashMap),
-                _ => return Err(DataplaneError::MissingMap(name)),
-            };
-            let fd = data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| refused(name, "dup", e.raw_os_error().unwrap_or(libc::EBADF)))?;
-            Ok(wrap(MapData::from_fd(fd).map_err(map_err(name))?))
-        };
+    fn of(ebpf: &Ebpf, flow_capacity: u32) -> Result<Self> {
         Ok(Self {
-            listener_stats: handle(map_names::LISTENER_STATS)?,
-            backend_stats: handle(map_names::BACKEND_STATS)?,
-            verdicts: handle(map_names::VERDICTS)?,
-            conntrack: handle(map_names::CONNTRACK)?,
+            listener_stats: own_handle(ebpf, map_names::LISTENER_STATS)?,
+            backend_stats: own_handle(ebpf, map_names::BACKEND_STATS)?,
+            verdicts: own_handle(ebpf, map_names::VERDICTS)?,
+            conntrack: own_handle(ebpf, map_names::CONNTRACK)?,
+            snat: own_handle(ebpf, map_names::SNAT)?,
+            flow_capacity,
         })
     }
 
@@ -560,21 +622,15 @@ impl MapReader for DataplaneReader {
     /// Read in batches of thousands per system call (BPF_MAP_LOOKUP_BATCH, Linux 5.6+), else
     /// entry by entry.
     fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let fd = match &self.conntrack {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
-                data.fd().as_fd().as_raw_fd()
-            }
-            _ => return self.flows_one_by_one(),
-        };
-        match lookup_batch::<FlowKey, Flow>(fd) {
-            Ok(flows) => Ok(flows),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.flows_one_by_one(),
-            Err(e) => Err(refused(
-                map_names::CONNTRACK,
-                "bpf_map_lookup_batch",
-                e.raw_os_error().unwrap_or(libc::EIO),
-            )),
-        }
+        read_hash(&self.conntrack, map_names::CONNTRACK)
+    }
+
+    fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseFlow)>> {
+        read_hash(&self.snat, map_names::SNAT)
+    }
+
+    fn flow_capacity(&self) -> u32 {
+        self.flow_capacity
     }
 
     fn clock_ns(&self) -> u64 {
