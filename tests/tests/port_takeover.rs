@@ -32,8 +32,8 @@ const SNAT_PORTS: (u16, u16) = (20000, 20003);
 /// New clients per thread and round (twice the ports, so every port is contested).
 const SYNS_PER_ROUND: u16 = 4;
 /// At most this many rounds, and at most this long.
-const ROUNDS: u32 = 1000;
-const TIME_LIMIT: Duration = Duration::from_secs(20);
+const ROUNDS: u32 = 500;
+const TIME_LIMIT: Duration = Duration::from_secs(15);
 
 /// XDP's verdicts for a forwarded frame (the far target is behind the bed's second NIC).
 const XDP_TX: u32 = 3;
