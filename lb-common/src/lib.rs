@@ -295,9 +295,11 @@ pub struct ReverseFlow {
     /// `Settings::half_open_s`.
     pub answered: u8,
     pub _pad: u16,
-    /// Bumped (compare-and-swap) by whoever takes this entry's SNAT port over, so two CPUs
-    /// can never both take the same finished flow's port. 64 bits: BPF compares and swaps
-    /// 32-bit words only with ALU32 instructions.
+    /// A sequence count for taking this entry's SNAT port over: the CPU that takes it makes
+    /// it odd (compare-and-swap from the even value it judged), rewrites the entry, then makes
+    /// it even again; nobody judges an odd entry. So two CPUs can never both take the same
+    /// finished flow's port. 64 bits: BPF compares and swaps 32-bit words only with ALU32
+    /// instructions.
     pub generation: u64,
     /// When the backend last sent a packet (as `Flow::last_seen`); when the flow was made
     /// (or its SYN last seen) until the backend answers.

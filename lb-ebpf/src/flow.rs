@@ -7,7 +7,7 @@
 //! its forward entry cannot be stored, a port takeover removes the old flow's forward entry,
 //! and the agent's sweeper deletes both halves of a flow that is over.
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
@@ -369,6 +369,11 @@ fn take_over(
     let generation_ptr = unsafe { &raw mut (*old).generation };
     // SAFETY: as above; read once, before anything else of the entry.
     let generation = unsafe { generation_ptr.read_volatile() };
+    // Odd: another CPU won this entry and is writing its flow into it. Its fields may still
+    // be the old, over flow's: judging them would let a second CPU take the port too.
+    if generation & 1 != 0 {
+        return false;
+    }
     let old = unsafe { &mut *old };
     old_key.src.set(&old.client);
     old_key.dst.set(&old.vip);
@@ -415,6 +420,10 @@ fn take_over(
     old.closing = 0;
     old.answered = 0;
     old.last_seen = reverse.last_seen;
+    // Even again (a full barrier, after every field above): the entry is a whole live flow,
+    // which no other CPU will judge over.
+    // SAFETY: as for the compare-and-swap.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation_ptr, 1) };
     // If the agent's sweeper deleted the entry between our lookup and now, the writes went
     // to a detached element: put the new flow's entry in the map.
     match SNAT.get_ptr(reverse_key) {

@@ -20,7 +20,7 @@
 // Port takeover compares and swaps a generation (`flow::take_over`); BPF has the instruction
 // but Rust's BPF target exposes no `compare_exchange`.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_cxchg: see above")]
+#![expect(internal_features, reason = "atomic_cxchg and atomic_xadd: see above")]
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys are passed by reference on purpose: by value they would be copied onto the 512-byte BPF stack"

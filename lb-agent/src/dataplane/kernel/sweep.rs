@@ -56,10 +56,10 @@ impl Sweeper {
             HashMap::try_from(&mut self.snat).map_err(map_err(map_names::SNAT))?;
         let mut swept = 0;
         for over in doomed {
-            let unchanged_reverse = over
-                .reverse
-                .as_ref()
-                .is_none_or(|(key, was)| snat.get(key, 0).is_ok_and(|now| now == *was));
+            let unchanged_reverse = over.reverse.as_ref().is_none_or(|(key, was)| {
+                // Odd: the data plane is writing a new flow into it right now.
+                was.generation % 2 == 0 && snat.get(key, 0).is_ok_and(|now| now == *was)
+            });
             let unchanged_forward = over
                 .forward
                 .as_ref()
