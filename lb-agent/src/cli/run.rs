@@ -162,10 +162,12 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let limits = api::ServerLimits::of(&cfg.agent);
         let mut servers = vec![tokio::spawn(api::serve(
             tokio::net::UnixListener::from_std(listener)?,
             agent.clone(),
             api::Access::Local,
+            limits,
             shutdown.clone(),
         ))];
         if let Some(address) = cfg.agent.api_listen {
@@ -174,14 +176,19 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("binding the API to {address}"))?;
             let token = api_token.clone().context("no API token")?;
             tracing::info!(%address, "control API on TCP (bearer token required)");
-            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::Token(token), shutdown.clone())));
+            if !address.ip().is_loopback() {
+                // There is no TLS on this server: the token and every answer cross the
+                // network in the clear.
+                tracing::warn!(%address, "the control API serves a bearer token over plain HTTP on a non-loopback address: anyone on the path can read the token; bind it to loopback and reach it through an SSH tunnel or a TLS proxy");
+            }
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::Token(token), limits, shutdown.clone())));
         }
         if let Some(address) = cfg.agent.metrics_listen {
             let tcp = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("binding /metrics to {address}"))?;
             tracing::info!(%address, "metrics on TCP");
-            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, shutdown.clone())));
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, limits, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -53,7 +53,21 @@ pub struct AgentConfig {
     /// the targets' TIME_WAIT, so a port is not reused while they remember it).
     #[serde(deserialize_with = "duration::deserialize")]
     pub closed_timeout: Duration,
+    /// The control API's and the metrics address's servers: a connection must send a whole
+    /// request head within this of connecting or of its previous answer (1s..=300s, default
+    /// 10s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub api_header_timeout: Duration,
+    /// The same servers close a connection that moves no byte for this long while none of its
+    /// requests is being answered, and refuse a request body that takes longer (1s..=3600s,
+    /// default 60s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub api_idle_timeout: Duration,
+    /// Connections each of those servers holds at once (control socket, `api_listen`,
+    /// `metrics_listen`); one more is closed as soon as it is accepted (1..=16384, default 256).
+    pub api_max_connections: usize,
 }
+
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -70,6 +84,9 @@ impl Default for AgentConfig {
             tcp_idle_timeout: Duration::from_secs(350),
             udp_idle_timeout: Duration::from_secs(120),
             closed_timeout: Duration::from_secs(60),
+            api_header_timeout: Duration::from_secs(10),
+            api_idle_timeout: Duration::from_secs(60),
+            api_max_connections: 256,
         }
     }
 }

@@ -219,6 +219,8 @@ impl Config {
             ("tcp_idle_timeout", agent.tcp_idle_timeout, 60, 6000),
             ("udp_idle_timeout", agent.udp_idle_timeout, 10, 3600),
             ("closed_timeout", agent.closed_timeout, 1, 600),
+            ("api_header_timeout", agent.api_header_timeout, 1, 300),
+            ("api_idle_timeout", agent.api_idle_timeout, 1, 3600),
         ] {
             check_duration(
                 p,
@@ -226,6 +228,15 @@ impl Config {
                 d,
                 Duration::from_secs(min),
                 Duration::from_secs(max),
+            );
+        }
+        if !(1..=16384).contains(&agent.api_max_connections) {
+            p.add(
+                "agent.api_max_connections",
+                format!(
+                    "{} is out of range 1..=16384 (each held connection is a descriptor)",
+                    agent.api_max_connections
+                ),
             );
         }
         let (lo, hi) = agent.snat_port_range;
