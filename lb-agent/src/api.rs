@@ -44,6 +44,11 @@ pub enum BindError {
     /// Another agent already serves this socket.
     #[error("another agent is already running on {0}; stop it or use another --socket")]
     InUse(std::path::PathBuf),
+    /// Something other than a socket is at the path: the agent deletes only stale sockets.
+    #[error(
+        "{0} exists and is not a socket; the agent replaces only a stale socket there: move the file away or choose another --socket"
+    )]
+    NotASocket(std::path::PathBuf),
     /// The socket file or its directory could not be made.
     #[error("binding the control socket {path}: {source}")]
     Io {
@@ -53,13 +58,19 @@ pub enum BindError {
     },
 }
 
-/// Binds the control socket: refuses if another agent answers on it, replaces a stale file.
+/// Binds the control socket: refuses if another agent answers on it or if the path holds
+/// something other than a socket, replaces a stale socket.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, BindError> {
+    use std::os::unix::fs::FileTypeExt as _;
     let io = |source| BindError::Io {
         path: path.to_owned(),
         source,
     };
-    if path.exists() {
+    // Not followed: a symlink there is not a socket either.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.to_owned()));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BindError::InUse(path.to_owned()));
         }
@@ -424,6 +435,23 @@ mod tests {
             .collect();
         routes.sort();
         assert_eq!(documented, routes);
+    }
+
+    #[test]
+    fn binding_refuses_to_replace_a_file_that_is_not_a_socket() {
+        let dir = std::env::temp_dir().join(format!("lb-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "precious").expect("file");
+        let refused = bind(&path).expect_err("a regular file is no socket");
+        assert!(matches!(refused, BindError::NotASocket(_)), "{refused}");
+        assert!(refused.to_string().contains("is not a socket"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+        // A stale socket (nobody answers) is replaced.
+        let socket = dir.join("agent.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+        bind(&socket).expect("a stale socket is replaced");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

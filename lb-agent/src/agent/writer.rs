@@ -440,11 +440,9 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
     Ok(config)
 }
 
-/// Writes `text` to a new file beside `path` and renames it over `path`.
+/// Replaces the config file durably, keeping its mode and owner.
 fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("toml.{}.new", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::json_file::replace(path, text.as_bytes())
 }
 
 /// The API's answer to a refused change.
