@@ -132,7 +132,11 @@ fn read(
         Request::Stats => Answer::Stats(state.stats(reader).map_err(internal)?),
         Request::Flows { limit } => {
             let mut flows = state.flows(reader).map_err(internal)?;
-            flows.truncate(limit.unwrap_or(usize::MAX));
+            flows.truncate(match limit {
+                None => crate::protocol::DEFAULT_FLOWS_LIMIT,
+                Some(0) => usize::MAX,
+                Some(n) => n,
+            });
             Answer::Flows(flows)
         }
         Request::Listeners => Answer::Listeners(state.stats(reader).map_err(internal)?.listeners),
