@@ -219,3 +219,96 @@ default_action = {{ forward = "echo" }}
         .expect("curl /metrics");
     assert!(out.contains("lb_conntrack_entries"), "{out}");
 }
+
+/// `lb-agent run ARGS` in the lab's load-balancer namespace, pinned in the lab's BPF
+/// filesystem; it must fail: its stderr.
+fn failed_start(lab: &Lab, ifaces: &[&str]) -> String {
+    let binary = agent_binary();
+    let config = config_path(lab);
+    let socket = lab.log_dir().join("failed.sock");
+    let pin_dir = pin_dir(lab);
+    let mut args = vec![
+        binary.to_str().expect("UTF-8"),
+        "run",
+        "--config",
+        config.to_str().expect("UTF-8"),
+        "--socket",
+        socket.to_str().expect("UTF-8"),
+        "--pin-dir",
+        pin_dir.to_str().expect("UTF-8"),
+    ];
+    for iface in ifaces {
+        args.extend(["--iface", iface]);
+    }
+    match lab.run_with_timeout(lab.lb(), &args, Duration::from_secs(60)) {
+        Ok(out) => panic!("lb-agent run {ifaces:?} started: {out}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn pin_dir(lab: &Lab) -> std::path::PathBuf {
+    lab.bpffs().expect("bpffs").join("lb-agent")
+}
+
+/// What is pinned below the lab's pin directory.
+fn pinned(lab: &Lab) -> Vec<String> {
+    let mut found = Vec::new();
+    for sub in ["maps", "links"] {
+        let dir = pin_dir(lab).join(sub);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            found.push(format!("{sub}/{}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_start_that_fails_leaves_nothing_pinned_and_names_a_missing_interface() {
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name("fs"),
+        backends: 1,
+    })
+    .expect("lab");
+    std::fs::write(
+        config_path(&lab),
+        r#"
+[[target_group]]
+name = "echo"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[listener]]
+name = "echo"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "echo" }
+"#,
+    )
+    .expect("config");
+
+    let said = failed_start(&lab, &["eth9"]);
+    assert!(said.contains("interface eth9 does not exist"), "{said}");
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+
+    // An interface without an IPv4 address: no full-NAT source for the IPv4 listener, which
+    // the start finds only after loading (and pinning) the maps.
+    // (A veth pair inside the namespace, which the lab removes with it.)
+    lab.run(
+        lab.lb(),
+        &["ip", "link", "add", "noip0", "type", "veth", "peer", "name", "noip1"],
+    )
+    .expect("an interface without addresses");
+    for dev in ["noip0", "noip1"] {
+        lab.run(lab.lb(), &["ip", "link", "set", dev, "up"])
+            .expect("up");
+    }
+    let said = failed_start(&lab, &["noip0"]);
+    assert!(said.contains("no IPv4 full-NAT source address"), "{said}");
+    assert_eq!(pinned(&lab), Vec::<String>::new(), "after: {said}");
+
+    // The next start begins afresh: nothing to adopt.
+    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("agent");
+    assert!(!agent.status().adopted, "{:?}", agent.status());
+}

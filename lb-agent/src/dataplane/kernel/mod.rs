@@ -53,7 +53,7 @@ pub enum DataplaneError {
         source: Box<aya::maps::MapError>,
     },
     /// The interface does not exist.
-    #[error("interface `{0}` not found")]
+    #[error("interface {0} does not exist")]
     NoInterface(String),
     /// Neither native nor generic XDP could be attached.
     #[error("attaching XDP to `{iface}` failed: native: {native}; generic: {generic}")]
