@@ -312,3 +312,21 @@ default_action = { forward = "echo" }
     let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("agent");
     assert!(!agent.status().adopted, "{:?}", agent.status());
 }
+
+#[test]
+fn an_agent_on_a_veth_warns_about_the_senders_checksum_offload() {
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name("veth"),
+        backends: 1,
+    })
+    .expect("lab");
+    std::fs::write(config_path(&lab), "").expect("config");
+    // The lab's eth0 is a veth.
+    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("agent");
+    let log = lab.log(agent.pid()).expect("log");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("\"WARN\"") && l.contains("a veth"))
+        .unwrap_or_else(|| panic!("no veth warning in:\n{log}"));
+    assert!(warning.contains("ethtool -K DEV tx off"), "{warning}");
+}

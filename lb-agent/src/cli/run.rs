@@ -265,6 +265,14 @@ fn program_and_attach(
             );
         }
         modes.push(mode);
+        if dataplane::interface_driver(iface).as_deref() == Some("veth") {
+            // Senders on veth hand over checksums still to be computed (TX checksum offload,
+            // on by default); XDP forwards them so, and the targets drop every packet.
+            tracing::warn!(
+                iface,
+                "a veth: with TX checksum offload on (the default) on the senders' veths, every balanced connection fails silently (SYNs forwarded, no replies); on each client's and target's veth run `ethtool -K DEV tx off` (the peers of this one included); real NICs are not affected"
+            );
+        }
     }
     for iface in dataplane.drop_other_links(ifaces)? {
         tracing::info!(iface, "detached from an interface this run does not serve");

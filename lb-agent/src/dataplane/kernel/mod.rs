@@ -5,7 +5,7 @@
 mod attach;
 mod batch;
 
-pub use attach::enable_forwarding;
+pub use attach::{enable_forwarding, interface_driver};
 use batch::{lookup_batch, update_batch};
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
