@@ -9,8 +9,7 @@
 mod connections;
 
 use std::{
-    convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc,
-    time::Duration,
+    convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration,
 };
 
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -337,8 +336,10 @@ pub async fn serve<L>(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
-            let connection =
-                http.serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), service);
+            let connection = http.serve_connection(
+                TokioIo::new(Watched::new(stream, activity.clone())),
+                service,
+            );
             connections::drive(connection, &activity, limits.idle_timeout, stopped).await;
         });
     }

@@ -43,8 +43,8 @@ pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let written = write_synced(&tmp, contents, old.as_ref())
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let written =
+        write_synced(&tmp, contents, old.as_ref()).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -58,7 +58,11 @@ pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes a new file at `tmp` with `old`'s mode and owner, and syncs it.
-fn write_synced(tmp: &Path, contents: &[u8], old: Option<&std::fs::Metadata>) -> std::io::Result<()> {
+fn write_synced(
+    tmp: &Path,
+    contents: &[u8],
+    old: Option<&std::fs::Metadata>,
+) -> std::io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     if old.is_some() {
@@ -114,7 +118,10 @@ mod tests {
         let path = dir.join("x.json");
         save(&vec![1, 2, 3], &path).expect("save");
         assert_eq!(load::<Vec<u32>>(&path).expect("load"), [1, 2, 3]);
-        assert_eq!(load::<Vec<u32>>(&dir.join("absent.json")).expect("absent"), Vec::<u32>::new());
+        assert_eq!(
+            load::<Vec<u32>>(&dir.join("absent.json")).expect("absent"),
+            Vec::<u32>::new()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -58,7 +58,7 @@ print("open", len(socks), flush=True)
 
 #[test]
 fn idle_sockets_on_the_api_and_metrics_ports_delay_neither_health_checks_nor_changes_and_are_closed()
-{
+ {
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name("idle"),
         backends: 3,
@@ -106,11 +106,8 @@ default_action = {{ forward = "echo" }}
     // A service's usual soft limit (systemd's default LimitNOFILE is 1024): the idle sockets
     // would take every descriptor the agent has if it held them all.
     let pid = agent.pid().to_string();
-    lab.run(
-        lab.lb(),
-        &["prlimit", "--pid", &pid, "--nofile=1024:1024"],
-    )
-    .expect("prlimit");
+    lab.run(lab.lb(), &["prlimit", "--pid", &pid, "--nofile=1024:1024"])
+        .expect("prlimit");
 
     // Every socket is opened after this, so all are held until at least this + the timeout.
     let held_since = Instant::now();
@@ -183,7 +180,10 @@ default_action = {{ forward = "echo" }}
             let mut words = l.split_whitespace();
             (words.next() == Some("closed")).then(|| {
                 let port = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-                let at = words.next().and_then(|w| w.parse().ok()).unwrap_or(f64::MAX);
+                let at = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(f64::MAX);
                 (port, at, words.next() == Some("data"))
             })
         })
@@ -297,7 +297,9 @@ default_action = { forward = "echo" }
     // (A veth pair inside the namespace, which the lab removes with it.)
     lab.run(
         lab.lb(),
-        &["ip", "link", "add", "noip0", "type", "veth", "peer", "name", "noip1"],
+        &[
+            "ip", "link", "add", "noip0", "type", "veth", "peer", "name", "noip1",
+        ],
     )
     .expect("an interface without addresses");
     for dev in ["noip0", "noip1"] {

@@ -94,8 +94,5 @@ fn the_systemd_unit_lets_the_agent_rewrite_its_config_and_hold_its_connections()
         .filter_map(|v| v.split(':').next()?.parse().ok())
         .collect();
     // Three servers of 256 connections each, health checks, the agent's own descriptors.
-    assert!(
-        nofile.iter().any(|n| *n >= 4096),
-        "LimitNOFILE={nofile:?}"
-    );
+    assert!(nofile.iter().any(|n| *n >= 4096), "LimitNOFILE={nofile:?}");
 }

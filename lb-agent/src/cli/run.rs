@@ -104,8 +104,12 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             // it had served. An adopted data plane was serving before: it stays.
             if !dataplane.adopted() {
                 match dataplane.detach() {
-                    Ok(()) => tracing::info!(pin_dir = %pin_dir.display(), "the start failed: removed what it had pinned"),
-                    Err(d) => tracing::warn!(pin_dir = %pin_dir.display(), error = %d, "the start failed and its pins could not be removed; `lb-agent detach` removes them"),
+                    Ok(()) => {
+                        tracing::info!(pin_dir = %pin_dir.display(), "the start failed: removed what it had pinned")
+                    }
+                    Err(d) => {
+                        tracing::warn!(pin_dir = %pin_dir.display(), error = %d, "the start failed and its pins could not be removed; `lb-agent detach` removes them")
+                    }
                 }
             }
             return Err(e);

@@ -68,7 +68,6 @@ pub struct AgentConfig {
     pub api_max_connections: usize,
 }
 
-
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
