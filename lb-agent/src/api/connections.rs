@@ -326,4 +326,56 @@ mod tests {
         // Closed 5 s after the answer, not 5 s after it began.
         assert_eq!(started.elapsed(), Duration::from_secs(17));
     }
+
+    /// hyper's header-read timeout, as the servers set it, also ends a keep-alive connection
+    /// that waits for its next request (what `api_header_timeout` documents).
+    #[tokio::test]
+    async fn a_keep_alive_connection_waiting_for_its_next_request_is_closed_after_the_header_timeout()
+     {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let header_timeout = Duration::from_millis(300);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let service = hyper::service::service_fn(|_| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    hyper::body::Bytes::from_static(b"ok"),
+                )))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let _ = http
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+        let mut client = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = [0u8; 1024];
+        let n = client.read(&mut answer).await.expect("answer");
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &answer[..n]
+        );
+        // Now idle, kept alive: the server must close it, after the timeout and not long after.
+        let answered = std::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut answer))
+            .await
+            .expect("closed within 5 s");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        let after = answered.elapsed();
+        assert!(
+            after >= header_timeout - Duration::from_millis(50),
+            "{after:?}"
+        );
+    }
 }
