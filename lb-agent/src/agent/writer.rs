@@ -152,8 +152,12 @@ impl<M: Maps + Detach> Writer<M> {
                 reply,
             } => {
                 let answer = self.write(request, if_match, now);
+                // Published before the answer goes: a read the asker sends next sees its
+                // change (saving the ids first takes an fsync's time).
+                self.publish();
                 // The asker may have gone (a client that hung up): the change stands.
                 let _ = reply.send(answer);
+                return;
             }
             Change::CheckResult { spec, result } => {
                 if let Err(e) = self.state.record_check(&mut self.maps, &spec, &result, now) {
