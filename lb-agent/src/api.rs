@@ -6,7 +6,11 @@
 //! Every answer carries the agent's state version in `ETag`; a write that sends `If-Match`
 //! with an older version is refused (412) instead of overwriting a change it did not see.
 
-use std::{convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
+mod connections;
+
+use std::{
+    convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration,
+};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{
@@ -15,8 +19,11 @@ use hyper::{
     header,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
+
+pub use connections::ServerLimits;
+use connections::{AcceptBackoff, Activity, ConnectionCap, Watched};
 
 use crate::{
     agent::Handle,
@@ -36,6 +43,11 @@ pub enum BindError {
     /// Another agent already serves this socket.
     #[error("another agent is already running on {0}; stop it or use another --socket")]
     InUse(std::path::PathBuf),
+    /// Something other than a socket is at the path: the agent deletes only stale sockets.
+    #[error(
+        "{0} exists and is not a socket; the agent replaces only a stale socket there: move the file away or choose another --socket"
+    )]
+    NotASocket(std::path::PathBuf),
     /// The socket file or its directory could not be made.
     #[error("binding the control socket {path}: {source}")]
     Io {
@@ -45,13 +57,19 @@ pub enum BindError {
     },
 }
 
-/// Binds the control socket: refuses if another agent answers on it, replaces a stale file.
+/// Binds the control socket: refuses if another agent answers on it or if the path holds
+/// something other than a socket, replaces a stale socket.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, BindError> {
+    use std::os::unix::fs::FileTypeExt as _;
     let io = |source| BindError::Io {
         path: path.to_owned(),
         source,
     };
-    if path.exists() {
+    // Not followed: a symlink there is not a socket either.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.to_owned()));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(BindError::InUse(path.to_owned()));
         }
@@ -79,7 +97,13 @@ pub enum Access {
 
 type Body = Full<Bytes>;
 
-fn answer(status: u16, content_type: &str, body: Vec<u8>, version: u64) -> hyper::Response<Body> {
+/// An answer; with the agent's state `version` in `ETag` if given.
+fn answer(
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+    version: Option<u64>,
+) -> hyper::Response<Body> {
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -87,13 +111,15 @@ fn answer(status: u16, content_type: &str, body: Vec<u8>, version: u64) -> hyper
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{version}\"")) {
+    if let Some(version) = version
+        && let Ok(v) = header::HeaderValue::from_str(&format!("\"{version}\""))
+    {
         headers.insert(header::ETAG, v);
     }
     response
 }
 
-fn error_answer(e: &ApiError, version: u64) -> hyper::Response<Body> {
+fn error_answer(e: &ApiError, version: Option<u64>) -> hyper::Response<Body> {
     let mut response = answer(e.status, "application/json", e.to_json(), version);
     if e.status == 401
         && let Ok(v) = header::HeaderValue::from_str("Bearer realm=\"lb-agent\"")
@@ -136,17 +162,34 @@ fn authorized(access: &Access, request: &hyper::Request<Incoming>) -> Result<(),
     }
 }
 
-/// Answers one HTTP request.
-async fn serve_one(
+/// What answering a request needs.
+struct Context {
     agent: Handle,
     access: Access,
     shutdown: watch::Sender<bool>,
+    scrapes: Arc<MetricsScrapes>,
+    /// A request body must arrive whole within this.
+    body_timeout: Duration,
+}
+
+/// Answers one HTTP request.
+async fn serve_one(
+    context: Context,
     request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Body>, Infallible> {
-    let version = agent.version();
+    let Context {
+        agent,
+        access,
+        shutdown,
+        scrapes,
+        body_timeout,
+    } = context;
+    // Before anything else, the agent's state included: a client without the token learns
+    // nothing (not even the version) and costs nothing.
     if let Err(e) = authorized(&access, &request) {
-        return Ok(error_answer(&e, version));
+        return Ok(error_answer(&e, None));
     }
+    let version = Some(agent.version());
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
@@ -155,9 +198,19 @@ async fn serve_one(
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_matches('"').parse::<u64>());
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+    let body = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(body_timeout, body).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Err(_) => {
+            return Ok(error_answer(
+                &ApiError::new(
+                    408,
+                    format!("the request body did not arrive within {body_timeout:?}"),
+                ),
+                version,
+            ));
+        }
+        Ok(Err(e)) => {
             let status = if e.is::<http_body_util::LengthLimitError>() {
                 413
             } else {
@@ -190,7 +243,7 @@ async fn serve_one(
             ));
         }
         Ok(Endpoint::Metrics) => {
-            return Ok(match agent.metrics().await {
+            return Ok(match scrapes.text(&agent).await {
                 Ok(text) => answer(200, metrics::CONTENT_TYPE, text.into_bytes(), version),
                 Err(e) => error_answer(&e, version),
             });
@@ -199,7 +252,7 @@ async fn serve_one(
     };
     let detach = matches!(request, Request::Detach);
     let answered = agent.call(request, if_match).await;
-    let version = agent.version();
+    let version = Some(agent.version());
     Ok(
         match answered.and_then(|a| {
             a.to_json()
@@ -216,35 +269,106 @@ async fn serve_one(
     )
 }
 
-/// Serves HTTP on `listener` until `shutdown` turns true (a detach turns it true itself).
-pub async fn serve<L>(listener: L, agent: Handle, access: Access, shutdown: watch::Sender<bool>)
-where
+/// Serves HTTP on `listener` within `limits` until `shutdown` turns true (a detach turns it
+/// true itself); `server` names it in logs.
+pub async fn serve<L>(
+    listener: L,
+    agent: Handle,
+    access: Access,
+    limits: ServerLimits,
+    shutdown: watch::Sender<bool>,
+) where
     L: Accept,
 {
+    let server = listener.describe();
+    let cap = ConnectionCap::new(limits.max_connections);
+    let scrapes = Arc::new(MetricsScrapes::default());
+    let mut backoff = AcceptBackoff::default();
     let mut stop = shutdown.subscribe();
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.changed() => return,
-            accepted = listener.accept_one() => match accepted {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.accept_one() => accepted,
         };
-        let (agent, access, shutdown) = (agent.clone(), access.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                serve_one(agent.clone(), access.clone(), shutdown.clone(), request)
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "API connection ended with an error");
+        let stream = match accepted {
+            Ok(stream) => {
+                backoff.succeeded();
+                stream
             }
+            Err(e) => {
+                let pause = backoff.failed(&e, &server);
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        // Over the cap the connection is closed at once (dropped): it costs nothing more.
+        let Some(permit) = cap.admit(&server) else {
+            continue;
+        };
+        let (agent, access, shutdown, scrapes) = (
+            agent.clone(),
+            access.clone(),
+            shutdown.clone(),
+            scrapes.clone(),
+        );
+        let stopped = shutdown.subscribe();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let activity = Activity::new();
+            let service_activity = activity.clone();
+            let service = service_fn(move |request| {
+                let busy = service_activity.busy();
+                let context = Context {
+                    agent: agent.clone(),
+                    access: access.clone(),
+                    shutdown: shutdown.clone(),
+                    scrapes: scrapes.clone(),
+                    body_timeout: limits.idle_timeout,
+                };
+                async move {
+                    let answer = serve_one(context, request).await;
+                    drop(busy);
+                    answer
+                }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection = http.serve_connection(
+                TokioIo::new(Watched::new(stream, activity.clone())),
+                service,
+            );
+            connections::drive(connection, &activity, limits.idle_timeout, stopped).await;
         });
+    }
+}
+
+/// Scrapes of `/metrics` render one at a time, and share: the scrapes that arrive while one
+/// renders wait, and the next rendering answers them all (it began after they arrived, so
+/// none sees state older than its own request). A flood of scrapes (the metrics address
+/// needs no token) costs one connection-table walk at a time, never one per scrape.
+#[derive(Default)]
+struct MetricsScrapes {
+    /// The last text and when its rendering started.
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
+}
+
+impl MetricsScrapes {
+    async fn text(&self, agent: &Handle) -> Result<String, ApiError> {
+        let arrived = tokio::time::Instant::now();
+        let mut last = self.last.lock().await;
+        // A rendering that began after this scrape arrived shows nothing older than it.
+        if let Some((started, text)) = &*last
+            && *started >= arrived
+        {
+            return Ok(text.clone());
+        }
+        let started = tokio::time::Instant::now();
+        let text = agent.metrics().await?;
+        *last = Some((started, text.clone()));
+        Ok(text)
     }
 }
 
@@ -253,6 +377,8 @@ pub trait Accept {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
     fn accept_one(&self)
     -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+    /// The address, for logs.
+    fn describe(&self) -> String;
 }
 
 impl Accept for tokio::net::UnixListener {
@@ -260,12 +386,22 @@ impl Accept for tokio::net::UnixListener {
     async fn accept_one(&self) -> std::io::Result<Self::Stream> {
         self.accept().await.map(|(s, _)| s)
     }
+    fn describe(&self) -> String {
+        self.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "the control socket".to_owned())
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
     async fn accept_one(&self) -> std::io::Result<Self::Stream> {
         self.accept().await.map(|(s, _)| s)
+    }
+    fn describe(&self) -> String {
+        self.local_addr()
+            .map_or_else(|_| "a TCP address".to_owned(), |a| a.to_string())
     }
 }
 
@@ -300,6 +436,23 @@ mod tests {
             .collect();
         routes.sort();
         assert_eq!(documented, routes);
+    }
+
+    #[test]
+    fn binding_refuses_to_replace_a_file_that_is_not_a_socket() {
+        let dir = std::env::temp_dir().join(format!("lb-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "precious").expect("file");
+        let refused = bind(&path).expect_err("a regular file is no socket");
+        assert!(matches!(refused, BindError::NotASocket(_)), "{refused}");
+        assert!(refused.to_string().contains("is not a socket"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+        // A stale socket (nobody answers) is replaced.
+        let socket = dir.join("agent.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+        bind(&socket).expect("a stale socket is replaced");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

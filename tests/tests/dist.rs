@@ -67,3 +67,32 @@ fn the_systemd_unit_stops_reloads_restarts_and_holds_only_the_capabilities_neede
         "{start}"
     );
 }
+
+#[test]
+fn the_systemd_unit_lets_the_agent_rewrite_its_config_and_hold_its_connections() {
+    let unit = unit_text();
+    let start = values(&unit, "ExecStart").join(" ");
+    let config = start
+        .split_whitespace()
+        .skip_while(|w| *w != "--config")
+        .nth(1)
+        .expect("ExecStart names --config");
+    let config_dir = std::path::Path::new(config).parent().expect("a directory");
+    let writable: Vec<&str> = values(&unit, "ReadWritePaths")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .collect();
+    assert!(
+        writable
+            .iter()
+            .any(|w| config_dir.starts_with(w.trim_start_matches('-'))),
+        "PUT /v1/config writes {config} under ProtectSystem={:?}; ReadWritePaths={writable:?}",
+        values(&unit, "ProtectSystem")
+    );
+    let nofile: Vec<u64> = values(&unit, "LimitNOFILE")
+        .iter()
+        .filter_map(|v| v.split(':').next()?.parse().ok())
+        .collect();
+    // Three servers of 256 connections each, health checks, the agent's own descriptors.
+    assert!(nofile.iter().any(|n| *n >= 4096), "LimitNOFILE={nofile:?}");
+}

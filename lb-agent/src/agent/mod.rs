@@ -133,7 +133,11 @@ fn read(
         Request::Stats => Answer::Stats(state.stats(reader).map_err(internal)?),
         Request::Flows { limit } => {
             let mut flows = state.flows(reader).map_err(internal)?;
-            flows.truncate(limit.unwrap_or(usize::MAX));
+            flows.truncate(match limit {
+                None => crate::protocol::DEFAULT_FLOWS_LIMIT,
+                Some(0) => usize::MAX,
+                Some(n) => n,
+            });
             Answer::Flows(flows)
         }
         Request::Listeners => Answer::Listeners(state.stats(reader).map_err(internal)?.listeners),
@@ -210,4 +214,86 @@ fn read(
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use lb_common::{Flow, FlowKey};
+
+    use super::*;
+    use crate::{
+        dataplane::memory::MemoryMaps,
+        overrides::Overrides,
+        state::{Ids, State},
+    };
+
+    /// A snapshot of a config with one listener, and maps holding `flows` flows.
+    fn with_flows(flows: u16) -> (Snapshot, MemoryMaps) {
+        let config = Config::parse(
+            r#"
+[agent]
+snat_addresses = ["198.18.0.1"]
+[[target_group]]
+name = "web"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+[[listener]]
+name = "web"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "web" }
+"#,
+            "t.toml",
+        )
+        .expect("config");
+        let mut maps = MemoryMaps::new(251, 8);
+        let snat = config.agent.snat_addresses.clone();
+        let state = State::apply(&config, &snat, &mut maps, &Ids::default(), Instant::now())
+            .expect("state");
+        maps.flows = (0..flows)
+            .map(|port| {
+                let key = FlowKey {
+                    sport: port.to_be(),
+                    ..FlowKey::default()
+                };
+                (key, Flow::default())
+            })
+            .collect();
+        let snapshot = Snapshot {
+            state,
+            version: 1,
+            overrides: Overrides::default(),
+            source: None,
+        };
+        (snapshot, maps)
+    }
+
+    fn flows(snapshot: &Snapshot, maps: &MemoryMaps, limit: Option<usize>) -> usize {
+        let info = AgentInfo {
+            started: SystemTime::now(),
+            pin_dir: None,
+            adopted: false,
+            interfaces: Vec::new(),
+        };
+        match read(snapshot, maps, &info, Request::Flows { limit }) {
+            Ok(Answer::Flows(list)) => list.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flows_answer_a_thousand_unless_asked_for_more_or_all() {
+        let (snapshot, maps) = with_flows(1500);
+        assert_eq!(
+            flows(&snapshot, &maps, None),
+            crate::protocol::DEFAULT_FLOWS_LIMIT
+        );
+        assert_eq!(flows(&snapshot, &maps, Some(1200)), 1200);
+        assert_eq!(flows(&snapshot, &maps, Some(0)), 1500);
+        assert_eq!(flows(&snapshot, &maps, Some(5)), 5);
+    }
 }

@@ -152,8 +152,12 @@ impl<M: Maps + Detach> Writer<M> {
                 reply,
             } => {
                 let answer = self.write(request, if_match, now);
+                // Published before the answer goes: a read the asker sends next sees its
+                // change (saving the ids first takes an fsync's time).
+                self.publish();
                 // The asker may have gone (a client that hung up): the change stands.
                 let _ = reply.send(answer);
+                return;
             }
             Change::CheckResult { spec, result } => {
                 if let Err(e) = self.state.record_check(&mut self.maps, &spec, &result, now) {
@@ -440,11 +444,9 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
     Ok(config)
 }
 
-/// Writes `text` to a new file beside `path` and renames it over `path`.
+/// Replaces the config file durably, keeping its mode and owner.
 fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("toml.{}.new", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::json_file::replace(path, text.as_bytes())
 }
 
 /// The API's answer to a refused change.

@@ -83,9 +83,9 @@ pub enum Command {
     Flows {
         #[arg(long)]
         json: bool,
-        /// At most this many (the table can hold a million).
-        #[arg(long)]
-        limit: Option<usize>,
+        /// At most this many (the table can hold a million); 0: all of them.
+        #[arg(long, default_value_t = lb_agent::protocol::DEFAULT_FLOWS_LIMIT)]
+        limit: usize,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },

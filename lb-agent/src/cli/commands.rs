@@ -215,8 +215,15 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn flows(socket: &Path, json: bool, limit: Option<usize>) -> anyhow::Result<()> {
-    let list = call!(socket, Request::Flows { limit }, Flows);
+/// Prints at most `limit` flows (0: all), and says so on stderr when there are more.
+pub fn flows(socket: &Path, json: bool, limit: usize) -> anyhow::Result<()> {
+    // One more than shown tells whether the list was cut.
+    let asked = (limit != 0).then(|| limit.saturating_add(1));
+    let mut list = call!(socket, Request::Flows { limit: asked }, Flows);
+    if limit != 0 && list.len() > limit {
+        list.truncate(limit);
+        eprintln!("showing the first {limit} flows of more; --limit N for more, --limit 0 for all");
+    }
     if json {
         return print_json(&list);
     }

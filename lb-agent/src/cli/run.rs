@@ -58,6 +58,10 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .cloned()
         .context("no interface: set agent.interface in the config or pass --iface")?;
     let socket = socket.unwrap_or_else(|| cfg.agent.control_socket.clone());
+    // Whatever can fail is checked before anything is pinned (see below).
+    for iface in &ifaces {
+        check_interface(iface)?;
+    }
     let addresses = node::addresses()?;
     let snat = node::snat_addresses(&cfg, &addresses, &iface);
     for ip in &snat {
@@ -74,8 +78,18 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     // One agent per pin directory: its lock is held until this process ends, however it ends.
     let pin_dir = pin_dir.unwrap_or_else(|| cfg.agent.pin_dir.clone());
     let pins = PinDir::open(&pin_dir)?;
-    // Refuse before touching anything if another agent serves the socket.
+    // Refuse before touching anything if another agent serves the socket or an address.
     let listener = api::bind(&socket)?;
+    let api_tcp = cfg
+        .agent
+        .api_listen
+        .map(|address| bind_tcp(address, "the API"))
+        .transpose()?;
+    let metrics_tcp = cfg
+        .agent
+        .metrics_listen
+        .map(|address| bind_tcp(address, "/metrics"))
+        .transpose()?;
     let mut dataplane = Dataplane::load_pinned(
         cfg.agent.maglev_table_size,
         group_capacity,
@@ -87,35 +101,25 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the data plane an earlier agent left pinned: its connection table is kept");
     }
     let ids_file = Ids::path_beside(&state_file);
-    // Adopted maps carry the earlier agent's ids in their flows and counters.
-    let ids = if dataplane.adopted() {
-        Ids::load(&ids_file)?
-    } else {
-        Ids::default()
+    let started = program_and_attach(&cfg, &snat, &ifaces, &ids_file, &mut dataplane);
+    let (state, modes) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // A start that fails leaves nothing pinned that the next start would adopt as if
+            // it had served. An adopted data plane was serving before: it stays.
+            if !dataplane.adopted() {
+                match dataplane.detach() {
+                    Ok(()) => {
+                        tracing::info!(pin_dir = %pin_dir.display(), "the start failed: removed what it had pinned")
+                    }
+                    Err(d) => {
+                        tracing::warn!(pin_dir = %pin_dir.display(), error = %d, "the start failed and its pins could not be removed; `lb-agent detach` removes them")
+                    }
+                }
+            }
+            return Err(e);
+        }
     };
-    let state = State::apply(&cfg, &snat, &mut dataplane, &ids, Instant::now())
-        .context("programming the data plane")?;
-    // Once per address: a target on many ports, or in many groups, has one next hop.
-    neighbor::keep_all_resolved_blocking(cfg.target_addresses());
-    let mut modes = Vec::new();
-    for iface in &ifaces {
-        let changed = dataplane::enable_forwarding(iface)
-            .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
-        if !changed.is_empty() {
-            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
-        }
-        let (mode, taken_over) = dataplane.attach(iface)?;
-        if taken_over {
-            tracing::info!(
-                iface,
-                "took over the pinned attachment: the new program replaced the old one without a gap"
-            );
-        }
-        modes.push(mode);
-    }
-    for iface in dataplane.drop_other_links(&ifaces)? {
-        tracing::info!(iface, "detached from an interface this run does not serve");
-    }
     tracing::info!(
         ifaces = ?ifaces,
         modes = ?modes,
@@ -175,26 +179,31 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let limits = api::ServerLimits::of(&cfg.agent);
         let mut servers = vec![tokio::spawn(api::serve(
             tokio::net::UnixListener::from_std(listener)?,
             agent.clone(),
             api::Access::Local,
+            limits,
             shutdown.clone(),
         ))];
-        if let Some(address) = cfg.agent.api_listen {
-            let tcp = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding the API to {address}"))?;
+        if let Some(tcp) = api_tcp {
+            let address = tcp.local_addr()?;
+            let tcp = tokio::net::TcpListener::from_std(tcp)?;
             let token = api_token.clone().context("no API token")?;
             tracing::info!(%address, "control API on TCP (bearer token required)");
-            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::Token(token), shutdown.clone())));
+            if !address.ip().is_loopback() {
+                // There is no TLS on this server: the token and every answer cross the
+                // network in the clear.
+                tracing::warn!(%address, "the control API serves a bearer token over plain HTTP on a non-loopback address: anyone on the path can read the token; bind it to loopback and reach it through an SSH tunnel or a TLS proxy");
+            }
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::Token(token), limits, shutdown.clone())));
         }
-        if let Some(address) = cfg.agent.metrics_listen {
-            let tcp = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding /metrics to {address}"))?;
+        if let Some(tcp) = metrics_tcp {
+            let address = tcp.local_addr()?;
+            let tcp = tokio::net::TcpListener::from_std(tcp)?;
             tracing::info!(%address, "metrics on TCP");
-            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, shutdown.clone())));
+            servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, limits, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -239,6 +248,77 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it");
     }
     Ok(())
+}
+
+/// Programs the data plane for `cfg` and attaches it to `ifaces`: the steps of a start after
+/// loading, any of which may fail. Returns the state and the attach modes.
+fn program_and_attach(
+    cfg: &Config,
+    snat: &[std::net::IpAddr],
+    ifaces: &[String],
+    ids_file: &Path,
+    dataplane: &mut Dataplane,
+) -> anyhow::Result<(State, Vec<dataplane::AttachMode>)> {
+    // Adopted maps carry the earlier agent's ids in their flows and counters.
+    let ids = if dataplane.adopted() {
+        Ids::load(ids_file)?
+    } else {
+        Ids::default()
+    };
+    let state = State::apply(cfg, snat, dataplane, &ids, Instant::now())
+        .context("programming the data plane")?;
+    // Once per address: a target on many ports, or in many groups, has one next hop.
+    neighbor::keep_all_resolved_blocking(cfg.target_addresses());
+    let mut modes = Vec::new();
+    for iface in ifaces {
+        let changed = dataplane::enable_forwarding(iface)
+            .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
+        if !changed.is_empty() {
+            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+        }
+        let (mode, taken_over) = dataplane.attach(iface)?;
+        if taken_over {
+            tracing::info!(
+                iface,
+                "took over the pinned attachment: the new program replaced the old one without a gap"
+            );
+        }
+        modes.push(mode);
+        if dataplane::interface_driver(iface).as_deref() == Some("veth") {
+            // Senders on veth hand over checksums still to be computed (TX checksum offload,
+            // on by default); XDP forwards them so, and the targets drop every packet.
+            tracing::warn!(
+                iface,
+                "a veth: with TX checksum offload on (the default) on the senders' veths, every balanced connection fails silently (SYNs forwarded, no replies); on each client's and target's veth run `ethtool -K DEV tx off` (the peers of this one included); real NICs are not affected"
+            );
+        }
+    }
+    for iface in dataplane.drop_other_links(ifaces)? {
+        tracing::info!(iface, "detached from an interface this run does not serve");
+    }
+    Ok((state, modes))
+}
+
+/// Refuses an interface this network namespace does not have, by that name.
+fn check_interface(iface: &str) -> anyhow::Result<()> {
+    let exists = std::ffi::CString::new(iface)
+        // SAFETY: a NUL-terminated string.
+        .is_ok_and(|name| unsafe { libc::if_nametoindex(name.as_ptr()) } != 0);
+    anyhow::ensure!(
+        exists,
+        "interface {iface} does not exist (in this network namespace); `ip link` lists those that do"
+    );
+    Ok(())
+}
+
+/// Binds a TCP server's address now, before anything is pinned, so that a taken address
+/// fails the start cleanly.
+fn bind_tcp(address: std::net::SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {
+    let tcp = std::net::TcpListener::bind(address)
+        .with_context(|| format!("binding {what} to {address}"))?;
+    tcp.set_nonblocking(true)
+        .with_context(|| format!("binding {what} to {address}"))?;
+    Ok(tcp)
 }
 
 /// The TCP API's bearer token: `LB_AGENT_API_TOKEN`, else the token file; never the command

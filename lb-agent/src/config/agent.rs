@@ -66,6 +66,19 @@ pub struct AgentConfig {
     /// Flows the connection table holds (1024..=16777216, default 1048576), on any number of
     /// CPUs; a full table drops new flows (`drop_map_full`), never an established one.
     pub connection_table_size: u32,
+    /// The control API's and the metrics address's servers: a connection must send a whole
+    /// request head within this of connecting or of its previous answer (1s..=300s, default
+    /// 10s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub api_header_timeout: Duration,
+    /// The same servers close a connection that moves no byte for this long while none of its
+    /// requests is being answered, and refuse a request body that takes longer (1s..=3600s,
+    /// default 60s).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub api_idle_timeout: Duration,
+    /// Connections each of those servers holds at once (control socket, `api_listen`,
+    /// `metrics_listen`); one more is closed as soon as it is accepted (1..=16384, default 256).
+    pub api_max_connections: usize,
 }
 
 impl Default for AgentConfig {
@@ -86,6 +99,9 @@ impl Default for AgentConfig {
             half_open_timeout: Duration::from_secs(10),
             new_flow_rate_limit: 20_000,
             connection_table_size: lb_common::CONNTRACK_SIZE,
+            api_header_timeout: Duration::from_secs(10),
+            api_idle_timeout: Duration::from_secs(60),
+            api_max_connections: 256,
         }
     }
 }

@@ -331,6 +331,26 @@ fn addresses_must_be_unicast_and_snat_one_per_family() {
     );
 }
 
+#[test]
+fn a_listener_on_a_snat_address_must_keep_its_port_out_of_the_snat_range() {
+    let on_snat = ConfigFile::good().set("listener[0]", "address", r#""198.18.0.1""#);
+    // Port 80 is below the range (1024-32767): no clash.
+    on_snat.config();
+    let e = on_snat.set("listener[0]", "port", "8080").errors();
+    assert_eq!(fields(&e), ["listener[0].port"], "{e:?}");
+    assert!(
+        e[0].message
+            .contains("inside agent.snat_port_range [1024, 32767]")
+            && e[0].message.contains("agent.snat_addresses[0]"),
+        "{}",
+        e[0]
+    );
+    // Another address may use any port.
+    ConfigFile::good()
+        .set("listener[0]", "port", "8080")
+        .config();
+}
+
 /// `good()` in IPv6: the SNAT address, targets and VIP from fd00:198:18::/48.
 fn good_v6() -> ConfigFile {
     ConfigFile::good()

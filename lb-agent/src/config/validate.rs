@@ -220,6 +220,8 @@ impl Config {
             ("udp_idle_timeout", agent.udp_idle_timeout, 10, 3600),
             ("closed_timeout", agent.closed_timeout, 1, 600),
             ("half_open_timeout", agent.half_open_timeout, 1, 600),
+            ("api_header_timeout", agent.api_header_timeout, 1, 300),
+            ("api_idle_timeout", agent.api_idle_timeout, 1, 3600),
         ] {
             check_duration(
                 p,
@@ -236,6 +238,15 @@ impl Config {
                 format!(
                     "{table} is out of range 1024..=16777216 flows (the default, 1048576, \
                      takes up to about 300 MB when full)"
+                ),
+            );
+        }
+        if !(1..=16384).contains(&agent.api_max_connections) {
+            p.add(
+                "agent.api_max_connections",
+                format!(
+                    "{} is out of range 1..=16384 (each held connection is a descriptor)",
+                    agent.api_max_connections
                 ),
             );
         }
@@ -383,6 +394,7 @@ impl Config {
                 );
             }
             check_unicast(p, format!("{at}.address"), l.address, "a listener");
+            self.check_listener_outside_snat_ports(p, &at, l);
             if l.port == 0 {
                 p.add(format!("{at}.port"), "port 0 is not a port: 1..=65535");
             }
@@ -547,6 +559,33 @@ impl Config {
             p.add(
                 format!("{path}.fixed_response.status_code"),
                 format!("{} is out of range 200..=599", r.status_code),
+            );
+        }
+    }
+
+    /// A listener on a full-NAT source address must not take a port the data plane may give
+    /// a flow as its source: the targets' replies to that flow and the listener's clients
+    /// would arrive at the same address and port, and one of them would go to the other.
+    fn check_listener_outside_snat_ports(&self, p: &mut Problems, at: &str, l: &Listener) {
+        let (lo, hi) = self.agent.snat_port_range;
+        let Some(si) = self
+            .agent
+            .snat_addresses
+            .iter()
+            .position(|s| s.to_canonical() == l.address.to_canonical())
+        else {
+            return;
+        };
+        if (lo..=hi).contains(&l.port) {
+            p.add(
+                format!("{at}.port"),
+                format!(
+                    "port {} is inside agent.snat_port_range [{lo}, {hi}] and {} is a full-NAT \
+                     source (agent.snat_addresses[{si}]): targets' replies to full-NAT flows \
+                     would meet this listener's clients on that port; move the port out of \
+                     the range, or the listener to another address",
+                    l.port, l.address
+                ),
             );
         }
     }

@@ -15,6 +15,7 @@ use lb_common::{
 
 pub use kernel::{
     AttachMode, Dataplane, DataplaneError, DataplaneReader, Sweeper, enable_forwarding,
+    interface_driver,
 };
 
 /// Results of map operations.

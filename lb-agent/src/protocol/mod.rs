@@ -17,6 +17,10 @@ pub use views::{
     TargetView,
 };
 
+/// Flows a `flows` request without a limit answers: a table of a million entries would be
+/// hundreds of megabytes of JSON.
+pub const DEFAULT_FLOWS_LIMIT: usize = 1000;
+
 /// A request to the running agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -51,7 +55,8 @@ pub enum Request {
     },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats,
-    /// The connection table (its first `limit` entries).
+    /// The connection table: its first `limit` entries; [`DEFAULT_FLOWS_LIMIT`] when absent,
+    /// all of them when 0.
     Flows { limit: Option<usize> },
     /// Read the config file again and apply what changed.
     Reload,

@@ -262,3 +262,63 @@ pub fn enable_forwarding(iface: &str) -> std::io::Result<Vec<String>> {
     }
     Ok(changed)
 }
+
+/// `ETHTOOL_GDRVINFO`: the driver's name and versions.
+const ETHTOOL_GDRVINFO: u32 = 0x3;
+
+/// `struct ethtool_drvinfo` (linux/ethtool.h).
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union (padded to the union's size).
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _union_rest: [u8; 16],
+}
+
+/// The driver of `iface` as `ethtool -i` names it (`veth`, `mlx5_core`, ...), if the kernel
+/// says.
+pub fn interface_driver(iface: &str) -> Option<String> {
+    let bytes = iface.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut request = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: (&raw mut info).cast(),
+        _union_rest: [0; 16],
+    };
+    request.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a socket only for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL reads the name and fills `info` through `data`, both live here.
+    let rc = unsafe { libc::ioctl(fd, 0x8946, &raw mut request) };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}

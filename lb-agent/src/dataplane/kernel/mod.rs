@@ -6,7 +6,7 @@ mod attach;
 mod batch;
 mod sweep;
 
-pub use attach::enable_forwarding;
+pub use attach::{enable_forwarding, interface_driver};
 use batch::{lookup_batch, update_batch};
 pub use sweep::Sweeper;
 
@@ -55,7 +55,7 @@ pub enum DataplaneError {
         source: Box<aya::maps::MapError>,
     },
     /// The interface does not exist.
-    #[error("interface `{0}` not found")]
+    #[error("interface {0} does not exist")]
     NoInterface(String),
     /// Neither native nor generic XDP could be attached.
     #[error("attaching XDP to `{iface}` failed: native: {native}; generic: {generic}")]
