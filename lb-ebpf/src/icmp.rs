@@ -26,9 +26,7 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{
-    Addr, FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, checksum::Delta, verdict,
-};
+use lb_common::{Addr, FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, checksum::Delta, verdict};
 
 use crate::{
     Route, Scratch, Verdict, count_packet, frame_len,
@@ -214,7 +212,13 @@ fn is_error(family: u8, kind: u8) -> bool {
 /// Reads the quoted packet's addresses and ports into `key`, reversed: as the connection
 /// table keys the flow the packet belongs to (its `dst` is the quoted packet's sender).
 #[inline(always)]
-fn parse_quote(ctx: &XdpContext, l3: usize, ip_end: usize, family: u8, key: &mut FlowKey) -> Quoted {
+fn parse_quote(
+    ctx: &XdpContext,
+    l3: usize,
+    ip_end: usize,
+    family: u8,
+    key: &mut FlowKey,
+) -> Quoted {
     let l4 = if family == FAMILY_V4 {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
             return Quoted::Broken;
@@ -281,7 +285,16 @@ fn forward(
     scratch: &mut Scratch,
     route: &Route,
 ) -> Verdict {
-    if rewrite(ctx, packet, quoted, &scratch.key, &scratch.quoted_key, translation).is_none() {
+    if rewrite(
+        ctx,
+        packet,
+        quoted,
+        &scratch.key,
+        &scratch.quoted_key,
+        translation,
+    )
+    .is_none()
+    {
         return Verdict::drop(verdict::DROP_ICMP);
     }
     let nat = Nat {

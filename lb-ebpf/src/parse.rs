@@ -5,11 +5,11 @@ use lb_common::{Addr, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, verdi
 
 use crate::{
     Packet, Parsed, Verdict,
-    icmp::{IcmpPacket, PROTO_ICMP, PROTO_ICMPV6},
     headers::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr,
         VlanHdr, packet_word, packet_words, ptr_at,
     },
+    icmp::{IcmpPacket, PROTO_ICMP, PROTO_ICMPV6},
     maps::{SCRATCH, VIPS},
 };
 
@@ -109,7 +109,9 @@ fn parse_l4(ctx: &XdpContext, l3: usize, l4: usize, ip_end: usize, key: &mut Flo
     let header = match key.proto {
         PROTO_TCP => size_of::<TcpHdr>(),
         PROTO_UDP => size_of::<UdpHdr>(),
-        PROTO_ICMP if key.family == FAMILY_V4 => return Parsed::Icmp(IcmpPacket { l3, l4, ip_end }),
+        PROTO_ICMP if key.family == FAMILY_V4 => {
+            return Parsed::Icmp(IcmpPacket { l3, l4, ip_end });
+        }
         PROTO_ICMPV6 if key.family == FAMILY_V6 => {
             return Parsed::Icmp(IcmpPacket { l3, l4, ip_end });
         }

@@ -116,14 +116,7 @@ impl Frame {
     /// An ICMP (IPv4) or ICMPv6 message of type `kind` and `code`: after the checksum, `rest`
     /// (the next-hop MTU of "fragmentation needed" and "packet too big"; else 0), then
     /// `quoted`: for an error, the start of the IP packet it is about (`ip_packet`, cut short).
-    pub fn icmp(
-        src: IpAddr,
-        dst: IpAddr,
-        kind: u8,
-        code: u8,
-        rest: u32,
-        quoted: &[u8],
-    ) -> Self {
+    pub fn icmp(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: u32, quoted: &[u8]) -> Self {
         let proto = if src.is_ipv4() {
             PROTO_ICMP
         } else {
