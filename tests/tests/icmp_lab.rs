@@ -1,8 +1,9 @@
-//! Path MTU discovery through the VIP, with real XDP: the client sits behind a router whose
-//! link towards it has a smaller MTU (1280) than the client's own (1500), so the client
-//! advertises an MSS the path cannot carry and a backend's full-size segments only get through
-//! once the router's "fragmentation needed" / "packet too big" reaches the backend, translated
-//! by the load balancer. Needs root; one test at a time.
+//! ICMP errors through the VIP, with real XDP: Path MTU discovery with the client behind a
+//! router whose link towards it has a smaller MTU (1280) than the client's own (1500), so the
+//! client advertises an MSS the path cannot carry and a backend's full-size segments only get
+//! through once the router's "fragmentation needed" / "packet too big" reaches the backend,
+//! translated by the load balancer; and a target's "port unreachable" reaching the client.
+//! Needs root; one test at a time.
 
 use std::time::{Duration, Instant};
 
@@ -140,4 +141,77 @@ fn large_download_through_a_smaller_mtu_completes() {
     let verdicts = agent.stats().verdicts;
     let translated = verdicts.get("fwd_icmp_to_backend").copied().unwrap_or(0);
     assert!(translated >= 2, "{verdicts:?}");
+}
+
+/// Sends one datagram from a connected UDP socket to `sys.argv[1]`:53 and prints what came of
+/// it: `refused` when an ICMP port unreachable came back, `silence` after 3 s of nothing.
+const UDP_PROBE: &str = "import socket, sys
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], 53))
+s.send(b'anyone?')
+try:
+    s.recv(100)
+    print('answered')
+except ConnectionRefusedError:
+    print('refused')
+except socket.timeout:
+    print('silence')
+";
+
+#[test]
+fn udp_to_a_target_port_without_listener_is_refused_at_the_client() {
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name("unre"),
+        backends: 1,
+        router: None,
+    })
+    .expect("lab up");
+    // Nothing listens on the targets' port 9999: their kernels answer "port unreachable".
+    let config = format!(
+        r#"
+[[target_group]]
+name = "void4"
+protocol = "udp"
+port = 9999
+targets = [{{ address = "198.18.0.21" }}]
+
+[[target_group]]
+name = "void6"
+protocol = "udp"
+port = 9999
+targets = [{{ address = "fd00:198:18::21" }}]
+
+[[listener]]
+name = "void4"
+address = "{VIP4}"
+port = 53
+protocol = "udp"
+default_action = {{ forward = "void4" }}
+
+[[listener]]
+name = "void6"
+address = "{VIP6}"
+port = 53
+protocol = "udp"
+default_action = {{ forward = "void6" }}
+"#
+    );
+    let path = tests::lab_traffic::config_path(&lab);
+    std::fs::write(&path, config).expect("write config");
+    let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
+    for vip in [VIP4.to_string(), VIP6.to_string()] {
+        let outcome = lab
+            .run(lab.client(), &[python3(), "-c", UDP_PROBE, &vip])
+            .unwrap_or_else(|e| panic!("udp probe of {vip}: {e:#}"));
+        assert_eq!(
+            outcome.trim(),
+            "refused",
+            "udp to {vip}:53; verdicts {:?}",
+            agent.stats().verdicts
+        );
+    }
+    let verdicts = agent.stats().verdicts;
+    let translated = verdicts.get("fwd_icmp_to_client").copied().unwrap_or(0);
+    assert_eq!(translated, 2, "{verdicts:?}");
 }
