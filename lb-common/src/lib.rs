@@ -613,8 +613,17 @@ pub mod verdict {
     pub const DROP_NO_FLOW: u32 = 15;
     /// A new flow above its listener's `new_flow_rate_limit` on this CPU: dropped.
     pub const DROP_FLOOD: u32 = 16;
+    // 17-19 are reserved for packet hygiene (issue 9), by the names `NAMES` gives them.
+    /// An ICMP error from the client side about a balanced flow, translated and forwarded
+    /// to the flow's backend.
+    pub const FWD_ICMP_TO_BACKEND: u32 = 20;
+    /// An ICMP error from a backend's side about a balanced flow, translated and forwarded
+    /// to the flow's client.
+    pub const FWD_ICMP_TO_CLIENT: u32 = 21;
+    /// A truncated or inconsistent ICMP message to a VIP: dropped.
+    pub const DROP_ICMP: u32 = 22;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 23;
 
     /// Names for stats output, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -635,6 +644,12 @@ pub mod verdict {
         "drop_map_full",
         "drop_no_flow",
         "drop_flood",
+        "pass_ttl_expired",
+        "pass_vlan",
+        "drop_redirect",
+        "fwd_icmp_to_backend",
+        "fwd_icmp_to_client",
+        "drop_icmp",
     ];
 }
 

@@ -72,6 +72,17 @@ pub struct UdpHdr {
     pub check: u16,
 }
 
+/// The first 8 bytes of an ICMP or ICMPv6 message: for the errors the load balancer
+/// translates, the quoted packet follows right after.
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    /// Unused, or the next-hop MTU (fragmentation needed, packet too big).
+    pub rest: [u16; 2],
+}
+
 /// A pointer to a `T` at `offset` in the frame, or `None` when the frame is too short.
 ///
 /// The single place packet memory is reached: the comparison against `data_end` is the form

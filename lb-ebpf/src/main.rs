@@ -28,6 +28,7 @@
 
 mod flow;
 mod headers;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -89,12 +90,16 @@ pub struct Scratch {
     /// The flow whose SNAT port a new flow may take over.
     old_key: FlowKey,
     fib: FibParams,
+    /// The flow an ICMP error is about, as the connection table keys it (`icmp`).
+    quoted_key: FlowKey,
 }
 
 /// What the parser found.
 enum Parsed {
     /// A TCP or UDP packet we can balance.
     Packet(Packet),
+    /// An ICMP or ICMPv6 message: an error about a balanced flow is translated (`icmp`).
+    Icmp(icmp::IcmpPacket),
     /// Anything else: its verdict is already known.
     Done(Verdict),
 }
@@ -107,6 +112,7 @@ pub fn lb(ctx: XdpContext) -> u32 {
             let scratch = unsafe { &mut *scratch };
             match parse(&ctx, &mut scratch.key) {
                 Parsed::Packet(packet) => balance(&ctx, &packet, scratch),
+                Parsed::Icmp(packet) => icmp::translate(&ctx, &packet, scratch),
                 Parsed::Done(verdict) => verdict,
             }
         }

@@ -9,6 +9,7 @@ use crate::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr,
         VlanHdr, packet_word, packet_words, ptr_at,
     },
+    icmp::{IcmpPacket, PROTO_ICMP, PROTO_ICMPV6},
     maps::{SCRATCH, VIPS},
 };
 
@@ -103,10 +104,17 @@ fn is_extension_header(next_header: u8) -> bool {
 /// (Ethernet padding) but not shorter: a packet cut short is never forwarded.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, l3: usize, l4: usize, ip_end: usize, key: &mut FlowKey) -> Parsed {
-    // Only TCP and UDP are balanced; ICMP and the rest go to the kernel.
+    // Only TCP and UDP are balanced; ICMP errors may be about a balanced flow (`icmp`); the
+    // rest goes to the kernel.
     let header = match key.proto {
         PROTO_TCP => size_of::<TcpHdr>(),
         PROTO_UDP => size_of::<UdpHdr>(),
+        PROTO_ICMP if key.family == FAMILY_V4 => {
+            return Parsed::Icmp(IcmpPacket { l3, l4, ip_end });
+        }
+        PROTO_ICMPV6 if key.family == FAMILY_V6 => {
+            return Parsed::Icmp(IcmpPacket { l3, l4, ip_end });
+        }
         _ => return Parsed::Done(Verdict::pass(verdict::PASS_NO_LISTENER)),
     };
     let complete = match key.proto {
@@ -160,8 +168,9 @@ const TCP_SYN: u16 = 0x02;
 const TCP_RST: u16 = 0x04;
 const TCP_ACK: u16 = 0x10;
 
+/// Whether some listener uses `addr`.
 #[inline(always)]
-fn is_vip(addr: &Addr, family: u8) -> bool {
+pub(crate) fn is_vip(addr: &Addr, family: u8) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };

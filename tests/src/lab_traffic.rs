@@ -41,6 +41,7 @@ pub fn lab_with_agent_and_servers(
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name(tag),
         backends,
+        router: None,
     })
     .expect("lab up");
     let servers = lab::start_backend_servers(&lab).expect("backend servers");

@@ -140,6 +140,24 @@ impl TestBed {
         }
     }
 
+    /// The MAC of the bed's NIC (`lbt0`): the source of frames the program sends back out.
+    pub fn nic_mac(&self) -> [u8; 6] {
+        let link = self
+            ._ns
+            .ip(&["-o", "link", "show", "lbt0"])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let text = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC in `{link}`"));
+        let mut mac = [0; 6];
+        for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        mac
+    }
+
     /// Runs the load balancer once on `frame` as if it arrived on the bed's NIC.
     /// Returns the XDP action and the frame as the program left it.
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

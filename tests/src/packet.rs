@@ -21,6 +21,9 @@ pub const ACK: u8 = 0x10;
 /// IP protocol numbers of the transports the load balancer balances.
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+/// IP protocol numbers of ICMP and ICMPv6, whose errors it translates.
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
 
 /// What a frame gets wrong on purpose, applied when it is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub struct Frame {
     pub(crate) sport: u16,
     pub(crate) dport: u16,
     payload: Vec<u8>,
+    /// An ICMP or ICMPv6 message's type and code (its payload follows the checksum).
+    icmp: Option<(u8, u8)>,
     vlan: Option<u16>,
     tcp_flags: u8,
     ttl: u8,
@@ -78,6 +83,7 @@ impl Frame {
             sport,
             dport,
             payload: b"hello, backend".to_vec(),
+            icmp: None,
             vlan: None,
             tcp_flags: SYN,
             ttl: 64,
@@ -104,6 +110,22 @@ impl Frame {
         Self {
             proto,
             ..Self::tcp(src, 0, dst, 0)
+        }
+    }
+
+    /// An ICMP (IPv4) or ICMPv6 message of type `kind` and `code`: after the checksum, `rest`
+    /// (the next-hop MTU of "fragmentation needed" and "packet too big"; else 0), then
+    /// `quoted`: for an error, the start of the IP packet it is about (`ip_packet`, cut short).
+    pub fn icmp(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: u32, quoted: &[u8]) -> Self {
+        let proto = if src.is_ipv4() {
+            PROTO_ICMP
+        } else {
+            PROTO_ICMPV6
+        };
+        Self {
+            icmp: Some((kind, code)),
+            payload: [&rest.to_be_bytes()[..], quoted].concat(),
+            ..Self::ip_protocol(src, dst, proto)
         }
     }
 
@@ -205,6 +227,12 @@ impl Frame {
         }
     }
 
+    /// The IP packet the frame carries (no Ethernet header): what an ICMP error quotes.
+    pub fn ip_packet(&self) -> Vec<u8> {
+        let l2 = if self.vlan.is_some() { 18 } else { 14 };
+        self.build().split_off(l2)
+    }
+
     /// The frame's bytes.
     pub fn build(&self) -> Vec<u8> {
         let l4 = self.transport_bytes();
@@ -268,8 +296,21 @@ impl Frame {
         frame
     }
 
-    /// The TCP or UDP header and payload, checksummed (or the bare payload).
+    /// The TCP or UDP header and payload, checksummed; an ICMP message, checksummed; or the
+    /// bare payload.
     fn transport_bytes(&self) -> Vec<u8> {
+        if let Some((kind, code)) = self.icmp {
+            let mut l4 = vec![kind, code, 0, 0];
+            l4.extend(&self.payload);
+            // ICMPv6 checksums a pseudo-header too; ICMP (IPv4) the message alone.
+            let sum = if self.proto == PROTO_ICMPV6 {
+                internet_checksum(&[self.pseudo_header(l4.len()), l4.clone()].concat(), 0)
+            } else {
+                internet_checksum(&l4, 0)
+            };
+            l4[2..4].copy_from_slice(&sum.to_be_bytes());
+            return l4;
+        }
         let mut l4 = Vec::new();
         let checksum_at = match self.proto {
             PROTO_TCP => {

@@ -62,6 +62,7 @@ fn idle_sockets_on_the_api_and_metrics_ports_delay_neither_health_checks_nor_cha
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name("idle"),
         backends: 3,
+        router: None,
     })
     .expect("lab");
     xtask::lab::start_backend_servers(&lab).expect("backend servers");
@@ -267,6 +268,7 @@ fn a_start_that_fails_leaves_nothing_pinned_and_names_a_missing_interface() {
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name("fs"),
         backends: 1,
+        router: None,
     })
     .expect("lab");
     std::fs::write(
@@ -320,6 +322,7 @@ fn an_agent_on_a_veth_warns_about_the_senders_checksum_offload() {
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name("veth"),
         backends: 1,
+        router: None,
     })
     .expect("lab");
     std::fs::write(config_path(&lab), "").expect("config");

@@ -73,6 +73,7 @@ fn the_tcp_api_answers_401_without_the_token_and_registers_a_target_with_it() {
     let lab = Lab::up(xtask::lab::LabSpec {
         name: Lab::unique_name("at"),
         backends: 3,
+        router: None,
     })
     .expect("lab");
     xtask::lab::start_backend_servers(&lab).expect("servers");

@@ -778,6 +778,7 @@ default_action = {{ forward = "many" }}
     let lab = Lab::up(xtask::lab::LabSpec {
         name: Lab::unique_name("hm"),
         backends: 1,
+        router: None,
     })
     .expect("lab up");
     let b1 = &lab.backends()[0];

@@ -224,6 +224,7 @@ fn a_target_behind_a_second_nic_is_reached_by_xdp_redirect_both_ways() {
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name("ta"),
         backends: 1,
+        router: None,
     })
     .expect("lab up");
     // A namespace of the test's own (deleted on drop), on the LB node's second NIC.

@@ -14,6 +14,7 @@ pub fn l4() -> anyhow::Result<()> {
         let lab = Lab::up(LabSpec {
             name: Lab::unique_name("bench"),
             backends: 3,
+            router: None,
         })?;
         lab::start_backend_servers(&lab)?;
         let _agent = LabAgent::start(&lab, &agent_bin, &workspace_root().join(demo::DEMO_CONFIG))?;

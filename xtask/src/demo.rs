@@ -149,6 +149,7 @@ pub fn demo() -> anyhow::Result<()> {
     let lab = Lab::up(LabSpec {
         name: Lab::unique_name("demo"),
         backends: 3,
+        router: None,
     })?;
     println!(
         "lab up: client {}, load balancer {}, backends {}",

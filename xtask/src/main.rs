@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             let lab = Lab::up(LabSpec {
                 name: name.clone(),
                 backends,
+                router: None,
             })?;
             println!(
                 "lab `{name}` is up: namespaces {name}-cl, {name}-lb, {name}-b1..; remove it with `cargo xtask lab down --name {name}`"

@@ -9,6 +9,16 @@
 //!                       host's role (`cl`, `lb`, `b1`, ...); the LB's runs the `pass` program
 //! ```
 //!
+//! With a router (`LabSpec::router`), the client sits behind one, on a link of its own with a
+//! smaller MTU on the router's side: the path a Path MTU discovery test needs.
+//!
+//! ```text
+//!   P-cl (client)       198.18.10.10  fd00:198:18:10::10  MTU 1500; 198.18.0.0/15 and fd00:198:18::/48 via P-rt
+//!   P-rt (router)       eth1 198.18.10.1  fd00:198:18:10::1 (the client's link, MTU `client_side_mtu`)
+//!                       eth0 198.18.0.2   fd00:198:18::2   (on the bridge); forwards; VIPs via P-lb
+//!   P-lb                routes 198.18.10.0/24 and fd00:198:18:10::/64 via P-rt
+//! ```
+//!
 //! `Lab` is an RAII guard: dropping it (also while a test panics) kills the processes it
 //! started and deletes its namespaces. The parts: `topology` (hosts, addresses, veths,
 //! bridge), `netns` (namespaces and `ip`), `command` and `processes` (what runs in the
@@ -49,6 +59,17 @@ pub struct LabSpec {
     pub name: String,
     /// Number of backends, 1..=`MAX_BACKENDS`.
     pub backends: usize,
+    /// `None`: the client on the bridge beside the LB (the default). Else the client behind a
+    /// router namespace, as this says.
+    pub router: Option<RouterSpec>,
+}
+
+/// A router between the client and the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterSpec {
+    /// The MTU of the router's interface towards the client (the client's own stays 1500, so
+    /// it advertises an MSS the path cannot carry).
+    pub client_side_mtu: u32,
 }
 
 /// A running lab; removed on drop unless `leak`ed.
@@ -57,6 +78,8 @@ pub struct Lab {
     client: Host,
     lb: Host,
     backends: Vec<Host>,
+    /// The router in front of the client, if the lab has one.
+    router: Option<(Host, RouterSpec)>,
     /// Namespaces created so far, in order; a half-built lab removes exactly these.
     namespaces: Vec<NetNs>,
     processes: Processes,
@@ -94,8 +117,16 @@ impl Lab {
             "a lab has 1..={MAX_BACKENDS} backends, not {}",
             spec.backends
         );
-        let (client, lb, backends) = topology::plan_hosts(&spec.name, spec.backends);
-        let mut lab = Lab::planned(&spec.name, client, lb, backends);
+        let (mut client, lb, backends) = topology::plan_hosts(&spec.name, spec.backends);
+        let mut lab = match spec.router {
+            None => Lab::planned(&spec.name, client, lb, backends),
+            Some(router_spec) => {
+                let router = topology::plan_router(&spec.name, &mut client);
+                let mut lab = Lab::planned(&spec.name, client, lb, backends);
+                lab.router = Some((router, router_spec));
+                lab
+            }
+        };
         // Leftovers of an earlier run with this name would make `ip netns add` fail.
         Lab::down(&spec.name).context("removing a stale lab of the same name")?;
         // On error `lab` drops here, which deletes what `build` made.
@@ -111,6 +142,7 @@ impl Lab {
             client,
             lb,
             backends,
+            router: None,
             namespaces: Vec::new(),
             processes: Processes::default(),
             log_dir: log_dir_of(name),
@@ -127,7 +159,12 @@ impl Lab {
         self.bpffs = Some(bpffs.clone());
         self.namespaces.push(NetNs::create(&self.switch_ns())?);
         topology::add_bridge(&self.namespaces[0])?;
-        let hosts: Vec<Host> = [self.client.clone(), self.lb.clone()]
+        // On the bridge: the client, or the router in front of it.
+        let first = match &self.router {
+            Some((router, _)) => router.clone(),
+            None => self.client.clone(),
+        };
+        let hosts: Vec<Host> = [first, self.lb.clone()]
             .into_iter()
             .chain(self.backends.iter().cloned())
             .collect();
@@ -139,8 +176,17 @@ impl Lab {
             );
             topology::add_host(ns, sw, host).with_context(|| format!("setting up {}", host.ns))?;
         }
-        // The client was made right after the switch.
+        // The client (or its router) was made right after the switch.
         topology::route_vips_via(&self.namespaces[1], &self.lb)?;
+        if let Some((router, spec)) = self.router.clone() {
+            self.namespaces.push(NetNs::create(&self.client.ns)?);
+            // Made in this order: the switch, the router, the LB, the backends, the client.
+            let (router_ns, lb_ns) = (&self.namespaces[1], &self.namespaces[2]);
+            let client_ns = &self.namespaces[self.namespaces.len() - 1];
+            topology::add_client_behind(client_ns, &self.client, router_ns, spec.client_side_mtu)
+                .with_context(|| format!("setting up {} behind {}", self.client.ns, router.ns))?;
+            topology::route_client_via(lb_ns, &self.client, &router)?;
+        }
         // Frames the LB sends with XDP_TX are dropped by its veth peer unless the peer runs
         // an XDP program (see `xdp`): its bridge port gets the pass program.
         let (sw, port) = (self.switch_ns(), &self.lb.role);
@@ -164,6 +210,11 @@ impl Lab {
     /// The client.
     pub fn client(&self) -> &Host {
         &self.client
+    }
+
+    /// The router in front of the client, if the lab has one (`LabSpec::router`).
+    pub fn router(&self) -> Option<&Host> {
+        self.router.as_ref().map(|(router, _)| router)
     }
 
     /// The load-balancer node.
@@ -290,6 +341,7 @@ mod tests {
             let lab = Lab::up(LabSpec {
                 name: name.clone(),
                 backends: 2,
+                router: None,
             })
             .expect("lab up");
             assert_eq!(namespaces_of(&name).len(), 5);
@@ -365,6 +417,7 @@ mod tests {
             let lab = Lab::up(LabSpec {
                 name: name.clone(),
                 backends: 1,
+                router: None,
             })
             .expect("lab up");
             lab.spawn(lab.backends().first().expect("b1"), &["sleep", "30"])

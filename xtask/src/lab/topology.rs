@@ -56,6 +56,23 @@ pub(super) fn plan_hosts(name: &str, backends: usize) -> (Host, Host, Vec<Host>)
     (host("cl".into(), 10), host("lb".into(), 1), backends)
 }
 
+/// The router of lab `name` (on the bridge at .2), and `client` moved behind it onto a
+/// network of its own: 198.18.10.0/24 and fd00:198:18:10::/64.
+pub(super) fn plan_router(name: &str, client: &mut Host) -> Host {
+    client.v4 = Ipv4Addr::new(198, 18, 10, 10);
+    client.v6 = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0x10, 0, 0, 0, 0x10);
+    Host {
+        ns: format!("{name}-rt"),
+        role: "rt".into(),
+        v4: Ipv4Addr::new(198, 18, 0, 2),
+        v6: Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 2),
+    }
+}
+
+/// The router's address on the client's network.
+const ROUTER_CLIENT_SIDE_V4: &str = "198.18.10.1";
+const ROUTER_CLIENT_SIDE_V6: &str = "fd00:198:18:10::1";
+
 /// 21 → 0x21: an IPv6 address ending in `::21` reads like the IPv4 one ending in `.21`.
 fn decimal_as_hex(n: u8) -> u16 {
     let n = u16::from(n);
@@ -69,7 +86,7 @@ pub(super) fn is_lab_namespace(name: &str, ns: &str) -> bool {
         return false;
     };
     match role {
-        "sw" | "cl" | "lb" => true,
+        "sw" | "cl" | "lb" | "rt" => true,
         _ => role
             .strip_prefix('b')
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
@@ -153,6 +170,109 @@ pub(super) fn route_vips_via(client: &NetNs, lb: &Host) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Links `client` (namespace `client_ns`, its `eth0`) to the router (namespace `router_ns`,
+/// its `eth1`, MTU `mtu`; the client keeps 1500), makes the router forward, and routes the lab's
+/// ranges from the client through it.
+pub(super) fn add_client_behind(
+    client_ns: &NetNs,
+    client: &Host,
+    router_ns: &NetNs,
+    mtu: u32,
+) -> anyhow::Result<()> {
+    // As in `add_host`: addresses usable at once.
+    client_ns.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ])?;
+    router_ns.ip(&[
+        "link",
+        "add",
+        "eth1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        client_ns.name(),
+    ])?;
+    router_ns.ip(&["link", "set", "eth1", "mtu", &mtu.to_string()])?;
+    router_ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ROUTER_CLIENT_SIDE_V4}/24"),
+        "dev",
+        "eth1",
+    ])?;
+    router_ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ROUTER_CLIENT_SIDE_V6}/64"),
+        "dev",
+        "eth1",
+        "nodad",
+    ])?;
+    client_ns.ip(&["addr", "add", &format!("{}/24", client.v4), "dev", "eth0"])?;
+    client_ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", client.v6),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    router_ns.ip(&["link", "set", "eth1", "up"])?;
+    client_ns.ip(&["link", "set", "eth0", "up"])?;
+    // Whole frames with real checksums, as in `add_host`: the router forwards what the
+    // client sends to the XDP program unchanged.
+    for (ns, dev) in [(client_ns, "eth0"), (router_ns, "eth1")] {
+        ns.exec(&[
+            "ethtool", "-K", dev, "rx", "off", "tx", "off", "tso", "off", "gso", "off", "gro",
+            "off",
+        ])?;
+    }
+    router_ns.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ])?;
+    client_ns.ip(&[
+        "route",
+        "add",
+        "198.18.0.0/15",
+        "via",
+        ROUTER_CLIENT_SIDE_V4,
+    ])?;
+    client_ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:198:18::/48",
+        "via",
+        ROUTER_CLIENT_SIDE_V6,
+    ])?;
+    Ok(())
+}
+
+/// Routes the client's network from the LB node (namespace `lb`) via `router`: the XDP
+/// program's FIB lookups for replies to the client find the router as next hop.
+pub(super) fn route_client_via(lb: &NetNs, client: &Host, router: &Host) -> anyhow::Result<()> {
+    let v4_net = format!("{}/24", Ipv4Addr::from(u32::from(client.v4) & !0xff));
+    lb.ip(&["route", "add", &v4_net, "via", &router.v4.to_string()])?;
+    let s = client.v6.segments();
+    let v6_net = format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0));
+    lb.ip(&["-6", "route", "add", &v6_net, "via", &router.v6.to_string()])?;
+    // The XDP program's FIB lookup needs the router's MAC in the neighbour table, and nothing
+    // else puts it there: the router solicits the LB's IPv6 address from its link-local one.
+    for addr in [router.v4.to_string(), router.v6.to_string()] {
+        lb.exec(&["ping", "-c1", "-W2", &addr])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +301,7 @@ mod tests {
     fn a_lab_claims_only_its_own_namespaces() {
         assert!(is_lab_namespace("lt1s0", "lt1s0-sw"));
         assert!(is_lab_namespace("lt1s0", "lt1s0-b12"));
+        assert!(is_lab_namespace("lt1s0", "lt1s0-rt"));
         assert!(!is_lab_namespace("lt1s0", "lt1s0-b"));
         assert!(!is_lab_namespace("lt1s0", "lt1s0-7"));
         assert!(!is_lab_namespace("a", "a-b-cl"));
