@@ -12,8 +12,8 @@ use lb_agent::{
     agent::{AgentInfo, ConfigSource, Handle, Node, Writer, monitor, writer},
     api,
     config::Config,
-    dataplane::{self, Dataplane, Detach as _, MapReader, Maps as _},
-    neighbor, node,
+    dataplane::{Dataplane, Detach as _, MapReader, Maps as _},
+    forwarding, neighbor, node,
     overrides::Overrides,
     pinning::PinDir,
     protocol::{Answer, InterfaceView, Request},
@@ -92,12 +92,22 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .context("programming the data plane")?;
     // Once per address: a target on many ports, or in many groups, has one next hop.
     neighbor::keep_all_resolved_blocking(cfg.target_addresses());
+    // Before forwarding goes on, so the node is never a router by accident, not even briefly.
+    if cfg.agent.kernel_forwarding {
+        let unblocked = forwarding::unblock_kernel_forwarding(&ifaces)
+            .context("removing the agent's block on kernel forwarding")?;
+        tracing::info!(ifaces = ?ifaces, unblocked = ?unblocked, "agent.kernel_forwarding: the kernel routes packets that arrive on these NICs and are not the load balancer's");
+    } else {
+        forwarding::block_kernel_forwarding(&ifaces)
+            .context("keeping the kernel from routing packets that arrive on the agent's NICs")?;
+        tracing::info!(ifaces = ?ifaces, table = forwarding::NFT_TABLE, "the kernel does not route packets that arrive on these NICs (nftables table inet lb_agent); the load balancer's own are unaffected");
+    }
     let mut modes = Vec::new();
     for iface in &ifaces {
-        let changed = dataplane::enable_forwarding(iface)
+        let changed = forwarding::enable_for_fib_lookup(iface)
             .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
         if !changed.is_empty() {
-            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB (accept_ra 2 keeps router advertisements, and the default route they give, working)");
         }
         let (mode, taken_over) = dataplane.attach(iface)?;
         if taken_over {
@@ -108,9 +118,11 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         }
         modes.push(mode);
     }
-    for iface in dataplane.drop_other_links(&ifaces)? {
+    let dropped = dataplane.drop_other_links(&ifaces)?;
+    for iface in &dropped {
         tracing::info!(iface, "detached from an interface this run does not serve");
     }
+    forwarding::lift_block(&dropped);
     tracing::info!(
         ifaces = ?ifaces,
         modes = ?modes,
@@ -134,6 +146,9 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     };
     let reader: Arc<dyn MapReader + Send + Sync> =
         Arc::new(dataplane.reader().context("opening the maps for readers")?);
+    let mut next_hop_misses = dataplane
+        .next_hop_misses()
+        .context("opening the map of missed next hops")?;
     let source = ConfigSource {
         path: config_path,
         state_file,
@@ -184,6 +199,10 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
+        let resolver = tokio::spawn(neighbor::resolve_misses(
+            move || next_hop_misses.take(),
+            shutdown.subscribe(),
+        ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
@@ -207,6 +226,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             let _ = server.await;
         }
         let _ = monitor.await;
+        let _ = resolver.await;
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);
@@ -221,7 +241,10 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         dataplane.detach()?;
         tracing::info!("detached and unpinned (--detach-on-exit)");
     } else if dataplane.attachments().next().is_some() {
-        tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it");
+        tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it; the block on kernel forwarding stays with it");
+    }
+    if dataplane.attachments().next().is_none() {
+        forwarding::lift_block(&ifaces);
     }
     Ok(())
 }

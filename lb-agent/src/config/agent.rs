@@ -53,6 +53,11 @@ pub struct AgentConfig {
     /// the targets' TIME_WAIT, so a port is not reused while they remember it).
     #[serde(deserialize_with = "duration::deserialize")]
     pub closed_timeout: Duration,
+    /// Let the kernel route packets that arrive on the agent's NICs and are not the load
+    /// balancer's (default false: an nftables table of the agent's drops them in the forward
+    /// hook; the forwarding `bpf_fib_lookup` needs must not make the node a router). Read at
+    /// start.
+    pub kernel_forwarding: bool,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +75,7 @@ impl Default for AgentConfig {
             tcp_idle_timeout: Duration::from_secs(350),
             udp_idle_timeout: Duration::from_secs(120),
             closed_timeout: Duration::from_secs(60),
+            kernel_forwarding: false,
         }
     }
 }

@@ -13,7 +13,7 @@ use lb_common::{
     verdict,
 };
 
-pub use kernel::{AttachMode, Dataplane, DataplaneError, DataplaneReader, enable_forwarding};
+pub use kernel::{AttachMode, Dataplane, DataplaneError, DataplaneReader, NextHopMisses};
 
 /// Results of map operations.
 pub type Result<T> = std::result::Result<T, DataplaneError>;
