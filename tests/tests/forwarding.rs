@@ -168,8 +168,13 @@ fn packets_for_other_hosts_are_not_routed_by_the_node_unless_kernel_forwarding_i
     let table = agent_nft_table(&lab).expect("the agent's nft table");
     assert_eq!(table.matches("drop").count(), 1, "{table}");
 
+    // A detach takes the block away with the data plane.
+    agent.cli(&["detach"]).expect("detach");
+    lab.wait_ended(agent.pid(), Duration::from_secs(10))
+        .expect("the agent ends after a detach");
+    assert_eq!(agent_nft_table(&lab), None);
+
     // Asked for, the node routes them.
-    end_agent(&lab, agent.pid(), libc::SIGTERM);
     std::fs::write(
         config_path(&lab),
         format!("[agent]\nkernel_forwarding = true\n{ECHO}"),
