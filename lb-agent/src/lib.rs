@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dataplane;
+pub mod forwarding;
 pub mod health;
 pub mod json_file;
 pub mod maglev;

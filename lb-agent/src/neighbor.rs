@@ -1,20 +1,33 @@
-//! Keeps the next hop of every target resolved.
+//! Keeps the next hop of every target resolved, and resolves the next hops towards clients
+//! the data plane missed.
 //!
 //! `bpf_fib_lookup` only succeeds when the kernel already knows the next hop's MAC address; an
 //! XDP program cannot trigger ARP or neighbour discovery itself. A "managed" neighbour entry
 //! (Linux 5.16+) makes the kernel resolve the address and keep it resolved, so the data plane
 //! never has to drop a flow's first packets while an entry is missing or stale.
 //!
+//! Clients are too many to keep resolved, and their next hop is usually learned from their own
+//! packets; when it is not (the entry expired, or nothing from the client reached the kernel:
+//! XDP forwards it all), the data plane notes the hop it dropped a reply for, and
+//! [`resolve_misses`] has the kernel resolve it (`ip neigh replace .. use`: an entry of the
+//! usual kind, which the kernel ages and collects) within about 100 ms.
+//!
 //! The kernel is asked over rtnetlink, as `ip route get` and `ip neigh replace .. managed` do.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle,
     packet_route::{
         AddressFamily,
-        neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourState},
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourState,
+        },
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
     },
 };
@@ -35,7 +48,10 @@ pub enum NeighborError {
     /// The kernel's route to the target names no output interface or an unusable gateway.
     #[error("the route to {0} has no output interface or an unusable gateway")]
     Unroutable(IpAddr),
-    /// The kernel refused the managed neighbour entry.
+    /// The kernel's neighbour table could not be read.
+    #[error("reading the neighbour table: {0}")]
+    Table(#[source] rtnetlink::Error),
+    /// The kernel refused the neighbour entry.
     #[error("cannot keep {hop} resolved on interface {ifindex}: {source}")]
     Neighbour {
         hop: IpAddr,
@@ -121,6 +137,61 @@ impl Netlink {
                 source,
             })
     }
+}
+
+impl Netlink {
+    /// Starts resolving `hop` on `ifindex` now, as if a packet were sent to it (`ip neigh
+    /// replace .. use`); the entry is an ordinary one that ages and goes.
+    async fn resolve_now(&self, hop: IpAddr, ifindex: u32) -> Result<(), NeighborError> {
+        self.handle
+            .neighbours()
+            .add(ifindex, hop)
+            // NTF_USE keeps the entry's state and starts resolution (neigh_event_send).
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| NeighborError::Neighbour {
+                hop,
+                ifindex,
+                source,
+            })
+    }
+
+    /// The (interface, address) of every neighbour entry with a usable link-layer address
+    /// (`NUD_VALID`): resolved, or fixed.
+    async fn valid_entries(&self) -> Result<HashSet<(u32, IpAddr)>, NeighborError> {
+        let mut dump = self.handle.neighbours().get().execute();
+        let mut valid = HashSet::new();
+        while let Some(entry) = dump.try_next().await.map_err(NeighborError::Table)? {
+            if !is_valid(entry.header.state) {
+                continue;
+            }
+            for attribute in &entry.attributes {
+                let address = match attribute {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => IpAddr::V4(*a),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => IpAddr::V6(*a),
+                    _ => continue,
+                };
+                valid.insert((entry.header.ifindex, address));
+            }
+        }
+        Ok(valid)
+    }
+}
+
+/// NUD_VALID: states in which the kernel (and `bpf_fib_lookup`) uses the link-layer address.
+fn is_valid(state: NeighbourState) -> bool {
+    matches!(
+        state,
+        NeighbourState::Permanent
+            | NeighbourState::Noarp
+            | NeighbourState::Reachable
+            | NeighbourState::Probe
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+    )
 }
 
 impl Drop for Netlink {
@@ -209,6 +280,62 @@ pub fn keep_all_resolved_blocking(targets: impl IntoIterator<Item = IpAddr>) {
         }
     };
     runtime.block_on(keep_all_resolved(targets));
+}
+
+/// How often the data plane's missed next hops are read: a reply dropped for want of a
+/// neighbour entry gets it resolved within this and one ARP or neighbour-discovery round trip.
+pub const MISS_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Until `stop` turns true, takes the next hops the data plane missed (`take` empties its
+/// map) every [`MISS_POLL_INTERVAL`] and has the kernel resolve each that has no valid entry
+/// by then (one that does, a fixed one above all, is left alone).
+pub async fn resolve_misses<E: std::fmt::Display>(
+    mut take: impl FnMut() -> Result<Vec<(IpAddr, u32)>, E>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let netlink = match Netlink::open() {
+        Ok(netlink) => netlink,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot resolve the next hops the data plane misses: replies to unresolved clients are dropped until the kernel learns them");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(MISS_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let hops = match take() {
+            Ok(hops) if hops.is_empty() => continue,
+            Ok(hops) => hops,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next hops the data plane missed");
+                continue;
+            }
+        };
+        let valid = match netlink.valid_entries().await {
+            Ok(valid) => valid,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the neighbour table");
+                continue;
+            }
+        };
+        for (hop, ifindex) in hops {
+            if valid.contains(&(ifindex, hop)) {
+                continue;
+            }
+            match netlink.resolve_now(hop, ifindex).await {
+                Ok(()) => {
+                    tracing::debug!(%hop, ifindex, "resolving a next hop the data plane dropped a packet for")
+                }
+                Err(e) => {
+                    tracing::debug!(%hop, ifindex, error = %e, "cannot resolve a next hop the data plane missed")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,6 +526,55 @@ mod tests {
         assert!(
             !entries.iter().any(|e| e["dst"] == local.to_string()),
             "{entries:?}"
+        );
+    }
+
+    #[test]
+    fn a_missed_next_hop_is_resolved_and_a_fixed_entry_left_alone() {
+        if !is_root() {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let namespace = Namespace::new("missed");
+        let nb0 = namespace.ifindex("nb0");
+        let fixed = "198.18.250.3";
+        namespace.ip(&[
+            "neigh",
+            "replace",
+            fixed,
+            "lladdr",
+            "02:00:00:00:00:03",
+            "dev",
+            "nb0",
+            "nud",
+            "permanent",
+        ]);
+        let missed: IpAddr = "198.18.250.2".parse().expect("address");
+        let fixed_ip: IpAddr = fixed.parse().expect("address");
+        namespace.run(|| async move {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut batches = vec![vec![(missed, nb0), (fixed_ip, nb0)]];
+            let resolver = tokio::spawn(resolve_misses(
+                move || Ok::<_, String>(batches.pop().unwrap_or_default()),
+                stopped,
+            ));
+            tokio::time::sleep(MISS_POLL_INTERVAL * 3).await;
+            stop.send(true).expect("resolver runs");
+            resolver.await.expect("resolver ends");
+        });
+        // Nobody answers on nb0's link: resolution started (ARP sent) and is under way or
+        // failed; the fixed entry is as it was.
+        let shown = namespace.ip(&["neigh", "show", "dev", "nb0"]);
+        assert!(
+            shown.lines().any(|l| l.starts_with("198.18.250.2 ")
+                && (l.contains("INCOMPLETE") || l.contains("FAILED"))),
+            "{shown}"
+        );
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with("198.18.250.3 ") && l.contains("PERMANENT")),
+            "{shown}"
         );
     }
 

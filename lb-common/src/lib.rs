@@ -40,6 +40,7 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const VERDICTS: &str = "VERDICTS";
     pub const TX_PORTS: &str = "TX_PORTS";
+    pub const NEXT_HOP_MISSES: &str = "NEXT_HOP_MISSES";
 }
 
 /// Program names inside the object.
@@ -576,6 +577,26 @@ pub struct Counters {
 }
 const _: () = assert!(size_of::<Counters>() == 24);
 
+/// `NEXT_HOP_MISSES` key: a next hop `bpf_fib_lookup` found no resolved neighbour entry for
+/// (BPF_FIB_LKUP_RET_NO_NEIGH), which the agent asks the kernel to resolve: an XDP program
+/// cannot send an ARP request or a neighbour solicitation itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NextHop {
+    /// The gateway, or the destination itself on a directly connected network.
+    pub addr: Addr,
+    /// The interface the packet would have left by.
+    pub ifindex: u32,
+    /// `FAMILY_V4` or `FAMILY_V6` of `addr` (an IPv4 route may have an IPv6 gateway).
+    pub family: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+const _: () = assert!(size_of::<NextHop>() == 24);
+
+/// Next hops `NEXT_HOP_MISSES` holds at most: the agent empties it every 100 ms.
+pub const NEXT_HOP_MISSES_SIZE: u32 = 1024;
+
 /// Why a packet got its verdict: indexes of the per-CPU `VERDICTS` counters.
 pub mod verdict {
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
@@ -668,4 +689,5 @@ mod pod {
     unsafe impl aya::Pod for ReverseFlow {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for NextHop {}
 }

@@ -3,11 +3,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, CONNTRACK_SIZE, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey,
-    MAX_BACKENDS, MAX_GROUPS, MAX_LISTENERS, ReverseFlow, Settings, VipKey, verdict,
+    MAX_BACKENDS, MAX_GROUPS, MAX_LISTENERS, NEXT_HOP_MISSES_SIZE, NextHop, ReverseFlow, Settings,
+    VipKey, verdict,
 };
 
 /// (VIP, port, protocol, family) → listener. A `tcp_udp` listener has two entries.
@@ -80,6 +81,13 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(verdict::C
 /// ifindex → interface, for redirects to a NIC other than the ingress one.
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Next hops a packet was dropped for because their neighbour entry is missing or unresolved
+/// (the value is unused): the agent asks the kernel to resolve each and deletes it. Not pinned:
+/// only a running agent reads it, and the program an agent attaches writes that agent's map.
+#[map]
+pub static NEXT_HOP_MISSES: LruHashMap<NextHop, u32> =
+    LruHashMap::with_max_entries(NEXT_HOP_MISSES_SIZE, 0);
 
 /// Per-CPU working memory for the packet being processed (see `Scratch`).
 #[map]

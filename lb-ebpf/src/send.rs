@@ -6,12 +6,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{Addr, FAMILY_V4, FlowKey, verdict};
+use lb_common::{Addr, FAMILY_V4, FAMILY_V6, FlowKey, NextHop, verdict};
 
 use crate::{
     Verdict,
     headers::{EthHdr, ptr_at},
-    maps::TX_PORTS,
+    maps::{NEXT_HOP_MISSES, TX_PORTS},
     nat::Nat,
 };
 
@@ -77,7 +77,10 @@ pub(crate) fn send(
     };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Verdict::drop(verdict::DROP_NO_NEIGH),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            note_missing_neighbour(fib);
+            return Verdict::drop(verdict::DROP_NO_NEIGH);
+        }
         _ => return Verdict::drop(verdict::DROP_NO_ROUTE),
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -99,4 +102,33 @@ pub(crate) fn send(
         Err(_) => unsafe { bpf_redirect(fib.ifindex, 0) as u32 },
     };
     Verdict { action, reason }
+}
+
+/// Notes the next hop of a packet dropped for want of its neighbour entry, for the agent to
+/// resolve (an XDP program cannot send ARP or neighbour solicitations). On NO_NEIGH the helper
+/// has filled in the egress interface and the next hop's address (and the family, which an
+/// IPv6 gateway of an IPv4 route changes).
+#[inline(always)]
+fn note_missing_neighbour(fib: &FibParams) {
+    let words = fib.dst.words();
+    let (family, words) = if fib.family == AF_INET {
+        // Only the first word is the helper's: the rest is ours, zeroed so one hop is one key.
+        (FAMILY_V4, [words[0], 0, 0, 0])
+    } else {
+        (FAMILY_V6, words)
+    };
+    let mut hop = NextHop {
+        addr: Addr([0; 16]),
+        ifindex: fib.ifindex,
+        family,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    hop.addr.set_words(words);
+    // A burst of packets to one unresolved hop reads the entry and writes it once: a lookup
+    // takes no lock, an LRU update does.
+    if NEXT_HOP_MISSES.get_ptr(&hop).is_none() {
+        // Full or raced by another CPU: the hop is noted either way, or will be next time.
+        let _ = NEXT_HOP_MISSES.insert(&hop, &0, 0);
+    }
 }

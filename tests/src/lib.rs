@@ -81,7 +81,7 @@ impl TestBed {
             ip(&["link", "set", peer, "up"]);
             ip(&["addr", "add", v4, "dev", nic]);
             ip(&["addr", "add", v6, "dev", nic, "nodad"]);
-            lb_agent::dataplane::enable_forwarding(nic).expect("enable forwarding");
+            lb_agent::forwarding::enable_for_fib_lookup(nic).expect("enable forwarding");
         }
         // Lab hosts .10 (client) and .21-.23 (backends), and 198.18.4.21 behind lbt2; a host's
         // MAC ends in its address's last byte (IPv6 ::21 is 0x21).

@@ -17,7 +17,20 @@ pub fn l4() -> anyhow::Result<()> {
             router: None,
         })?;
         lab::start_backend_servers(&lab)?;
-        let _agent = LabAgent::start(&lab, &agent_bin, &workspace_root().join(demo::DEMO_CONFIG))?;
+        // The nftables peer below is the kernel routing what XDP passes up: the agent must let
+        // it (`kernel_forwarding`), or its own nftables table drops that in the forward hook.
+        let demo_config = std::fs::read_to_string(workspace_root().join(demo::DEMO_CONFIG))?;
+        anyhow::ensure!(
+            demo_config.contains("[agent]\n"),
+            "{} has no [agent] table",
+            demo::DEMO_CONFIG
+        );
+        let config = lab.log_dir().join("bench.toml");
+        std::fs::write(
+            &config,
+            demo_config.replacen("[agent]\n", "[agent]\nkernel_forwarding = true\n", 1),
+        )?;
+        let _agent = LabAgent::start(&lab, &agent_bin, &config)?;
         let backend = lab.backends()[0].v4.to_string();
         // The kernel's own full NAT on the same node as a peer: nftables DNAT + masquerade for
         // VIP:5202 -> b1:5201. Port 5202 has no listener, so XDP passes it to the stack: same

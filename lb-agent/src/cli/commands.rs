@@ -350,7 +350,15 @@ pub fn detach(socket: &Path, pin_dir: &Path) -> anyhow::Result<()> {
         }
         Err(ClientError::Connect { .. }) if pin_dir.exists() => {
             let pins = PinDir::open(pin_dir)?;
+            // The NICs the data plane was attached to: their block on kernel forwarding goes too.
+            let ifaces: Vec<String> = std::fs::read_dir(pins.link(""))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
             pins.remove_all()?;
+            lb_agent::forwarding::lift_block(&ifaces);
             println!(
                 "no agent running: removed the data plane pinned in {}",
                 pin_dir.display()

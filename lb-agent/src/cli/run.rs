@@ -13,7 +13,7 @@ use lb_agent::{
     api,
     config::Config,
     dataplane::{self, Dataplane, Detach as _, MapReader, Maps as _},
-    neighbor, node,
+    forwarding, neighbor, node,
     overrides::Overrides,
     pinning::PinDir,
     protocol::{Answer, InterfaceView, Request},
@@ -108,6 +108,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             // A start that fails leaves nothing pinned that the next start would adopt as if
             // it had served. An adopted data plane was serving before: it stays.
             if !dataplane.adopted() {
+                forwarding::lift_block(&ifaces);
                 match dataplane.detach() {
                     Ok(()) => {
                         tracing::info!(pin_dir = %pin_dir.display(), "the start failed: removed what it had pinned")
@@ -151,6 +152,9 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .name("lb-sweeper".into())
         .spawn(move || sweeper::sweep_until_stopped(sweeper, &sweeper_stop))
         .context("starting the connection-table sweeper")?;
+    let mut next_hop_misses = dataplane
+        .next_hop_misses()
+        .context("opening the map of missed next hops")?;
     let source = ConfigSource {
         path: config_path,
         state_file,
@@ -206,6 +210,10 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, limits, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
+        let resolver = tokio::spawn(neighbor::resolve_misses(
+            move || next_hop_misses.take(),
+            shutdown.subscribe(),
+        ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
@@ -229,6 +237,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             let _ = server.await;
         }
         let _ = monitor.await;
+        let _ = resolver.await;
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&socket);
@@ -245,7 +254,10 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         dataplane.detach()?;
         tracing::info!("detached and unpinned (--detach-on-exit)");
     } else if dataplane.attachments().next().is_some() {
-        tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it");
+        tracing::info!(pin_dir = %pin_dir.display(), "the data plane keeps serving, pinned; `lb-agent run` adopts it, `lb-agent detach` removes it; the block on kernel forwarding stays with it");
+    }
+    if dataplane.attachments().next().is_none() {
+        forwarding::lift_block(&ifaces);
     }
     Ok(())
 }
@@ -269,12 +281,22 @@ fn program_and_attach(
         .context("programming the data plane")?;
     // Once per address: a target on many ports, or in many groups, has one next hop.
     neighbor::keep_all_resolved_blocking(cfg.target_addresses());
+    // Before forwarding goes on, so the node is never a router by accident, not even briefly.
+    if cfg.agent.kernel_forwarding {
+        let unblocked = forwarding::unblock_kernel_forwarding(ifaces)
+            .context("removing the agent's block on kernel forwarding")?;
+        tracing::info!(ifaces = ?ifaces, unblocked = ?unblocked, "agent.kernel_forwarding: the kernel routes packets that arrive on these NICs and are not the load balancer's");
+    } else {
+        forwarding::block_kernel_forwarding(ifaces)
+            .context("keeping the kernel from routing packets that arrive on the agent's NICs")?;
+        tracing::info!(ifaces = ?ifaces, table = forwarding::NFT_TABLE, "the kernel does not route packets that arrive on these NICs (nftables table inet lb_agent); the load balancer's own are unaffected");
+    }
     let mut modes = Vec::new();
     for iface in ifaces {
-        let changed = dataplane::enable_forwarding(iface)
+        let changed = forwarding::enable_for_fib_lookup(iface)
             .with_context(|| format!("enabling forwarding on {iface} (bpf_fib_lookup needs it)"))?;
         if !changed.is_empty() {
-            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB");
+            tracing::info!(sysctls = ?changed, "enabled forwarding: the XDP program routes through the kernel's FIB (accept_ra 2 keeps router advertisements, and the default route they give, working)");
         }
         let (mode, taken_over) = dataplane.attach(iface)?;
         if taken_over {
@@ -293,9 +315,11 @@ fn program_and_attach(
             );
         }
     }
-    for iface in dataplane.drop_other_links(ifaces)? {
+    let dropped = dataplane.drop_other_links(ifaces)?;
+    for iface in &dropped {
         tracing::info!(iface, "detached from an interface this run does not serve");
     }
+    forwarding::lift_block(&dropped);
     Ok((state, modes))
 }
 

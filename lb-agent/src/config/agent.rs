@@ -79,6 +79,11 @@ pub struct AgentConfig {
     /// Connections each of those servers holds at once (control socket, `api_listen`,
     /// `metrics_listen`); one more is closed as soon as it is accepted (1..=16384, default 256).
     pub api_max_connections: usize,
+    /// Let the kernel route packets that arrive on the agent's NICs and are not the load
+    /// balancer's (default false: an nftables table of the agent's drops them in the forward
+    /// hook; the forwarding `bpf_fib_lookup` needs must not make the node a router). Read at
+    /// start.
+    pub kernel_forwarding: bool,
 }
 
 impl Default for AgentConfig {
@@ -102,6 +107,7 @@ impl Default for AgentConfig {
             api_header_timeout: Duration::from_secs(10),
             api_idle_timeout: Duration::from_secs(60),
             api_max_connections: 256,
+            kernel_forwarding: false,
         }
     }
 }

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 pub use kernel::{
-    AttachMode, Dataplane, DataplaneError, DataplaneReader, Sweeper, enable_forwarding,
+    AttachMode, Dataplane, DataplaneError, DataplaneReader, NextHopMisses, Sweeper,
     interface_driver,
 };
 

@@ -1,6 +1,6 @@
 //! Attaching the program to NICs: native, else generic; pinned links that outlive the agent
-//! and are taken over by the next one; the XDP state of a NIC; forwarding, which
-//! `bpf_fib_lookup` needs.
+//! and are taken over by the next one; the XDP state of a NIC. (The forwarding that
+//! `bpf_fib_lookup` needs is `crate::forwarding`.)
 
 use std::ffi::CString;
 
@@ -248,21 +248,6 @@ fn interfaces() -> Vec<(String, u32)> {
         })
         .collect()
 }
-
-/// Turns on IP forwarding on `iface`: `bpf_fib_lookup` refuses to route packets that arrive on
-/// an interface without it (BPF_FIB_LKUP_RET_FWD_DISABLED). Returns the sysctls it changed.
-pub fn enable_forwarding(iface: &str) -> std::io::Result<Vec<String>> {
-    let mut changed = Vec::new();
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path)?.trim() != "1" {
-            std::fs::write(&path, "1")?;
-            changed.push(format!("net.{family}.conf.{iface}.forwarding=1"));
-        }
-    }
-    Ok(changed)
-}
-
 /// `ETHTOOL_GDRVINFO`: the driver's name and versions.
 const ETHTOOL_GDRVINFO: u32 = 0x3;
 

@@ -1,13 +1,16 @@
 //! The kernel's data plane: load the XDP object, and read and write its maps (`Maps`,
 //! `MapReader`) with aya; layouts are `lb-common`'s. Attaching it to NICs (and pinning the
-//! attachments) is `attach`; the batched map system calls are `batch`.
+//! attachments) is `attach`; the batched map system calls are `batch`; the next hops the
+//! program could not resolve are `next_hops`.
 
 mod attach;
 mod batch;
+mod next_hops;
 mod sweep;
 
-pub use attach::{enable_forwarding, interface_driver};
+pub use attach::interface_driver;
 use batch::{lookup_batch, update_batch};
+pub use next_hops::NextHopMisses;
 pub use sweep::Sweeper;
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
