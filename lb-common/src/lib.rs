@@ -319,8 +319,11 @@ pub struct Settings {
     pub udp_idle_s: u32,
     /// A TCP flow that saw a FIN or RST, once quiet for this long.
     pub closed_s: u32,
+    /// Seed of the flow hash (`hash::flow_hash`, `hash::source_hash`): the same on every node
+    /// of a cluster, secret from clients, so they cannot aim flows or predict SNAT ports.
+    pub hash_seed: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 56);
+const _: () = assert!(size_of::<Settings>() == 60);
 
 /// When a connection-table entry is over, so its SNAT port may serve a new flow: shared by
 /// the XDP program (which reclaims ports) and the agent (which counts active flows).
@@ -378,7 +381,10 @@ pub mod verdict {
     pub const DROP_FRAGMENT: u32 = 7;
     /// IPv6 extension headers to a VIP: dropped.
     pub const DROP_IPV6_EXT: u32 = 8;
-    /// Truncated TCP/UDP header to a VIP: dropped.
+    /// A TCP/UDP packet to a VIP that a target's kernel would discard: dropped before any
+    /// state. Truncated headers, an IP length shorter than its headers, a UDP length other
+    /// than the IP payload's, a TCP data offset below 5 or past the datagram, SYN with FIN
+    /// or RST, a martian source address, two VLAN tags.
     pub const DROP_MALFORMED: u32 = 9;
     /// The listener's group has no backend: dropped.
     pub const DROP_NO_BACKEND: u32 = 10;
@@ -390,8 +396,18 @@ pub mod verdict {
     pub const DROP_NO_NEIGH: u32 = 13;
     /// A map update failed: dropped.
     pub const DROP_MAP_FULL: u32 = 14;
+    // 15 and 16 are the connection-table guards' (issue 9's other branch).
+    /// TTL or hop limit of 1 or 0 to a listener or a full-NAT address: passed untouched, for
+    /// the kernel to answer (ICMP time exceeded) as a router would; no flow is created.
+    pub const PASS_TTL_EXPIRED: u32 = 17;
+    /// An 802.1Q-tagged frame to a listener or a full-NAT address: passed untouched to the
+    /// kernel (its VLAN device), never balanced.
+    pub const PASS_VLAN: u32 = 18;
+    /// The next hop's interface takes no XDP redirect (not in the redirect map: a VLAN
+    /// device, or one that appeared after attaching): dropped, not counted as forwarded.
+    pub const DROP_REDIRECT: u32 = 19;
     /// Number of verdict counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 20;
 
     /// Names for stats output, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -410,6 +426,11 @@ pub mod verdict {
         "drop_no_route",
         "drop_no_neigh",
         "drop_map_full",
+        "drop_no_flow",
+        "drop_flood",
+        "pass_ttl_expired",
+        "pass_vlan",
+        "drop_redirect",
     ];
 }
 

@@ -48,7 +48,7 @@ pub struct TestBed {
     ifindex: u32,
     // Last: leave the namespace after the program's maps are gone, then delete it.
     _inside: Inside,
-    _ns: NetNs,
+    ns: NetNs,
 }
 
 impl TestBed {
@@ -116,6 +116,10 @@ impl TestBed {
         assert_ne!(ifindex, 0, "lbt0 not found in {name}");
         let mut dataplane =
             Dataplane::load(config.agent.maglev_table_size, 8).expect("load XDP object");
+        // As attaching does: lbt2 becomes a redirect target.
+        dataplane
+            .add_redirect_ports()
+            .expect("fill the redirect map");
         let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();
         let state = State::apply(
             &config,
@@ -131,8 +135,13 @@ impl TestBed {
             config,
             ifindex,
             _inside: inside,
-            _ns: ns,
+            ns,
         }
+    }
+
+    /// Runs `ip ARGS` in the bed's namespace (to change its routes, links, neighbours).
+    pub fn ip(&self, args: &[&str]) {
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Runs the load balancer once on `frame` as if it arrived on the bed's NIC.
@@ -182,10 +191,12 @@ impl TestBed {
     ) -> SocketAddr {
         let group_id = self.state.group_id(group).expect("group");
         let info = self.dataplane.group(group_id).expect("group entry");
+        // The seed the data plane hashes with (random unless the config sets one).
+        let seed = self.dataplane.settings().expect("settings").hash_seed;
         let hash = if sticky {
-            lb_common::hash::source_hash(&key.src, key.family)
+            lb_common::hash::source_hash(&key.src, key.family, seed)
         } else {
-            lb_common::hash::flow_hash(key)
+            lb_common::hash::flow_hash(key, seed)
         };
         let id = self
             .dataplane

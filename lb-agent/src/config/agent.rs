@@ -53,6 +53,11 @@ pub struct AgentConfig {
     /// the targets' TIME_WAIT, so a port is not reused while they remember it).
     #[serde(deserialize_with = "duration::deserialize")]
     pub closed_timeout: Duration,
+    /// Seed of the flow hash that picks targets and SNAT ports. Give every node of a cluster
+    /// the same one (a flow that moves between nodes keeps its target) and keep it from
+    /// clients (who could otherwise aim flows at one target). Absent: the seed an adopted
+    /// data plane already uses, else a random one for this node alone.
+    pub flow_hash_seed: Option<u32>,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +75,7 @@ impl Default for AgentConfig {
             tcp_idle_timeout: Duration::from_secs(350),
             udp_idle_timeout: Duration::from_secs(120),
             closed_timeout: Duration::from_secs(60),
+            flow_hash_seed: None,
         }
     }
 }
