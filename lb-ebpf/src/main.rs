@@ -76,6 +76,9 @@ struct Packet {
     tagged: bool,
     /// IPv4 TTL or IPv6 hop limit, as it arrived.
     ttl: u8,
+    /// The TCP header's data offset and flags word, host order (read once, in `parse`); 0 for
+    /// UDP.
+    tcp_flags: u16,
 }
 
 /// Per-CPU working memory for one packet. The BPF stack is 512 bytes and the inlined pipeline

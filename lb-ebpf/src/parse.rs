@@ -173,11 +173,13 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Parsed {
     if ip.end < ip.l4 + header || ctx.data() + ip.end > ctx.data_end() {
         return refused(key, verdict::PASS_BAD_IP);
     }
+    let mut tcp_flags = 0;
     let consistent = if key.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, ip.l4) else {
             return refused(key, verdict::PASS_BAD_IP);
         };
         let off_flags = u16::from_be(unsafe { (*tcp).off_flags });
+        tcp_flags = off_flags;
         let data_offset = usize::from(off_flags >> 12) * 4;
         // A SYN with FIN or RST is no opening a target accepts (Linux discards both in
         // LISTEN); let through, it would count as a SYN and replace a live flow's entry.
@@ -209,6 +211,7 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Parsed {
         l4: ip.l4,
         tagged: ip.tags != 0,
         ttl: ip.ttl,
+        tcp_flags,
     })
 }
 
@@ -225,26 +228,14 @@ fn refused(key: &FlowKey, pass_reason: u32) -> Parsed {
 
 /// A TCP segment with SYN and without ACK: a client opening a connection.
 #[inline(always)]
-pub(crate) fn is_syn(ctx: &XdpContext, packet: &Packet, key: &FlowKey) -> bool {
-    tcp_flags(ctx, packet, key) & (TCP_SYN | TCP_ACK) == TCP_SYN
+pub(crate) fn is_syn(_ctx: &XdpContext, packet: &Packet, _key: &FlowKey) -> bool {
+    packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Whether a TCP packet ends its connection (FIN or RST).
 #[inline(always)]
-pub(crate) fn closes(ctx: &XdpContext, packet: &Packet, key: &FlowKey) -> bool {
-    tcp_flags(ctx, packet, key) & (TCP_FIN | TCP_RST) != 0
-}
-
-/// A TCP packet's flags; 0 for UDP.
-#[inline(always)]
-fn tcp_flags(ctx: &XdpContext, packet: &Packet, key: &FlowKey) -> u16 {
-    if key.proto != PROTO_TCP {
-        return 0;
-    }
-    match ptr_at::<TcpHdr>(ctx, packet.l4) {
-        Some(tcp) => u16::from_be(unsafe { (*tcp).off_flags }),
-        None => 0,
-    }
+pub(crate) fn closes(_ctx: &XdpContext, packet: &Packet, _key: &FlowKey) -> bool {
+    packet.tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
 const TCP_FIN: u16 = 0x01;
