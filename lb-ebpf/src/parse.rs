@@ -174,7 +174,8 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Parsed {
         return refused(key, verdict::PASS_BAD_IP);
     }
     let mut tcp_flags = 0;
-    let consistent = if key.proto == PROTO_TCP {
+    // Both headers start with the two ports: read through the header's own checked pointer.
+    let (ports, consistent) = if key.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, ip.l4) else {
             return refused(key, verdict::PASS_BAD_IP);
         };
@@ -184,24 +185,30 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> Parsed {
         // A SYN with FIN or RST is no opening a target accepts (Linux discards both in
         // LISTEN); let through, it would count as a SYN and replace a live flow's entry.
         let opens_and_closes = off_flags & TCP_SYN != 0 && off_flags & (TCP_FIN | TCP_RST) != 0;
-        data_offset >= size_of::<TcpHdr>() && ip.l4 + data_offset <= ip.end && !opens_and_closes
+        let consistent = data_offset >= size_of::<TcpHdr>()
+            && ip.l4 + data_offset <= ip.end
+            && !opens_and_closes;
+        (tcp.cast::<[u16; 2]>(), consistent)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, ip.l4) else {
             return refused(key, verdict::PASS_BAD_IP);
         };
         // Exactly the IP payload: a shorter one would hide bytes a target trims but we forward.
-        usize::from(u16::from_be(unsafe { (*udp).len })) == ip.end - ip.l4
+        let consistent = usize::from(u16::from_be(unsafe { (*udp).len })) == ip.end - ip.l4;
+        (udp.cast::<[u16; 2]>(), consistent)
     };
-    if !consistent || ip.martian {
-        return refused(key, verdict::PASS_BAD_IP);
+    // One branch on the established path; which reason only when refused.
+    if !consistent | ip.martian | (ip.tags > 1) {
+        let only_tags = consistent && !ip.martian;
+        return refused(
+            key,
+            if only_tags {
+                verdict::PASS_VLAN
+            } else {
+                verdict::PASS_BAD_IP
+            },
+        );
     }
-    if ip.tags > 1 {
-        return refused(key, verdict::PASS_VLAN);
-    }
-    // Both headers start with the two ports.
-    let Some(ports) = ptr_at::<[u16; 2]>(ctx, ip.l4) else {
-        return refused(key, verdict::PASS_BAD_IP);
-    };
     unsafe {
         key.sport = (*ports)[0];
         key.dport = (*ports)[1];
