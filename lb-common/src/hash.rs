@@ -3,10 +3,11 @@
 //! The XDP program and the agent's tests call these same functions, so a test can predict
 //! which backend a crafted packet will reach. MurmurHash3's 32-bit block mix and finaliser:
 //! cheap in BPF (multiplies, rotates, xors; no tables, no loops over packet data).
+//!
+//! Both take a seed (`Settings::hash_seed`): without one, anyone could compute which target
+//! and which SNAT port a 5-tuple gets, and aim a flood of flows at one target.
 
 use crate::{Addr, FlowKey};
-
-const SEED: u32 = 0x9e37_79b9;
 
 #[inline(always)]
 fn mix(h: u32, word: u32) -> u32 {
@@ -41,20 +42,20 @@ fn mix_addr(mut h: u32, a: &Addr) -> u32 {
     mix(h, w[3])
 }
 
-/// Hash of a client→VIP flow's 5-tuple (and family).
+/// Hash of a client→VIP flow's 5-tuple (and family), under `seed`.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    let mut h = mix_addr(SEED, &key.src);
+pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = mix_addr(seed, &key.src);
     h = mix_addr(h, &key.dst);
     h = mix(h, (u32::from(key.sport) << 16) | u32::from(key.dport));
     h = mix(h, u32::from(key.proto) | (u32::from(key.family) << 8));
     finish(h, 40)
 }
 
-/// Hash of a client address alone: stickiness `source_ip`.
+/// Hash of a client address alone, under `seed`: stickiness `source_ip`.
 #[inline(always)]
-pub fn source_hash(addr: &Addr, family: u8) -> u32 {
-    let h = mix_addr(SEED, addr);
+pub fn source_hash(addr: &Addr, family: u8, seed: u32) -> u32 {
+    let h = mix_addr(seed, addr);
     finish(mix(h, u32::from(family)), 20)
 }
 
@@ -62,6 +63,8 @@ pub fn source_hash(addr: &Addr, family: u8) -> u32 {
 mod tests {
     use super::*;
     use crate::{FAMILY_V4, PROTO_TCP};
+
+    const SEED: u32 = 0x9e37_79b9;
 
     fn v4(a: [u8; 4]) -> Addr {
         Addr::v4(a)
@@ -81,18 +84,18 @@ mod tests {
 
     #[test]
     fn flow_hash_depends_on_every_field_and_spreads_ports() {
-        let base = flow_hash(&key(40000));
-        assert_ne!(base, flow_hash(&key(40001)));
+        let base = flow_hash(&key(40000), SEED);
+        assert_ne!(base, flow_hash(&key(40001), SEED));
         let mut other = key(40000);
         other.dport = 81u16.to_be();
-        assert_ne!(base, flow_hash(&other));
+        assert_ne!(base, flow_hash(&other, SEED));
         other = key(40000);
         other.proto = 17;
-        assert_ne!(base, flow_hash(&other));
+        assert_ne!(base, flow_hash(&other, SEED));
         // Consecutive source ports land evenly over 3 buckets.
         let mut buckets = [0u32; 3];
         for p in 0..3000u16 {
-            buckets[(flow_hash(&key(30000 + p)) % 3) as usize] += 1;
+            buckets[(flow_hash(&key(30000 + p), SEED) % 3) as usize] += 1;
         }
         for b in buckets {
             assert!((900..1100).contains(&b), "{buckets:?}");
@@ -102,8 +105,22 @@ mod tests {
     #[test]
     fn source_hash_ignores_nothing_of_the_address() {
         assert_ne!(
-            source_hash(&v4([198, 18, 0, 10]), FAMILY_V4),
-            source_hash(&v4([198, 18, 0, 11]), FAMILY_V4)
+            source_hash(&v4([198, 18, 0, 10]), FAMILY_V4, SEED),
+            source_hash(&v4([198, 18, 0, 11]), FAMILY_V4, SEED)
+        );
+    }
+
+    #[test]
+    fn another_seed_sends_flows_elsewhere() {
+        // Over 1000 flows, a different seed must move most of them to another of 3 buckets.
+        let moved = (0..1000u16)
+            .filter(|&p| flow_hash(&key(30000 + p), SEED) % 3 != flow_hash(&key(30000 + p), 7) % 3)
+            .count();
+        assert!((500..800).contains(&moved), "{moved} of 1000 moved");
+        let a = v4([198, 18, 0, 10]);
+        assert_ne!(
+            source_hash(&a, FAMILY_V4, SEED),
+            source_hash(&a, FAMILY_V4, SEED ^ 1)
         );
     }
 }

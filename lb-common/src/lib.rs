@@ -336,8 +336,11 @@ pub struct Settings {
     /// New flows one listener may start per second on one CPU (token bucket, a second's
     /// burst); 0: no limit.
     pub new_flows_per_s: u32,
+    /// Seed of the flow hash (`hash::flow_hash`, `hash::source_hash`): the same on every node
+    /// of a cluster, secret from clients, so they cannot aim flows or predict SNAT ports.
+    pub hash_seed: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 64);
+const _: () = assert!(size_of::<Settings>() == 68);
 
 /// When a flow is over, so its SNAT port may serve a new flow and its entries may go: shared
 /// by the XDP program (which reclaims ports) and the agent (which counts active flows and
@@ -617,7 +620,10 @@ pub mod verdict {
     pub const DROP_FRAGMENT: u32 = 7;
     /// IPv6 extension headers to a VIP: dropped.
     pub const DROP_IPV6_EXT: u32 = 8;
-    /// Truncated TCP/UDP header to a VIP: dropped.
+    /// A TCP/UDP packet to a VIP that a target's kernel would discard: dropped before any
+    /// state. Truncated headers, an IP length shorter than its headers, a UDP length other
+    /// than the IP payload's, a TCP data offset below 5 or past the datagram, SYN with FIN
+    /// or RST, a martian source address, two VLAN tags.
     pub const DROP_MALFORMED: u32 = 9;
     /// The listener's group has no backend: dropped.
     pub const DROP_NO_BACKEND: u32 = 10;
@@ -634,7 +640,15 @@ pub mod verdict {
     pub const DROP_NO_FLOW: u32 = 15;
     /// A new flow above its listener's `new_flow_rate_limit` on this CPU: dropped.
     pub const DROP_FLOOD: u32 = 16;
-    // 17-19 are reserved for packet hygiene (issue 9), by the names `NAMES` gives them.
+    /// TTL or hop limit of 1 or 0 to a listener or a full-NAT address: passed untouched, for
+    /// the kernel to answer (ICMP time exceeded) as a router would; no flow is created.
+    pub const PASS_TTL_EXPIRED: u32 = 17;
+    /// An 802.1Q-tagged frame to a listener or a full-NAT address: passed untouched to the
+    /// kernel (its VLAN device), never balanced.
+    pub const PASS_VLAN: u32 = 18;
+    /// The next hop's interface takes no XDP redirect (not in the redirect map: a VLAN
+    /// device, or one that appeared after attaching): dropped, not counted as forwarded.
+    pub const DROP_REDIRECT: u32 = 19;
     /// An ICMP error from the client side about a balanced flow, translated and forwarded
     /// to the flow's backend.
     pub const FWD_ICMP_TO_BACKEND: u32 = 20;

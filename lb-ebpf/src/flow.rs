@@ -206,9 +206,9 @@ fn pick_backend(
 ) -> Result<(u32, u32), Verdict> {
     let no_backend = Verdict::drop(verdict::DROP_NO_BACKEND);
     let group = GROUPS.get(listener.group_id).ok_or(no_backend)?;
-    let hash = flow_hash(key);
+    let hash = flow_hash(key, settings.hash_seed);
     let pick = if group.flags & group_flags::STICKY_SOURCE_IP != 0 {
-        source_hash(&key.src, key.family)
+        source_hash(&key.src, key.family, settings.hash_seed)
     } else {
         hash
     };

@@ -37,6 +37,7 @@ use crate::{
     is_snat_addr,
     maps::{BACKEND_STATS, CONNTRACK, LISTENER_STATS, SETTINGS, SNAT},
     nat::Nat,
+    not_ours_to_forward,
     parse::is_vip,
     send::send,
 };
@@ -54,6 +55,10 @@ pub(crate) struct IcmpPacket {
     pub(crate) l4: usize,
     /// Where the IP length field says the packet ends (Ethernet padding may follow).
     pub(crate) ip_end: usize,
+    /// Whether the frame carried a VLAN tag.
+    pub(crate) tagged: bool,
+    /// The outer TTL or hop limit.
+    pub(crate) ttl: u8,
 }
 
 /// Where the quoted packet's headers start, inside the ICMP message.
@@ -95,6 +100,10 @@ pub(crate) fn translate(ctx: &XdpContext, packet: &IcmpPacket, scratch: &mut Scr
             .is_some_and(|settings| is_snat_addr(settings, &key.dst, key.family));
     if !to_vip && !to_snat {
         return Verdict::pass(verdict::PASS_NO_LISTENER);
+    }
+    // As for the flows' own packets: a tag or an expiring TTL is the kernel's to handle.
+    if let Some(verdict) = not_ours_to_forward(packet.tagged, packet.ttl) {
+        return verdict;
     }
     // A VIP is ours alone: what we cannot make sense of goes nowhere. The SNAT address is
     // the node's own: its kernel has the last word.
@@ -391,6 +400,15 @@ fn rewrite(
         outer_addresses.addr(&outer.dst, translation.outer_dst, 4);
         let ip = ptr_at::<Ipv4Hdr>(ctx, packet.l3)?;
         unsafe {
+            // Forwarded like any packet: one hop less. The TTL shares a checksummed word
+            // with the protocol.
+            let (ttl, protocol) = ((*ip).ttl, (*ip).protocol);
+            let ttl_after = ttl.saturating_sub(1);
+            outer_addresses.word(
+                u16::from_ne_bytes([ttl, protocol]),
+                u16::from_ne_bytes([ttl_after, protocol]),
+            );
+            (*ip).ttl = ttl_after;
             (*ip).check = outer_addresses.apply((*ip).check);
             set_packet_word(&raw mut (*ip).src, translation.outer_src.words()[0]);
             set_packet_word(&raw mut (*ip).dst, translation.outer_dst.words()[0]);
@@ -399,6 +417,8 @@ fn rewrite(
         // The ICMPv6 checksum covers the outer addresses too (pseudo-header).
         let ip = ptr_at::<Ipv6Hdr>(ctx, packet.l3)?;
         unsafe {
+            // No header checksum in IPv6 (nor is the hop limit in the pseudo-header).
+            (*ip).hop_limit = (*ip).hop_limit.saturating_sub(1);
             set_packet_words(&raw mut (*ip).src, translation.outer_src.words());
             set_packet_words(&raw mut (*ip).dst, translation.outer_dst.words());
         }

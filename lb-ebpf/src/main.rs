@@ -1,6 +1,6 @@
 //! The XDP data plane.
 //!
-//! Each frame goes through one pipeline: parse (Ethernet, one VLAN tag, IPv4/IPv6, TCP/UDP),
+//! Each frame goes through one pipeline: parse (Ethernet, VLAN tags, IPv4/IPv6, TCP/UDP),
 //! look up the listener, choose a backend (connection table, else the group's Maglev table),
 //! rewrite (full NAT), and send (`bpf_fib_lookup`, then XDP_TX or a redirect). A backend's reply
 //! to a full-NAT source address is matched in `SNAT` and rewritten back to the client.
@@ -10,7 +10,13 @@
 //!   it; we never forward it).
 //! - IPv4 fragments and IPv6 packets with extension headers carry no ports we could trust (or
 //!   would need walking): dropped when sent to a VIP, passed untouched otherwise.
-//! - a truncated TCP/UDP header to a VIP: dropped.
+//! - a TCP/UDP packet to a VIP whose headers a target would discard (truncated, lengths that
+//!   disagree, a bad TCP data offset, SYN with FIN or RST, a martian source, two VLAN tags):
+//!   dropped before any state is created (`parse`).
+//! - a VLAN-tagged frame, or a TTL / hop limit of 1 or 0, to a listener or a full-NAT address:
+//!   passed untouched to the kernel (`not_ours_to_forward`).
+//! - forwarded packets leave with the TTL / hop limit one lower; a next hop behind an
+//!   interface outside the redirect map is a drop (DROP_REDIRECT), never counted as forwarded.
 //! - a TCP segment other than a SYN that belongs to no flow: dropped, claiming nothing.
 //! - a new flow over its listener's per-CPU rate (`new_flow_rate_limit`): dropped.
 //!
@@ -73,6 +79,13 @@ impl Verdict {
 struct Packet {
     l3: usize,
     l4: usize,
+    /// Whether the frame carries a VLAN tag (then it is never balanced: see `balance`).
+    tagged: bool,
+    /// IPv4 TTL or IPv6 hop limit, as it arrived.
+    ttl: u8,
+    /// The TCP header's data offset and flags word, host order (read once, in `parse`); 0 for
+    /// UDP.
+    tcp_flags: u16,
 }
 
 /// Per-CPU working memory for one packet. The BPF stack is 512 bytes and the inlined pipeline
@@ -156,6 +169,9 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
         if listener.kind != listener_kind::L4_NAT {
             return Verdict::pass(verdict::PASS_TO_STACK);
         }
+        if let Some(verdict) = not_ours_to_forward(packet.tagged, packet.ttl) {
+            return verdict;
+        }
         return to_backend(ctx, packet, listener, scratch);
     }
     let Some(settings) = SETTINGS.get(0) else {
@@ -166,6 +182,9 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
     if is_snat_addr(settings, &key.dst, key.family)
         && let Some(reverse) = SNAT.get_ptr_mut(key)
     {
+        if let Some(verdict) = not_ours_to_forward(packet.tagged, packet.ttl) {
+            return verdict;
+        }
         // SAFETY: map values stay valid for the whole program run (RCU); a racing writer
         // can only make `last_seen` or `closing` a little off.
         unsafe {
@@ -183,6 +202,24 @@ fn balance(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> Verdict 
         return to_client(ctx, packet, &scratch.key, reverse, &mut scratch.fib);
     }
     Verdict::pass(verdict::PASS_NO_LISTENER)
+}
+
+/// A packet to a listener or a full-NAT address that we leave to the kernel, before any state
+/// is touched for it:
+/// - a VLAN-tagged frame: the FIB would be asked as if it came in untagged on the parent NIC
+///   and the frame would leave with its ingress tag, whatever its egress; the kernel's VLAN
+///   device routes it right (slower, but never onto the wrong VLAN).
+/// - a TTL or hop limit that forwarding would take to 0: the kernel answers it (ICMP time
+///   exceeded), as the router we stand in for must.
+#[inline(always)]
+fn not_ours_to_forward(tagged: bool, ttl: u8) -> Option<Verdict> {
+    if tagged {
+        return Some(Verdict::pass(verdict::PASS_VLAN));
+    }
+    if ttl <= 1 {
+        return Some(Verdict::pass(verdict::PASS_TTL_EXPIRED));
+    }
+    None
 }
 
 /// This protocol's bit in `PORTS`.

@@ -16,8 +16,10 @@ pub(crate) struct Nat<'a> {
     pub(crate) dport: u16,
 }
 
-/// Rewrites addresses and ports from `key`'s to `nat`'s, updating the IPv4 header checksum and
-/// the TCP/UDP checksum (whose pseudo-header covers the addresses) incrementally.
+/// Rewrites addresses and ports from `key`'s to `nat`'s and takes one off the TTL / hop limit
+/// (we forward as a router does; `balance` passed those at 1 or 0), updating the IPv4 header
+/// checksum and the TCP/UDP checksum (whose pseudo-header covers the addresses, not the TTL)
+/// incrementally.
 #[inline(always)]
 pub(crate) fn rewrite(
     ctx: &XdpContext,
@@ -31,7 +33,16 @@ pub(crate) fn rewrite(
         delta.addr(&key.dst, nat.dst, 4);
         let ip = ptr_at::<Ipv4Hdr>(ctx, packet.l3)?;
         unsafe {
-            (*ip).check = delta.apply((*ip).check);
+            // The TTL shares a checksummed word with the protocol.
+            let (ttl, protocol) = ((*ip).ttl, (*ip).protocol);
+            let ttl_after = ttl.saturating_sub(1);
+            let mut header_delta = delta;
+            header_delta.word(
+                u16::from_ne_bytes([ttl, protocol]),
+                u16::from_ne_bytes([ttl_after, protocol]),
+            );
+            (*ip).ttl = ttl_after;
+            (*ip).check = header_delta.apply((*ip).check);
             set_packet_word(&raw mut (*ip).src, nat.src.words()[0]);
             set_packet_word(&raw mut (*ip).dst, nat.dst.words()[0]);
         }
@@ -40,6 +51,8 @@ pub(crate) fn rewrite(
         delta.addr(&key.dst, nat.dst, 16);
         let ip = ptr_at::<Ipv6Hdr>(ctx, packet.l3)?;
         unsafe {
+            // No header checksum in IPv6.
+            (*ip).hop_limit = (*ip).hop_limit.saturating_sub(1);
             set_packet_words(&raw mut (*ip).src, nat.src.words());
             set_packet_words(&raw mut (*ip).dst, nat.dst.words());
         }

@@ -1,9 +1,7 @@
 //! Sending a rewritten packet: `bpf_fib_lookup` for the next hop, then XDP_TX or a redirect.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::xdp_action,
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    EbpfContext as _, bindings::xdp_action, helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{Addr, FAMILY_V4, FAMILY_V6, FlowKey, NextHop, verdict};
@@ -96,12 +94,14 @@ pub(crate) fn send(
             reason,
         };
     }
-    let action = match TX_PORTS.redirect(fib.ifindex, 0) {
-        Ok(action) => action,
-        // Not in the devmap: the slower generic redirect still delivers it.
-        Err(_) => unsafe { bpf_redirect(fib.ifindex, 0) as u32 },
-    };
-    Verdict { action, reason }
+    // Only through the redirect map: the agent puts there the interfaces that take XDP
+    // frames. A generic `bpf_redirect` to any other (a VLAN device, one created after we
+    // attached) returns XDP_REDIRECT and the kernel then drops the frame where we cannot
+    // count it, so it would be counted as forwarded: count it as the drop it is.
+    match TX_PORTS.redirect(fib.ifindex, 0) {
+        Ok(action) => Verdict { action, reason },
+        Err(_) => Verdict::drop(verdict::DROP_REDIRECT),
+    }
 }
 
 /// Notes the next hop of a packet dropped for want of its neighbour entry, for the agent to

@@ -15,6 +15,8 @@ pub struct Decoded {
     pub dst_mac: [u8; 6],
     /// The 802.1Q VLAN id, if tagged.
     pub vlan: Option<u16>,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
     pub src: IpAddr,
     pub dst: IpAddr,
     pub sport: u16,
@@ -36,7 +38,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         Some(VlanSlice::DoubleVlan(_)) => return Err("two VLAN tags".into()),
         None => None,
     };
-    let (src, dst) = match &packet.net {
+    let (src, dst, ttl) = match &packet.net {
         Some(NetSlice::Ipv4(ip)) => {
             let header = ip.header().to_header();
             let want = header.calc_header_checksum();
@@ -49,6 +51,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
             (
                 IpAddr::from(header.source),
                 IpAddr::from(header.destination),
+                header.time_to_live,
             )
         }
         Some(NetSlice::Ipv6(ip)) => {
@@ -56,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
             (
                 IpAddr::from(header.source_addr()),
                 IpAddr::from(header.destination_addr()),
+                header.hop_limit(),
             )
         }
         None => return Err("not IP".into()),
@@ -116,6 +120,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, String> {
         src_mac: eth.source(),
         dst_mac: eth.destination(),
         vlan,
+        ttl,
         src,
         dst,
         sport,

@@ -49,7 +49,7 @@ pub struct TestBed {
     ifindex: u32,
     // Last: leave the namespace after the program's maps are gone, then delete it.
     _inside: Inside,
-    _ns: NetNs,
+    ns: NetNs,
 }
 
 impl TestBed {
@@ -121,6 +121,10 @@ impl TestBed {
             config.agent.connection_table_size,
         )
         .expect("load XDP object");
+        // As attaching does: lbt2 becomes a redirect target.
+        dataplane
+            .add_redirect_ports()
+            .expect("fill the redirect map");
         let snat: Vec<IpAddr> = config.agent.snat_addresses.clone();
         let state = State::apply(
             &config,
@@ -136,14 +140,14 @@ impl TestBed {
             config,
             ifindex,
             _inside: inside,
-            _ns: ns,
+            ns,
         }
     }
 
     /// The MAC of the bed's NIC (`lbt0`): the source of frames the program sends back out.
     pub fn nic_mac(&self) -> [u8; 6] {
         let link = self
-            ._ns
+            .ns
             .ip(&["-o", "link", "show", "lbt0"])
             .unwrap_or_else(|e| panic!("{e:#}"));
         let text = link
@@ -156,6 +160,11 @@ impl TestBed {
             *byte = u8::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{text}: {e}"));
         }
         mac
+    }
+
+    /// Runs `ip ARGS` in the bed's namespace (to change its routes, links, neighbours).
+    pub fn ip(&self, args: &[&str]) {
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Runs the load balancer once on `frame` as if it arrived on the bed's NIC.
@@ -205,10 +214,12 @@ impl TestBed {
     ) -> SocketAddr {
         let group_id = self.state.group_id(group).expect("group");
         let info = self.dataplane.group(group_id).expect("group entry");
+        // The seed the data plane hashes with (random unless the config sets one).
+        let seed = self.dataplane.settings().expect("settings").hash_seed;
         let hash = if sticky {
-            lb_common::hash::source_hash(&key.src, key.family)
+            lb_common::hash::source_hash(&key.src, key.family, seed)
         } else {
-            lb_common::hash::flow_hash(key)
+            lb_common::hash::flow_hash(key, seed)
         };
         let id = self
             .dataplane

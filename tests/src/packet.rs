@@ -15,6 +15,8 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const FIN: u8 = 0x01;
 /// TCP SYN.
 pub const SYN: u8 = 0x02;
+/// TCP RST.
+pub const RST: u8 = 0x04;
 /// TCP ACK.
 pub const ACK: u8 = 0x10;
 
@@ -33,6 +35,14 @@ pub enum Mutation {
     IpLengthBeyondFrame,
     /// The IPv4 header length field says 3 words (12 bytes), below the 20-byte minimum.
     Ipv4HeaderLengthBelowMinimum,
+    /// The IPv4 total length field set to `len` (the header checksum still matches): shorter
+    /// than the headers, the transport header then lies in what is Ethernet padding.
+    Ipv4TotalLength(u16),
+    /// The TCP data offset field (header length in 32-bit words) set to this value, 0-15; the
+    /// TCP checksum still matches.
+    TcpDataOffset(u8),
+    /// The UDP length field set to this value; the UDP checksum still matches.
+    UdpLength(u16),
     /// Byte `at` of the finished frame (checksums included) overwritten with `value`: a random
     /// corruption that nothing repairs.
     OverwriteByte {
@@ -57,6 +67,9 @@ pub struct Frame {
     /// An ICMP or ICMPv6 message's type and code (its payload follows the checksum).
     icmp: Option<(u8, u8)>,
     vlan: Option<u16>,
+    /// An outer tag before the 802.1Q one (QinQ), and its EtherType.
+    outer_vlan: Option<u16>,
+    outer_vlan_type: u16,
     tcp_flags: u8,
     ttl: u8,
     /// IPv4 flags and fragment offset field (host order).
@@ -85,6 +98,8 @@ impl Frame {
             payload: b"hello, backend".to_vec(),
             icmp: None,
             vlan: None,
+            outer_vlan: None,
+            outer_vlan_type: 0x88a8,
             tcp_flags: SYN,
             ttl: 64,
             fragment_field: 0,
@@ -140,6 +155,15 @@ impl Frame {
     /// An 802.1Q tag with VLAN id `vid`.
     pub fn vlan(mut self, vid: u16) -> Self {
         self.vlan = Some(vid);
+        self
+    }
+
+    /// Two tags, QinQ: an outer one with VLAN id `outer`, then an 802.1Q one with `inner`.
+    /// `outer_type` is the outer tag's EtherType: 0x88a8 (802.1ad) or 0x8100 (802.1Q-in-802.1Q).
+    pub fn double_tagged(mut self, outer_type: u16, outer: u16, inner: u16) -> Self {
+        self.outer_vlan = Some(outer);
+        self.outer_vlan_type = outer_type;
+        self.vlan = Some(inner);
         self
     }
 
@@ -220,7 +244,8 @@ impl Frame {
     /// Bytes before the transport header: Ethernet, VLAN tag, IP header and its extensions.
     /// Corrupting any of them is corrupting "the headers".
     pub fn header_len(&self) -> usize {
-        let l2 = if self.vlan.is_some() { 18 } else { 14 };
+        let tags = usize::from(self.vlan.is_some()) + usize::from(self.outer_vlan.is_some());
+        let l2 = 14 + 4 * tags;
         l2 + match self.src {
             IpAddr::V4(_) => 20,
             IpAddr::V6(_) => 40 + if self.ipv6_hop_by_hop { 8 } else { 0 },
@@ -239,6 +264,10 @@ impl Frame {
         let mut frame = Vec::new();
         frame.extend(DST_MAC);
         frame.extend(SRC_MAC);
+        if let Some(vid) = self.outer_vlan {
+            frame.extend(self.outer_vlan_type.to_be_bytes());
+            frame.extend(vid.to_be_bytes());
+        }
         if let Some(vid) = self.vlan {
             frame.extend(0x8100u16.to_be_bytes());
             frame.extend(vid.to_be_bytes());
@@ -257,7 +286,15 @@ impl Frame {
                     0x45
                 };
                 let mut ip = vec![version_ihl, 0];
-                ip.extend(((20 + l4.len() + length_lie) as u16).to_be_bytes());
+                let total_length = self
+                    .mutations
+                    .iter()
+                    .find_map(|m| match m {
+                        Mutation::Ipv4TotalLength(len) => Some(*len),
+                        _ => None,
+                    })
+                    .unwrap_or((20 + l4.len() + length_lie) as u16);
+                ip.extend(total_length.to_be_bytes());
                 ip.extend([0x12, 0x34]);
                 ip.extend(self.fragment_field.to_be_bytes());
                 ip.extend([self.ttl, self.proto, 0, 0]);
@@ -316,8 +353,29 @@ impl Frame {
             PROTO_TCP => {
                 l4.extend(self.sport.to_be_bytes());
                 l4.extend(self.dport.to_be_bytes());
-                // Sequence number 1, no acknowledgment number, 5 words, flags, window 65535.
-                l4.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, self.tcp_flags, 0xff, 0xff]);
+                let words = self
+                    .mutations
+                    .iter()
+                    .find_map(|m| match m {
+                        Mutation::TcpDataOffset(words) => Some(*words),
+                        _ => None,
+                    })
+                    .unwrap_or(5);
+                // Sequence number 1, no acknowledgment number, data offset, flags, window 65535.
+                l4.extend([
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (words & 0x0f) << 4,
+                    self.tcp_flags,
+                    0xff,
+                    0xff,
+                ]);
                 // Checksum, urgent pointer.
                 l4.extend([0, 0, 0, 0]);
                 Some(16)
@@ -325,7 +383,15 @@ impl Frame {
             PROTO_UDP => {
                 l4.extend(self.sport.to_be_bytes());
                 l4.extend(self.dport.to_be_bytes());
-                l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                let length = self
+                    .mutations
+                    .iter()
+                    .find_map(|m| match m {
+                        Mutation::UdpLength(len) => Some(*len),
+                        _ => None,
+                    })
+                    .unwrap_or((8 + self.payload.len()) as u16);
+                l4.extend(length.to_be_bytes());
                 l4.extend([0, 0]);
                 self.udp_checksum.then_some(6)
             }

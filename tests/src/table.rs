@@ -94,6 +94,8 @@ pub enum Property {
     },
     /// Still tagged with this VLAN id.
     VlanTag(u16),
+    /// A valid frame (every checksum, the IPv4 header's too) with this TTL / hop limit.
+    Ttl(u8),
     /// A UDP datagram still without a checksum (the field 0).
     NoUdpChecksum,
 }
@@ -185,6 +187,10 @@ impl Property {
                 Some(seen) if seen == *vid => Ok(()),
                 seen => Err(format!("VLAN tag {seen:?}")),
             },
+            Self::Ttl(ttl) => match decode(output)?.ttl {
+                seen if seen == *ttl => Ok(()),
+                seen => Err(format!("TTL {seen}")),
+            },
             Self::NoUdpChecksum => match decode(output)?.udp_checksum {
                 Some(0) => Ok(()),
                 seen => Err(format!("UDP checksum {seen:x?}")),
@@ -255,6 +261,7 @@ impl fmt::Display for Property {
                 String::from_utf8_lossy(payload)
             ),
             Self::VlanTag(vid) => write!(f, "VLAN tag {vid} kept"),
+            Self::Ttl(ttl) => write!(f, "valid, TTL {ttl}"),
             Self::NoUdpChecksum => f.write_str("UDP checksum still 0 (none)"),
         }
     }

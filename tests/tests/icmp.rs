@@ -132,7 +132,8 @@ fn to_backend(
         icmp(router, flow.vip.ip(), kind, rest, &about).build(),
         Expect::verdict(Verdict::Tx).and(Property::Bytes(sent(
             bed,
-            &icmp(flow.snat.ip(), flow.backend.ip(), kind, rest, &want),
+            // Forwarded like any packet: one hop less.
+            &icmp(flow.snat.ip(), flow.backend.ip(), kind, rest, &want).ttl(63),
             flow.backend.ip(),
         ))),
     )
@@ -149,7 +150,7 @@ fn to_client(bed: &TestBed, name: &str, flow: &Flow, kind: (u8, u8), quoted: usi
         icmp(flow.backend.ip(), flow.snat.ip(), kind, 0, &about).build(),
         Expect::verdict(Verdict::Tx).and(Property::Bytes(sent(
             bed,
-            &icmp(flow.vip.ip(), flow.client.ip(), kind, 0, &want),
+            &icmp(flow.vip.ip(), flow.client.ip(), kind, 0, &want).ttl(63),
             flow.client.ip(),
         ))),
     )

@@ -84,6 +84,11 @@ pub struct AgentConfig {
     /// hook; the forwarding `bpf_fib_lookup` needs must not make the node a router). Read at
     /// start.
     pub kernel_forwarding: bool,
+    /// Seed of the flow hash that picks targets and SNAT ports. Give every node of a cluster
+    /// the same one (a flow that moves between nodes keeps its target) and keep it from
+    /// clients (who could otherwise aim flows at one target). Absent: the seed an adopted
+    /// data plane already uses, else a random one for this node alone.
+    pub flow_hash_seed: Option<u32>,
 }
 
 impl Default for AgentConfig {
@@ -108,6 +113,7 @@ impl Default for AgentConfig {
             api_idle_timeout: Duration::from_secs(60),
             api_max_connections: 256,
             kernel_forwarding: false,
+            flow_hash_seed: None,
         }
     }
 }

@@ -187,6 +187,10 @@ impl Maps for MemoryMaps {
         self.adopted
     }
 
+    fn settings(&self) -> Result<Settings> {
+        Ok(self.settings)
+    }
+
     fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         self.write(map_names::SETTINGS)?;
         self.settings = *settings;

@@ -51,6 +51,8 @@ pub trait Maps: MapReader {
     fn group_capacity(&self) -> u32;
     /// Whether the maps were adopted from an earlier agent (their contents are in use).
     fn adopted(&self) -> bool;
+    /// The data-plane settings in force (an adopted data plane's: its flow-hash seed).
+    fn settings(&self) -> Result<Settings>;
     /// Writes the data-plane settings.
     fn set_settings(&mut self, settings: &Settings) -> Result<()>;
     /// Every listener entry.

@@ -18,11 +18,17 @@ use crate::{
     dataplane::Maps,
 };
 
-/// The data-plane settings `config` asks for; an error if a listener's family has no
-/// full-NAT source address.
-pub(super) fn settings_for(config: &Config, snat: &[IpAddr], maglev_size: u32) -> Result<Settings> {
+/// The data-plane settings `config` asks for, with the flow hash's `hash_seed`; an error if a
+/// listener's family has no full-NAT source address.
+pub(super) fn settings_for(
+    config: &Config,
+    snat: &[IpAddr],
+    maglev_size: u32,
+    hash_seed: u32,
+) -> Result<Settings> {
     let mut settings = Settings {
         maglev_size,
+        hash_seed,
         snat_port_min: config.agent.snat_port_range.0,
         snat_port_max: config.agent.snat_port_range.1,
         tcp_idle_s: config.agent.tcp_idle_timeout.as_secs() as u32,
@@ -58,6 +64,30 @@ pub(super) fn settings_for(config: &Config, snat: &[IpAddr], maglev_size: u32) -
         }
     }
     Ok(settings)
+}
+
+/// The flow hash's seed at start: the config's; else the one an adopted data plane uses (its
+/// flows and their SNAT ports were placed with it); else a random one, for this node alone.
+pub(super) fn hash_seed_for(config: &Config, dp: &impl Maps) -> u32 {
+    if let Some(seed) = config.agent.flow_hash_seed {
+        return seed;
+    }
+    if dp.adopted()
+        && let Ok(settings) = dp.settings()
+    {
+        return settings.hash_seed;
+    }
+    tracing::warn!(
+        "[agent] flow_hash_seed is not set: this node hashes flows with a random seed; give every node of a cluster the same one"
+    );
+    random_seed()
+}
+
+/// 32 bits from the standard library's per-process random hasher keys (the OS's randomness).
+fn random_seed() -> u32 {
+    use std::hash::BuildHasher as _;
+    let now = std::time::SystemTime::now();
+    std::collections::hash_map::RandomState::new().hash_one(now) as u32
 }
 
 /// The address family of the listeners that forward to `group`; none: no listener does.

@@ -29,7 +29,9 @@ use std::{
 use lb_common::{GroupInfo, MAX_BACKENDS, Settings};
 
 pub use encode::addr_of;
-use encode::{backend_of, desired_targets, family_of, flags_of, group_family, settings_for};
+use encode::{
+    backend_of, desired_targets, family_of, flags_of, group_family, hash_seed_for, settings_for,
+};
 pub use group::CheckSpec;
 use group::{GroupCheck, GroupState, ListenerState, TargetEntry};
 pub use ids::Ids;
@@ -142,7 +144,7 @@ impl State {
         ids: &Ids,
         now: Instant,
     ) -> Result<State> {
-        let settings = settings_for(config, snat, dp.maglev_size())?;
+        let settings = settings_for(config, snat, dp.maglev_size(), hash_seed_for(config, dp))?;
         let mut state = State {
             settings,
             reserved_backend_ids: ids.backend_ids().collect(),

@@ -40,11 +40,16 @@ impl State {
         now: Instant,
     ) -> Result<Vec<String>> {
         let mut changes = Vec::new();
-        let settings = settings_for(config, snat, dp.maglev_size())?;
+        // No seed in the file: the one in force stays (flows placed with it keep their place).
+        let seed = config
+            .agent
+            .flow_hash_seed
+            .unwrap_or(self.settings.hash_seed);
+        let settings = settings_for(config, snat, dp.maglev_size(), seed)?;
         if settings != self.settings {
             dp.set_settings(&settings)?;
             self.settings = settings;
-            changes.push("agent: full-NAT settings (snat addresses or port range)".to_owned());
+            changes.push("agent: data-plane settings (snat addresses, port range, timeouts or flow hash seed)".to_owned());
         }
         for group in &config.target_groups {
             let family = group_family(config, &group.name);

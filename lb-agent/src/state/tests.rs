@@ -600,3 +600,51 @@ fn an_adopted_target_the_config_dropped_drains_instead_of_losing_its_flows() {
         .unwrap();
     assert!(maps.flows.is_empty(), "its flow outlived the delay");
 }
+
+/// `plain()` with `[agent] flow_hash_seed = seed`.
+fn with_seed(seed: u32) -> String {
+    plain().replacen(
+        "[agent]\n",
+        &format!("[agent]\nflow_hash_seed = {seed}\n"),
+        1,
+    )
+}
+
+#[test]
+fn the_flow_hash_seed_is_the_configs_and_a_reload_changes_it() {
+    let mut bed = Bed::new(&with_seed(12345));
+    assert_eq!(bed.maps.settings.hash_seed, 12345);
+    let snat = ["198.18.0.1".parse().unwrap()];
+    bed.state
+        .reload(&mut bed.maps, &config(&with_seed(777)), &snat, bed.t0)
+        .unwrap();
+    assert_eq!(bed.maps.settings.hash_seed, 777);
+}
+
+#[test]
+fn without_a_configured_seed_each_fresh_start_draws_its_own() {
+    // Two nodes of a cluster without a seed would place flows differently: the README asks
+    // for one. 1 in 2^32 that two draws agree.
+    let (a, b) = (Bed::new(&plain()), Bed::new(&plain()));
+    assert_ne!(a.maps.settings.hash_seed, b.maps.settings.hash_seed);
+}
+
+#[test]
+fn without_a_configured_seed_adoption_and_reloads_keep_the_seed_in_force() {
+    let mut bed = Bed::new(&plain());
+    let seed = bed.maps.settings.hash_seed;
+    let snat = ["198.18.0.1".parse().unwrap()];
+    // The restarted agent adopts the maps: their flows were placed with this seed.
+    let mut maps = bed.maps.clone().adopt();
+    let ids = bed.state.ids();
+    State::apply(&config(&plain()), &snat, &mut maps, &ids, bed.t0).unwrap();
+    assert_eq!(maps.settings.hash_seed, seed, "adoption changed the seed");
+    let changed = config(&config_text("", r#"{ address = "198.18.0.21" }"#));
+    bed.state
+        .reload(&mut bed.maps, &changed, &snat, bed.t0)
+        .unwrap();
+    assert_eq!(
+        bed.maps.settings.hash_seed, seed,
+        "a reload changed the seed"
+    );
+}

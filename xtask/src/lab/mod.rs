@@ -30,6 +30,7 @@ mod command;
 pub mod kernel_object;
 pub mod netns;
 mod processes;
+pub mod scripts;
 mod servers;
 mod topology;
 mod xdp;

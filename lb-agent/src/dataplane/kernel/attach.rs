@@ -54,18 +54,25 @@ impl Dataplane {
         self.tx_ports()?
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
-        // Every other interface may be a next hop too (two-arm set-ups): a devmap redirect is
-        // the fast way there. One that refuses (no XDP transmit support) is left to the
-        // generic redirect.
-        for (name, other) in interfaces() {
-            if other != ifindex
-                && name != "lo"
-                && let Err(e) = self.tx_ports()?.insert(other, other, None, 0)
+        self.add_redirect_ports()?;
+        Ok((mode, taken))
+    }
+
+    /// Puts the node's interfaces in the redirect map: any may be a next hop (two-arm set-ups),
+    /// and the program redirects only through the map (DROP_REDIRECT otherwise). Loopback
+    /// and VLAN devices stay out: XDP cannot transmit on a VLAN device (the frame would be
+    /// dropped after we counted it forwarded), so a flow routed onto one is counted as the
+    /// drop it is. One the kernel refuses is left out too.
+    pub fn add_redirect_ports(&mut self) -> Result<()> {
+        for (name, index) in interfaces() {
+            if name != "lo"
+                && !is_vlan_device(&name)
+                && let Err(e) = self.tx_ports()?.insert(index, index, None, 0)
             {
                 tracing::debug!(iface = name, error = %e, "not in the redirect map");
             }
         }
-        Ok((mode, taken))
+        Ok(())
     }
 
     /// Puts this agent's program on the link an earlier agent pinned at `path`, atomically.
@@ -235,18 +242,36 @@ fn attached_mode(iface: &str) -> Option<AttachMode> {
 
 /// The interfaces of this network namespace: (name, ifindex).
 fn interfaces() -> Vec<(String, u32)> {
-    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
-        return Vec::new();
-    };
-    dir.filter_map(std::result::Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let c_name = CString::new(name.as_str()).ok()?;
-            // SAFETY: a NUL-terminated string.
-            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-            (index != 0).then_some((name, index))
-        })
-        .collect()
+    // if_nameindex asks the kernel over netlink from this thread: it sees the namespace the
+    // thread is in, where /sys/class/net shows the one sysfs was mounted from.
+    // SAFETY: the list is read up to its terminating entry, then freed once.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut entry = list;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name);
+            out.push((name.to_string_lossy().into_owned(), (*entry).if_index));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+        out
+    }
+}
+
+/// Whether `name` is an 802.1Q/802.1ad sub-interface (`ip link add link eth0 type vlan`):
+/// the 8021q module lists them, one a line after two of headings ("eth0.7 | 7 | eth0"), for
+/// this thread's namespace. No file: no VLAN support, so no VLAN devices.
+fn is_vlan_device(name: &str) -> bool {
+    std::fs::read_to_string("/proc/thread-self/net/vlan/config").is_ok_and(|config| {
+        config
+            .lines()
+            .skip(2)
+            .any(|l| l.split('|').next().map(str::trim) == Some(name))
+    })
 }
 /// `ETHTOOL_GDRVINFO`: the driver's name and versions.
 const ETHTOOL_GDRVINFO: u32 = 0x3;

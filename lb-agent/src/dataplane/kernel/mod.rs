@@ -318,6 +318,12 @@ impl Maps for Dataplane {
         self.adopted
     }
 
+    fn settings(&self) -> Result<Settings> {
+        let map: Array<_, Settings> = Array::try_from(self.map(map_names::SETTINGS)?)
+            .map_err(map_err(map_names::SETTINGS))?;
+        map.get(&0, 0).map_err(map_err(map_names::SETTINGS))
+    }
+
     /// Writes the data-plane settings.
     fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         let mut map: Array<_, Settings> = Array::try_from(self.map_mut(map_names::SETTINGS)?)
