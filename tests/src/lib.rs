@@ -14,13 +14,16 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
 use lb_agent::{
     config::Config,
     dataplane::{Dataplane, Maps as _},
     state::{Ids, State},
 };
-use lb_common::program_names;
+use lb_common::{Settings, map_names, program_names};
 use xtask::lab::netns::{Inside, NetNs};
 
 use crate::bed_config::BedConfig;
@@ -202,6 +205,37 @@ impl TestBed {
         out.truncate(result.data_size_out as usize);
         let ns = result.duration.as_nanos() as f64;
         ((result.return_value, out), ns)
+    }
+
+    /// The program's map `name`, opened by id (the bed's maps are not pinned): for writes the
+    /// agent's own code never makes, which a test needs to stage a state.
+    pub fn program_map(&mut self, name: &str) -> MapData {
+        let program = self.dataplane.program(program_names::LB).expect("program");
+        let ids = program
+            .info()
+            .expect("program info")
+            .map_ids()
+            .expect("map ids")
+            .expect("the kernel lists the program's maps");
+        ids.into_iter()
+            .filter_map(|id| MapData::from_id(id).ok())
+            .find(|map| {
+                map.info()
+                    .ok()
+                    .and_then(|info| info.name_as_str().map(|n| n == name))
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("the program uses no map {name}"))
+    }
+
+    /// Changes the data-plane settings as the agent wrote them: for timeouts shorter than a
+    /// config accepts (a config's least is a second, or ten for UDP).
+    pub fn change_settings(&mut self, change: impl FnOnce(&mut Settings)) {
+        let map = Map::from_map_data(self.program_map(map_names::SETTINGS)).expect("SETTINGS");
+        let mut settings: Array<_, Settings> = Array::try_from(map).expect("SETTINGS array");
+        let mut value = settings.get(&0, 0).expect("settings");
+        change(&mut value);
+        settings.set(0, value, 0).expect("write settings");
     }
 
     /// The backend the program should pick for a new flow from `key`, predicted from the

@@ -335,3 +335,42 @@ fn an_agent_on_a_veth_warns_about_the_senders_checksum_offload() {
         .unwrap_or_else(|| panic!("no veth warning in:\n{log}"));
     assert!(warning.contains("ethtool -K DEV tx off"), "{warning}");
 }
+
+#[test]
+fn a_listener_on_snat_ports_of_the_interface_address_is_refused_at_start_with_nothing_pinned() {
+    let lab = Lab::up(LabSpec {
+        name: Lab::unique_name("snp"),
+        backends: 1,
+        router: None,
+    })
+    .expect("lab");
+    // No agent.snat_addresses: the full-NAT source is eth0's own 198.18.0.1, where this
+    // listener takes a port of the default range 1024-32767.
+    std::fs::write(
+        config_path(&lab),
+        r#"
+[[target_group]]
+name = "echo"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[listener]]
+name = "echo"
+address = "198.18.0.1"
+port = 20080
+protocol = "tcp"
+default_action = { forward = "echo" }
+"#,
+    )
+    .expect("config");
+    let said = failed_start(&lab, &["eth0"]);
+    for part in [
+        "listener `echo`",
+        "198.18.0.1 port 20080",
+        "snat_port_range [1024, 32767]",
+    ] {
+        assert!(said.contains(part), "`{part}` missing: {said}");
+    }
+    assert_eq!(pinned(&lab), Vec::<String>::new(), "after: {said}");
+}

@@ -15,9 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, Map, MapData};
 use lb_agent::dataplane::MapReader as _;
-use lb_common::{Flow, FlowKey, ReverseFlow, Settings, map_names, program_names};
+use lb_common::{Flow, FlowKey, ReverseFlow, program_names};
 use tests::{
     TestBed,
     bed_config::BedConfig,
@@ -114,35 +113,10 @@ fn pin_to_cpu(cpu: usize) {
     );
 }
 
-/// The program's map `name`, opened by id (the bed's maps are not pinned).
-fn program_map(bed: &mut TestBed, name: &str) -> MapData {
-    let program = bed.dataplane.program(program_names::LB).expect("program");
-    let ids = program
-        .info()
-        .expect("program info")
-        .map_ids()
-        .expect("map ids")
-        .expect("the kernel lists the program's maps");
-    ids.into_iter()
-        .filter_map(|id| MapData::from_id(id).ok())
-        .find(|map| {
-            map.info()
-                .ok()
-                .and_then(|info| info.name_as_str().map(|n| n == name))
-                .unwrap_or(false)
-        })
-        .unwrap_or_else(|| panic!("the program uses no map {name}"))
-}
-
 /// Makes a closed flow's port free one clock tick after its FIN, not after `closed_timeout`
-/// (1 s at least in a config): many takeover rounds a second. Written into the program's
-/// settings as the agent wrote them, only `closed_s` changed.
+/// (1 s at least in a config): many takeover rounds a second.
 fn close_instantly(bed: &mut TestBed) {
-    let map = Map::from_map_data(program_map(bed, map_names::SETTINGS)).expect("SETTINGS");
-    let mut settings: Array<_, Settings> = Array::try_from(map).expect("SETTINGS array");
-    let mut value = settings.get(&0, 0).expect("settings");
-    value.closed_s = 0;
-    settings.set(0, value, 0).expect("write settings");
+    bed.change_settings(|settings| settings.closed_s = 0);
 }
 
 /// The resolution of the clock the data plane stamps flows with (`bpf_ktime_get_coarse_ns`).

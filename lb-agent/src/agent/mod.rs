@@ -3,10 +3,14 @@
 //! plane's counters, without waiting for the writer. `monitor` runs the health checks.
 
 pub mod monitor;
+pub mod reply_watch;
 pub mod sweeper;
 pub mod writer;
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -17,6 +21,7 @@ use crate::{
         Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, Request, StatusView, Validation,
     },
 };
+use reply_watch::{ReplyWatch, Sample};
 pub use writer::{Change, ConfigSource, Node, Snapshot, Writer};
 
 /// What does not change while the agent runs.
@@ -35,6 +40,8 @@ pub struct Handle {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     reader: Arc<dyn MapReader + Send + Sync>,
     info: Arc<AgentInfo>,
+    /// Recent verdict counters, for the symptom of unanswered forwarding.
+    replies: Arc<ReplyWatch>,
 }
 
 impl Handle {
@@ -49,7 +56,14 @@ impl Handle {
             snapshots,
             reader,
             info: Arc::new(info),
+            replies: Arc::new(ReplyWatch::default()),
         }
+    }
+
+    /// Samples the verdict counters for `status`'s warnings, if a sample is due (at most one
+    /// a second: a read of one small per-CPU array). Called from the monitor's tick.
+    pub fn watch_replies(&self) {
+        sample_replies(self.reader.as_ref(), &self.replies);
     }
 
     /// The state as of the last change.
@@ -79,10 +93,13 @@ impl Handle {
                 .unwrap_or_else(|_| Err(ApiError::new(503, "the agent is stopping")));
         }
         let (snapshot, reader, info) = (self.snapshot(), self.reader.clone(), self.info.clone());
+        let replies = self.replies.clone();
         // Map reads are system calls (a connection-table walk may take tens of ms).
-        tokio::task::spawn_blocking(move || read(&snapshot, reader.as_ref(), &info, request))
-            .await
-            .unwrap_or_else(|e| Err(ApiError::new(500, format!("internal error: {e}"))))
+        tokio::task::spawn_blocking(move || {
+            read(&snapshot, reader.as_ref(), &info, &replies, request)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(500, format!("internal error: {e}"))))
     }
 
     /// The Prometheus text of the current state and counters.
@@ -109,6 +126,19 @@ impl Handle {
     }
 }
 
+/// Records a sample of `reader`'s verdict counters in `replies` if one is due; a failed read
+/// is skipped (the next tick tries again).
+fn sample_replies(reader: &dyn MapReader, replies: &ReplyWatch) {
+    let now = Instant::now();
+    if !replies.due(now) {
+        return;
+    }
+    match reader.verdicts() {
+        Ok(verdicts) => replies.record(Sample::of(&verdicts, now)),
+        Err(e) => tracing::debug!(error = %e, "reading the verdict counters failed"),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(500, e.to_string())
 }
@@ -118,6 +148,7 @@ fn read(
     snapshot: &Snapshot,
     reader: &dyn MapReader,
     info: &AgentInfo,
+    replies: &ReplyWatch,
     request: Request,
 ) -> Result<Answer, ApiError> {
     let state = &snapshot.state;
@@ -144,6 +175,7 @@ fn read(
         Request::OverridesList => Answer::Overrides(snapshot.overrides.clone()),
         Request::Status => {
             let stats = state.stats(reader).map_err(internal)?;
+            sample_replies(reader, replies);
             Answer::Status(StatusView {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 pid: std::process::id(),
@@ -165,6 +197,7 @@ fn read(
                 flows: stats.flows,
                 active_flows: stats.active_flows,
                 health_transitions: stats.health_transitions,
+                warnings: replies.warnings(),
             })
         }
         Request::ConfigGet => {
@@ -279,7 +312,13 @@ default_action = { forward = "web" }
             adopted: false,
             interfaces: Vec::new(),
         };
-        match read(snapshot, maps, &info, Request::Flows { limit }) {
+        match read(
+            snapshot,
+            maps,
+            &info,
+            &ReplyWatch::default(),
+            Request::Flows { limit },
+        ) {
             Ok(Answer::Flows(list)) => list.len(),
             other => panic!("{other:?}"),
         }

@@ -36,6 +36,7 @@ pub async fn run(agent: Handle, mut stop: watch::Receiver<bool>) {
         if !agent.send(Change::Tick) {
             break;
         }
+        agent.watch_replies();
         let specs = agent.snapshot().state.checks();
         tasks.retain(|key, task| {
             let wanted = specs

@@ -411,6 +411,11 @@ impl<M: Maps + Detach> Writer<M> {
     ) -> Result<Changes, ApiError> {
         let config = with_overrides(&file, &overrides).map_err(|m| ApiError::new(422, m))?;
         let snat = (self.node.snat_addresses)(&config).map_err(|m| ApiError::new(500, m))?;
+        // As at start: the file check cannot see the interface's own addresses.
+        let clashes = config.listeners_on_snat_ports(&snat);
+        if !clashes.is_empty() {
+            return Err(ApiError::new(422, clashes.join("; ")));
+        }
         // New targets' next hops are resolved before they serve.
         (self.node.resolve_next_hops)(config.target_addresses().collect());
         let changes = self
@@ -593,6 +598,35 @@ default_action = { forward = "web" }
             kept.targets["web"][&target],
             TargetOverride::Registered { weight: 2 }
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_config_whose_listener_takes_a_snat_port_of_the_interface_address_is_refused() {
+        let dir = scratch("snat-clash");
+        let mut writer = writer(&dir);
+        // The node's own address, the full-NAT source of a config that names none.
+        writer.node.snat_addresses = Box::new(|config| {
+            Ok(if config.agent.snat_addresses.is_empty() {
+                vec!["198.18.0.1".parse().unwrap()]
+            } else {
+                config.agent.snat_addresses.clone()
+            })
+        });
+        let text = CONFIG
+            .replace(r#"snat_addresses = ["198.18.0.1"]"#, "")
+            .replace(
+                "address = \"198.18.1.100\"\nport = 80",
+                "address = \"198.18.0.1\"\nport = 20080",
+            );
+        assert!(text.contains("port = 20080"), "{text}");
+        let refused = send(&mut writer, Request::ConfigApply { text }, None).unwrap_err();
+        assert_eq!(refused.status, 422, "{}", refused.message);
+        for part in ["listener `web`", "198.18.0.1 port 20080", "[1024, 32767]"] {
+            assert!(refused.message.contains(part), "{}", refused.message);
+        }
+        let file = std::fs::read_to_string(dir.join("lb.toml")).unwrap();
+        assert_eq!(file, CONFIG, "the old file stays");
         let _ = std::fs::remove_dir_all(dir);
     }
 

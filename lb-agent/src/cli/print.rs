@@ -238,6 +238,9 @@ pub fn status(r: &StatusView) {
             format!("{problems} target groups need attention: `lb-agent targets list`")
         }
     );
+    for warning in &r.warnings {
+        println!("WARNING     {warning}");
+    }
 }
 
 /// The API's changes on top of the config file.

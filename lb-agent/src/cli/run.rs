@@ -64,6 +64,12 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let addresses = node::addresses()?;
     let snat = node::snat_addresses(&cfg, &addresses, &iface);
+    // The file check covers the addresses the config names; the interface's own are known
+    // only here.
+    let clashes = cfg.listeners_on_snat_ports(&snat);
+    if !clashes.is_empty() {
+        anyhow::bail!("refusing to start: {}", clashes.join("; "));
+    }
     for ip in &snat {
         // Targets answer the SNAT address: if no interface has it, replies never come back.
         if !addresses.iter().any(|(_, a)| a == ip) {

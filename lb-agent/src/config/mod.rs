@@ -7,8 +7,9 @@
 //! Keeping spans out of the model means the rest of the agent sees plain types.
 //!
 //! One file per concept: the model (`agent`, `target_group`, `health_check`, `listener`),
-//! `duration` (how the file writes durations), `validate` (the whole-config checks) and
-//! `location` (errors with file, line, column and field). Everything public is re-exported
+//! `duration` (how the file writes durations), `validate` (the whole-config checks),
+//! `snat_ports` (listeners against the full-NAT source ports, also on the node's own addresses)
+//! and `location` (errors with file, line, column and field). Everything public is re-exported
 //! here, so users name `config::X` whatever file `X` lives in.
 
 mod agent;
@@ -18,6 +19,7 @@ pub(crate) mod fixture;
 mod health_check;
 mod listener;
 mod location;
+mod snat_ports;
 mod target_group;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ use lb_common::{MAX_BACKENDS, MAX_GROUPS, MAX_LISTENERS};
 
 use super::{
     Action, Config, Forward, HealthCheck, Listener, ListenerProtocol, MAX_WEIGHT, Mode, Stickiness,
+    snat_ports::clashing_source,
 };
 use crate::maglev::is_prime;
 
@@ -568,15 +569,7 @@ impl Config {
     /// would arrive at the same address and port, and one of them would go to the other.
     fn check_listener_outside_snat_ports(&self, p: &mut Problems, at: &str, l: &Listener) {
         let (lo, hi) = self.agent.snat_port_range;
-        let Some(si) = self
-            .agent
-            .snat_addresses
-            .iter()
-            .position(|s| s.to_canonical() == l.address.to_canonical())
-        else {
-            return;
-        };
-        if (lo..=hi).contains(&l.port) {
+        if let Some(si) = clashing_source(l, &self.agent.snat_addresses, (lo, hi)) {
             p.add(
                 format!("{at}.port"),
                 format!(

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 pub use kernel::{
-    AttachMode, Dataplane, DataplaneError, DataplaneReader, NextHopMisses, Sweeper,
+    AttachMode, Dataplane, DataplaneError, DataplaneReader, NextHopMisses, OverFlow, Sweeper,
     interface_driver,
 };
 

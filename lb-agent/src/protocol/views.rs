@@ -161,4 +161,8 @@ pub struct StatusView {
     /// Those of live flows.
     pub active_flows: usize,
     pub health_transitions: BTreeMap<String, u64>,
+    /// Symptoms the agent noticed, each with its likely causes (e.g. packets forwarded to
+    /// targets and never answered); empty when all is well.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

@@ -249,6 +249,37 @@ impl Lab {
         xdp::attach_pass_program(&self.bpffs()?, ns, dev)
     }
 
+    /// Turns TX checksum offload back on (a veth's default) on every veth of the lab: each
+    /// host's `eth0`, its bridge port, and the router's link to the client. The lab turns it
+    /// off so that XDP sees whole checksums; with it on, senders hand over frames whose
+    /// checksums are still to be computed, as in a new user's own namespaces, and every
+    /// balanced connection fails (the symptom `lb-agent status` warns about).
+    pub fn turn_on_tx_checksum_offload(&self) -> anyhow::Result<()> {
+        let netns = |name: &str| {
+            self.namespaces
+                .iter()
+                .find(|ns| ns.name() == name)
+                .with_context(|| format!("lab {} has no namespace {name}", self.name))
+        };
+        let switch = netns(&self.switch_ns())?;
+        let on_bridge = [self.router().unwrap_or(&self.client), &self.lb]
+            .into_iter()
+            .chain(&self.backends);
+        let mut veths = Vec::new();
+        for host in on_bridge {
+            veths.push((netns(&host.ns)?, "eth0"));
+            veths.push((switch, host.role.as_str()));
+        }
+        if let Some(router) = self.router() {
+            veths.push((netns(&router.ns)?, "eth1"));
+            veths.push((netns(&self.client.ns)?, "eth0"));
+        }
+        for (ns, dev) in veths {
+            ns.exec(&["ethtool", "-K", dev, "tx", "on"])?;
+        }
+        Ok(())
+    }
+
     /// Keeps the lab, its processes and logs after this value is gone (`cargo xtask lab up`);
     /// `Lab::down` removes it later.
     pub fn leak(mut self) {

@@ -11,7 +11,7 @@ mod sweep;
 pub use attach::interface_driver;
 use batch::{lookup_batch, update_batch};
 pub use next_hops::NextHopMisses;
-pub use sweep::Sweeper;
+pub use sweep::{OverFlow, Sweeper};
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 

@@ -44,12 +44,29 @@ impl Sweeper {
 
     /// One pass: deletes both halves of every flow that is over; returns how many flows went.
     pub fn sweep(&mut self) -> Result<usize> {
+        let doomed = self.over_now()?;
+        self.delete_unchanged(doomed)
+    }
+
+    /// The first half of a pass: the flows that are over now, with both halves as read.
+    pub fn over_now(&self) -> Result<Vec<OverFlow>> {
         let settings: Array<_, Settings> =
             Array::try_from(&self.settings).map_err(map_err(map_names::SETTINGS))?;
         let settings = settings.get(&0, 0).map_err(map_err(map_names::SETTINGS))?;
         let forward = read_hash::<FlowKey, Flow>(&self.conntrack, map_names::CONNTRACK)?;
         let reverse = read_hash::<FlowKey, ReverseFlow>(&self.snat, map_names::SNAT)?;
-        let doomed = over_flows(&settings, &forward, &reverse, monotonic_coarse_ns());
+        Ok(over_flows(
+            &settings,
+            &forward,
+            &reverse,
+            monotonic_coarse_ns(),
+        ))
+    }
+
+    /// The second half: deletes both halves of each flow of `doomed` whose entries are still
+    /// as read (the data plane may have moved a flow on, or given its port to a new flow,
+    /// since); returns how many flows went.
+    pub fn delete_unchanged(&mut self, doomed: Vec<OverFlow>) -> Result<usize> {
         let mut conntrack: HashMap<_, FlowKey, Flow> =
             HashMap::try_from(&mut self.conntrack).map_err(map_err(map_names::CONNTRACK))?;
         let mut snat: HashMap<_, FlowKey, ReverseFlow> =
