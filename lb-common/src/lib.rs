@@ -51,6 +51,11 @@ pub mod program_names {
     pub const PASS: &str = "pass";
     /// Bounces every frame: the benchmarks' baseline for the cost of XDP itself.
     pub const TX: &str = "tx";
+    /// Benchmarks only: `lb` on a frame it puts back as it found it, so `repeat` runs take
+    /// one path again and again.
+    pub const LB_RESTORING: &str = "lb_restoring";
+    /// Benchmarks only: the same save and restore around a bare XDP_TX.
+    pub const TX_RESTORING: &str = "tx_restoring";
 }
 
 /// Capacity of the maps indexed by id. Ids are dense and assigned by the agent.

@@ -92,3 +92,8 @@ pub static NEXT_HOP_MISSES: LruHashMap<NextHop, u32> =
 /// Per-CPU working memory for the packet being processed (see `Scratch`).
 #[map]
 pub static SCRATCH: PerCpuArray<crate::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Benchmarks only: the frame bytes `lb_restoring` keeps aside (see `bench`).
+#[map]
+pub static BENCH_SAVED: PerCpuArray<[u64; crate::bench::SAVED_BYTES / 8]> =
+    PerCpuArray::with_max_entries(1, 0);
