@@ -25,21 +25,21 @@
 
 use core::mem::offset_of;
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, FAMILY_V4, FlowKey, PROTO_TCP, PROTO_UDP, checksum::Delta, verdict};
 
 use crate::{
-    Route, Scratch, Verdict, count_packet, frame_len,
+    Route, Scratch, Verdict,
     headers::{
         IcmpHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, packet_word, packet_words, ptr_at,
         set_packet_word, set_packet_words,
     },
     is_snat_addr,
-    maps::{BACKEND_STATS, CONNTRACK, LISTENER_STATS, SETTINGS, SNAT},
+    maps::{CONNTRACK, SETTINGS, SNAT},
     nat::Nat,
     not_ours_to_forward,
     parse::is_vip,
-    send::send,
+    send_and_count,
 };
 
 /// IP protocol number of ICMP.
@@ -312,13 +312,7 @@ fn forward(
         dst: translation.outer_dst,
         dport: 0,
     };
-    let verdict = send(ctx, &scratch.key, &nat, &mut scratch.fib, route.reason);
-    if verdict.action != xdp_action::XDP_DROP {
-        let bytes = frame_len(ctx);
-        count_packet(&LISTENER_STATS, route.listener_id, bytes);
-        count_packet(&BACKEND_STATS, route.backend_id, bytes);
-    }
-    verdict
+    send_and_count(ctx, &scratch.key, &nat, &mut scratch.fib, route)
 }
 
 /// Rewrites the outer addresses from `outer`'s and the quoted packet's from `flow`'s (the

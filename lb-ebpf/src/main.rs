@@ -311,6 +311,19 @@ fn forward(
     if rewrite(ctx, packet, key, nat).is_none() {
         return Verdict::drop(verdict::DROP_MALFORMED);
     }
+    send_and_count(ctx, key, nat, fib, route)
+}
+
+/// Sends a rewritten packet (`send`) and counts it for its listener and backend unless it
+/// was dropped.
+#[inline(always)]
+fn send_and_count(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    nat: &Nat<'_>,
+    fib: &mut FibParams,
+    route: &Route,
+) -> Verdict {
     let verdict = send(ctx, key, nat, fib, route.reason);
     if verdict.action != xdp_action::XDP_DROP {
         let bytes = frame_len(ctx);

@@ -257,32 +257,15 @@ mod tests {
 
     use super::*;
     use crate::{
+        config::fixture::ConfigFile,
         dataplane::memory::MemoryMaps,
         overrides::Overrides,
         state::{Ids, State},
     };
 
-    /// A snapshot of a config with one listener, and maps holding `flows` flows.
+    /// A snapshot of the fixture's config (one listener), and maps holding `flows` flows.
     fn with_flows(flows: u16) -> (Snapshot, MemoryMaps) {
-        let config = Config::parse(
-            r#"
-[agent]
-snat_addresses = ["198.18.0.1"]
-[[target_group]]
-name = "web"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
-[[listener]]
-name = "web"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "web" }
-"#,
-            "t.toml",
-        )
-        .expect("config");
+        let config = Config::parse(&ConfigFile::good().text(), "t.toml").expect("config");
         let mut maps = MemoryMaps::new(251, 8);
         let snat = config.agent.snat_addresses.clone();
         let state = State::apply(&config, &snat, &mut maps, &Ids::default(), Instant::now())
