@@ -19,14 +19,21 @@ default_action = { forward = "echo" }
 /// config defines beside it.
 pub const ECHO_LISTENER: &str = echo_listener!();
 
-/// Group `echo`, b1's TCP port 8080, behind `ECHO_LISTENER`.
-pub const ECHO_ON_B1: &str = concat!(
-    r#"
+/// The group's text, a literal for `concat!` as `echo_listener!`.
+macro_rules! echo_group_on_b1 {
+    () => {
+        r#"
 [[target_group]]
 name = "echo"
 protocol = "tcp"
 port = 8080
 targets = [{ address = "198.18.0.21" }]
-"#,
-    echo_listener!()
-);
+"#
+    };
+}
+
+/// Group `echo`: b1's TCP port 8080.
+pub const ECHO_GROUP_ON_B1: &str = echo_group_on_b1!();
+
+/// `ECHO_GROUP_ON_B1` behind `ECHO_LISTENER`.
+pub const ECHO_ON_B1: &str = concat!(echo_group_on_b1!(), echo_listener!());

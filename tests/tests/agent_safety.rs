@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use lb_agent::health::TargetState;
 use tests::{
     agent_views::AgentViews as _,
-    lab_configs::{ECHO_LISTENER, ECHO_ON_B1},
+    lab_configs::{ECHO_GROUP_ON_B1, ECHO_LISTENER, ECHO_ON_B1},
     lab_traffic::{
         agent_binary, config_path, lab_up, start_agent, target, wait_for_state, write_config,
     },
@@ -304,20 +304,16 @@ fn a_listener_on_snat_ports_of_the_interface_address_is_refused_at_start_with_no
     // listener takes a port of the default range 1024-32767.
     write_config(
         &lab,
-        r#"
-[[target_group]]
-name = "echo"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
-
+        &format!(
+            r#"{ECHO_GROUP_ON_B1}
 [[listener]]
 name = "echo"
 address = "198.18.0.1"
 port = 20080
 protocol = "tcp"
-default_action = { forward = "echo" }
-"#,
+default_action = {{ forward = "echo" }}
+"#
+        ),
     );
     let said = failed_start(&lab, &["eth0"]);
     for part in [
