@@ -38,17 +38,32 @@ pub fn lab_with_agent_and_servers(
     backends: usize,
     config: &str,
 ) -> (Lab, BackendServers, LabAgent) {
-    let lab = Lab::up(LabSpec {
+    let lab = lab_up(tag, backends);
+    let servers = lab::start_backend_servers(&lab).expect("backend servers");
+    write_config(&lab, config);
+    let agent = start_agent(&lab);
+    (lab, servers, agent)
+}
+
+/// A lab of `backends` backends and no router, named after `tag`; no servers, no agent.
+pub fn lab_up(tag: &str, backends: usize) -> Lab {
+    Lab::up(LabSpec {
         name: Lab::unique_name(tag),
         backends,
         router: None,
     })
-    .expect("lab up");
-    let servers = lab::start_backend_servers(&lab).expect("backend servers");
-    let path = config_path(&lab);
-    std::fs::write(&path, config).expect("write config");
-    let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
-    (lab, servers, agent)
+    .expect("lab up")
+}
+
+/// Writes `config` to the lab's config file (`config_path`), for the next agent or reload.
+pub fn write_config(lab: &Lab, config: &str) {
+    std::fs::write(config_path(lab), config).expect("write config");
+}
+
+/// Starts the agent binary on the lab's config file (`config_path`): a first start, or a
+/// restart that adopts the pinned data plane.
+pub fn start_agent(lab: &Lab) -> LabAgent {
+    LabAgent::start(lab, &agent_binary(), &config_path(lab)).expect("agent start")
 }
 
 /// The config file `lab_with_agent` writes for the lab's agent (in the lab's directory,

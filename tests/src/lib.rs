@@ -5,6 +5,7 @@ pub mod agent_views;
 pub mod bed_config;
 pub mod decode;
 pub mod flood;
+pub mod lab_configs;
 pub mod lab_traffic;
 pub mod packet;
 pub mod table;

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use tests::{
     agent_views::AgentViews as _,
-    lab_traffic::{agent_binary, config_path, end_agent, lab_with_agent, short_connections},
+    lab_traffic::{end_agent, lab_with_agent, short_connections, start_agent, write_config},
 };
 use xtask::agent::LabAgent;
 
@@ -101,8 +101,8 @@ fn an_adopted_data_plane_keeps_each_targets_flows_and_counters_when_the_config_i
     // SIGTERM leaves the data plane pinned and serving; the next agent runs the reordered file.
     let pid = agent.pid();
     end_agent(&lab, pid, libc::SIGTERM);
-    std::fs::write(config_path(&lab), REORDERED).expect("write the reordered config");
-    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("restart");
+    write_config(&lab, REORDERED);
+    let agent = start_agent(&lab);
     let log = lab.log(agent.pid()).expect("agent log");
     assert!(log.contains("adopting the data plane"), "{log}");
 

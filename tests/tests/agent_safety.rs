@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use lb_agent::health::TargetState;
 use tests::{
     agent_views::AgentViews as _,
-    lab_traffic::{agent_binary, config_path, target, wait_for_state},
+    lab_configs::{ECHO_GROUP_ON_B1, ECHO_LISTENER, ECHO_ON_B1},
+    lab_traffic::{
+        agent_binary, config_path, lab_up, start_agent, target, wait_for_state, write_config,
+    },
 };
-use xtask::{
-    agent::LabAgent,
-    lab::{Lab, LabSpec},
-};
+use xtask::lab::Lab;
 
 const TOKEN: &str = "s3cret-token-for-the-lab-0123456789";
 
@@ -59,12 +59,7 @@ print("open", len(socks), flush=True)
 #[test]
 fn idle_sockets_on_the_api_and_metrics_ports_delay_neither_health_checks_nor_changes_and_are_closed()
  {
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name("idle"),
-        backends: 3,
-        router: None,
-    })
-    .expect("lab");
+    let lab = lab_up("idle", 3);
     xtask::lab::start_backend_servers(&lab).expect("backend servers");
     let token_file = lab.log_dir().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
@@ -84,17 +79,10 @@ protocol = "tcp"
 port = 8080
 targets = [{{ address = "198.18.0.21" }}, {{ address = "198.18.0.22" }}]
 health_check = {{ interval = "1s", timeout = "500ms", healthy_threshold = 2, unhealthy_threshold = 2 }}
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = {{ forward = "echo" }}
-"#
+{ECHO_LISTENER}"#
     );
-    std::fs::write(config_path(&lab), config).expect("config");
-    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("agent");
+    write_config(&lab, &config);
+    let agent = start_agent(&lab);
     for b in ["198.18.0.21:8080", "198.18.0.22:8080"] {
         wait_for_state(
             &agent,
@@ -265,30 +253,8 @@ fn pinned(lab: &Lab) -> Vec<String> {
 
 #[test]
 fn a_start_that_fails_leaves_nothing_pinned_and_names_a_missing_interface() {
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name("fs"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab");
-    std::fs::write(
-        config_path(&lab),
-        r#"
-[[target_group]]
-name = "echo"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "echo" }
-"#,
-    )
-    .expect("config");
+    let lab = lab_up("fs", 1);
+    write_config(&lab, ECHO_ON_B1);
 
     let said = failed_start(&lab, &["eth9"]);
     assert!(said.contains("interface eth9 does not exist"), "{said}");
@@ -313,21 +279,16 @@ default_action = { forward = "echo" }
     assert_eq!(pinned(&lab), Vec::<String>::new(), "after: {said}");
 
     // The next start begins afresh: nothing to adopt.
-    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("agent");
+    let agent = start_agent(&lab);
     assert!(!agent.status().adopted, "{:?}", agent.status());
 }
 
 #[test]
 fn an_agent_on_a_veth_warns_about_the_senders_checksum_offload() {
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name("veth"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab");
-    std::fs::write(config_path(&lab), "").expect("config");
+    let lab = lab_up("veth", 1);
+    write_config(&lab, "");
     // The lab's eth0 is a veth.
-    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("agent");
+    let agent = start_agent(&lab);
     let log = lab.log(agent.pid()).expect("log");
     let warning = log
         .lines()
@@ -338,32 +299,22 @@ fn an_agent_on_a_veth_warns_about_the_senders_checksum_offload() {
 
 #[test]
 fn a_listener_on_snat_ports_of_the_interface_address_is_refused_at_start_with_nothing_pinned() {
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name("snp"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab");
+    let lab = lab_up("snp", 1);
     // No agent.snat_addresses: the full-NAT source is eth0's own 198.18.0.1, where this
     // listener takes a port of the default range 1024-32767.
-    std::fs::write(
-        config_path(&lab),
-        r#"
-[[target_group]]
-name = "echo"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
-
+    write_config(
+        &lab,
+        &format!(
+            r#"{ECHO_GROUP_ON_B1}
 [[listener]]
 name = "echo"
 address = "198.18.0.1"
 port = 20080
 protocol = "tcp"
-default_action = { forward = "echo" }
-"#,
-    )
-    .expect("config");
+default_action = {{ forward = "echo" }}
+"#
+        ),
+    );
     let said = failed_start(&lab, &["eth0"]);
     for part in [
         "listener `echo`",

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use tests::{
     agent_views::AgentViews as _,
-    lab_traffic::{config_path, end_agent, lab_with_agent, short_connections, target},
+    lab_traffic::{
+        config_path, end_agent, lab_up, lab_with_agent, short_connections, start_agent, target,
+        write_config,
+    },
 };
 use xtask::{agent::LabAgent, lab::Lab};
 
@@ -70,12 +73,7 @@ fn etag(head: &str) -> String {
 
 #[test]
 fn the_tcp_api_answers_401_without_the_token_and_registers_a_target_with_it() {
-    let lab = Lab::up(xtask::lab::LabSpec {
-        name: Lab::unique_name("at"),
-        backends: 3,
-        router: None,
-    })
-    .expect("lab");
+    let lab = lab_up("at", 3);
     xtask::lab::start_backend_servers(&lab).expect("servers");
     let token_file = lab.log_dir().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
@@ -83,13 +81,8 @@ fn the_tcp_api_answers_401_without_the_token_and_registers_a_target_with_it() {
         "api_listen = \"127.0.0.1:9080\"\napi_token_file = \"{}\"\nmetrics_listen = \"127.0.0.1:9090\"",
         token_file.display()
     ));
-    std::fs::write(config_path(&lab), text).expect("config");
-    let agent = LabAgent::start(
-        &lab,
-        &tests::lab_traffic::agent_binary(),
-        &config_path(&lab),
-    )
-    .expect("agent");
+    write_config(&lab, &text);
+    let agent = start_agent(&lab);
     let body = r#"{"address": "198.18.0.23", "weight": 2}"#;
     let url = "http://127.0.0.1:9080/v1/target-groups/echo/targets";
     let post = |auth: Option<&str>| {
@@ -344,11 +337,6 @@ fn a_change_that_would_make_the_config_invalid_is_refused_and_a_restart_still_st
     // The next agent starts from the file and the state file: nothing there stops it.
     let pid = agent.pid();
     end_agent(&lab, pid, libc::SIGTERM);
-    let again = LabAgent::start(
-        &lab,
-        &tests::lab_traffic::agent_binary(),
-        &config_path(&lab),
-    )
-    .expect("the agent starts again");
+    let again = start_agent(&lab);
     assert_eq!(again.targets().len(), 2);
 }

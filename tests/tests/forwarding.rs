@@ -7,36 +7,26 @@ use std::time::Duration;
 
 use tests::{
     agent_views::AgentViews as _,
-    lab_traffic::{agent_binary, config_path, end_agent, lab_with_agent},
+    lab_configs::ECHO_ON_B1,
+    lab_traffic::{end_agent, lab_up, lab_with_agent, start_agent, write_config},
 };
-use xtask::{
-    agent::LabAgent,
-    lab::{
-        Lab, VIP4, VIP6,
-        netns::{self, NetNs},
-    },
+use xtask::lab::{
+    Lab, VIP4, VIP6,
+    netns::{self, NetNs},
 };
 
 /// One echo listener per family, served by b1.
-const ECHO: &str = r#"
-[[target_group]]
-name = "echo"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
+fn echo() -> String {
+    format!("{ECHO_ON_B1}{ECHO6_ON_B1}")
+}
 
+/// `ECHO_ON_B1`'s IPv6 twin: group and listener `echo6`, on VIP6:80.
+const ECHO6_ON_B1: &str = r#"
 [[target_group]]
 name = "echo6"
 protocol = "tcp"
 port = 8080
 targets = [{ address = "fd00:198:18::21" }]
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "echo" }
 
 [[listener]]
 name = "echo6"
@@ -143,7 +133,7 @@ fn sysctl(lab: &Lab, name: &str) -> String {
 
 #[test]
 fn packets_for_other_hosts_are_not_routed_by_the_node_unless_kernel_forwarding_is_on() {
-    let (lab, agent) = lab_with_agent("fwd", 1, ECHO);
+    let (lab, agent) = lab_with_agent("fwd", 1, &echo());
     let _far = far_host_routed_via_the_lb(&lab);
     // The agent turned forwarding on for bpf_fib_lookup...
     assert_eq!(sysctl(&lab, "net.ipv4.conf.eth0.forwarding"), "1");
@@ -163,7 +153,7 @@ fn packets_for_other_hosts_are_not_routed_by_the_node_unless_kernel_forwarding_i
         "routed after the agent stopped"
     );
     // A restart adopts the data plane and installs the same block again, once.
-    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("restart");
+    let agent = start_agent(&lab);
     assert!(!client_reaches_far_host(&lab), "routed after a restart");
     let table = agent_nft_table(&lab).expect("the agent's nft table");
     assert_eq!(table.matches("drop").count(), 1, "{table}");
@@ -175,13 +165,11 @@ fn packets_for_other_hosts_are_not_routed_by_the_node_unless_kernel_forwarding_i
     assert_eq!(agent_nft_table(&lab), None);
 
     // Asked for, the node routes them.
-    std::fs::write(
-        config_path(&lab),
-        format!("[agent]\nkernel_forwarding = true\n{ECHO}"),
-    )
-    .expect("write config");
-    let _agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab))
-        .expect("start with kernel_forwarding");
+    write_config(
+        &lab,
+        &format!("[agent]\nkernel_forwarding = true\n{}", echo()),
+    );
+    let _agent = start_agent(&lab);
     assert!(
         client_reaches_far_host(&lab),
         "kernel_forwarding = true, yet the node did not route; its nft table: {:?}",
@@ -192,17 +180,11 @@ fn packets_for_other_hosts_are_not_routed_by_the_node_unless_kernel_forwarding_i
 
 #[test]
 fn router_advertisements_stay_accepted_on_the_agents_nic() {
-    let lab = Lab::up(xtask::lab::LabSpec {
-        name: Lab::unique_name("ra"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab up");
+    let lab = lab_up("ra", 1);
     // A host's default: RAs accepted unless the interface forwards.
     assert_eq!(sysctl(&lab, "net.ipv6.conf.eth0.accept_ra"), "1");
-    let path = config_path(&lab);
-    std::fs::write(&path, ECHO).expect("write config");
-    let _agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
+    write_config(&lab, &echo());
+    let _agent = start_agent(&lab);
     assert_eq!(sysctl(&lab, "net.ipv6.conf.eth0.forwarding"), "1");
     // 2: accepted even while forwarding (1 would now mean ignored, and the RA-learned
     // default route gone).
@@ -272,7 +254,7 @@ fn connect_seconds(lab: &Lab, vip: &str) -> Option<f64> {
 
 #[test]
 fn a_reply_to_a_client_the_node_has_no_neighbour_entry_for_gets_it_resolved() {
-    let (lab, agent) = lab_with_agent("nn", 1, ECHO);
+    let (lab, agent) = lab_with_agent("nn", 1, &echo());
     for (vip, client) in [
         (VIP4.to_string(), lab.client().v4.to_string()),
         (VIP6.to_string(), lab.client().v6.to_string()),

@@ -14,8 +14,9 @@ use lb_agent::{config::HealthProtocol, health::TargetState};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
-        EchoFlow, iperf3_report, lab_with_agent, lab_with_agent_and_servers, short_connections,
-        short_connections_to, start_iperf3, target, wait_for_state,
+        EchoFlow, iperf3_report, lab_up, lab_with_agent, lab_with_agent_and_servers,
+        short_connections, short_connections_to, start_agent, start_iperf3, target, wait_for_state,
+        write_config,
     },
 };
 use xtask::{
@@ -775,12 +776,7 @@ default_action = {{ forward = "many" }}
 "#,
         targets.join(", ")
     );
-    let lab = Lab::up(xtask::lab::LabSpec {
-        name: Lab::unique_name("hm"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab up");
+    let lab = lab_up("hm", 1);
     let b1 = &lab.backends()[0];
     let listener = lab
         .spawn(
@@ -804,11 +800,9 @@ default_action = {{ forward = "many" }}
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let path = tests::lab_traffic::config_path(&lab);
-    std::fs::write(&path, config).expect("write config");
+    write_config(&lab, &config);
     let started = Instant::now();
-    let agent =
-        LabAgent::start(&lab, &tests::lab_traffic::agent_binary(), &path).expect("agent start");
+    let agent = start_agent(&lab);
     println!("agent serving {:?} after its start", started.elapsed());
     // Every target passes its first check within one interval (plus start-up).
     loop {

@@ -15,6 +15,7 @@ use lb_common::{FlowKey, ReverseFlow, map_names};
 use tests::{
     agent_views::AgentViews as _,
     flood::{Flood, FloodKind, FloodSpec},
+    lab_configs::ECHO_ON_B1,
     lab_traffic::lab_with_agent,
 };
 use xtask::{
@@ -128,25 +129,14 @@ fn stray_acks_and_resets_claim_no_snat_port() {
     // 16 SNAT ports towards the one target: 16 stray segments that each claimed one would
     // lock every client out (for tcp_idle_timeout: 350 s). A real client's closed
     // connection gives its port back 1 s after its FIN, so it never needs more than a few.
-    let config = r#"
+    let config = format!(
+        r#"
 [agent]
 snat_port_range = [20000, 20015]
 closed_timeout = "1s"
-
-[[target_group]]
-name = "echo"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "echo" }
-"#;
-    let (lab, agent) = lab_with_agent("stray", 1, config);
+{ECHO_ON_B1}"#
+    );
+    let (lab, agent) = lab_with_agent("stray", 1, &config);
     let no_flow_before = verdict(&agent, DROP_NO_FLOW);
     let flood = Flood::start(
         &lab,

@@ -59,6 +59,26 @@ struct Flow {
 }
 
 impl Flow {
+    /// The TCP flow from the IPv4 client's port 45000 to VIP4:80.
+    fn web4(bed: &mut TestBed) -> Self {
+        Self::open(
+            bed,
+            TCP,
+            SocketAddr::new(CLIENT4, 45000),
+            SocketAddr::new(VIP4, 80),
+        )
+    }
+
+    /// The TCP flow from the IPv6 client's port 45002 to VIP6:80.
+    fn web6(bed: &mut TestBed) -> Self {
+        Self::open(
+            bed,
+            TCP,
+            SocketAddr::new(CLIENT6, 45002),
+            SocketAddr::new(VIP6, 80),
+        )
+    }
+
     /// Opens a flow from `client` to `vip` (a SYN, or a first datagram).
     fn open(bed: &mut TestBed, proto: u8, client: SocketAddr, vip: SocketAddr) -> Self {
         let first = Frame::transport(proto, client.ip(), client.port(), vip.ip(), vip.port());
@@ -159,24 +179,14 @@ fn to_client(bed: &TestBed, name: &str, flow: &Flow, kind: (u8, u8), quoted: usi
 #[test]
 fn icmp_errors_about_a_flow_reach_its_other_end_rewritten_like_the_flow() {
     let mut bed = TestBed::new();
-    let web4 = Flow::open(
-        &mut bed,
-        TCP,
-        SocketAddr::new(CLIENT4, 45000),
-        SocketAddr::new(VIP4, 80),
-    );
+    let web4 = Flow::web4(&mut bed);
     let dns4 = Flow::open(
         &mut bed,
         UDP,
         SocketAddr::new(CLIENT4, 45001),
         SocketAddr::new(VIP4, 53),
     );
-    let web6 = Flow::open(
-        &mut bed,
-        TCP,
-        SocketAddr::new(CLIENT6, 45002),
-        SocketAddr::new(VIP6, 80),
-    );
+    let web6 = Flow::web6(&mut bed);
     let udp6 = Flow::open(
         &mut bed,
         UDP,
@@ -254,12 +264,7 @@ fn icmp_errors_about_a_flow_reach_its_other_end_rewritten_like_the_flow() {
 #[test]
 fn icmp_that_is_no_error_about_a_known_flow_passes_untouched() {
     let mut bed = TestBed::new();
-    let web4 = Flow::open(
-        &mut bed,
-        TCP,
-        SocketAddr::new(CLIENT4, 45000),
-        SocketAddr::new(VIP4, 80),
-    );
+    let web4 = Flow::web4(&mut bed);
     // The same flow but for the client's port: never opened.
     let unknown = Flow {
         client: SocketAddr::new(CLIENT4, 45999),
@@ -318,18 +323,8 @@ fn icmp_that_is_no_error_about_a_known_flow_passes_untouched() {
 #[test]
 fn truncated_or_inconsistent_icmp_to_a_vip_is_dropped() {
     let mut bed = TestBed::new();
-    let web4 = Flow::open(
-        &mut bed,
-        TCP,
-        SocketAddr::new(CLIENT4, 45000),
-        SocketAddr::new(VIP4, 80),
-    );
-    let web6 = Flow::open(
-        &mut bed,
-        TCP,
-        SocketAddr::new(CLIENT6, 45002),
-        SocketAddr::new(VIP6, 80),
-    );
+    let web4 = Flow::web4(&mut bed);
+    let web6 = Flow::web6(&mut bed);
     let about4 = web4.packet(web4.vip, web4.client);
     let dropped = || Expect::verdict(Verdict::Drop);
     let cases = [

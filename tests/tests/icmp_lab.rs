@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{agent_views::AgentViews as _, lab_traffic::agent_binary};
-use xtask::{
-    agent::LabAgent,
-    lab::{Lab, LabSpec, RouterSpec, VIP4, VIP6, python3},
+use tests::{
+    agent_views::AgentViews as _,
+    lab_traffic::{lab_up, start_agent, write_config},
 };
+use xtask::lab::{Lab, LabSpec, RouterSpec, VIP4, VIP6, python3};
 
 /// The port the backend's bulk server listens on.
 const BULK_PORT: u16 = 9000;
@@ -102,9 +102,8 @@ fn large_download_through_a_smaller_mtu_completes() {
     .expect("bulk server");
     lab.wait_tcp_listening(&backend, BULK_PORT, Duration::from_secs(10))
         .expect("bulk server listening");
-    let path = tests::lab_traffic::config_path(&lab);
-    std::fs::write(&path, config()).expect("write config");
-    let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
+    write_config(&lab, &config());
+    let agent = start_agent(&lab);
     // The load balancer's own addresses are the SNAT addresses (no `snat_addresses`).
     let lb = lab.lb();
     for (vip, snat) in [
@@ -161,12 +160,7 @@ except socket.timeout:
 
 #[test]
 fn udp_to_a_target_port_without_listener_is_refused_at_the_client() {
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name("unre"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab up");
+    let lab = lab_up("unre", 1);
     // Nothing listens on the targets' port 9999: their kernels answer "port unreachable".
     let config = format!(
         r#"
@@ -197,9 +191,8 @@ protocol = "udp"
 default_action = {{ forward = "void6" }}
 "#
     );
-    let path = tests::lab_traffic::config_path(&lab);
-    std::fs::write(&path, config).expect("write config");
-    let agent = LabAgent::start(&lab, &agent_binary(), &path).expect("agent start");
+    write_config(&lab, &config);
+    let agent = start_agent(&lab);
     for vip in [VIP4.to_string(), VIP6.to_string()] {
         let outcome = lab
             .run(lab.client(), &[python3(), "-c", UDP_PROBE, &vip])

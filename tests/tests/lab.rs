@@ -6,15 +6,16 @@ use std::time::Duration;
 use lb_agent::health::TargetState;
 use tests::{
     agent_views::AgentViews as _,
+    lab_configs::ECHO_ON_B1,
     lab_traffic::{
-        EchoFlow, Iperf3Report, agent_binary, lab_with_agent, short_connections,
-        short_connections_to, wait_for_state,
+        EchoFlow, Iperf3Report, agent_binary, config_path, lab_up, lab_with_agent,
+        short_connections, short_connections_to, wait_for_state, write_config,
     },
 };
 use xtask::{
     agent::LabAgent,
     lab::{
-        self, Lab, LabSpec, VIP4, VIP6,
+        self, Lab, VIP4, VIP6,
         netns::{self, NetNs},
     },
 };
@@ -221,12 +222,7 @@ fn adding_a_target_live_brings_it_new_flows() {
 fn a_target_behind_a_second_nic_is_reached_by_xdp_redirect_both_ways() {
     // Two-arm: the target 198.18.4.2 sits on the LB node's eth1, on no bridge; the client on
     // eth0. Every packet crosses NICs: client -> eth0 -(redirect)-> eth1 -> target and back.
-    let lab = Lab::up(LabSpec {
-        name: Lab::unique_name("ta"),
-        backends: 1,
-        router: None,
-    })
-    .expect("lab up");
+    let lab = lab_up("ta", 1);
     // A namespace of the test's own (deleted on drop), on the LB node's second NIC.
     let far = NetNs::create(&format!("{}-far", lab.name())).expect("far namespace");
     let far_ns = far.name().to_owned();
@@ -285,9 +281,8 @@ port = 5201
 protocol = "tcp"
 default_action = { forward = "far" }
 "#;
-    let path = tests::lab_traffic::config_path(&lab);
-    std::fs::write(&path, config).expect("write config");
-    let agent = LabAgent::start_on(&lab, &agent_binary(), &path, &["eth0", "eth1"])
+    write_config(&lab, config);
+    let agent = LabAgent::start_on(&lab, &agent_binary(), &config_path(&lab), &["eth0", "eth1"])
         .expect("agent on two NICs");
     let tcp = iperf3(&lab, &["-t", "2"]);
     let received = tcp.end.sum_received.as_ref().expect("bytes received").bytes;
@@ -304,25 +299,14 @@ default_action = { forward = "far" }
 #[test]
 fn closed_connections_give_their_snat_ports_to_new_ones() {
     // 50 SNAT ports towards the one target: without reuse, connection 51 would find none.
-    let config = r#"
+    let config = format!(
+        r#"
 [agent]
 snat_port_range = [20000, 20049]
 closed_timeout = "1s"
-
-[[target_group]]
-name = "echo"
-protocol = "tcp"
-port = 8080
-targets = [{ address = "198.18.0.21" }]
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "echo" }
-"#;
-    let (lab, agent) = lab_with_agent("pr", 1, config);
+{ECHO_ON_B1}"#
+    );
+    let (lab, agent) = lab_with_agent("pr", 1, &config);
     // 120 connections, 12 a second: each is closed (FIN), and its port free again 1 s later,
     // so about 13 of the 50 are taken at any time and a new flow's 8 tries find a free one.
     let script = format!(

@@ -102,6 +102,26 @@ fn verdicts_during(bed: &mut TestBed, f: impl FnOnce(&mut TestBed)) -> Vec<u64> 
     after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
+/// Runs `cases`, asserting that the verdict counter `reason` counted every one of them.
+fn run_all_counted_as(bed: &mut TestBed, cases: &[Case], reason: u32) {
+    let count = cases.len() as u64;
+    let counted = verdicts_during(bed, |bed| {
+        run_table(bed, cases);
+    });
+    assert_eq!(counted[reason as usize], count, "{counted:?}");
+}
+
+/// A bed with one UDP flow from the IPv4 client's `client_port` to VIP4:53 (`name` names its
+/// case); the flow's backend and SNAT source port, for replies to it.
+fn bed_with_a_dns_flow(name: &str, client_port: u16) -> (TestBed, SocketAddr, u16) {
+    let mut bed = TestBed::new();
+    let request = Frame::udp(CLIENT4, client_port, VIP4, 53);
+    let first = forwarded(&bed, name, "dns", &request, SNAT4);
+    let ran = run_table(&mut bed, &[first]);
+    let (backend, snat_port) = backend_and_snat_port(&ran[0].output);
+    (bed, backend, snat_port)
+}
+
 /// Every case passed byte-identical.
 fn all_passed_untouched(cases: Vec<(String, Vec<u8>)>) -> Vec<Case> {
     cases
@@ -120,12 +140,8 @@ fn all_passed_untouched(cases: Vec<(String, Vec<u8>)>) -> Vec<Case> {
 fn vlan_tagged_frames_to_a_listener_or_snat_address_are_passed_untouched_without_a_flow() {
     // The FIB would be asked as if the frame came in untagged on the parent NIC and it would
     // leave with its ingress tag: the kernel's VLAN device forwards it instead.
-    let mut bed = TestBed::new();
     // An untagged flow, so that a tagged reply to its SNAT address would have a flow to hit.
-    let request = Frame::udp(CLIENT4, 40010, VIP4, 53);
-    let first = forwarded(&bed, "untagged request", "dns", &request, SNAT4);
-    let ran = run_table(&mut bed, &[first]);
-    let (backend, snat_port) = backend_and_snat_port(&ran[0].output);
+    let (mut bed, backend, snat_port) = bed_with_a_dns_flow("untagged request", 40010);
     let cases = all_passed_untouched(vec![
         (
             "ipv4 tcp SYN, vlan 7".into(),
@@ -142,11 +158,7 @@ fn vlan_tagged_frames_to_a_listener_or_snat_address_are_passed_untouched_without
                 .build(),
         ),
     ]);
-    let count = cases.len() as u64;
-    let counted = verdicts_during(&mut bed, |bed| {
-        run_table(bed, &cases);
-    });
-    assert_eq!(counted[verdict::PASS_VLAN as usize], count, "{counted:?}");
+    run_all_counted_as(&mut bed, &cases, verdict::PASS_VLAN);
     let flows = bed.dataplane.flows().expect("flows");
     assert_eq!(flows.len(), 1, "only the untagged flow: {flows:?}");
 }
@@ -233,15 +245,7 @@ fn malformed_headers_to_a_vip_are_dropped_before_any_flow_or_snat_port() {
         .into_iter()
         .map(|(name, bytes)| Case::new(name, bytes, Expect::verdict(Verdict::Drop)))
         .collect();
-    let count = cases.len() as u64;
-    let counted = verdicts_during(&mut bed, |bed| {
-        run_table(bed, &cases);
-    });
-    assert_eq!(
-        counted[verdict::DROP_MALFORMED as usize],
-        count,
-        "{counted:?}"
-    );
+    run_all_counted_as(&mut bed, &cases, verdict::DROP_MALFORMED);
     let flows = bed.dataplane.flows().expect("flows");
     assert!(flows.is_empty(), "flows created: {flows:?}");
 }
@@ -352,11 +356,7 @@ fn forwarded_packets_leave_with_one_less_ttl_and_a_valid_header_checksum() {
 
 #[test]
 fn a_ttl_of_one_or_zero_is_passed_untouched_without_a_flow() {
-    let mut bed = TestBed::new();
-    let request = Frame::udp(CLIENT4, 48000, VIP4, 53);
-    let first = forwarded(&bed, "a flow to reply to", "dns", &request, SNAT4);
-    let ran = run_table(&mut bed, &[first]);
-    let (backend, snat_port) = backend_and_snat_port(&ran[0].output);
+    let (mut bed, backend, snat_port) = bed_with_a_dns_flow("a flow to reply to", 48000);
     let cases = all_passed_untouched(vec![
         (
             "ipv4 tcp SYN, ttl 1".into(),
@@ -377,15 +377,7 @@ fn a_ttl_of_one_or_zero_is_passed_untouched_without_a_flow() {
                 .build(),
         ),
     ]);
-    let count = cases.len() as u64;
-    let counted = verdicts_during(&mut bed, |bed| {
-        run_table(bed, &cases);
-    });
-    assert_eq!(
-        counted[verdict::PASS_TTL_EXPIRED as usize],
-        count,
-        "{counted:?}"
-    );
+    run_all_counted_as(&mut bed, &cases, verdict::PASS_TTL_EXPIRED);
     let flows = bed.dataplane.flows().expect("flows");
     assert_eq!(flows.len(), 1, "only the first flow: {flows:?}");
 }

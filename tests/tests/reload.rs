@@ -8,8 +8,8 @@ use lb_agent::{health::TargetState, overrides::Overrides};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
-        config_path, end_agent, lab_with_agent, short_connections, short_connections_to, target,
-        wait_for_state,
+        config_path, end_agent, lab_with_agent, short_connections, short_connections_to,
+        start_agent, target, wait_for_state, write_config,
     },
 };
 use xtask::{agent::LabAgent, lab::VIP4};
@@ -152,7 +152,7 @@ fn a_reload_that_changes_one_weight_rewrites_only_that_groups_table() {
     let served = short_connections(&lab, 40000, 90);
     assert_eq!(served.len(), 3, "{served:?}");
 
-    std::fs::write(config_path(&lab), config([1, 1, 4], "")).expect("write");
+    write_config(&lab, &config([1, 1, 4], ""));
     let said = agent.cli(&["reload"]).expect("reload");
     println!("{said}");
     assert!(said.contains("1 changes"), "{said}");
@@ -197,7 +197,7 @@ fn a_reload_with_an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
         extra: "",
     }
     .text();
-    std::fs::write(config_path(&lab), &bad).expect("write");
+    write_config(&lab, &bad);
     let err = format!("{:#}", agent.cli(&["reload"]).expect_err("a bad file"));
     println!("{err}");
     for field in ["weight", "nope"] {
@@ -209,22 +209,17 @@ fn a_reload_with_an_invalid_file_is_refused_and_the_old_config_keeps_serving() {
         "no file:line: {err}"
     );
     // An unknown field.
-    std::fs::write(
-        config_path(&lab),
-        good.clone() + "\n[agent]\ncolour = \"blue\"\n",
-    )
-    .expect("write");
+    write_config(&lab, &(good.clone() + "\n[agent]\ncolour = \"blue\"\n"));
     let err = format!(
         "{:#}",
         agent.cli(&["reload"]).expect_err("an unknown field")
     );
     assert!(err.contains("agent.colour"), "{err}");
     // A valid file the running data plane cannot take (its Maglev tables have another size).
-    std::fs::write(
-        config_path(&lab),
-        good.clone() + "\n[agent]\nmaglev_table_size = 251\n",
-    )
-    .expect("write");
+    write_config(
+        &lab,
+        &(good.clone() + "\n[agent]\nmaglev_table_size = 251\n"),
+    );
     let err = format!("{:#}", agent.cli(&["reload"]).expect_err("needs a restart"));
     assert!(
         err.contains("needs a restart") && err.contains("maglev_table_size"),
@@ -266,7 +261,7 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         extra: "",
     }
     .text();
-    std::fs::write(config_path(&lab), &next).expect("write");
+    write_config(&lab, &next);
     // SIGHUP, as systemd's reload does.
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
@@ -346,12 +341,7 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
 
     // So does a restart.
     end_agent(&lab, agent.pid(), libc::SIGTERM);
-    let agent = LabAgent::start(
-        &lab,
-        &tests::lab_traffic::agent_binary(),
-        &config_path(&lab),
-    )
-    .expect("restart");
+    let agent = start_agent(&lab);
     assert!(
         lab.log(agent.pid())
             .expect("log")

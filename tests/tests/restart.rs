@@ -10,14 +10,16 @@ use std::{
 use lb_agent::health::TargetState;
 use tests::{
     agent_views::AgentViews as _,
+    lab_configs::ECHO_LISTENER,
     lab_traffic::{
         agent_binary, config_path, end_agent, iperf3_report, lab_with_agent, short_connections,
-        start_iperf3, wait_for_state,
+        start_agent, start_iperf3, wait_for_state,
     },
 };
-use xtask::{agent::LabAgent, lab};
+use xtask::lab;
 
-const CONFIG: &str = r#"
+/// Groups `iperf` and `echo` over b1 and b2, and the iperf listener.
+const GROUPS_AND_IPERF: &str = r#"
 [[target_group]]
 name = "iperf"
 protocol = "tcp"
@@ -39,18 +41,16 @@ address = "198.18.1.100"
 port = 5201
 protocol = "tcp"
 default_action = { forward = "iperf" }
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "echo" }
 "#;
+
+/// `GROUPS_AND_IPERF` and the echo listener.
+fn config() -> String {
+    [GROUPS_AND_IPERF, ECHO_LISTENER].concat()
+}
 
 #[test]
 fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
-    let (lab, agent) = lab_with_agent("kr", 3, CONFIG);
+    let (lab, agent) = lab_with_agent("kr", 3, &config());
     for b in ["198.18.0.21:8080", "198.18.0.22:8080"] {
         wait_for_state(
             &agent,
@@ -77,7 +77,7 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
     assert_eq!(served.len(), 2, "{served:?}");
 
     // A new agent adopts the pinned data plane: the iperf3 flow is still in its table.
-    let agent = LabAgent::start(&lab, &agent_binary(), &config_path(&lab)).expect("restart");
+    let agent = start_agent(&lab);
     let log = lab.log(agent.pid()).expect("agent log");
     assert!(log.contains("adopting the data plane"), "{log}");
     // --log-format json: one object per line, with level and message.
@@ -124,7 +124,7 @@ fn a_killed_agent_leaves_the_data_plane_forwarding_and_a_new_one_adopts_it() {
 
 #[test]
 fn a_second_agent_is_refused_and_detach_removes_everything() {
-    let (lab, agent) = lab_with_agent("k2", 2, CONFIG);
+    let (lab, agent) = lab_with_agent("k2", 2, &config());
     let path = config_path(&lab);
     let binary = agent_binary();
     let binary = binary.to_str().expect("UTF-8");

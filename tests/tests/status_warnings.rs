@@ -7,12 +7,18 @@ use std::time::{Duration, Instant};
 
 use tests::{
     agent_views::AgentViews as _,
+    lab_configs::ECHO_LISTENER,
     lab_traffic::{lab_with_agent, short_connections},
 };
 use xtask::{agent::LabAgent, lab::Lab};
 
 /// One echo group behind 198.18.1.100:80, the SNAT source the LB's own address.
-const CONFIG: &str = r#"
+fn config() -> String {
+    [AGENT_AND_ECHO_GROUP, ECHO_LISTENER].concat()
+}
+
+/// The agent on eth0 and group `echo` over b1 and b2.
+const AGENT_AND_ECHO_GROUP: &str = r#"
 [agent]
 interface = "eth0"
 
@@ -21,13 +27,6 @@ name = "echo"
 protocol = "tcp"
 port = 8080
 targets = [{ address = "198.18.0.21" }, { address = "198.18.0.22" }]
-
-[[listener]]
-name = "echo"
-address = "198.18.1.100"
-port = 80
-protocol = "tcp"
-default_action = { forward = "echo" }
 "#;
 
 /// How long the agent may take to notice: it samples its counters once a second.
@@ -71,7 +70,7 @@ fn warnings_within(agent: &LabAgent, within: Duration) -> Vec<String> {
 
 #[test]
 fn status_warns_when_forwarded_syns_get_no_replies_with_checksum_offload_on() {
-    let (lab, agent) = lab_with_agent("wof", 2, CONFIG);
+    let (lab, agent) = lab_with_agent("wof", 2, &config());
     lab.turn_on_tx_checksum_offload()
         .expect("turning TX checksum offload on");
     // Each unanswered connection sends its SYN and a retransmission within two seconds.
@@ -90,7 +89,7 @@ fn status_warns_when_forwarded_syns_get_no_replies_with_checksum_offload_on() {
 
 #[test]
 fn status_has_no_warning_after_answered_traffic_with_checksum_offload_off() {
-    let (lab, agent) = lab_with_agent("wok", 2, CONFIG);
+    let (lab, agent) = lab_with_agent("wok", 2, &config());
     short_connections(&lab, 20000, 20);
     assert_eq!(
         parallel_connections(&lab, 5),
