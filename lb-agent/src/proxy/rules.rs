@@ -20,8 +20,10 @@
 //!   line matches; a line is compared whole (not split at commas).
 //! - `query_string`: each `key = "value"` entry is one condition (entries AND, like
 //!   `http_header`'s names); it holds when some `key=value` pair of the query matches both
-//!   patterns. Keys and values are percent-decoded before comparing and compared
-//!   case-insensitively, as AWS's query conditions; `\*`, `\?` escape the wildcards.
+//!   patterns. Keys and values are percent-decoded before comparing (`+` stays `+`: that
+//!   is form encoding, not URI syntax) and compared case-insensitively, as AWS's query
+//!   conditions; `\*`, `\?` escape the wildcards. A key of `"*"` stands for AWS's
+//!   value-only condition.
 
 use std::{borrow::Cow, collections::HashSet, net::IpAddr};
 

@@ -490,6 +490,10 @@ action = { forward = "decoded" }
 priority = 3
 conditions = { query_string = { flag = "*", mode = "\\*" } }
 action = { forward = "flag" }
+[[rule]]
+priority = 4
+conditions = { query_string = { "*" = "trace" } }
+action = { forward = "any-key" }
 "#,
     );
     check(
@@ -506,6 +510,12 @@ action = { forward = "flag" }
             ("no query", GET.target("/"), None),
             ("percent-decoded", GET.target("/?a%20b=c%26d"), Some(2)),
             ("encoded & is no separator", GET.target("/?a%20b=c&d"), None),
+            ("plus is no space", GET.target("/?a+b=c%26d"), None),
+            (
+                "star key takes any key",
+                GET.target("/?debug=TRACE"),
+                Some(4),
+            ),
             ("every entry must hold", GET.target("/?flag=1"), None),
             (
                 "key without = has an empty value",
