@@ -20,6 +20,7 @@ pub mod node;
 pub mod overrides;
 pub mod pinning;
 pub mod protocol;
+pub mod proxy;
 pub mod state;
 
 #[cfg(test)]
