@@ -395,15 +395,22 @@ pub mod conntrack {
     /// The `SNAT` key of the reverse entry of `flow` (keyed `key` in `CONNTRACK`): the
     /// backend's replies, to the SNAT address and port.
     pub fn reverse_key(key: &FlowKey, flow: &Flow) -> FlowKey {
-        FlowKey {
-            src: flow.backend,
-            dst: flow.snat_addr,
-            sport: flow.backend_port,
-            dport: flow.snat_port,
-            proto: key.proto,
-            family: key.family,
-            _pad: [0; 2],
-        }
+        let mut reverse = FlowKey::default();
+        set_reverse_key(&mut reverse, key, flow);
+        reverse
+    }
+
+    /// `reverse_key`, written into `out` field by field: the data plane keeps keys in per-CPU
+    /// memory, as a returned value would be built on the 512-byte BPF stack.
+    #[inline(always)]
+    pub fn set_reverse_key(out: &mut FlowKey, key: &FlowKey, flow: &Flow) {
+        out.src.set(&flow.backend);
+        out.dst.set(&flow.snat_addr);
+        out.sport = flow.backend_port;
+        out.dport = flow.snat_port;
+        out.proto = key.proto;
+        out.family = key.family;
+        out._pad = [0; 2];
     }
 
     /// Whether the reverse entry `reverse` belongs to the client flow `key`.

@@ -117,7 +117,7 @@ fn reopen(
     let (current, _) = pick_backend(settings, listener, &scratch.key)?;
     // SAFETY: a connection-table value, valid for the whole run.
     let old = unsafe { &mut *flow };
-    reverse_key_of(old, &scratch.key, &mut scratch.reverse_key);
+    conntrack::set_reverse_key(&mut scratch.reverse_key, &scratch.key, old);
     if old.backend_id == current
         && let Some(reverse) = SNAT.get_ptr_mut(&scratch.reverse_key)
     {
@@ -222,18 +222,6 @@ fn pick_backend(
         Some(&id) if id != 0 => Ok((id, hash)),
         _ => Err(no_backend),
     }
-}
-
-/// The `SNAT` key of `flow`'s reverse entry (`key`: the flow's own key).
-#[inline(always)]
-fn reverse_key_of(flow: &Flow, key: &FlowKey, reverse_key: &mut FlowKey) {
-    reverse_key.src.set(&flow.backend);
-    reverse_key.dst.set(&flow.snat_addr);
-    reverse_key.sport = flow.backend_port;
-    reverse_key.dport = flow.snat_port;
-    reverse_key.proto = key.proto;
-    reverse_key.family = key.family;
-    reverse_key._pad = [0; 2];
 }
 
 /// A flow's first packet: within the listener's budget, Maglev picks the backend, a free SNAT
