@@ -284,6 +284,7 @@ mod tests {
             version: 1,
             overrides: Overrides::default(),
             source: None,
+            config: std::sync::Arc::new(config),
         };
         (snapshot, maps)
     }

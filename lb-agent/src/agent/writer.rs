@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub version: u64,
     pub overrides: Overrides,
     pub source: Option<ConfigSource>,
+    /// The config in force: the file with the overrides (the proxy's rules and settings).
+    pub config: Arc<Config>,
 }
 
 /// A change for the writer.
@@ -95,6 +97,8 @@ pub struct Writer<M> {
     file: Config,
     source: Option<ConfigSource>,
     overrides: Overrides,
+    /// `file` with `overrides`: the config in force.
+    config: Arc<Config>,
     version: u64,
     node: Node,
     ids: Ids,
@@ -113,11 +117,13 @@ impl<M: Maps + Detach> Writer<M> {
         node: Node,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let ids = state.ids();
+        let config = Arc::new(in_force(&file, &overrides));
         let snapshot = Arc::new(Snapshot {
             state: state.clone(),
             version: 1,
             overrides: overrides.clone(),
             source: source.clone(),
+            config: config.clone(),
         });
         let (snapshots, receiver) = watch::channel(snapshot);
         let writer = Self {
@@ -126,6 +132,7 @@ impl<M: Maps + Detach> Writer<M> {
             file,
             source,
             overrides,
+            config,
             version: 1,
             node,
             ids,
@@ -184,6 +191,7 @@ impl<M: Maps + Detach> Writer<M> {
             version: self.version,
             overrides: self.overrides.clone(),
             source: self.source.clone(),
+            config: self.config.clone(),
         }));
     }
 
@@ -379,6 +387,7 @@ impl<M: Maps + Detach> Writer<M> {
     /// Makes `overrides` the ones in force and saves them.
     fn keep(&mut self, overrides: Overrides) -> Result<(), ApiError> {
         self.overrides = overrides;
+        self.config = Arc::new(in_force(&self.file, &self.overrides));
         match &self.source {
             Some(source) => self.overrides.save(&source.state_file).map_err(|e| {
                 ApiError::new(
@@ -447,6 +456,12 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
         ));
     }
     Ok(config)
+}
+
+/// The config `file` and `overrides` make; the file alone if they do not make a valid one
+/// (a change is checked whole before it is kept, so this is the file at start-up only).
+fn in_force(file: &Config, overrides: &Overrides) -> Config {
+    with_overrides(file, overrides).unwrap_or_else(|_| file.clone())
 }
 
 /// Replaces the config file durably, keeping its mode and owner.

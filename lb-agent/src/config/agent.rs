@@ -8,7 +8,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::duration;
+use super::{AccessLogConfig, duration};
 
 /// `[agent]`: the node itself.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +89,8 @@ pub struct AgentConfig {
     /// clients (who could otherwise aim flows at one target). Absent: the seed an adopted
     /// data plane already uses, else a random one for this node alone.
     pub flow_hash_seed: Option<u32>,
+    /// `[agent.access_log]`: a line per request of the L7 listeners; none: no access log.
+    pub access_log: Option<AccessLogConfig>,
 }
 
 impl Default for AgentConfig {
@@ -114,6 +116,7 @@ impl Default for AgentConfig {
             api_max_connections: 256,
             kernel_forwarding: false,
             flow_hash_seed: None,
+            access_log: None,
         }
     }
 }

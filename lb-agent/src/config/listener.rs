@@ -1,10 +1,10 @@
 //! `[[listener]]`: what the node accepts traffic on, and its actions and rules.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use super::GroupProtocol;
+use super::{GroupProtocol, duration};
 
 /// A listener's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -16,11 +16,11 @@ pub enum ListenerProtocol {
     Udp,
     /// TCP and UDP on one port (L4, in XDP).
     TcpUdp,
-    /// TLS terminated by the load balancer (not supported yet).
+    /// TLS terminated by the agent's proxy, bytes forwarded to a tcp group.
     Tls,
-    /// HTTP (L7, not supported yet).
+    /// HTTP (L7, the agent's proxy).
     Http,
-    /// HTTPS (L7, not supported yet).
+    /// HTTPS (L7, TLS terminated by the agent's proxy).
     Https,
 }
 
@@ -278,9 +278,44 @@ pub struct Listener {
     /// `[[listener.rule]]`s (http and https listeners).
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// TLS security policy (https and tls listeners; default
+    /// `ELBSecurityPolicy-TLS13-1-2-2021-06`).
+    pub ssl_policy: Option<String>,
+    /// A client connection with no request in progress is closed after this long (L7;
+    /// 1s..=4000s, default 60s).
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    pub idle_timeout: Option<Duration>,
+    /// A client must send a whole request head within this (L7; 100ms..=300s, default 10s).
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    pub request_header_timeout: Option<Duration>,
+    /// Client connections held at once; more are closed on accept (L7; default 10000).
+    pub max_connections: Option<u32>,
+    /// Largest request head, in bytes; a larger one gets 431 (L7; 8192..=1048576, default 32768).
+    pub max_header_bytes: Option<u32>,
+    /// HTTP/2 streams a client may have open on one connection (default 128).
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 streams a client may reset on one connection in any 10 s before the connection
+    /// is closed (rapid-reset floods; default 200).
+    pub http2_max_reset_streams: Option<u32>,
+    /// The request-id header added to requests that lack one (default `X-Amzn-Trace-Id`).
+    pub request_id_header: Option<String>,
 }
 
 impl Listener {
+    /// Every group its actions forward to (default action and rules), in order, repeats
+    /// included.
+    pub fn forwarded_groups(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.default_action)
+            .chain(self.rules.iter().map(|r| &r.action))
+            .flat_map(|a| match &a.forward {
+                Some(Forward::Group(g)) => vec![g.as_str()],
+                Some(Forward::Weighted(list)) => {
+                    list.iter().map(|w| w.target_group.as_str()).collect()
+                }
+                None => Vec::new(),
+            })
+    }
+
     /// The one group the default action forwards to, if it forwards to exactly one.
     pub fn forward_group(&self) -> Option<&str> {
         match &self.default_action.forward {

@@ -17,6 +17,7 @@ mod duration;
 #[cfg(test)]
 pub(crate) mod fixture;
 mod health_check;
+mod l7;
 mod listener;
 mod location;
 mod snat_ports;
@@ -36,6 +37,7 @@ pub use self::{
     agent::AgentConfig,
     duration::{duration_text, parse_duration},
     health_check::{HealthCheck, HealthMethod, HealthProtocol},
+    l7::{AccessLogConfig, AccessLogFormat, Algorithm, GroupL7, ListenerL7, ProtocolVersion},
     listener::{
         Action, Certificate, Conditions, FixedResponse, Forward, Listener, ListenerProtocol, Mode,
         Redirect, RedirectProtocol, Rule, WeightedGroup,

@@ -1,10 +1,10 @@
 //! `[[target_group]]`: named sets of targets, with their protocol, stickiness and health check.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{HealthCheck, duration};
+use super::{Algorithm, HealthCheck, HealthProtocol, ProtocolVersion, duration};
 
 /// A target group's protocol.
 /// Heaviest weight a target may have.
@@ -77,6 +77,19 @@ pub struct TargetGroup {
     /// A target that turns healthy ramps its weight over this long (default 0: at once).
     #[serde(default, deserialize_with = "duration::deserialize")]
     pub slow_start: Duration,
+    /// HTTP version to targets: `http1` (default), `http2`, `grpc` (http and https groups).
+    pub protocol_version: Option<ProtocolVersion>,
+    /// `round_robin` (default) or `least_outstanding_requests` (http and https groups).
+    pub load_balancing_algorithm: Option<Algorithm>,
+    /// https groups: verify targets' certificates against these CA certificates (PEM); none:
+    /// not verified (as AWS ALB).
+    pub ca_file: Option<PathBuf>,
+    /// https groups: the name sent as SNI and verified; none: the target's address.
+    pub tls_server_name: Option<String>,
+    /// A target must send its response head within this, else the client gets 504
+    /// (http and https groups; 1s..=4000s, default 60s).
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    pub response_timeout: Option<Duration>,
 }
 
 fn default_deregistration_delay() -> Duration {
@@ -96,6 +109,15 @@ impl TargetGroup {
             Some(hc) if hc.enabled => Some(hc.clone()),
             Some(_) => None,
             None if self.protocol == GroupProtocol::Udp => None,
+            // AWS ALB's: a GET of `/` in the group's own protocol.
+            None if self.protocol == GroupProtocol::Http => Some(HealthCheck {
+                protocol: HealthProtocol::Http,
+                ..HealthCheck::default()
+            }),
+            None if self.protocol == GroupProtocol::Https => Some(HealthCheck {
+                protocol: HealthProtocol::Https,
+                ..HealthCheck::default()
+            }),
             None => Some(HealthCheck::default()),
         }
     }

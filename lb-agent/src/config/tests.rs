@@ -62,7 +62,9 @@ fn defaults_apply() {
 #[test]
 fn design_contract_example_parses() {
     // The file from DESIGN.md's "user's contract", with an `api` and `canary` group added
-    // so its forwards resolve: it must parse, and only the L7 parts be refused.
+    // so its forwards resolve, and the https listener's default action sent to `api`
+    // (DESIGN.md sends it to `web`, a tcp group, which an HTTP listener cannot forward to):
+    // it must parse whole.
     let text = r#"
 [agent]
 interface = "eth0"
@@ -111,7 +113,7 @@ address = "198.18.1.100"
 port = 443
 protocol = "https"
 certificates = [{ cert = "certs/a.pem", key = "certs/a.key" }]
-default_action = { forward = "web" }
+default_action = { forward = "api" }
 [[listener.rule]]
 priority = 10
 conditions = { host = ["api.example.com"], path = ["/v1/*"] }
@@ -125,10 +127,19 @@ priority = 30
 conditions = { http_request_method = ["DELETE"] }
 action = { fixed_response = { status_code = 403, content_type = "text/plain", message_body = "no" } }
 "#;
-    let e = errors(text);
-    assert_eq!(fields(&e), ["listener[1].protocol"], "{e:?}");
-    assert!(e[0].message.contains("not supported yet"), "{}", e[0]);
-    assert_eq!(e[0].line, 47, "{}", e[0]);
+    let config = Config::parse(text, "t.toml").expect("the contract parses");
+    assert_eq!(config.listeners[1].rules.len(), 3);
+    assert_eq!(
+        config.listeners[1].forwarded_groups().collect::<Vec<_>>(),
+        ["api", "api", "canary"]
+    );
+    // The same listener forwarding to the tcp group is refused, naming the field.
+    let e = errors(&text.replace(
+        "default_action = { forward = \"api\" }",
+        "default_action = { forward = \"web\" }",
+    ));
+    assert_eq!(fields(&e), ["listener[1].default_action.forward"], "{e:?}");
+    assert!(e[0].message.contains("tcp group"), "{}", e[0]);
 }
 
 #[test]
@@ -214,17 +225,25 @@ fn maglev_size_must_be_a_prime_in_range() {
 
 #[test]
 fn unsupported_features_are_refused_clearly() {
-    for protocol in ["tls", "http", "https"] {
-        let e = ConfigFile::good()
-            .set("listener[0]", "protocol", &format!("\"{protocol}\""))
-            .errors();
-        assert!(
-            e.iter()
-                .any(|e| e.field == "listener[0].protocol"
-                    && e.message.contains("not supported yet")),
-            "{e:?}"
-        );
-    }
+    // A tls listener (TLS ends at the proxy, bytes go to a tcp group) needs a certificate.
+    let e = ConfigFile::good()
+        .set("listener[0]", "protocol", "\"tls\"")
+        .errors();
+    assert_eq!(fields(&e), ["listener[0].certificates"], "{e:?}");
+    let c = ConfigFile::good()
+        .set("listener[0]", "protocol", "\"tls\"")
+        .set(
+            "listener[0]",
+            "certificates",
+            r#"[{ cert = "a.pem", key = "a.key" }]"#,
+        )
+        .config();
+    assert!(c.listeners[0].is_l7());
+    // L7 settings on an L4 listener are refused, not ignored.
+    let e = ConfigFile::good()
+        .set("listener[0]", "idle_timeout", "\"30s\"")
+        .errors();
+    assert_eq!(fields(&e), ["listener[0].idle_timeout"], "{e:?}");
     let e = ConfigFile::good()
         .set("listener[0]", "mode", r#""dsr""#)
         .errors();

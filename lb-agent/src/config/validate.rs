@@ -28,7 +28,7 @@ pub(super) struct Problems {
 }
 
 impl Problems {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         let entry = (field.into(), message.into());
         // A listener that reaches one group from several actions would otherwise report each
         // of its targets once per action.
@@ -156,7 +156,13 @@ pub(super) fn check_health_check(p: &mut Problems, hat: &str, hc: &HealthCheck) 
     check_matcher(p, format!("{hat}.matcher"), &hc.matcher);
 }
 
-fn check_duration(p: &mut Problems, field: String, d: Duration, min: Duration, max: Duration) {
+pub(super) fn check_duration(
+    p: &mut Problems,
+    field: String,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) {
     if !(min..=max).contains(&d) {
         p.add(field, format!("{d:?} is out of range {min:?}..={max:?}"));
     }
@@ -174,6 +180,7 @@ impl Config {
         self.validate_agent(p);
         self.validate_groups(p);
         self.validate_listeners(p);
+        self.validate_access_log(p);
     }
 
     fn validate_agent(&self, p: &mut Problems) {
@@ -372,6 +379,7 @@ impl Config {
             if let Some(hc) = &g.health_check {
                 check_health_check(p, &format!("{at}.health_check"), hc);
             }
+            self.validate_l7_group(p, &at, g);
         }
     }
 
@@ -468,15 +476,8 @@ impl Config {
             }
             if l.protocol.is_l4() {
                 self.validate_l4_listener(p, &at, l);
-            } else {
-                p.add(
-                    format!("{at}.protocol"),
-                    format!(
-                        "`{}` listeners are not supported yet (L4 only: tcp, udp, tcp_udp)",
-                        l.protocol.as_str()
-                    ),
-                );
             }
+            self.validate_l7_listener(p, &at, l);
             // Families, whatever the protocol: NAT between IPv4 and IPv6 is never done.
             for (group, _) in actions.iter().flat_map(|(path, a)| a.forwards(path)) {
                 let Some(gi) = self.target_groups.iter().position(|g| g.name == group) else {

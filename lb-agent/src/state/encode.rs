@@ -95,7 +95,7 @@ pub(super) fn group_family(config: &Config, group: &str) -> Option<u8> {
     config
         .listeners
         .iter()
-        .find(|l| l.forward_group() == Some(group))
+        .find(|l| l.forwarded_groups().any(|g| g == group))
         .map(|l| family_of(l.address))
 }
 
@@ -177,9 +177,12 @@ impl State {
         let mut out: Vec<ListenerState> = Vec::new();
         let mut fresh = Vec::new();
         for listener in &config.listeners {
-            let Some(group) = listener.forward_group() else {
+            let group = listener.forward_group();
+            // An L4 listener without a group forwards nowhere (it is refused by validation);
+            // an L7 one still needs its entry, so that its traffic is counted as passed up.
+            if group.is_none() && listener.protocol.is_l4() {
                 continue;
-            };
+            }
             let id = previous.get(&listener.name).copied();
             if let Some(id) = id {
                 taken.push(id);
@@ -189,7 +192,7 @@ impl State {
             out.push(ListenerState {
                 id: id.unwrap_or(u32::MAX),
                 name: listener.name.clone(),
-                group: group.to_owned(),
+                group: group.map(str::to_owned),
                 address: SocketAddr::new(listener.address, listener.port),
                 protocol: listener.protocol,
             });
@@ -214,7 +217,11 @@ impl State {
         let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
         let mut vips = Vec::new();
         for listener in &listeners {
-            let group_id = self.group(&listener.group)?.id;
+            let group_id = match &listener.group {
+                Some(group) => self.group(group)?.id,
+                // The data plane reads no group for traffic it passes up.
+                None => 0,
+            };
             let kind = if listener.protocol.is_l4() {
                 listener_kind::L4_NAT
             } else {

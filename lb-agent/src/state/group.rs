@@ -227,7 +227,9 @@ pub struct CheckSpec {
 pub(super) struct ListenerState {
     pub(super) id: u32,
     pub(super) name: String,
-    pub(super) group: String,
+    /// The group its default action forwards to; none for an L7 listener that does not
+    /// forward to exactly one group (its rules choose).
+    pub(super) group: Option<String>,
     pub(super) address: SocketAddr,
     pub(super) protocol: ListenerProtocol,
 }

@@ -150,7 +150,7 @@ impl State {
                     name: l.name.clone(),
                     address: l.address,
                     protocol: l.protocol.as_str().to_owned(),
-                    target_group: l.group.clone(),
+                    target_group: l.group.clone().unwrap_or_default(),
                     active_flows: per_listener.get(&l.id).copied().unwrap_or(0),
                     counters: dp.listener_counters(l.id)?.into(),
                 })
@@ -189,7 +189,7 @@ impl State {
                     u16::from_be(flow.backend_port),
                 ),
                 snat: SocketAddr::new(ip_of(&flow.snat_addr, family), u16::from_be(flow.snat_port)),
-                target_group: listener.map(|l| l.group.clone()),
+                target_group: listener.and_then(|l| l.group.clone()),
                 idle_seconds: now.saturating_sub(flow.last_seen) / 1_000_000_000,
                 closing: flow.closing != 0,
                 active: live,
