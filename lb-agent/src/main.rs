@@ -37,6 +37,13 @@ fn main() -> ExitCode {
             detach_on_exit,
             state_file,
         } => match Config::load(&config) {
+            Ok(cfg) if lb_agent::proxy::check(&cfg).is_err() => {
+                let problems = lb_agent::proxy::check(&cfg).err().unwrap_or_default();
+                for line in problems.lines() {
+                    eprintln!("{}: {line}", config.display());
+                }
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             Ok(cfg) => run(
                 cfg,
                 RunOptions {

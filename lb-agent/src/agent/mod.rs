@@ -221,10 +221,22 @@ fn read(
                 .as_ref()
                 .map_or_else(|| "config".to_owned(), |s| s.path.display().to_string());
             Answer::Validation(match Config::parse(&text, &name) {
-                Ok(_) => Validation {
-                    valid: true,
-                    errors: Vec::new(),
-                },
+                Ok(config) => {
+                    // What only the proxy can check (rules, certificate files, policies).
+                    let errors: Vec<ConfigProblem> = crate::proxy::problems(&config)
+                        .into_iter()
+                        .map(|(field, message)| ConfigProblem {
+                            line: 0,
+                            column: 0,
+                            field,
+                            message,
+                        })
+                        .collect();
+                    Validation {
+                        valid: errors.is_empty(),
+                        errors,
+                    }
+                }
                 Err(errors) => Validation {
                     valid: false,
                     errors: errors

@@ -444,7 +444,8 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
     for what in skipped {
         tracing::warn!(what, "an API change no longer applies to the file: skipped");
     }
-    let problems = config.problems();
+    let mut problems = config.problems();
+    problems.extend(crate::proxy::problems(&config));
     if !problems.is_empty() {
         let lines: Vec<String> = problems
             .into_iter()

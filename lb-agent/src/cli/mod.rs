@@ -16,6 +16,13 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 /// `lb-agent check`: validates a file without touching anything.
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
+        Ok(cfg) if lb_agent::proxy::check(&cfg).is_err() => {
+            let problems = lb_agent::proxy::check(&cfg).err().unwrap_or_default();
+            for line in problems.lines() {
+                eprintln!("{}: {line}", path.display());
+            }
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
         Ok(cfg) => {
             println!(
                 "{}: ok ({} listeners, {} target groups)",

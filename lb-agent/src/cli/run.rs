@@ -17,6 +17,7 @@ use lb_agent::{
     overrides::Overrides,
     pinning::PinDir,
     protocol::{Answer, InterfaceView, Request},
+    proxy::{Proxy, metrics::ProxyMetrics, sticky::StickyKey},
     state::{Ids, State},
 };
 
@@ -174,7 +175,12 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         }),
         resolve_next_hops: Box::new(neighbor::keep_all_resolved_blocking),
     };
+    let sticky_key = Arc::new(
+        StickyKey::load_or_create(&cookie_key_path(&source.state_file))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let (writer, snapshots) = Writer::new(state, dataplane, file, Some(source), overrides, node);
+    let proxy_snapshots = snapshots.clone();
     let (changes, received) = tokio::sync::mpsc::unbounded_channel();
     // The one writer: a thread of its own (map writes are system calls), fed in order.
     let writer_thread = std::thread::Builder::new()
@@ -216,6 +222,11 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, limits, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
+        let proxy = tokio::spawn(run_proxy(
+            Proxy::new(sticky_key, ProxyMetrics::new()),
+            proxy_snapshots,
+            shutdown.subscribe(),
+        ));
         let resolver = tokio::spawn(neighbor::resolve_misses(
             move || next_hop_misses.take(),
             shutdown.subscribe(),
@@ -243,6 +254,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             let _ = server.await;
         }
         let _ = monitor.await;
+        let _ = proxy.await;
         let _ = resolver.await;
         anyhow::Ok(())
     })?;
@@ -266,6 +278,30 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         forwarding::lift_block(&ifaces);
     }
     Ok(())
+}
+
+/// Feeds the proxy every snapshot the writer publishes, until shutdown.
+async fn run_proxy(
+    mut proxy: Proxy,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<lb_agent::agent::Snapshot>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        proxy.update(&snapshot.config, &snapshot.state.serving_targets());
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    proxy.shutdown();
+}
+
+/// The stickiness cookies' key: beside the state file, so cookies outlive a restart.
+fn cookie_key_path(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".cookie-key");
+    PathBuf::from(name)
 }
 
 /// Programs the data plane for `cfg` and attaches it to `ifaces`: the steps of a start after

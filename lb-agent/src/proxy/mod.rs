@@ -1,15 +1,171 @@
-//! The L7 proxy (HTTP, HTTPS and TLS listeners): the pure parts first, each unit-tested without
-//! sockets; the tokio/hyper serving loop is built on them (not yet: nothing here serves).
+//! The L7 proxy (HTTP, HTTPS and TLS listeners): the agent serves these itself, on the
+//! traffic the XDP program passes up for their VIPs and ports.
 //!
-//! `pattern` (ALB wildcards), `rules` (a listener's rules compiled into a table that routes a
-//! request to an action), `redirect` (redirect actions into `Location` values), `weighted`
-//! (choosing among weighted target groups), `tls` (certificates from PEM files, the SNI
-//! resolver, the server config and its swappable slot) and `tls_policy` (named security
-//! policies: versions and cipher suites).
+//! `Proxy` is fed the config in force and each group's targets in service after every change
+//! (from the writer's snapshots); it builds a `plan` (immutable: compiled rules, TLS configs,
+//! groups' clients and targets), swaps it in atomically, and starts or stops the listeners'
+//! servers (`server`). A request (`forward`) reads the plan once, without a lock.
+//!
+//! The pure parts, each unit-tested without sockets: `pattern` (ALB wildcards), `rules` (a
+//! listener's rules compiled into a table that routes a request to an action), `redirect`
+//! (redirect actions into `Location` values), `weighted` (choosing among weighted target
+//! groups), `balance` (a target within a group), `sticky` (stickiness cookies), `tls`
+//! (certificates from PEM files, the SNI resolver, server configs), `tls_policy` (named
+//! security policies), `answer` (the proxy's own responses), `check` (a config's L7 checks).
+//! The rest: `target_client` (pooled connections to targets), `tls_forward` (tls listeners'
+//! bytes to a tcp group), `access_log`, `metrics`.
 
+pub mod access_log;
+pub mod answer;
+pub mod balance;
+pub mod check;
+pub mod forward;
+pub mod metrics;
 pub mod pattern;
+pub mod plan;
 pub mod redirect;
 pub mod rules;
+pub mod server;
+pub mod sticky;
+pub mod target_client;
 pub mod tls;
+pub mod tls_forward;
 pub mod tls_policy;
 pub mod weighted;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::watch;
+
+pub use check::{check, problems};
+use plan::{Plan, PlanBuilder};
+
+use crate::config::{AccessLogConfig, Config, ListenerProtocol};
+use access_log::AccessLog;
+use metrics::ProxyMetrics;
+use sticky::StickyKey;
+
+/// What every connection and request of the proxy reads.
+pub struct Shared {
+    pub plan: ArcSwap<Plan>,
+    pub access_log: ArcSwapOption<AccessLog>,
+}
+
+/// A running listener server.
+struct Running {
+    address: SocketAddr,
+    protocol: ListenerProtocol,
+    stop: watch::Sender<bool>,
+}
+
+/// The proxy: its plan, its listeners' servers, its access log.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    builder: PlanBuilder,
+    servers: HashMap<String, Running>,
+    access_log_config: Option<AccessLogConfig>,
+}
+
+impl Proxy {
+    /// A proxy serving nothing yet. `sticky` signs the stickiness cookies.
+    pub fn new(sticky: Arc<StickyKey>, metrics: Arc<ProxyMetrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                plan: ArcSwap::from_pointee(Plan::default()),
+                access_log: ArcSwapOption::empty(),
+            }),
+            builder: PlanBuilder::new(sticky, metrics),
+            servers: HashMap::new(),
+            access_log_config: None,
+        }
+    }
+
+    /// Serves `config` with `serving` (each group's targets in service): a new plan, the
+    /// access log reopened if its settings changed, listeners started and stopped. Must run
+    /// inside the tokio runtime.
+    pub fn update(
+        &mut self,
+        config: &Arc<Config>,
+        serving: &BTreeMap<String, Vec<(SocketAddr, u32)>>,
+    ) {
+        let plan = self.builder.build(config, serving);
+        self.shared.plan.store(Arc::new(plan));
+        if config.agent.access_log != self.access_log_config {
+            match &config.agent.access_log {
+                None => self.shared.access_log.store(None),
+                Some(settings) => match AccessLog::open(settings) {
+                    Ok(log) => self.shared.access_log.store(Some(Arc::new(log))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot open the access log; requests are not logged")
+                    }
+                },
+            }
+            self.access_log_config = config.agent.access_log.clone();
+        }
+        self.sync_servers(config);
+    }
+
+    /// Starts a server for each L7 listener without one, restarts those whose address or
+    /// protocol changed, stops those gone.
+    fn sync_servers(&mut self, config: &Config) {
+        let wanted: HashMap<&str, (SocketAddr, ListenerProtocol)> = config
+            .listeners
+            .iter()
+            .filter(|l| l.is_l7())
+            .map(|l| {
+                (
+                    l.name.as_str(),
+                    (SocketAddr::new(l.address, l.port), l.protocol),
+                )
+            })
+            .collect();
+        self.servers.retain(|name, running| {
+            let keep = wanted.get(name.as_str()) == Some(&(running.address, running.protocol));
+            if !keep {
+                let _ = running.stop.send(true);
+                tracing::info!(listener = name, address = %running.address, "listener stopped");
+            }
+            keep
+        });
+        for (name, (address, protocol)) in wanted {
+            if self.servers.contains_key(name) {
+                continue;
+            }
+            let listener = match server::bind(address) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!(listener = name, %address, error = %e, "cannot listen: the listener does not serve");
+                    continue;
+                }
+            };
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(server::accept_loop(
+                listener,
+                name.to_owned(),
+                self.shared.clone(),
+                stopped,
+            ));
+            tracing::info!(listener = name, %address, protocol = protocol.as_str(), "listener serving");
+            self.servers.insert(
+                name.to_owned(),
+                Running {
+                    address,
+                    protocol,
+                    stop,
+                },
+            );
+        }
+    }
+
+    /// Stops every listener (open connections are asked to finish).
+    pub fn shutdown(&mut self) {
+        for (_, running) in self.servers.drain() {
+            let _ = running.stop.send(true);
+        }
+    }
+}

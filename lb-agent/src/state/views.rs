@@ -1,7 +1,7 @@
 //! What the state shows: views of groups, targets, listeners, counters and flows, read from
 //! the state and the data plane's counters (`MapReader`), never from a writer's lock.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
 
 use lb_common::{Flow, FlowKey, PROTO_TCP, ReverseFlow, conntrack};
 
@@ -17,6 +17,26 @@ use crate::{
 pub(super) type JudgedFlow = (FlowKey, Flow, bool);
 
 impl State {
+    /// Each group's targets that take new connections and requests now: those in its active
+    /// table (in service, or all eligible ones while it fails open), with their weights
+    /// (slow start's ramp included, at least 1). The L7 proxy balances over these.
+    pub fn serving_targets(&self) -> BTreeMap<String, Vec<(SocketAddr, u32)>> {
+        self.groups
+            .iter()
+            .map(|(name, g)| {
+                let serving = g
+                    .targets
+                    .iter()
+                    .filter_map(|t| {
+                        let scaled = g.published_weight(t.backend_id);
+                        (scaled > 0).then(|| (t.address, scaled.div_ceil(WEIGHT_SCALE).max(1)))
+                    })
+                    .collect();
+                (name.clone(), serving)
+            })
+            .collect()
+    }
+
     /// Every target group's settings and how many of its targets serve.
     pub fn groups(&self) -> Vec<GroupView> {
         self.groups

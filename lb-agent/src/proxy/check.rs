@@ -1,0 +1,74 @@
+//! The proxy's checks of a whole config, beyond what `config` can see: rules compiled,
+//! certificate and key files loaded, security policies known, CA files read. Run wherever a
+//! config is accepted (start, `check`, reload, the API's changes), so a config the proxy
+//! cannot serve is refused whole before anything is applied.
+
+use super::{
+    rules::RuleTable,
+    target_client,
+    tls::{self, Alpn, CertificateStore},
+    tls_policy::SecurityPolicy,
+};
+use crate::config::{Config, GroupProtocol, ListenerProtocol};
+
+/// What is wrong, as (dotted field, message), like `Config::problems`.
+pub fn problems(config: &Config) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (li, l) in config.listeners.iter().enumerate() {
+        if !l.is_l7() {
+            continue;
+        }
+        let at = format!("listener[{li}]");
+        if matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+            && let Err(e) = RuleTable::compile(l)
+        {
+            out.push((at.clone(), e.to_string()));
+        }
+        if matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tls) {
+            let policy = l
+                .ssl_policy
+                .as_deref()
+                .unwrap_or(SecurityPolicy::default_policy().name());
+            if let Err(e) = SecurityPolicy::named(policy) {
+                out.push((format!("{at}.ssl_policy"), e.to_string()));
+                continue;
+            }
+            if l.certificates.is_empty() {
+                // `config` reports it.
+                continue;
+            }
+            match CertificateStore::load(&l.certificates) {
+                Ok(store) => {
+                    if let Err(e) = tls::server_config(policy, &store, Alpn::default()) {
+                        out.push((format!("{at}.ssl_policy"), e.to_string()));
+                    }
+                }
+                Err(e) => out.push((format!("{at}.certificates"), e.to_string())),
+            }
+        }
+    }
+    for (gi, g) in config.target_groups.iter().enumerate() {
+        if g.protocol != GroupProtocol::Https {
+            continue;
+        }
+        if let Some(ca) = &g.ca_file
+            && let Err(e) = target_client::root_store(ca)
+        {
+            out.push((format!("target_group[{gi}].ca_file"), e));
+        }
+    }
+    out
+}
+
+/// `problems` as one message per line, or `Ok` if there are none.
+pub fn check(config: &Config) -> Result<(), String> {
+    let problems = problems(config);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(problems
+        .into_iter()
+        .map(|(field, message)| format!("{field}: {message}"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}

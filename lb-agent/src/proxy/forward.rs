@@ -1,0 +1,640 @@
+//! One HTTP request through the proxy: routed by the listener's rules, answered by a fixed
+//! response or a redirect, or forwarded to a target of the chosen group (stickiness first,
+//! then the group's algorithm) over the group's pooled client, with `X-Forwarded-*` and a
+//! request id added and hop-by-hop headers removed; websocket upgrades become a tunnel.
+//! Bodies stream both ways; the access log and the counters are written when the response
+//! body ends.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use http_body_util::BodyExt as _;
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    body::{Body, Bytes, Frame, Incoming, SizeHint},
+    header::{self, HeaderName, HeaderValue},
+};
+
+use super::{
+    Shared,
+    access_log::AccessRecord,
+    answer::{self, Failure},
+    balance::{Outstanding, ServingTarget},
+    plan::{GroupPlan, ListenerPlan, Plan},
+    redirect::{RedirectError, RedirectRequest, Scheme},
+    rules::{CompiledAction, RequestFacts},
+    sticky,
+    target_client::{BoxError, ProxyBody},
+    weighted::WeightedGroups,
+};
+use crate::config::Stickiness;
+
+/// What the proxy knows of a client connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    /// The listener's port (`X-Forwarded-Port`, redirects).
+    pub port: u16,
+    /// Whether the client speaks TLS to the listener (`X-Forwarded-Proto`, cookies' `Secure`).
+    pub secure: bool,
+    pub tls: Option<TlsInfo>,
+}
+
+/// The client connection's TLS session (access log).
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub version: &'static str,
+    pub cipher: &'static str,
+    pub sni: Option<String>,
+}
+
+/// What the access log and counters need of a request once it is answered.
+struct Exchange {
+    time: SystemTime,
+    started: Instant,
+    conn: Arc<ConnInfo>,
+    listener: Arc<ListenerPlan>,
+    rule: Option<u32>,
+    group: Option<Arc<GroupPlan>>,
+    target: Option<SocketAddr>,
+    method: Method,
+    host: Option<String>,
+    uri: String,
+    version: Version,
+    request_id: Option<String>,
+    user_agent: Option<String>,
+    sent_at: Option<Duration>,
+    target_duration: Option<Duration>,
+    status: u16,
+    error: Option<&'static str>,
+    bytes_in: Arc<AtomicU64>,
+    /// The target's outstanding-request mark, held until the response has gone.
+    outstanding: Option<Outstanding>,
+}
+
+impl Exchange {
+    /// Writes the access log line and the counters: when the response body has gone (or was
+    /// dropped).
+    fn finish(self, bytes_out: u64, access_log: Option<&super::access_log::AccessLog>) {
+        self.listener.metrics.response(self.status);
+        if let Some(rule) = self.listener.rule_metrics(self.rule) {
+            rule.response(self.status);
+        }
+        if let (Some(group), Some(target), Some(took)) =
+            (&self.group, self.target, self.target_duration)
+            && let Some(m) = group.target_metrics.get(&target)
+        {
+            m.response(self.status, took);
+        }
+        let Some(log) = access_log else { return };
+        let tls = self.conn.tls.as_ref();
+        log.record(AccessRecord {
+            time: self.time,
+            client: self.conn.client,
+            listener: self.listener.name.clone(),
+            rule: self.rule,
+            target_group: self.group.as_ref().map(|g| g.name.clone()),
+            target: self.target,
+            method: Some(self.method),
+            host: self.host,
+            uri: Some(self.uri),
+            version: version_text(self.version),
+            status: self.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            request_duration: self.sent_at.unwrap_or_default(),
+            target_duration: self.target_duration,
+            response_duration: self.started.elapsed(),
+            tls_version: tls.map(|t| t.version),
+            tls_cipher: tls.map(|t| t.cipher),
+            sni: tls.and_then(|t| t.sni.clone()),
+            request_id: self.request_id,
+            user_agent: self.user_agent,
+            error: self.error,
+        });
+    }
+}
+
+fn version_text(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Serves one request of a connection of `conn`'s listener.
+pub async fn handle(
+    request: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let plan: Arc<Plan> = shared.plan.load_full();
+    let Some(listener) = plan.listeners.get(&*conn.listener).cloned() else {
+        // Removed by a reload while this connection was open.
+        return Ok(Failure::NoGroup.response(true));
+    };
+    let (mut parts, body) = request.into_parts();
+    let request_id_name = HeaderName::from_bytes(listener.settings.request_id_header.as_bytes())
+        .unwrap_or(HeaderName::from_static("x-amzn-trace-id"));
+    let request_id = match parts.headers.get(&request_id_name) {
+        Some(id) => id.to_str().ok().map(str::to_owned),
+        None => {
+            let id = new_request_id();
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                parts.headers.insert(request_id_name, value);
+            }
+            Some(id)
+        }
+    };
+    let facts = RequestFacts::new(&parts.method, &parts.uri, &parts.headers, conn.client.ip());
+    let Some(rules) = &listener.rules else {
+        return Ok(Failure::NoGroup.response(true));
+    };
+    let routed = rules.route(&facts);
+    let host = facts.host.map(str::to_owned);
+    let mut exchange = Exchange {
+        time: SystemTime::now(),
+        started,
+        conn: conn.clone(),
+        listener: listener.clone(),
+        rule: routed.rule,
+        group: None,
+        target: None,
+        method: parts.method.clone(),
+        host,
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), ToString::to_string),
+        version: parts.version,
+        request_id,
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        sent_at: None,
+        target_duration: None,
+        status: 0,
+        error: None,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        outstanding: None,
+    };
+    let response = match routed.action {
+        CompiledAction::FixedResponse(fixed) => answer::fixed(fixed),
+        CompiledAction::Redirect(template) => {
+            let request = RedirectRequest {
+                scheme: if conn.secure {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
+                host: facts.host,
+                port: conn.port,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+            };
+            match template.location(&request) {
+                Ok(location) => answer::redirect(template.status(), location),
+                Err(RedirectError::SameUrl(_)) => fail(&mut exchange, Failure::RedirectLoop),
+                Err(_) => fail(&mut exchange, Failure::NoHost),
+            }
+        }
+        CompiledAction::Forward(groups) => {
+            let groups = groups.clone();
+            forward(&plan, &conn, groups, parts, body, &mut exchange).await
+        }
+    };
+    Ok(finish(response, exchange, shared))
+}
+
+/// Records `failure` in `exchange` and gives its answer.
+fn fail(exchange: &mut Exchange, failure: Failure) -> Response<ProxyBody> {
+    exchange.error = Some(failure.code());
+    failure.response(failure == Failure::BadRequest)
+}
+
+/// Wraps the response body so the exchange is logged when it ends.
+fn finish(
+    response: Response<ProxyBody>,
+    mut exchange: Exchange,
+    shared: Arc<Shared>,
+) -> Response<ProxyBody> {
+    exchange.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let body = Tracked {
+        inner: body,
+        bytes: 0,
+        done: Some((exchange, shared)),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Sends the request to a target of one of `groups`.
+async fn forward(
+    plan: &Plan,
+    conn: &ConnInfo,
+    groups: WeightedGroups,
+    mut parts: hyper::http::request::Parts,
+    body: Incoming,
+    exchange: &mut Exchange,
+) -> Response<ProxyBody> {
+    let group_name = match groups.choose(random() as u32) {
+        Some(name) => name,
+        None => return fail(exchange, Failure::NoGroup),
+    };
+    let Some(group) = plan.groups.get(group_name).cloned() else {
+        return fail(exchange, Failure::NoGroup);
+    };
+    exchange.group = Some(group.clone());
+    let (sticky_target, cookie) = sticky_choice(&group, &parts.headers);
+    let Some(target) = sticky_target.or_else(|| group.targets.pick()) else {
+        return fail(exchange, Failure::NoTarget);
+    };
+    exchange.target = Some(target.address);
+    let outstanding = target.load.start();
+    let upgrade = is_upgrade(&parts);
+    // The cookie to set: the target is new to this client (no cookie, or it named a target
+    // that no longer serves).
+    let set_cookie = cookie.and_then(|(name, duration)| {
+        (sticky_target.is_none())
+            .then(|| sticky::set_cookie(&name, &target.token, duration, conn.secure))
+    });
+    let lb_cookie_names = cookie_names(&group);
+    if !lb_cookie_names.is_empty() {
+        let names: Vec<&str> = lb_cookie_names.iter().map(String::as_str).collect();
+        sticky::strip_lb_cookies(&mut parts.headers, &names);
+    }
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    prepare_request(&mut parts, conn, target, &group, upgrade);
+    let bytes_in = exchange.bytes_in.clone();
+    let body = Counted {
+        inner: body,
+        bytes: bytes_in,
+    }
+    .boxed();
+    let request = Request::from_parts(parts, body);
+    exchange.sent_at = Some(exchange.started.elapsed());
+    let sent = Instant::now();
+    let result = tokio::time::timeout(
+        group.response_timeout,
+        group.client.client().request(request),
+    )
+    .await;
+    let mut response = match result {
+        Err(_) => {
+            if let Some(m) = group.target_metrics.get(&target.address) {
+                m.timeout();
+            }
+            return fail(exchange, Failure::TargetTimeout);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target = %target.address, error = %e, "request to target failed");
+            if let Some(m) = group.target_metrics.get(&target.address) {
+                m.connect_error();
+            }
+            return fail(exchange, Failure::TargetFailed);
+        }
+        Ok(Ok(response)) => response,
+    };
+    exchange.target_duration = Some(sent.elapsed());
+    exchange.outstanding = Some(outstanding);
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    remove_hop_by_hop(response.headers_mut(), switching);
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    if switching {
+        let Some(client_side) = client_upgrade else {
+            // A target that switches protocols unasked: nothing to join it to.
+            return fail(exchange, Failure::TargetFailed);
+        };
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        let target_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_side, target_side));
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, answer::empty());
+    }
+    response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
+}
+
+/// Joins an upgraded client connection to the upgraded target connection (websockets), both
+/// ways, until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpgrade) {
+    let (client, target) = match tokio::try_join!(client, target) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "an upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut target = hyper_util::rt::TokioIo::new(target);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+}
+
+/// The target a stickiness cookie names, if it still serves; and the cookie to set
+/// (name, duration) when the group is sticky.
+fn sticky_choice<'g>(
+    group: &'g GroupPlan,
+    headers: &HeaderMap,
+) -> (Option<&'g ServingTarget>, Option<(String, Duration)>) {
+    match &group.stickiness {
+        Some(Stickiness::LbCookie { duration }) => {
+            let name = sticky::lb_cookie_name(&group.name);
+            let target =
+                sticky::find_cookie(headers, &name).and_then(|t| group.targets.by_token(t));
+            (target, Some((name, *duration)))
+        }
+        Some(Stickiness::AppCookie { duration, .. }) => {
+            let name = sticky::app_cookie_companion_name(&group.name);
+            let target =
+                sticky::find_cookie(headers, &name).and_then(|t| group.targets.by_token(t));
+            (target, Some((name, *duration)))
+        }
+        _ => (None, None),
+    }
+}
+
+/// The load balancer's own cookies of `group` (taken off requests to its targets).
+fn cookie_names(group: &GroupPlan) -> Vec<String> {
+    match &group.stickiness {
+        Some(Stickiness::LbCookie { .. }) => vec![sticky::lb_cookie_name(&group.name)],
+        Some(Stickiness::AppCookie { .. }) => {
+            vec![sticky::app_cookie_companion_name(&group.name)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// An HTTP/1.1 websocket (or other) upgrade request.
+fn is_upgrade(parts: &hyper::http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Turns the client's request into the target's: its URI, version, headers.
+fn prepare_request(
+    parts: &mut hyper::http::request::Parts,
+    conn: &ConnInfo,
+    target: &ServingTarget,
+    group: &GroupPlan,
+    upgrade: bool,
+) {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    // h2 clients name the host in `:authority` only; HTTP/1.1 targets need a Host header.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    let target_uri = format!("{}://{}{}", group.client.scheme, target.address, path);
+    if let Ok(uri) = target_uri.parse::<Uri>() {
+        parts.uri = uri;
+    }
+    parts.version = match group.client.version {
+        crate::config::ProtocolVersion::Http1 => Version::HTTP_11,
+        _ => Version::HTTP_2,
+    };
+    remove_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // X-Forwarded-For: the client's address appended to what came (AWS's `append`).
+    let client = conn.client.ip().to_canonical().to_string();
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.secure { "https" } else { "http" }),
+    );
+    parts
+        .headers
+        .insert("x-forwarded-port", HeaderValue::from(conn.port));
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and what it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE` (except `trailers`, which gRPC needs), `Trailer`,
+/// `Transfer-Encoding`, `Upgrade` (kept for an upgrade).
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !(upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    if !upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// An id like AWS's `X-Amzn-Trace-Id`: `Root=1-<unix seconds, hex>-<96 random bits, hex>`.
+fn new_request_id() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "Root=1-{seconds:08x}-{:016x}{:08x}",
+        random(),
+        random() as u32
+    )
+}
+
+/// A fast per-thread pseudo-random number (xorshift64*, seeded from the OS once per
+/// thread): for choosing among weighted groups and for request ids, not for secrets.
+fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+            u64::from_ne_bytes(seed) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// A request body that counts its bytes.
+struct Counted {
+    inner: Incoming,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that counts its bytes and, when it ends or is dropped, logs the exchange
+/// and lets go of the target's outstanding-request mark.
+struct Tracked {
+    inner: ProxyBody,
+    bytes: u64,
+    done: Option<(Exchange, Arc<Shared>)>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Tracked {
+    fn end(&mut self) {
+        if let Some((exchange, shared)) = self.done.take() {
+            let log = shared.access_log.load();
+            exchange.finish(self.bytes, log.as_deref());
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers, false);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn request_ids_are_distinct_and_shaped_like_aws_trace_ids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with("Root=1-"), "{a}");
+        assert_eq!(a.len(), "Root=1-".len() + 8 + 1 + 24, "{a}");
+    }
+}

@@ -1,0 +1,242 @@
+//! The proxy's plan: everything a request needs, immutable once built, swapped whole when
+//! the agent's state changes (one `ArcSwap` load per request, never a lock): each L7
+//! listener's compiled rules and TLS config, each group's client and the targets in service.
+//!
+//! Built by one task from the writer's snapshots. Rules and TLS configs are rebuilt only when
+//! the config in force changes (a reload or an API change); a health-check result only
+//! changes which targets serve, and a group's client (its connection pool) is kept as long
+//! as its settings are.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls::ServerConfig;
+
+use super::{
+    balance::{GroupTargets, LoadRegistry, ServingTarget},
+    metrics::{ListenerMetrics, ProxyMetrics, RuleMetrics, TargetMetrics},
+    rules::RuleTable,
+    sticky::StickyKey,
+    target_client::TargetClient,
+    tls::{self, Alpn, CertificateStore},
+    tls_policy::SecurityPolicy,
+};
+use crate::config::{
+    Config, GroupProtocol, Listener, ListenerL7, ListenerProtocol, Stickiness, TargetGroup,
+};
+
+/// What the proxy serves now.
+#[derive(Default)]
+pub struct Plan {
+    pub listeners: HashMap<String, Arc<ListenerPlan>>,
+    pub groups: HashMap<String, Arc<GroupPlan>>,
+}
+
+/// One L7 listener.
+pub struct ListenerPlan {
+    pub name: Arc<str>,
+    pub protocol: ListenerProtocol,
+    pub address: SocketAddr,
+    pub settings: ListenerL7,
+    /// http and https listeners.
+    pub rules: Option<RuleTable>,
+    /// https and tls listeners.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// tls listeners: the tcp group the bytes go to.
+    pub tcp_group: Option<String>,
+    pub metrics: Arc<ListenerMetrics>,
+    /// By rule priority; `None`: the default action.
+    pub rule_metrics: HashMap<Option<u32>, Arc<RuleMetrics>>,
+}
+
+impl ListenerPlan {
+    /// The counters of `rule`.
+    pub fn rule_metrics(&self, rule: Option<u32>) -> Option<&Arc<RuleMetrics>> {
+        self.rule_metrics.get(&rule)
+    }
+}
+
+/// One target group as the proxy uses it.
+pub struct GroupPlan {
+    pub name: Arc<str>,
+    pub client: Arc<TargetClient>,
+    pub targets: GroupTargets,
+    pub stickiness: Option<Stickiness>,
+    pub response_timeout: Duration,
+    /// Per target address.
+    pub target_metrics: HashMap<SocketAddr, Arc<TargetMetrics>>,
+}
+
+/// Builds plans, keeping what survives a rebuild: the config they were built from, the
+/// listeners' compiled parts, the groups' clients and targets' loads.
+pub struct PlanBuilder {
+    config: Option<Arc<Config>>,
+    listeners: HashMap<String, Arc<ListenerPlan>>,
+    clients: HashMap<String, Arc<TargetClient>>,
+    loads: LoadRegistry,
+    sticky: Arc<StickyKey>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl PlanBuilder {
+    pub fn new(sticky: Arc<StickyKey>, metrics: Arc<ProxyMetrics>) -> Self {
+        Self {
+            config: None,
+            listeners: HashMap::new(),
+            clients: HashMap::new(),
+            loads: LoadRegistry::new(),
+            sticky,
+            metrics,
+        }
+    }
+
+    /// The plan for `config` with `serving` (each group's targets in service, with weights).
+    /// A listener whose TLS set-up fails now (a certificate file gone since the config was
+    /// checked) keeps its previous plan, and the failure is logged.
+    pub fn build(
+        &mut self,
+        config: &Arc<Config>,
+        serving: &BTreeMap<String, Vec<(SocketAddr, u32)>>,
+    ) -> Plan {
+        let changed = !self
+            .config
+            .as_ref()
+            .is_some_and(|old| Arc::ptr_eq(old, config));
+        if changed {
+            let mut listeners = HashMap::new();
+            for l in config.listeners.iter().filter(|l| l.is_l7()) {
+                match self.listener_plan(l) {
+                    Ok(plan) => {
+                        listeners.insert(l.name.clone(), Arc::new(plan));
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = l.name, error = %e, "the listener's new settings cannot be served; it keeps its previous ones");
+                        if let Some(old) = self.listeners.get(&l.name) {
+                            listeners.insert(l.name.clone(), old.clone());
+                        }
+                    }
+                }
+            }
+            self.listeners = listeners;
+            self.config = Some(config.clone());
+        }
+        let mut loads = self.loads.build();
+        let mut groups = HashMap::new();
+        let mut clients = HashMap::new();
+        for g in config
+            .target_groups
+            .iter()
+            .filter(|g| proxied_group(config, g))
+        {
+            let client = match self.clients.get(&g.name) {
+                Some(client) if client.fits(g) => client.clone(),
+                _ => match TargetClient::new(g) {
+                    Ok(client) => Arc::new(client),
+                    Err(e) => {
+                        tracing::error!(group = g.name, error = %e, "cannot build the group's client: its requests get 503");
+                        continue;
+                    }
+                },
+            };
+            clients.insert(g.name.clone(), client.clone());
+            let addresses = serving.get(&g.name).map(Vec::as_slice).unwrap_or_default();
+            let targets = addresses
+                .iter()
+                .map(|&(address, weight)| ServingTarget {
+                    address,
+                    weight,
+                    load: loads.load(&g.name, address),
+                    token: self.sticky.token(&g.name, address).into(),
+                })
+                .collect();
+            let target_metrics = addresses
+                .iter()
+                .map(|&(address, _)| (address, self.metrics.target(&g.name, address)))
+                .collect();
+            groups.insert(
+                g.name.clone(),
+                Arc::new(GroupPlan {
+                    name: g.name.as_str().into(),
+                    client,
+                    targets: GroupTargets::new(g.l7().algorithm, targets),
+                    stickiness: g.stickiness.clone(),
+                    response_timeout: g.l7().response_timeout,
+                    target_metrics,
+                }),
+            );
+        }
+        drop(loads);
+        self.clients = clients;
+        Plan {
+            listeners: self.listeners.clone(),
+            groups,
+        }
+    }
+
+    fn listener_plan(&self, l: &Listener) -> Result<ListenerPlan, String> {
+        let settings = l.l7();
+        let rules = match l.protocol {
+            ListenerProtocol::Http | ListenerProtocol::Https => {
+                Some(RuleTable::compile(l).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        let tls = match l.protocol {
+            ListenerProtocol::Https | ListenerProtocol::Tls => {
+                let store = CertificateStore::load(&l.certificates).map_err(|e| e.to_string())?;
+                let policy = settings
+                    .ssl_policy
+                    .as_deref()
+                    .unwrap_or(SecurityPolicy::default_policy().name());
+                let alpn = if l.protocol == ListenerProtocol::Https {
+                    Alpn::H2AndHttp1
+                } else {
+                    Alpn::None
+                };
+                Some(tls::server_config(policy, &store, alpn).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        let tcp_group = (l.protocol == ListenerProtocol::Tls)
+            .then(|| l.forward_group().map(str::to_owned))
+            .flatten();
+        let mut rule_metrics: HashMap<Option<u32>, Arc<RuleMetrics>> = l
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    Some(r.priority),
+                    self.metrics.rule(&l.name, Some(r.priority)),
+                )
+            })
+            .collect();
+        rule_metrics.insert(None, self.metrics.rule(&l.name, None));
+        Ok(ListenerPlan {
+            name: l.name.as_str().into(),
+            protocol: l.protocol,
+            address: SocketAddr::new(l.address, l.port),
+            settings,
+            rules,
+            tls,
+            tcp_group,
+            metrics: self.metrics.listener(&l.name),
+            rule_metrics,
+        })
+    }
+}
+
+/// Whether the proxy sends traffic to `group`: an http/https group, or a tcp group a `tls`
+/// listener forwards to.
+fn proxied_group(config: &Config, group: &TargetGroup) -> bool {
+    match group.protocol {
+        GroupProtocol::Http | GroupProtocol::Https => true,
+        GroupProtocol::Tcp => config.listeners.iter().any(|l| {
+            l.protocol == ListenerProtocol::Tls && l.forward_group() == Some(group.name.as_str())
+        }),
+        _ => false,
+    }
+}

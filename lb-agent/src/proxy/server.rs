@@ -1,0 +1,377 @@
+//! The listeners' servers: an accept loop per L7 listener and a task per client connection.
+//! A connection is refused on accept over the listener's `max_connections`; TLS is
+//! terminated within the request-header timeout; HTTP/1.1 and HTTP/2 are served by hyper with
+//! the listener's limits (header size: 431; head timeout; HTTP/2 streams); a connection idle
+//! (no request in progress, no byte moving) for the idle timeout is closed; an HTTP/2 client
+//! that resets more streams than allowed in a window is sent away (rapid-reset floods).
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, watch},
+};
+
+use super::{
+    Shared,
+    forward::{ConnInfo, TlsInfo, handle},
+    plan::ListenerPlan,
+    tls_forward,
+};
+use crate::config::ListenerProtocol;
+
+/// The window in which an HTTP/2 connection's stream resets are counted.
+const RESET_WINDOW: Duration = Duration::from_secs(10);
+/// A connection asked to close (idle, reset flood, listener gone) gets this long to finish
+/// what it is sending before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Accepts connections for listener `name` until `stop` turns true.
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let active = Arc::new(AtomicU32::new(0));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and the like: back off a little rather than spin.
+                tracing::warn!(listener = name, error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let plan = shared.plan.load();
+        let Some(listener_plan) = plan.listeners.get(&name).cloned() else {
+            continue;
+        };
+        drop(plan);
+        if active.load(Ordering::Relaxed) >= listener_plan.settings.max_connections {
+            listener_plan.metrics.connection_refused();
+            drop(stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let active = active.clone();
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _guard = listener_plan.metrics.connection_opened();
+            serve_connection(stream, client, listener_plan, shared, stop).await;
+            active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// One client connection, whatever the listener's protocol.
+async fn serve_connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    listener: Arc<ListenerPlan>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = ConnInfo {
+        listener: listener.name.clone(),
+        client,
+        port: listener.address.port(),
+        secure: false,
+        tls: None,
+    };
+    let Some(tls) = &listener.tls else {
+        serve_http(stream, conn, listener, shared, stop).await;
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+    let handshake = tokio::time::timeout(
+        listener.settings.request_header_timeout,
+        acceptor.accept(stream),
+    )
+    .await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            listener.metrics.tls_handshake(false);
+            tracing::debug!(%client, listener = %listener.name, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            listener.metrics.tls_handshake(false);
+            return;
+        }
+    };
+    listener.metrics.tls_handshake(true);
+    let session = stream.get_ref().1;
+    conn.secure = true;
+    conn.tls = Some(TlsInfo {
+        version: session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("-"),
+        cipher: session
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("-"),
+        sni: session.server_name().map(str::to_owned),
+    });
+    if listener.protocol == ListenerProtocol::Tls {
+        tls_forward::forward(stream, conn, listener, shared).await;
+        return;
+    }
+    serve_http(stream, conn, listener, shared, stop).await;
+}
+
+/// What a connection's watchdog reads: when a byte last moved, how many requests are in
+/// progress, the stream resets counted in the current window, and a bell to close.
+struct ConnWatch {
+    started: Instant,
+    /// Milliseconds since `started` of the last byte read or written.
+    last_activity: AtomicU64,
+    in_flight: AtomicU32,
+    resets: Mutex<(Instant, u32)>,
+    max_resets: u32,
+    close: Notify,
+}
+
+impl ConnWatch {
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Counts a stream the client reset (its request dropped before it was answered); true
+    /// if that is one too many for the window.
+    fn reset(&self) -> bool {
+        let mut resets = self.resets.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if now.duration_since(resets.0) > RESET_WINDOW {
+            *resets = (now, 0);
+        }
+        resets.1 += 1;
+        resets.1 > self.max_resets
+    }
+}
+
+/// Marks a request in progress; if dropped before `done`, the client gave up on it (an
+/// HTTP/2 stream reset, or an HTTP/1.1 connection closed early).
+struct InFlight {
+    watch: Arc<ConnWatch>,
+    done: bool,
+}
+
+impl InFlight {
+    fn new(watch: Arc<ConnWatch>) -> Self {
+        watch.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self { watch, done: false }
+    }
+}
+
+impl InFlight {
+    /// The request was answered.
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.watch.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.watch.touch();
+        if !self.done && self.watch.reset() {
+            self.watch.close.notify_one();
+        }
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `io` for `conn`.
+async fn serve_http<IO>(
+    io: IO,
+    conn: ConnInfo,
+    listener: Arc<ListenerPlan>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &listener.settings;
+    let watch = Arc::new(ConnWatch {
+        started: Instant::now(),
+        last_activity: AtomicU64::new(0),
+        in_flight: AtomicU32::new(0),
+        resets: Mutex::new((Instant::now(), 0)),
+        max_resets: settings.http2_max_reset_streams,
+        close: Notify::new(),
+    });
+    let conn = Arc::new(conn);
+    let service_watch = watch.clone();
+    let service = service_fn(move |request| {
+        let in_flight = InFlight::new(service_watch.clone());
+        let response = handle(request, conn.clone(), shared.clone());
+        async move {
+            let response = response.await;
+            in_flight.finish();
+            response
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(settings.request_header_timeout))
+        .max_buf_size(settings.max_header_bytes as usize)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .max_header_list_size(settings.max_header_bytes)
+        .max_pending_accept_reset_streams(Some(settings.http2_max_reset_streams as usize))
+        .enable_connect_protocol();
+    let io = TokioIo::new(Watched {
+        inner: io,
+        watch: watch.clone(),
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let idle_timeout = settings.idle_timeout;
+    let tick = (idle_timeout / 4).max(Duration::from_millis(250));
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + tick);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %watch_client(&listener), error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = watch.close.notified(), if closing.is_none() => {
+                listener.metrics.h2_reset_flood();
+                tracing::info!(listener = %listener.name, "closing a connection that reset too many streams");
+                connection.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            _ = stop.changed(), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if closing.is_some() {
+                    return;
+                }
+                if watch.in_flight.load(Ordering::Relaxed) == 0 && watch.idle_for() >= idle_timeout {
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+            }
+        }
+    }
+}
+
+fn watch_client(listener: &ListenerPlan) -> &str {
+    &listener.name
+}
+
+/// A connection's IO, noting when bytes move.
+struct Watched<IO> {
+    inner: IO,
+    watch: Arc<ConnWatch>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.watch.touch();
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.watch.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A listening socket for `address`, bound whether or not the address is configured on the
+/// node (`IP_FREEBIND`): the VIP reaches the node by a local route (`vip`).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv4() {
+        socket.set_freebind_v4(true)?;
+    } else {
+        socket.set_freebind_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
