@@ -26,6 +26,7 @@ use hyper::{
 use super::{
     Shared,
     access_log::AccessRecord,
+    body,
     answer::{self, Failure},
     balance::{Outstanding, ServingTarget},
     plan::{GroupPlan, ListenerPlan, Plan},
@@ -219,6 +220,11 @@ pub async fn handle(
     Ok(finish(response, exchange, shared))
 }
 
+/// The counters of the exchange's listener.
+fn conn_metrics(exchange: &Exchange) -> &super::metrics::ListenerMetrics {
+    &exchange.listener.metrics
+}
+
 /// Records `failure` in `exchange` and gives its answer.
 fn fail(exchange: &mut Exchange, failure: Failure) -> Response<ProxyBody> {
     exchange.error = Some(failure.code());
@@ -281,13 +287,23 @@ async fn forward(
     } else {
         None
     };
+    // Read before `prepare_request` takes the hop-by-hop headers off.
+    let chunked = parts
+        .headers
+        .get(header::TRANSFER_ENCODING)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
     prepare_request(&mut parts, conn, target, &group, upgrade);
-    let bytes_in = exchange.bytes_in.clone();
-    let body = Counted {
-        inner: body,
-        bytes: bytes_in,
-    }
-    .boxed();
+    // A chunked body whose first chunk is already malformed goes nowhere: hyper reports a bad
+    // chunk size as a body error, and waiting for the first frame (usually in the same
+    // packet as the head) turns that into a 400 before the target hears of the request.
+    let body = match body::Prefetched::first_frame(body, chunked).await {
+        Ok(body) => body,
+        Err(()) => {
+            conn_metrics(exchange).framing_rejected();
+            return fail(exchange, Failure::BadRequest);
+        }
+    };
+    let body = body::Counted::new(body, exchange.bytes_in.clone()).boxed();
     let request = Request::from_parts(parts, body);
     exchange.sent_at = Some(exchange.started.elapsed());
     let sent = Instant::now();
@@ -517,42 +533,6 @@ fn random() -> u64 {
         state.set(x);
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     })
-}
-
-/// A request body that counts its bytes.
-struct Counted {
-    inner: Incoming,
-    bytes: Arc<AtomicU64>,
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// A response body that counts its bytes and, when it ends or is dropped, logs the exchange

@@ -18,6 +18,7 @@
 pub mod access_log;
 pub mod answer;
 pub mod balance;
+pub mod body;
 pub mod check;
 pub mod forward;
 pub mod metrics;
