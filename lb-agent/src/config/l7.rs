@@ -240,6 +240,12 @@ impl Config {
     /// The L7 checks of one listener (`at` is its dotted path).
     pub(super) fn validate_l7_listener(&self, p: &mut Problems, at: &str, l: &Listener) {
         if l.protocol.is_l4() {
+            if l.default_action.group_stickiness.is_some() {
+                p.add(
+                    format!("{at}.default_action.group_stickiness"),
+                    "group_stickiness is for weighted forwards of http and https listeners",
+                );
+            }
             for field in l.l7_fields_set() {
                 p.add(
                     format!("{at}.{field}"),

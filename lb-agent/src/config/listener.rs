@@ -96,6 +96,10 @@ pub struct Action {
     pub redirect: Option<Redirect>,
     /// Answer with a fixed HTTP response (L7).
     pub fixed_response: Option<FixedResponse>,
+    /// A weighted forward keeps a client on the group chosen for it this long (a cookie;
+    /// AWS's target-group stickiness). L7, forward only.
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    pub group_stickiness: Option<Duration>,
 }
 
 /// `forward = "group"` or `forward = [{ target_group = "a", weight = 90 }, ...]`.

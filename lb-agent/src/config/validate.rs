@@ -555,6 +555,21 @@ impl Config {
                 p.add(format!("{path}.redirect.path"), "must start with /");
             }
         }
+        if let Some(duration) = action.group_stickiness {
+            if action.forward.is_none() {
+                p.add(
+                    format!("{path}.group_stickiness"),
+                    "group_stickiness keeps a client on the group a forward chose: it needs `forward`",
+                );
+            }
+            check_duration(
+                p,
+                format!("{path}.group_stickiness"),
+                duration,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            );
+        }
         if let Some(r) = &action.fixed_response
             && !(200..=599).contains(&r.status_code)
         {

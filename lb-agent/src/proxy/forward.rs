@@ -26,9 +26,9 @@ use hyper::{
 use super::{
     Shared,
     access_log::AccessRecord,
-    body,
     answer::{self, Failure},
     balance::{Outstanding, ServingTarget},
+    body,
     plan::{GroupPlan, ListenerPlan, Plan},
     redirect::{RedirectError, RedirectRequest, Scheme},
     rules::{CompiledAction, RequestFacts},
@@ -80,6 +80,8 @@ struct Exchange {
     bytes_in: Arc<AtomicU64>,
     /// The target's outstanding-request mark, held until the response has gone.
     outstanding: Option<Outstanding>,
+    /// Signs group-stickiness cookies.
+    sticky_key: Arc<sticky::StickyKey>,
 }
 
 impl Exchange {
@@ -191,6 +193,7 @@ pub async fn handle(
         error: None,
         bytes_in: Arc::new(AtomicU64::new(0)),
         outstanding: None,
+        sticky_key: shared.sticky.clone(),
     };
     let response = match routed.action {
         CompiledAction::FixedResponse(fixed) => answer::fixed(fixed),
@@ -256,8 +259,8 @@ async fn forward(
     body: Incoming,
     exchange: &mut Exchange,
 ) -> Response<ProxyBody> {
-    let group_name = match groups.choose(random() as u32) {
-        Some(name) => name,
+    let (group_name, group_cookie) = match choose_group(&groups, conn, exchange, &parts.headers) {
+        Some(chosen) => chosen,
         None => return fail(exchange, Failure::NoGroup),
     };
     let Some(group) = plan.groups.get(group_name).cloned() else {
@@ -332,7 +335,7 @@ async fn forward(
     exchange.outstanding = Some(outstanding);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(response.headers_mut(), switching);
-    if let Some(cookie) = set_cookie {
+    for cookie in set_cookie.into_iter().chain(group_cookie) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     if switching {
@@ -364,6 +367,32 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpg
     let mut client = hyper_util::rt::TokioIo::new(client);
     let mut target = hyper_util::rt::TokioIo::new(target);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+}
+
+/// The group for a request among a forward's `groups`: the one the client's group cookie
+/// names, if the forward is sticky and the cookie names one of them; else a weighted draw.
+/// With it, the cookie to set (a sticky forward's new choice).
+fn choose_group<'g>(
+    groups: &'g WeightedGroups,
+    conn: &ConnInfo,
+    exchange: &Exchange,
+    headers: &HeaderMap,
+) -> Option<(&'g str, Option<HeaderValue>)> {
+    let sticky_for = groups.stickiness().filter(|_| groups.len() > 1);
+    let Some(duration) = sticky_for else {
+        return groups.choose(random() as u32).map(|g| (g, None));
+    };
+    let name = sticky::group_cookie_name(&conn.listener);
+    let key = &exchange.sticky_key;
+    let token_of = |group: &str| key.group_token(&conn.listener, exchange.rule, group);
+    if let Some(token) = sticky::find_cookie(headers, &name)
+        && let Some(group) = groups.names().find(|g| token_of(g) == token)
+    {
+        return Some((group, None));
+    }
+    let group = groups.choose(random() as u32)?;
+    let cookie = sticky::set_cookie(&name, &token_of(group), duration, conn.secure);
+    Some((group, Some(cookie)))
 }
 
 /// The target a stickiness cookie names, if it still serves; and the cookie to set

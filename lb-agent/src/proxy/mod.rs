@@ -55,6 +55,8 @@ use sticky::StickyKey;
 pub struct Shared {
     pub plan: ArcSwap<Plan>,
     pub access_log: ArcSwapOption<AccessLog>,
+    /// Signs stickiness cookies.
+    pub sticky: Arc<StickyKey>,
 }
 
 /// A running listener server.
@@ -79,6 +81,7 @@ impl Proxy {
             shared: Arc::new(Shared {
                 plan: ArcSwap::from_pointee(Plan::default()),
                 access_log: ArcSwapOption::empty(),
+                sticky: sticky.clone(),
             }),
             builder: PlanBuilder::new(sticky, metrics),
             servers: HashMap::new(),

@@ -574,9 +574,9 @@ fn compile_action(
     port: u16,
 ) -> Result<CompiledAction, RuleError> {
     match (&action.forward, &action.redirect, &action.fixed_response) {
-        (Some(forward), None, None) => Ok(CompiledAction::Forward(WeightedGroups::from_forward(
-            forward,
-        ))),
+        (Some(forward), None, None) => Ok(CompiledAction::Forward(
+            WeightedGroups::from_forward(forward).with_stickiness(action.group_stickiness),
+        )),
         (None, Some(redirect), None) => RedirectTemplate::compile(redirect, scheme, port)
             .map(CompiledAction::Redirect)
             .map_err(|source| RuleError::Redirect {

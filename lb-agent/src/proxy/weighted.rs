@@ -14,6 +14,8 @@ pub struct WeightedGroups {
     names: Box<[String]>,
     /// `ends[i]`: the sum of the weights of groups `0..=i`; group `i` owns `[ends[i-1], ends[i])`.
     ends: Box<[u64]>,
+    /// Group-level stickiness: a client stays with the group chosen for it this long.
+    stickiness: Option<std::time::Duration>,
 }
 
 impl WeightedGroups {
@@ -35,7 +37,34 @@ impl WeightedGroups {
         Self {
             names: names.into_boxed_slice(),
             ends: ends.into_boxed_slice(),
+            stickiness: None,
         }
+    }
+
+    /// The same groups, a client kept on the one chosen for it for `duration`.
+    pub fn with_stickiness(mut self, duration: Option<std::time::Duration>) -> Self {
+        self.stickiness = duration;
+        self
+    }
+
+    /// How long a client stays with the group chosen for it; none: each request chooses.
+    pub fn stickiness(&self) -> Option<std::time::Duration> {
+        self.stickiness
+    }
+
+    /// How many groups.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The group names in config order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
     }
 
     /// From the config's `forward`.
