@@ -8,6 +8,7 @@
 //! policies: versions and cipher suites).
 
 pub mod access_log;
+pub mod metrics;
 pub mod pattern;
 pub mod redirect;
 pub mod rules;
