@@ -104,7 +104,7 @@ pub struct AccessLog {
 struct Shared {
     /// Always `Some` until the drop, which takes it to close the channel.
     records: Option<SyncSender<AccessRecord>>,
-    dropped: AtomicU64,
+    dropped: DropCounter,
     /// Always `Some` until the drop, which joins it.
     writer: Option<JoinHandle<()>>,
 }
@@ -144,7 +144,7 @@ impl AccessLog {
         Ok(Self {
             shared: Arc::new(Shared {
                 records: Some(records),
-                dropped: AtomicU64::new(0),
+                dropped: DropCounter::default(),
                 writer: Some(writer),
             }),
         })
@@ -161,14 +161,29 @@ impl AccessLog {
             // Disconnected: the writer thread is gone (it never ends while a handle lives,
             // so only a panic there); counted like a full channel.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped.0.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     /// Records dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.get()
+    }
+
+    /// The count of dropped records, readable without keeping the log open (for metrics).
+    pub fn drop_counter(&self) -> DropCounter {
+        self.shared.dropped.clone()
+    }
+}
+
+/// Records a log dropped; it outlives the log so that `/metrics` can hold it.
+#[derive(Debug, Clone, Default)]
+pub struct DropCounter(Arc<AtomicU64>);
+
+impl DropCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -448,8 +463,10 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(1), "record blocked");
         assert_eq!(log.dropped(), 3);
+        let counter = log.drop_counter();
         gate.open();
         drop(log);
+        assert_eq!(counter.get(), 3);
         let written = gate.written();
         let uris: Vec<&str> = written
             .lines()
@@ -466,5 +483,35 @@ mod tests {
             ],
             "{written}"
         );
+    }
+
+    #[test]
+    fn metrics_count_the_drops_of_every_log_across_a_replacement() {
+        let gate = Gate::default();
+        let log =
+            AccessLog::start(Box::new(gate.clone()), AccessLogFormat::Json, 1).expect("start");
+        let metrics = crate::proxy::metrics::ProxyMetrics::new();
+        metrics.watch_access_log(Some(&log));
+        log.record(record(0));
+        gate.wait_entered();
+        for n in 1..=3 {
+            log.record(record(n));
+        }
+        let dropped = |metrics: &crate::proxy::metrics::ProxyMetrics| {
+            let mut text = String::new();
+            metrics.render(&mut text).expect("render");
+            text.lines()
+                .find_map(|l| l.strip_prefix("lb_access_log_dropped_total "))
+                .map(str::to_owned)
+        };
+        assert_eq!(dropped(&metrics).as_deref(), Some("2"));
+        // A reload replaces the log: the count goes on from there.
+        gate.open();
+        drop(log);
+        let next = AccessLog::start(Box::new(io::sink()), AccessLogFormat::Json, 1).expect("start");
+        metrics.watch_access_log(Some(&next));
+        assert_eq!(dropped(&metrics).as_deref(), Some("2"));
+        metrics.watch_access_log(None);
+        assert_eq!(dropped(&metrics).as_deref(), Some("2"));
     }
 }

@@ -28,6 +28,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use super::access_log::{AccessLog, DropCounter};
 use crate::metrics::MetricsError;
 
 /// Upper bounds of the target response time histogram's buckets, in nanoseconds (0.001 s to
@@ -71,6 +72,21 @@ struct Series {
     listeners: BTreeMap<String, Arc<ListenerMetrics>>,
     rules: BTreeMap<RuleKey, Arc<RuleMetrics>>,
     targets: BTreeMap<TargetKey, Arc<TargetMetrics>>,
+    access_log: AccessLogDrops,
+}
+
+/// The access log's dropped records, over every log the agent opened (a reload may replace it).
+#[derive(Debug, Default, Clone)]
+struct AccessLogDrops {
+    /// Drops of the logs replaced before the current one.
+    earlier: u64,
+    current: Option<DropCounter>,
+}
+
+impl AccessLogDrops {
+    fn total(&self) -> u64 {
+        self.earlier + self.current.as_ref().map_or(0, DropCounter::get)
+    }
 }
 
 impl ProxyMetrics {
@@ -138,6 +154,15 @@ impl ProxyMetrics {
             .retain(|(group, target), _| targets.contains(&(group.as_str(), *target)));
     }
 
+    /// Counts the drops of `log` (the access log in force; none: no log) from now on, after
+    /// those of the logs before it.
+    pub fn watch_access_log(&self, log: Option<&AccessLog>) {
+        let mut series = self.series();
+        let drops = &mut series.access_log;
+        drops.earlier = drops.total();
+        drops.current = log.map(AccessLog::drop_counter);
+    }
+
     /// Appends the proxy's families to `out` in the Prometheus text format 0.0.4, the format
     /// of `crate::metrics::render`; every family is described even when it has no series yet.
     pub fn render(&self, out: &mut String) -> Result<(), MetricsError> {
@@ -159,6 +184,7 @@ impl ProxyMetrics {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                access_log: series.access_log.clone(),
             }
         };
         let mut registry = Registry::default();
@@ -348,13 +374,20 @@ struct Scrape {
     listeners: Vec<(String, Arc<ListenerMetrics>)>,
     rules: Vec<(RuleKey, Arc<RuleMetrics>)>,
     targets: Vec<(TargetKey, Arc<TargetMetrics>)>,
+    access_log: AccessLogDrops,
 }
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         self.encode_listeners(&mut encoder)?;
         self.encode_rules(&mut encoder)?;
-        self.encode_targets(&mut encoder)
+        self.encode_targets(&mut encoder)?;
+        ConstCounter::new(self.access_log.total()).encode(encoder.encode_descriptor(
+            "lb_access_log_dropped",
+            "Access log records dropped because the writer fell behind the requests.",
+            None,
+            MetricType::Counter,
+        )?)
     }
 }
 
@@ -594,10 +627,11 @@ mod tests {
                 "lb_http_target_responses_total counter",
                 "lb_http_target_response_seconds histogram",
                 "lb_http_target_errors_total counter",
+                "lb_access_log_dropped_total counter",
             ]
         );
         assert_eq!(text.matches("# HELP ").count(), types.len());
-        assert!(samples(&text).is_empty(), "{text}");
+        assert_eq!(samples(&text), ["lb_access_log_dropped_total 0"], "{text}");
     }
 
     #[test]
@@ -632,6 +666,7 @@ mod tests {
             format!(r#"lb_http_responses_total{{{l},class="5xx"}} 2"#),
             format!("lb_http_bad_requests_total{{{l}}} 1"),
             format!("lb_http2_reset_floods_total{{{l}}} 1"),
+            "lb_access_log_dropped_total 0".to_owned(),
         ];
         assert_eq!(samples(&text), expected, "{text}");
     }
