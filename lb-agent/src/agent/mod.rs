@@ -20,6 +20,7 @@ use crate::{
     protocol::{
         Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, Request, StatusView, Validation,
     },
+    proxy::metrics::ProxyMetrics,
 };
 use reply_watch::{ReplyWatch, Sample};
 pub use writer::{Change, ConfigSource, Node, Snapshot, Writer};
@@ -42,6 +43,8 @@ pub struct Handle {
     info: Arc<AgentInfo>,
     /// Recent verdict counters, for the symptom of unanswered forwarding.
     replies: Arc<ReplyWatch>,
+    /// The L7 proxy's counters, shown after the data plane's in `/metrics`.
+    proxy_metrics: Option<Arc<ProxyMetrics>>,
 }
 
 impl Handle {
@@ -57,7 +60,15 @@ impl Handle {
             reader,
             info: Arc::new(info),
             replies: Arc::new(ReplyWatch::default()),
+            proxy_metrics: None,
         }
+    }
+
+    /// `/metrics` shows the proxy's counters too.
+    #[must_use]
+    pub fn with_proxy_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.proxy_metrics = Some(metrics);
+        self
     }
 
     /// Samples the verdict counters for `status`'s warnings, if a sample is due (at most one
@@ -105,16 +116,21 @@ impl Handle {
     /// The Prometheus text of the current state and counters.
     pub async fn metrics(&self) -> Result<String, ApiError> {
         let (snapshot, reader, info) = (self.snapshot(), self.reader.clone(), self.info.clone());
+        let proxy = self.proxy_metrics.clone();
         tokio::task::spawn_blocking(move || {
             let stats = snapshot.state.stats(reader.as_ref()).map_err(internal)?;
             let groups = snapshot.state.groups();
-            crate::metrics::render(&crate::metrics::MetricsInput {
+            let mut text = crate::metrics::render(&crate::metrics::MetricsInput {
                 stats: &stats,
                 groups: &groups,
                 started: info.started,
                 config_version: snapshot.version,
             })
-            .map_err(internal)
+            .map_err(internal)?;
+            if let Some(proxy) = proxy {
+                append_proxy_metrics(&mut text, &proxy).map_err(internal)?;
+            }
+            Ok(text)
         })
         .await
         .unwrap_or_else(|e| Err(ApiError::new(500, format!("internal error: {e}"))))
@@ -137,6 +153,24 @@ fn sample_replies(reader: &dyn MapReader, replies: &ReplyWatch) {
         Ok(verdicts) => replies.record(Sample::of(&verdicts, now)),
         Err(e) => tracing::debug!(error = %e, "reading the verdict counters failed"),
     }
+}
+
+/// Appends the proxy's families to the data plane's `text`, keeping an end marker (`# EOF`,
+/// should the format ever be OpenMetrics) at the very end.
+fn append_proxy_metrics(
+    text: &mut String,
+    proxy: &ProxyMetrics,
+) -> Result<(), crate::metrics::MetricsError> {
+    const EOF: &str = "# EOF\n";
+    let ended = text.ends_with(EOF);
+    if ended {
+        text.truncate(text.len() - EOF.len());
+    }
+    proxy.render(text)?;
+    if ended {
+        text.push_str(EOF);
+    }
+    Ok(())
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -318,6 +352,76 @@ mod tests {
             Ok(Answer::Flows(list)) => list.len(),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A handle on the fixture's state, answering from `maps`.
+    fn handle(snapshot: Snapshot, maps: MemoryMaps) -> Handle {
+        let (changes, _) = mpsc::unbounded_channel();
+        let (_, snapshots) = watch::channel(Arc::new(snapshot));
+        let info = AgentInfo {
+            started: SystemTime::now(),
+            pin_dir: None,
+            adopted: false,
+            interfaces: Vec::new(),
+        };
+        Handle::new(changes, snapshots, Arc::new(maps), info)
+    }
+
+    #[tokio::test]
+    async fn metrics_show_the_proxy_series_when_the_proxy_metrics_are_attached() {
+        let (snapshot, maps) = with_flows(0);
+        let proxy = crate::proxy::metrics::ProxyMetrics::new();
+        let web = proxy.listener("web");
+        let _open = web.connection_opened();
+        proxy.rule("web", Some(10)).response(200);
+        let agent = handle(snapshot, maps).with_proxy_metrics(proxy.clone());
+        let text = agent.metrics().await.expect("metrics");
+        // The data plane's families first, then the proxy's, live.
+        let l4 = text
+            .find("# TYPE lb_listener_packets_total")
+            .expect("L4 families");
+        let l7 = text
+            .find("# TYPE lb_http_connections_total")
+            .expect("L7 families");
+        assert!(l4 < l7, "{text}");
+        for line in [
+            r#"lb_http_active_connections{listener="web"} 1"#,
+            r#"lb_http_requests_total{listener="web",rule="10"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        proxy.rule("web", Some(10)).response(200);
+        let text = agent.metrics().await.expect("metrics");
+        assert!(
+            text.lines()
+                .any(|l| l == r#"lb_http_requests_total{listener="web",rule="10"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_without_a_proxy_show_no_proxy_series() {
+        let (snapshot, maps) = with_flows(0);
+        let text = handle(snapshot, maps).metrics().await.expect("metrics");
+        assert!(text.contains("lb_listener_packets_total"), "{text}");
+        assert!(!text.contains("lb_http_"), "{text}");
+    }
+
+    #[test]
+    fn proxy_series_go_before_an_end_marker() {
+        let proxy = crate::proxy::metrics::ProxyMetrics::new();
+        proxy.listener("web").connection_refused();
+        let mut text = "lb_agent_config_version 7\n# EOF\n".to_owned();
+        append_proxy_metrics(&mut text, &proxy).expect("render");
+        assert!(
+            text.starts_with("lb_agent_config_version 7\n# HELP "),
+            "{text}"
+        );
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        let mut plain = "lb_agent_config_version 7\n".to_owned();
+        append_proxy_metrics(&mut plain, &proxy).expect("render");
+        assert!(!plain.contains("# EOF"), "{plain}");
     }
 
     #[test]
