@@ -3,10 +3,13 @@
 //!
 //! `pattern` (ALB wildcards), `rules` (a listener's rules compiled into a table that routes a
 //! request to an action), `redirect` (redirect actions into `Location` values), `weighted`
-//! (choosing among weighted target groups), `tls` (certificates from PEM files, the SNI
-//! resolver, the server config and its swappable slot) and `tls_policy` (named security
-//! policies: versions and cipher suites).
+//! (choosing among weighted target groups), `balance` (choosing a target inside a group: round
+//! robin, least outstanding requests, sticky lookup), `sticky` (cookie stickiness: the token
+//! key, cookie names, reading, setting and stripping cookies), `tls` (certificates from PEM
+//! files, the SNI resolver, the server config and its swappable slot) and `tls_policy` (named
+//! security policies: versions and cipher suites).
 
+pub mod balance;
 pub mod pattern;
 pub mod redirect;
 pub mod rules;
