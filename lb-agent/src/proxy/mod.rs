@@ -13,6 +13,7 @@ pub mod balance;
 pub mod pattern;
 pub mod redirect;
 pub mod rules;
+pub mod sticky;
 pub mod tls;
 pub mod tls_policy;
 pub mod weighted;
