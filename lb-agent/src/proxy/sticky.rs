@@ -9,8 +9,8 @@
 //! target is gone, and the request is balanced as if it had no cookie.
 //!
 //! Names follow AWS's (AWSALB, AWSALBAPP, AWSALBTG, each with a `CORS` twin on https):
-//! `LBSTICKY-<group>`, `LBAPP-<group>`, `LBGROUP-<listener>`, and `LBSTICKYCORS-<group>`... for
-//! the twins. Group and listener names are config names (A-Z, a-z, 0-9, `_`, `-`), valid in a
+//! `LBSTICKY-<group>`, `LBAPP-<group>`, `LBGROUP-<listener>`, and for the twins
+//! `LBSTICKYCORS-<group>`, `LBAPPCORS-<group>`, `LBGROUPCORS-<listener>`. Group and listener names are config names (A-Z, a-z, 0-9, `_`, `-`), valid in a
 //! cookie name.
 
 use std::{
