@@ -12,4 +12,5 @@ pub mod redirect;
 pub mod rules;
 pub mod tls;
 pub mod tls_policy;
+pub mod vip;
 pub mod weighted;
