@@ -99,6 +99,18 @@ impl BedConfig {
         self
     }
 
+    /// Adds an `http` listener `app` on `VIP4`:`port` (beside the L4 ones on that VIP),
+    /// forwarding to an `http` group `app` (198.18.0.21 port 8080).
+    pub fn http_listener(mut self, port: u16) -> Self {
+        self.config
+            .target_groups
+            .push(group("app", GroupProtocol::Http, 8080, &["198.18.0.21"]));
+        self.config
+            .listeners
+            .push(listener("app", VIP4, port, ListenerProtocol::Http));
+        self
+    }
+
     /// The config, checked by the agent's own validation.
     pub fn build(self) -> Config {
         let problems = self.config.problems();
@@ -133,6 +145,11 @@ fn group(name: &str, protocol: GroupProtocol, port: u16, targets: &[&str]) -> Ta
         terminate_on_unhealthy: false,
         fail_open: true,
         slow_start: Duration::ZERO,
+        protocol_version: None,
+        load_balancing_algorithm: None,
+        ca_file: None,
+        tls_server_name: None,
+        response_timeout: None,
     }
 }
 
@@ -151,5 +168,13 @@ fn listener(name: &str, vip: &str, port: u16, protocol: ListenerProtocol) -> Lis
         },
         certificates: Vec::new(),
         rules: Vec::new(),
+        ssl_policy: None,
+        idle_timeout: None,
+        request_header_timeout: None,
+        max_connections: None,
+        max_header_bytes: None,
+        http2_max_concurrent_streams: None,
+        http2_max_reset_streams: None,
+        request_id_header: None,
     }
 }

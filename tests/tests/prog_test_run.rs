@@ -1408,3 +1408,32 @@ fn a_full_table_drops_new_flows_and_keeps_every_established_one() {
         assert_eq!(Verdict::of(action), Verdict::Tx, "established {frame:?}");
     }
 }
+
+#[test]
+fn l7_listener_packets_go_to_the_stack_while_an_l4_listener_on_the_same_vip_balances() {
+    let mut bed = TestBed::with_config(BedConfig::lab().http_listener(8000).build());
+    // The proxy's kernel socket needs every packet of the connection, untouched and
+    // without a flow: the SYN and what follows it.
+    let to_the_proxy = all_passed_untouched(vec![
+        (
+            "tcp syn to the http listener".into(),
+            Frame::tcp(CLIENT4, 40100, VIP4, 8000).flags(SYN).build(),
+        ),
+        (
+            "tcp ack with data to the http listener".into(),
+            Frame::tcp(CLIENT4, 40100, VIP4, 8000)
+                .flags(ACK)
+                .payload(b"GET / HTTP/1.1\r\n\r\n")
+                .build(),
+        ),
+    ]);
+    run_all_counted_as(&mut bed, &to_the_proxy, verdict::PASS_TO_STACK);
+    let balanced = [forwarded(
+        &bed,
+        "tcp syn to the l4 listener on the same vip",
+        "web",
+        &Frame::tcp(CLIENT4, 40101, VIP4, 80).flags(SYN),
+        SNAT4,
+    )];
+    run_table(&mut bed, &balanced);
+}

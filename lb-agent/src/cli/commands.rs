@@ -359,6 +359,7 @@ pub fn detach(socket: &Path, pin_dir: &Path) -> anyhow::Result<()> {
                 .collect();
             pins.remove_all()?;
             lb_agent::forwarding::lift_block(&ifaces);
+            lb_agent::proxy::vip::remove_local_routes_or_warn();
             println!(
                 "no agent running: removed the data plane pinned in {}",
                 pin_dir.display()

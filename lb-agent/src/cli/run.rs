@@ -116,6 +116,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             // it had served. An adopted data plane was serving before: it stays.
             if !dataplane.adopted() {
                 forwarding::lift_block(&ifaces);
+                lb_agent::proxy::vip::remove_local_routes_or_warn();
                 match dataplane.detach() {
                     Ok(()) => {
                         tracing::info!(pin_dir = %pin_dir.display(), "the start failed: removed what it had pinned")
@@ -276,6 +277,8 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     if dataplane.attachments().next().is_none() {
         forwarding::lift_block(&ifaces);
+        // Detached (`lb-agent detach` or --detach-on-exit): the L7 VIPs' routes go with it.
+        lb_agent::proxy::vip::remove_local_routes_or_warn();
     }
     Ok(())
 }

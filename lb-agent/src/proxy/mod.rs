@@ -32,6 +32,7 @@ pub mod target_client;
 pub mod tls;
 pub mod tls_forward;
 pub mod tls_policy;
+pub mod vip;
 pub mod weighted;
 
 use std::{
