@@ -12,6 +12,7 @@ pub mod packet;
 pub mod table;
 pub mod tls_client;
 pub mod websocket;
+pub mod websocket_client;
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -1,4 +1,4 @@
-//! A blocking TLS client that lives in the lab's client namespace, for what curl cannot do:
+//! A blocking TCP and TLS client that lives in the lab's client namespace, for what curl cannot do:
 //! keep one connection open across a reload and send on it again, see the certificate a
 //! connection got, or speak raw bytes over TLS (a `tls` listener).
 
@@ -16,7 +16,21 @@ use rustls::{
 };
 use xtask::lab::{Lab, netns};
 
-/// A TLS connection from the lab's client.
+/// A TCP connection from the lab's client to `addr`, reads and writes timing out after 10 s.
+pub fn connect_from_client(lab: &Lab, addr: SocketAddr) -> TcpStream {
+    // The socket belongs to the namespace it is made in, whichever thread uses it later.
+    let tcp = netns::run_inside(&lab.client().ns, || {
+        Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(10))?)
+    })
+    .unwrap_or_else(|e| panic!("connect to {addr}: {e:#}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("write timeout");
+    tcp
+}
+
+/// A TLS connection from the lab's client (also `Read` and `Write`, for a websocket).
 pub struct TlsClient {
     stream: BufReader<StreamOwned<ClientConnection, TcpStream>>,
 }
@@ -26,15 +40,7 @@ impl TlsClient {
     /// the CA at `ca` (for `sni`) and completes the handshake; offers ALPN `http/1.1` if
     /// `http`. Every read and write times out after 10 s.
     pub fn connect(lab: &Lab, addr: SocketAddr, sni: &str, ca: &Path, http: bool) -> Self {
-        // The socket belongs to the namespace it is made in, whichever thread uses it later.
-        let tcp = netns::run_inside(&lab.client().ns, || {
-            Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(10))?)
-        })
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e:#}"));
-        tcp.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        tcp.set_write_timeout(Some(Duration::from_secs(10)))
-            .expect("write timeout");
+        let tcp = connect_from_client(lab, addr);
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca).expect("read the CA") {
             roots.add(cert.expect("CA PEM")).expect("add the CA");
@@ -73,8 +79,8 @@ impl TlsClient {
             .expect("the server presented a certificate")
     }
 
-    /// Writes `bytes`.
-    pub fn write(&mut self, bytes: &[u8]) {
+    /// Writes all of `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) {
         let stream = self.stream.get_mut();
         stream.write_all(bytes).expect("TLS write");
         stream.flush().expect("TLS flush");
@@ -90,7 +96,7 @@ impl TlsClient {
     /// Sends `GET PATH HTTP/1.1` for `host` on this connection (kept alive) and reads the
     /// response; its status and body (`Content-Length` or chunked).
     pub fn get(&mut self, host: &str, path: &str) -> (u16, String) {
-        self.write(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
         let status_line = self.read_line();
         let status = status_line
             .split_whitespace()
@@ -135,5 +141,21 @@ impl TlsClient {
             body = rest;
         }
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+impl std::io::Read for TlsClient {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl std::io::Write for TlsClient {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.get_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.get_mut().flush()
     }
 }

@@ -10,7 +10,8 @@ use tests::{
         A_NAME, B_NAME, DEFAULT_NAME, L7Lab, Pki, TARGET_NAME, TargetKind, TargetSpec, path_str,
         target_name,
     },
-    tls_client::TlsClient,
+    tls_client::{TlsClient, connect_from_client},
+    websocket_client,
 };
 
 const VIP: &str = "198.18.1.100";
@@ -18,8 +19,9 @@ const VIP: &str = "198.18.1.100";
 const HTTPS_PORT: u16 = 443;
 const TLS_PORT: u16 = 8443;
 
-/// Targets: b1:8000 plain HTTP (`offload`), b2:8443 HTTPS (`bridge`), b1:9000 raw TCP (`raw`).
-const TARGETS: [TargetSpec; 3] = [
+/// Targets: b1:8000 plain HTTP (`offload`), b2:8443 HTTPS (`bridge`), b1:9000 raw TCP (`raw`),
+/// b2:8010 h2c (`grpc`).
+const TARGETS: [TargetSpec; 4] = [
     TargetSpec {
         backend: 0,
         port: 8000,
@@ -34,6 +36,11 @@ const TARGETS: [TargetSpec; 3] = [
         backend: 0,
         port: 9000,
         kind: TargetKind::Raw,
+    },
+    TargetSpec {
+        backend: 1,
+        port: 8010,
+        kind: TargetKind::Http,
     },
 ];
 
@@ -69,6 +76,20 @@ protocol = "tcp"
 targets = [{{ address = "198.18.0.21", port = 9000 }}]
 health_check = {{ interval = "1s", timeout = "500ms", healthy_threshold = 2 }}
 
+[[target_group]]
+name = "grpc"
+protocol = "http"
+protocol_version = "grpc"
+targets = [{{ address = "198.18.0.22", port = 8010 }}]
+health_check = {{ protocol = "http", path = "/health", interval = "1s", timeout = "500ms", healthy_threshold = 2 }}
+
+[[listener]]
+name = "plain"
+address = "{VIP}"
+port = 80
+protocol = "http"
+default_action = {{ forward = "offload" }}
+
 [[listener]]
 name = "secure"
 address = "{VIP}"
@@ -82,6 +103,11 @@ default_action = {{ forward = "offload" }}
 priority = 10
 conditions = {{ path = ["/bridge/*"] }}
 action = {{ forward = "bridge" }}
+
+[[listener.rule]]
+priority = 20
+conditions = {{ path = ["/trailers"] }}
+action = {{ forward = "grpc" }}
 
 [[listener]]
 name = "tls-raw"
@@ -109,6 +135,7 @@ fn lab(tag: &str) -> L7Lab {
             ("offload", "198.18.0.21:8000"),
             ("bridge", "198.18.0.22:8443"),
             ("raw", "198.18.0.21:9000"),
+            ("grpc", "198.18.0.22:8010"),
         ],
     )
 }
@@ -256,7 +283,7 @@ fn tls_listener_hands_its_targets_raw_tcp() {
     let mut client = TlsClient::connect(&l7.lab, vip, DEFAULT_NAME, &l7.pki.ca_path(), false);
     assert_eq!(client.read_line(), format!("raw {}", target_name(0, 9000)));
     for line in ["first line", "second line, same connection"] {
-        client.write(format!("{line}\n").as_bytes());
+        client.send(format!("{line}\n").as_bytes());
         assert_eq!(client.read_line(), line);
     }
     let log = l7.target_log(2);
@@ -299,4 +326,80 @@ fn a_certificate_replaced_on_reload_is_served_to_new_connections_while_an_open_o
     let (status, body) = open.get(A_NAME, "/after");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("/after"), "{body}");
+}
+
+#[test]
+fn grpc_style_h2_trailers_arrive_through_the_https_listener() {
+    let l7 = lab("l7trl");
+    let out = l7.curl_raw(&[
+        "--http2",
+        "-s",
+        "-i",
+        "--cacert",
+        path_str(&l7.pki.ca_path()),
+        "--resolve",
+        &resolve(A_NAME),
+        &format!("https://{A_NAME}/trailers"),
+    ]);
+    assert!(
+        out.starts_with("HTTP/2 200"),
+        "not h2 from the proxy:\n{out}"
+    );
+    // The grpc group speaks h2 to its target.
+    assert!(out.contains(r#""version":"HTTP/2""#), "{out}");
+    // curl -i prints trailers after the body.
+    let (_, after_body) = out
+        .split_once(r#""version":"HTTP/2"}"#)
+        .unwrap_or_else(|| panic!("no body:\n{out}"));
+    for trailer in ["grpc-status: 0", "x-trailer: yes"] {
+        assert!(
+            after_body.to_ascii_lowercase().contains(trailer),
+            "no trailer `{trailer}`:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn h2load_over_h2_with_tls_completes_with_zero_errors() {
+    let l7 = lab("l7h2l");
+    let out = l7
+        .lab
+        .run_with_timeout(
+            l7.lab.client(),
+            &[
+                "h2load",
+                "-n",
+                "2000",
+                "-c",
+                "10",
+                "-m",
+                "10",
+                &format!("https://{VIP}/h2load"),
+            ],
+            std::time::Duration::from_secs(60),
+        )
+        .expect("h2load");
+    println!("{out}");
+    assert!(out.contains("Application protocol: h2"), "{out}");
+    assert!(
+        out.contains("2000 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_websocket_echo_round_trips_over_http_and_https_listeners() {
+    let l7 = lab("l7ws");
+    let messages = ["hello", "a second message on the same socket"];
+    let plain: SocketAddr = format!("{VIP}:80").parse().expect("address");
+    let mut tcp = connect_from_client(&l7.lab, plain);
+    assert_eq!(websocket_client::echo(&mut tcp, VIP, &messages), messages);
+    let secure: SocketAddr = format!("{VIP}:{HTTPS_PORT}").parse().expect("address");
+    let mut tls = TlsClient::connect(&l7.lab, secure, A_NAME, &l7.pki.ca_path(), true);
+    assert_eq!(
+        websocket_client::echo(&mut tls, A_NAME, &messages),
+        messages
+    );
+    let log = l7.target_log(0);
+    assert_eq!(log.matches("REQ GET /ws").count(), 2, "{log}");
 }
