@@ -5,10 +5,14 @@ pub mod agent_views;
 pub mod bed_config;
 pub mod decode;
 pub mod flood;
+pub mod l7_lab;
 pub mod lab_configs;
 pub mod lab_traffic;
 pub mod packet;
 pub mod table;
+pub mod tls_client;
+pub mod websocket;
+pub mod websocket_client;
 
 use std::{
     net::{IpAddr, SocketAddr},
