@@ -133,6 +133,11 @@ fn group(name: &str, protocol: GroupProtocol, port: u16, targets: &[&str]) -> Ta
         terminate_on_unhealthy: false,
         fail_open: true,
         slow_start: Duration::ZERO,
+        protocol_version: None,
+        load_balancing_algorithm: None,
+        ca_file: None,
+        tls_server_name: None,
+        response_timeout: None,
     }
 }
 
@@ -151,5 +156,13 @@ fn listener(name: &str, vip: &str, port: u16, protocol: ListenerProtocol) -> Lis
         },
         certificates: Vec::new(),
         rules: Vec::new(),
+        ssl_policy: None,
+        idle_timeout: None,
+        request_header_timeout: None,
+        max_connections: None,
+        max_header_bytes: None,
+        http2_max_concurrent_streams: None,
+        http2_max_reset_streams: None,
+        request_id_header: None,
     }
 }
