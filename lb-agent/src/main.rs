@@ -63,6 +63,8 @@ fn main() -> ExitCode {
         },
         Command::Targets { command } => commands::targets(command).map(|()| None),
         Command::Groups { command } => commands::groups(command).map(|()| None),
+        Command::Listeners { command } => cli::rules::listeners(command).map(|()| None),
+        Command::Rules { command } => cli::rules::rules(command).map(|()| None),
         Command::Stats { json, socket } => commands::stats(&socket, json).map(|()| None),
         Command::Flows {
             json,

@@ -472,6 +472,7 @@ mod tests {
                     bytes: 60_000,
                     new_flows: 60,
                 },
+                settings: Default::default(),
             }],
             targets,
             verdicts: BTreeMap::from([

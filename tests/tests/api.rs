@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use lb_agent::protocol::{ListenerView, RuleSource, RulesView};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
@@ -339,4 +340,165 @@ fn a_change_that_would_make_the_config_invalid_is_refused_and_a_restart_still_st
     end_agent(&lab, pid, libc::SIGTERM);
     let again = start_agent(&lab);
     assert_eq!(again.targets().len(), 2);
+}
+
+/// An http listener `site` (a rule at 10) beside the tcp listener `echo`; http groups `web`
+/// and `api` on the lab's backends.
+const RULES_CONFIG: &str = r#"
+[agent]
+
+[[target_group]]
+name = "echo"
+protocol = "tcp"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[target_group]]
+name = "web"
+protocol = "http"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[target_group]]
+name = "api"
+protocol = "http"
+port = 8080
+targets = [{ address = "198.18.0.22" }]
+
+[[listener]]
+name = "echo"
+address = "198.18.1.100"
+port = 80
+protocol = "tcp"
+default_action = { forward = "echo" }
+
+[[listener]]
+name = "site"
+address = "198.18.1.100"
+port = 8000
+protocol = "http"
+default_action = { forward = "web" }
+[[listener.rule]]
+priority = 10
+conditions = { host = ["api.example.com"] }
+action = { forward = "api" }
+"#;
+
+/// `lb-agent ARGS` (with `--json` among them) read as a `T`.
+fn cli_json<T: serde::de::DeserializeOwned>(agent: &LabAgent, args: &[&str]) -> T {
+    let out = agent
+        .cli(args)
+        .unwrap_or_else(|e| panic!("lb-agent {}: {e:#}", args.join(" ")));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lb-agent {}: {e}\n{out}", args.join(" ")))
+}
+
+/// `site`'s rules as (priority, source).
+fn site_rules(agent: &LabAgent) -> Vec<(u32, RuleSource)> {
+    let view: RulesView = cli_json(agent, &["rules", "list", "--listener", "site", "--json"]);
+    view.rules.iter().map(|r| (r.priority, r.source)).collect()
+}
+
+#[test]
+fn rules_are_added_listed_moved_and_removed_through_the_api_and_kept_across_a_restart() {
+    let (lab, agent) = lab_with_agent("ar", 2, RULES_CONFIG);
+    let sock = unix(&agent);
+    let rules_url = "http://lb-agent/v1/listeners/site/rules";
+    let post = |body: &str| {
+        curl(
+            &lab,
+            &[sock[0], sock[1], "-X", "POST", "-d", body, rules_url],
+        )
+    };
+
+    // Through the API, as JSON in the file's vocabulary.
+    let (status, _, said) = post(
+        r#"{"priority": 20, "conditions": {"path": ["/v2/*"]},
+            "action": {"forward": [{"target_group": "api", "weight": 90},
+                                   {"target_group": "web", "weight": 10}]}}"#,
+    );
+    assert_eq!(status, 200, "{said}");
+    // Through the CLI's flags.
+    let said = agent
+        .cli(&[
+            "rules",
+            "add",
+            "--listener",
+            "site",
+            "--priority",
+            "30",
+            "--path",
+            "/old/*",
+            "--redirect-path",
+            "/new/#{path}",
+        ])
+        .expect("rules add");
+    assert!(said.contains("rule 30 added"), "{said}");
+    assert_eq!(
+        site_rules(&agent),
+        [
+            (10, RuleSource::File),
+            (20, RuleSource::Api),
+            (30, RuleSource::Api)
+        ]
+    );
+
+    // Refused whole: a taken priority, an unknown group. Nothing changes.
+    let (status, _, said) =
+        post(r#"{"priority": 10, "conditions": {"path": ["/x"]}, "action": {"forward": "web"}}"#);
+    assert_eq!(status, 422, "{said}");
+    assert!(said.contains("priority 10 already"), "{said}");
+    let (status, _, said) =
+        post(r#"{"priority": 40, "conditions": {"path": ["/x"]}, "action": {"forward": "nope"}}"#);
+    assert_eq!(status, 422, "{said}");
+    assert!(said.contains("no target group named `nope`"), "{said}");
+    assert_eq!(site_rules(&agent).len(), 3);
+
+    // Moved through the API, removed through the CLI.
+    let (status, _, said) = curl(
+        &lab,
+        &[
+            sock[0],
+            sock[1],
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"priority": 25}"#,
+            "http://lb-agent/v1/listeners/site/rules/20/priority",
+        ],
+    );
+    assert_eq!(status, 200, "{said}");
+    agent
+        .cli(&["rules", "remove", "--listener", "site", "--priority", "10"])
+        .expect("rules remove");
+    assert_eq!(
+        site_rules(&agent),
+        [(25, RuleSource::Api), (30, RuleSource::Api)]
+    );
+
+    // Listeners of both kinds, with what they do.
+    let listeners: Vec<ListenerView> = cli_json(&agent, &["listeners", "list", "--json"]);
+    let site = listeners.iter().find(|l| l.name == "site").expect("site");
+    assert_eq!(site.protocol, "http");
+    assert_eq!(site.settings.rules, 2);
+    let echo = listeners.iter().find(|l| l.name == "echo").expect("echo");
+    assert_eq!(echo.target_group, "echo");
+    assert_eq!(echo.settings.rules, 0);
+    let table = agent.cli(&["listeners", "list"]).expect("listeners list");
+    assert!(
+        table.contains("forward web") && table.contains("forward echo"),
+        "{table}"
+    );
+    assert_eq!(
+        agent.overrides().rules["site"].len(),
+        3,
+        "25, 30 set; 10 removed"
+    );
+
+    // A restart runs the file with the state file: the same rules.
+    end_agent(&lab, agent.pid(), libc::SIGTERM);
+    let again = start_agent(&lab);
+    assert_eq!(
+        site_rules(&again),
+        [(25, RuleSource::Api), (30, RuleSource::Api)]
+    );
 }

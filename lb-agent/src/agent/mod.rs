@@ -18,7 +18,8 @@ use crate::{
     config::Config,
     dataplane::MapReader,
     protocol::{
-        Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, Request, StatusView, Validation,
+        Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, ListenerSettings, Request,
+        RulesView, StatusView, Validation,
     },
     proxy::metrics::ProxyMetrics,
 };
@@ -195,7 +196,11 @@ fn read(
             Answer::Targets(state.targets(reader, group.as_deref()).map_err(not_found)?)
         }
         Request::Groups => Answer::Groups(state.groups()),
-        Request::Stats => Answer::Stats(state.stats(reader).map_err(internal)?),
+        Request::Stats => {
+            let mut stats = state.stats(reader).map_err(internal)?;
+            ListenerSettings::fill(&mut stats.listeners, &snapshot.config);
+            Answer::Stats(stats)
+        }
         Request::Flows { limit } => {
             let mut flows = state.flows(reader).map_err(internal)?;
             flows.truncate(match limit {
@@ -205,10 +210,20 @@ fn read(
             });
             Answer::Flows(flows)
         }
-        Request::Listeners => Answer::Listeners(state.stats(reader).map_err(internal)?.listeners),
+        Request::Listeners => {
+            let mut listeners = state.stats(reader).map_err(internal)?.listeners;
+            ListenerSettings::fill(&mut listeners, &snapshot.config);
+            Answer::Listeners(listeners)
+        }
+        Request::RulesList { listener } => Answer::Rules(RulesView::of(
+            &snapshot.config,
+            &snapshot.overrides,
+            &listener,
+        )?),
         Request::OverridesList => Answer::Overrides(snapshot.overrides.clone()),
         Request::Status => {
-            let stats = state.stats(reader).map_err(internal)?;
+            let mut stats = state.stats(reader).map_err(internal)?;
+            ListenerSettings::fill(&mut stats.listeners, &snapshot.config);
             sample_replies(reader, replies);
             Answer::Status(StatusView {
                 version: env!("CARGO_PKG_VERSION").to_owned(),

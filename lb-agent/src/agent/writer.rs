@@ -17,13 +17,13 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    config::Config,
+    config::{Config, Listener, ListenerProtocol, Rule},
     dataplane::{Detach, Maps},
     health::probe::ProbeResult,
     overrides::{Overrides, TargetOverride},
     protocol::{
-        Answer, ApiError, Changes, Detached, HealthCheckSet, Request, TargetDeregistered,
-        TargetRegistered, WeightChanged,
+        Answer, ApiError, Changes, Detached, HealthCheckSet, Request, RuleAdded, RuleMoved,
+        RuleRemoved, TargetDeregistered, TargetRegistered, WeightChanged, rules::find_listener,
     },
     state::{CheckSpec, Ids, State, StateError},
 };
@@ -308,11 +308,55 @@ impl<M: Maps + Detach> Writer<M> {
                 let changes = self.reload(file, self.overrides.clone(), now)?;
                 Ok(Answer::Changes(changes))
             }
-            Request::OverridesClear { group } => {
+            Request::OverridesClear { group, listener } => {
                 let mut overrides = self.overrides.clone();
-                overrides.clear(group.as_deref());
+                overrides.clear(group.as_deref(), listener.as_deref());
                 let changes = self.reload(self.file.clone(), overrides, now)?;
                 Ok(Answer::Changes(changes))
+            }
+            Request::RulesAdd { listener, rule } => {
+                let l = rules_listener(&self.config, &listener)?;
+                priority_free(l, rule.priority)?;
+                let mut overrides = self.overrides.clone();
+                overrides.set_rule(&self.file, &listener, rule.priority, Some((*rule).clone()));
+                self.rule_change(overrides, now)?;
+                tracing::info!(listener, priority = rule.priority, "rule added");
+                Ok(Answer::RuleAdded(RuleAdded {
+                    listener,
+                    rule: *rule,
+                }))
+            }
+            Request::RulesRemove { listener, priority } => {
+                let rule = rule_at(&self.config, &listener, priority)?;
+                let mut overrides = self.overrides.clone();
+                overrides.set_rule(&self.file, &listener, priority, None);
+                self.rule_change(overrides, now)?;
+                tracing::info!(listener, priority, "rule removed");
+                Ok(Answer::RuleRemoved(RuleRemoved { listener, rule }))
+            }
+            Request::RulesSetPriority {
+                listener,
+                priority,
+                new_priority,
+            } => {
+                let rule = rule_at(&self.config, &listener, priority)?;
+                if new_priority != priority {
+                    priority_free(rules_listener(&self.config, &listener)?, new_priority)?;
+                    let mut overrides = self.overrides.clone();
+                    overrides.set_rule(&self.file, &listener, priority, None);
+                    let moved = Rule {
+                        priority: new_priority,
+                        ..rule
+                    };
+                    overrides.set_rule(&self.file, &listener, new_priority, Some(moved));
+                    self.rule_change(overrides, now)?;
+                    tracing::info!(listener, priority, new_priority, "rule moved");
+                }
+                Ok(Answer::RuleMoved(RuleMoved {
+                    listener,
+                    priority: new_priority,
+                    previous_priority: priority,
+                }))
             }
             Request::ConfigApply { text } => {
                 let path = self.source_path()?;
@@ -379,6 +423,13 @@ impl<M: Maps + Detach> Writer<M> {
         Ok((target, done))
     }
 
+    /// A change to rules: the whole config it makes is checked, and the state moved to it (a
+    /// rule may forward to a group no listener used before, whose targets are then checked),
+    /// before the overrides are kept.
+    fn rule_change(&mut self, overrides: Overrides, now: Instant) -> Result<(), ApiError> {
+        self.reload(self.file.clone(), overrides, now).map(|_| ())
+    }
+
     /// The config the file and `overrides` make, if valid as a whole (422 if not).
     fn check_whole(&self, overrides: &Overrides) -> Result<Config, ApiError> {
         with_overrides(&self.file, overrides).map_err(|message| ApiError::new(422, message))
@@ -436,6 +487,62 @@ impl<M: Maps + Detach> Writer<M> {
         tracing::info!(changes = ?changes, "reloaded");
         Ok(Changes { changes })
     }
+}
+
+/// The listener named `name` in `config`, if it takes rules (404 if there is none, 422 if it
+/// is not an http or https listener).
+fn rules_listener<'c>(config: &'c Config, name: &str) -> Result<&'c Listener, ApiError> {
+    let l = find_listener(config, name)?;
+    if !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
+        return Err(ApiError::new(
+            422,
+            format!(
+                "listener `{name}` is a {} listener: rules are for http and https listeners",
+                l.protocol.as_str()
+            ),
+        ));
+    }
+    Ok(l)
+}
+
+/// 422 if `listener` has a rule at `priority` (priorities are unique in a listener).
+fn priority_free(listener: &Listener, priority: u32) -> Result<(), ApiError> {
+    if listener.rules.iter().any(|r| r.priority == priority) {
+        return Err(ApiError::new(
+            422,
+            format!(
+                "listener `{}` has a rule at priority {priority} already: remove it or move it \
+                 first (`lb-agent rules set-priority`), or choose another priority",
+                listener.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The rule at `priority` of listener `name` in `config` (404 if there is none).
+fn rule_at(config: &Config, name: &str, priority: u32) -> Result<Rule, ApiError> {
+    let l = find_listener(config, name)?;
+    l.rules
+        .iter()
+        .find(|r| r.priority == priority)
+        .cloned()
+        .ok_or_else(|| {
+            let mut priorities: Vec<u32> = l.rules.iter().map(|r| r.priority).collect();
+            priorities.sort_unstable();
+            let known: Vec<String> = priorities.iter().map(u32::to_string).collect();
+            ApiError::new(
+                404,
+                format!(
+                    "listener `{name}` has no rule at priority {priority} (its rules: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
 }
 
 /// `file` with `overrides` applied, checked whole.
@@ -511,11 +618,66 @@ protocol = "tcp"
 default_action = { forward = "web" }
 "#;
 
+    /// An http listener `site` with a rule at 10; groups `web`, `api` and `spare` (used by
+    /// no listener), and a tcp listener `raw`.
+    const RULES_CONFIG: &str = r#"
+[agent]
+snat_addresses = ["198.18.0.1"]
+maglev_table_size = 251
+
+[[target_group]]
+name = "web"
+protocol = "http"
+port = 8080
+targets = [{ address = "198.18.0.21" }]
+
+[[target_group]]
+name = "api"
+protocol = "http"
+port = 8080
+targets = [{ address = "198.18.0.22" }]
+
+[[target_group]]
+name = "spare"
+protocol = "http"
+port = 8080
+targets = [{ address = "198.18.0.23" }]
+
+[[target_group]]
+name = "raw"
+protocol = "tcp"
+port = 9000
+targets = [{ address = "198.18.0.24" }]
+
+[[listener]]
+name = "site"
+address = "198.18.1.100"
+port = 80
+protocol = "http"
+default_action = { forward = "web" }
+[[listener.rule]]
+priority = 10
+conditions = { host = ["api.example.com"] }
+action = { forward = "api" }
+
+[[listener]]
+name = "raw"
+address = "198.18.1.100"
+port = 9000
+protocol = "tcp"
+default_action = { forward = "raw" }
+"#;
+
     /// A writer of `CONFIG` on in-memory maps, its config file and state file in `dir`.
     fn writer(dir: &Path) -> Writer<MemoryMaps> {
+        writer_of(dir, CONFIG)
+    }
+
+    /// A writer of `text` on in-memory maps, its config file and state file in `dir`.
+    fn writer_of(dir: &Path, text: &str) -> Writer<MemoryMaps> {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("lb.toml");
-        std::fs::write(&path, CONFIG).unwrap();
+        std::fs::write(&path, text).unwrap();
         let file = Config::load(&path).unwrap();
         let mut maps = MemoryMaps::new(251, 4);
         let snat = file.agent.snat_addresses.clone();
@@ -660,6 +822,211 @@ default_action = { forward = "web" }
         assert_eq!(stale.status, 412);
         assert_eq!(writer.version, 5, "a refused write moved the version");
         assert!(send(&mut writer, remove, Some(5)).is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn rule(priority: u32, path: &str, forward: &str) -> Box<Rule> {
+        serde_json::from_value(serde_json::json!({
+            "priority": priority,
+            "conditions": { "path": [path] },
+            "action": { "forward": forward },
+        }))
+        .unwrap()
+    }
+
+    /// The priorities of `site`'s rules in the config in force, sorted.
+    fn priorities(writer: &Writer<MemoryMaps>) -> Vec<u32> {
+        let mut p: Vec<u32> = writer.config.listeners[0]
+            .rules
+            .iter()
+            .map(|r| r.priority)
+            .collect();
+        p.sort_unstable();
+        p
+    }
+
+    #[test]
+    fn refused_rule_changes_leave_the_version_the_config_and_the_state_file_as_they_were() {
+        let dir = scratch("rules-refused");
+        let mut writer = writer_of(&dir, RULES_CONFIG);
+        let state_file = writer.source.clone().unwrap().state_file;
+        // Something kept already: the state file must stay as it is, not just absent.
+        send(
+            &mut writer,
+            Request::RulesAdd {
+                listener: "site".into(),
+                rule: rule(30, "/kept/*", "web"),
+            },
+            None,
+        )
+        .unwrap();
+        let kept = std::fs::read(&state_file).unwrap();
+        let version = writer.version;
+        let add = |rule| Request::RulesAdd {
+            listener: "site".into(),
+            rule,
+        };
+        let refusals = [
+            (
+                add(rule(20, "/x/*", "nope")),
+                422,
+                "no target group named `nope`",
+            ),
+            (add(rule(10, "/x/*", "web")), 422, "priority 10 already"),
+            (add(rule(0, "/x/*", "web")), 422, "out of range 1..=50000"),
+            (
+                add(rule(50_001, "/x/*", "web")),
+                422,
+                "out of range 1..=50000",
+            ),
+            (add(rule(20, "/x/*", "raw")), 422, "`raw` is a tcp group"),
+            (
+                Request::RulesAdd {
+                    listener: "raw".into(),
+                    rule: rule(20, "/x/*", "web"),
+                },
+                422,
+                "rules are for http and https listeners",
+            ),
+            (
+                Request::RulesAdd {
+                    listener: "nope".into(),
+                    rule: rule(20, "/x/*", "web"),
+                },
+                404,
+                "listeners: site, raw",
+            ),
+            (
+                Request::RulesRemove {
+                    listener: "site".into(),
+                    priority: 11,
+                },
+                404,
+                "its rules: 10, 30",
+            ),
+            (
+                Request::RulesSetPriority {
+                    listener: "site".into(),
+                    priority: 10,
+                    new_priority: 30,
+                },
+                422,
+                "priority 30 already",
+            ),
+            (
+                Request::RulesSetPriority {
+                    listener: "site".into(),
+                    priority: 10,
+                    new_priority: 60_000,
+                },
+                422,
+                "out of range",
+            ),
+        ];
+        for (request, status, says) in refusals {
+            let what = format!("{request:?}");
+            let refused = send(&mut writer, request, None).unwrap_err();
+            assert_eq!(refused.status, status, "{what}: {}", refused.message);
+            assert!(
+                refused.message.contains(says),
+                "{what}: {}",
+                refused.message
+            );
+            assert_eq!(writer.version, version, "{what} moved the version");
+            assert_eq!(priorities(&writer), [10, 30], "{what}");
+            assert_eq!(std::fs::read(&state_file).unwrap(), kept, "{what}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn rules_are_added_moved_and_removed_through_overrides_kept_in_the_state_file() {
+        let dir = scratch("rules-kept");
+        let mut writer = writer_of(&dir, RULES_CONFIG);
+        let state_file = writer.source.clone().unwrap().state_file;
+        let spare_in_use = |w: &Writer<MemoryMaps>| {
+            w.state
+                .groups()
+                .iter()
+                .find(|g| g.name == "spare")
+                .unwrap()
+                .in_use
+        };
+        assert!(!spare_in_use(&writer));
+        let added = send(
+            &mut writer,
+            Request::RulesAdd {
+                listener: "site".into(),
+                rule: rule(30, "/spare/*", "spare"),
+            },
+            Some(1),
+        );
+        assert!(matches!(added, Ok(Answer::RuleAdded(_))), "{added:?}");
+        assert_eq!(priorities(&writer), [10, 30]);
+        // The state follows: the group a rule now forwards to is in use.
+        assert!(spare_in_use(&writer));
+        let moved = send(
+            &mut writer,
+            Request::RulesSetPriority {
+                listener: "site".into(),
+                priority: 10,
+                new_priority: 5,
+            },
+            Some(2),
+        );
+        assert!(matches!(moved, Ok(Answer::RuleMoved(_))), "{moved:?}");
+        let removed = send(
+            &mut writer,
+            Request::RulesRemove {
+                listener: "site".into(),
+                priority: 30,
+            },
+            Some(3),
+        );
+        assert!(matches!(removed, Ok(Answer::RuleRemoved(_))), "{removed:?}");
+        assert_eq!(writer.version, 4);
+        assert_eq!(priorities(&writer), [5]);
+        assert!(!spare_in_use(&writer));
+        // The file's 10 is removed and its rule set at 5; the API's 30 left nothing behind.
+        let kept = Overrides::load(&state_file).unwrap();
+        let site = &kept.rules["site"];
+        assert_eq!(site.keys().copied().collect::<Vec<_>>(), [5, 10]);
+        assert_eq!(site[&10], crate::overrides::RuleOverride::Removed);
+        // What a restart runs: the file with the state file.
+        let again = with_overrides(&Config::load(&dir.join("lb.toml")).unwrap(), &kept).unwrap();
+        assert_eq!(again.listeners[0].rules.len(), 1);
+        assert_eq!(again.listeners[0].rules[0].priority, 5);
+        assert_eq!(
+            again.listeners[0].rules[0].conditions.host,
+            ["api.example.com"]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_reload_takes_the_rules_changed_in_the_file_under_the_apis() {
+        let dir = scratch("rules-reload");
+        let mut writer = writer_of(&dir, RULES_CONFIG);
+        send(
+            &mut writer,
+            Request::RulesAdd {
+                listener: "site".into(),
+                rule: rule(30, "/api-added/*", "web"),
+            },
+            None,
+        )
+        .unwrap();
+        let text = RULES_CONFIG.replace(
+            "conditions = { host = [\"api.example.com\"] }",
+            "conditions = { host = [\"api.example.org\"] }",
+        );
+        assert_ne!(text, RULES_CONFIG);
+        std::fs::write(dir.join("lb.toml"), text).unwrap();
+        send(&mut writer, Request::Reload, None).unwrap();
+        let rules = &writer.config.listeners[0].rules;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].conditions.host, ["api.example.org"]);
+        assert_eq!(rules[1].priority, 30);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

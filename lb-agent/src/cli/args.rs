@@ -72,6 +72,17 @@ pub enum Command {
         #[command(subcommand)]
         command: GroupsCommand,
     },
+    /// Show listeners of every kind: address, protocol, default action, rules, TLS.
+    Listeners {
+        #[command(subcommand)]
+        command: ListenersCommand,
+    },
+    /// List, add, remove or re-prioritise the rules of an http or https listener (kept across
+    /// reloads and restarts, like targets added through the API).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats {
         #[arg(long)]
@@ -206,10 +217,13 @@ pub enum OverridesCommand {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Drop them (of one group, or all): the config file rules again, applied at once.
+    /// Drop them (of one group, of one listener's rules, or all): the config file rules
+    /// again, applied at once.
     Clear {
         #[arg(long)]
         group: Option<String>,
+        #[arg(long)]
+        listener: Option<String>,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -269,6 +283,123 @@ pub struct HealthCheckArgs {
     pub healthy_threshold: Option<u32>,
     #[arg(long)]
     pub unhealthy_threshold: Option<u32>,
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum ListenersCommand {
+    /// Each listener: address, protocol, default action, rule count, certificates and TLS
+    /// policy, flows and counters.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// A listener's rules, lowest priority (tried first) first, then its default action.
+    List {
+        #[arg(long)]
+        listener: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Add a rule at a priority the listener does not use yet. Conditions: values of one
+    /// flag match if any matches, different flags must all match. Checked with the whole
+    /// config (unknown group, priority, patterns) before anything changes.
+    Add(Box<RuleArgs>),
+    /// Remove the rule at a priority.
+    Remove {
+        #[arg(long)]
+        listener: String,
+        #[arg(long)]
+        priority: u32,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Move the rule at `--priority` to `--to` (a priority the listener does not use yet).
+    SetPriority {
+        #[arg(long)]
+        listener: String,
+        #[arg(long)]
+        priority: u32,
+        #[arg(long)]
+        to: u32,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+/// `rules add`'s options: a rule from flags, or whole as JSON (`--json`).
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("action")
+    .args(["forward", "fixed_status", "redirect_protocol", "redirect_host", "redirect_port",
+           "redirect_path", "redirect_query", "json"])
+    .multiple(true)
+    .required(true)))]
+pub struct RuleArgs {
+    #[arg(long)]
+    pub listener: String,
+    /// 1..=50000, unique in the listener; lower is tried first.
+    #[arg(long, required_unless_present = "json")]
+    pub priority: Option<u32>,
+    /// Host header pattern (`*` and `?` wildcards).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Path pattern (`*` and `?` wildcards).
+    #[arg(long)]
+    pub path: Vec<String>,
+    /// Request method, like GET.
+    #[arg(long)]
+    pub method: Vec<String>,
+    /// Client address block, like 198.18.0.0/15.
+    #[arg(long)]
+    pub source_ip: Vec<String>,
+    /// NAME=VALUE-PATTERN; repeat a name for several values.
+    #[arg(long)]
+    pub header: Vec<String>,
+    /// KEY=VALUE-PATTERN (a key of `*`: any key).
+    #[arg(long)]
+    pub query: Vec<String>,
+    /// GROUP, or GROUP:WEIGHT repeated for a weighted forward (canary).
+    #[arg(long)]
+    pub forward: Vec<String>,
+    /// Redirect: http or https.
+    #[arg(long)]
+    pub redirect_protocol: Option<String>,
+    /// Redirect: host (`#{host}` keeps the request's).
+    #[arg(long)]
+    pub redirect_host: Option<String>,
+    #[arg(long)]
+    pub redirect_port: Option<u16>,
+    /// Redirect: path, starting with `/` (`#{path}` is the request's).
+    #[arg(long)]
+    pub redirect_path: Option<String>,
+    /// Redirect: query without `?`.
+    #[arg(long)]
+    pub redirect_query: Option<String>,
+    /// Redirect status: 301 (default), 302, 303, 307 or 308.
+    #[arg(long)]
+    pub redirect_status: Option<u16>,
+    /// Fixed response: its status (200..=599).
+    #[arg(long)]
+    pub fixed_status: Option<u16>,
+    #[arg(long, requires = "fixed_status")]
+    pub fixed_body: Option<String>,
+    #[arg(long, requires = "fixed_status")]
+    pub fixed_content_type: Option<String>,
+    /// The whole rule as JSON, as in the file and `rules list --json`:
+    /// {"priority": 10, "conditions": {"path": ["/api/*"]}, "action": {"forward": "api"}}.
+    #[arg(long, conflicts_with_all = ["priority", "host", "path", "method", "source_ip",
+        "header", "query", "forward", "redirect_protocol", "redirect_host", "redirect_port",
+        "redirect_path", "redirect_query", "redirect_status", "fixed_status"])]
+    pub json: Option<String>,
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }

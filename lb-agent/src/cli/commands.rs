@@ -19,12 +19,12 @@ use super::{
 };
 
 /// An answer of another kind than the request's (the protocol rules it out).
-fn unexpected(answer: &Answer) -> anyhow::Error {
+pub(super) fn unexpected(answer: &Answer) -> anyhow::Error {
     anyhow::anyhow!("the agent answered with an unexpected {answer:?}")
 }
 
 /// `value` as pretty JSON.
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -333,8 +333,16 @@ pub fn overrides(command: OverridesCommand) -> anyhow::Result<()> {
             }
             print::overrides(&o);
         }
-        OverridesCommand::Clear { group, socket } => {
-            let c = call!(&socket, Request::OverridesClear { group }, Changes);
+        OverridesCommand::Clear {
+            group,
+            listener,
+            socket,
+        } => {
+            let c = call!(
+                &socket,
+                Request::OverridesClear { group, listener },
+                Changes
+            );
             print::changes("cleared; back to the config file", &c.changes);
         }
     }

@@ -1,9 +1,11 @@
-//! The CLI: arguments (`args`), the commands that talk to a running agent (`commands`), how
-//! answers are printed (`print`), and the daemon's start-up (`run`).
+//! The CLI: arguments (`args`), the commands that talk to a running agent (`commands`;
+//! listeners and rules in `rules`), how answers are printed (`print`), and the daemon's
+//! start-up (`run`).
 
 pub mod args;
 pub mod commands;
 pub mod print;
+pub mod rules;
 pub mod run;
 
 use std::{path::Path, process::ExitCode};

@@ -2,9 +2,13 @@
 
 use crate::cli::duration;
 use lb_agent::{
-    config::{HealthCheck, HealthProtocol, duration_text},
-    overrides::{Overrides, TargetOverride},
-    protocol::{FlowView, GroupView, StatsView, StatusView, TargetView},
+    config::{
+        Action, Conditions, Forward, HealthCheck, HealthProtocol, RedirectProtocol, duration_text,
+    },
+    overrides::{Overrides, RuleOverride, TargetOverride},
+    protocol::{
+        FlowView, GroupView, ListenerView, RuleSource, RulesView, StatsView, StatusView, TargetView,
+    },
 };
 
 /// A health check in one line.
@@ -209,7 +213,10 @@ pub fn status(r: &StatusView) {
             l.name,
             l.address.to_string(),
             l.protocol,
-            l.target_group
+            l.settings
+                .default_action
+                .as_ref()
+                .map_or_else(|| l.target_group.clone(), describe_action)
         );
     }
     println!("target groups");
@@ -263,6 +270,145 @@ pub fn overrides(o: &Overrides) {
     for (group, check) in &o.health_checks {
         println!("{group:<16} health check: {}", describe_check(Some(check)));
     }
+    for (listener, rules) in &o.rules {
+        for (priority, change) in rules {
+            match change {
+                RuleOverride::Set { rule } => println!(
+                    "{listener:<16} rule {priority:<22} set: {} -> {}",
+                    describe_conditions(&rule.conditions),
+                    describe_action(&rule.action)
+                ),
+                RuleOverride::Removed => {
+                    println!("{listener:<16} rule {priority:<22} removed")
+                }
+            }
+        }
+    }
+}
+
+/// An action in one line: `forward web`, `forward api 90, canary 10`,
+/// `redirect 301 to https://#{host}:443/#{path}?#{query}`, `fixed 404 text/plain (8 bytes)`.
+pub fn describe_action(action: &Action) -> String {
+    if let Some(forward) = &action.forward {
+        return match forward {
+            Forward::Group(g) => format!("forward {g}"),
+            Forward::Weighted(list) => {
+                let parts: Vec<String> = list
+                    .iter()
+                    .map(|w| format!("{} {}", w.target_group, w.weight))
+                    .collect();
+                format!("forward {}", parts.join(", "))
+            }
+        };
+    }
+    if let Some(r) = &action.redirect {
+        // The parts left out keep the request's: AWS's placeholders say so.
+        let protocol = r.protocol.map_or("#{protocol}", |p| match p {
+            RedirectProtocol::Http => "http",
+            RedirectProtocol::Https => "https",
+        });
+        let port = r.port.map_or("#{port}".to_owned(), |p| p.to_string());
+        return format!(
+            "redirect {} to {protocol}://{}:{port}{}?{}",
+            r.status_code,
+            r.host.as_deref().unwrap_or("#{host}"),
+            r.path.as_deref().unwrap_or("/#{path}"),
+            r.query.as_deref().unwrap_or("#{query}")
+        );
+    }
+    if let Some(f) = &action.fixed_response {
+        return format!(
+            "fixed {}{} ({} bytes)",
+            f.status_code,
+            f.content_type
+                .as_deref()
+                .map_or(String::new(), |t| format!(" {t}")),
+            f.message_body.as_deref().map_or(0, str::len)
+        );
+    }
+    "nothing".to_owned()
+}
+
+/// A rule's conditions in one line, like `host=a.example.com,b.example.com path=/v1/*`.
+pub fn describe_conditions(c: &Conditions) -> String {
+    let mut parts = Vec::new();
+    for (name, values) in [
+        ("host", &c.host),
+        ("path", &c.path),
+        ("method", &c.http_request_method),
+        ("source_ip", &c.source_ip),
+    ] {
+        if !values.is_empty() {
+            parts.push(format!("{name}={}", values.join(",")));
+        }
+    }
+    for (name, values) in &c.http_header {
+        parts.push(format!("header:{name}={}", values.join(",")));
+    }
+    for (key, value) in &c.query_string {
+        parts.push(format!("query:{key}={value}"));
+    }
+    if parts.is_empty() {
+        "(any request)".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Listeners of every kind: what each does, its TLS, its traffic.
+pub fn listeners(list: &[ListenerView]) {
+    println!(
+        "{:<16} {:<28} {:<8} {:<32} {:>5} {:<44} {:>8} {:>12}",
+        "LISTENER", "ADDRESS", "PROTO", "DEFAULT ACTION", "RULES", "TLS", "FLOWS", "PACKETS"
+    );
+    for l in list {
+        let s = &l.settings;
+        let tls = match &s.ssl_policy {
+            Some(policy) => format!("{} certs, {policy}", s.certificates),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:<16} {:<28} {:<8} {:<32} {:>5} {:<44} {:>8} {:>12}",
+            l.name,
+            l.address.to_string(),
+            l.protocol,
+            s.default_action
+                .as_ref()
+                .map_or_else(|| l.target_group.clone(), describe_action),
+            s.rules,
+            tls,
+            l.active_flows,
+            l.counters.packets
+        );
+    }
+}
+
+/// A listener's rules in the order they are tried, then its default action.
+pub fn rules(view: &RulesView) {
+    println!("{} ({})", view.listener, view.protocol);
+    println!(
+        "{:>8} {:<6} {:<48} ACTION",
+        "PRIORITY", "FROM", "CONDITIONS"
+    );
+    for r in &view.rules {
+        println!(
+            "{:>8} {:<6} {:<48} {}",
+            r.priority,
+            match r.source {
+                RuleSource::File => "file",
+                RuleSource::Api => "api",
+            },
+            describe_conditions(&r.conditions),
+            describe_action(&r.action)
+        );
+    }
+    println!(
+        "{:>8} {:<6} {:<48} {}",
+        "default",
+        "file",
+        "(the rest)",
+        describe_action(&view.default_action)
+    );
 }
 
 /// What a reload changed, a line each, after `title`.

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{GroupProtocol, duration};
 
@@ -87,14 +87,17 @@ pub struct Certificate {
 }
 
 /// What a listener or rule does with a request: exactly one of the three.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
     /// Send it to target groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forward: Option<Forward>,
     /// Answer with an HTTP redirect (L7).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
     /// Answer with a fixed HTTP response (L7).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fixed_response: Option<FixedResponse>,
     /// A weighted forward keeps a client on the group chosen for it this long (a cookie;
     /// AWS's target-group stickiness). L7, forward only.
@@ -103,7 +106,10 @@ pub struct Action {
 }
 
 /// `forward = "group"` or `forward = [{ target_group = "a", weight = 90 }, ...]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+// Written back in the same two shapes (the API shows rules as the file writes them); read by
+// hand below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum Forward {
     /// All to one group.
     Group(String),
@@ -137,7 +143,7 @@ impl<'de> Deserialize<'de> for Forward {
 }
 
 /// One group of a weighted forward.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedGroup {
     /// The group's name.
@@ -152,7 +158,7 @@ fn one() -> u32 {
 }
 
 /// A redirect's scheme.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RedirectProtocol {
     /// `http://`
@@ -163,18 +169,23 @@ pub enum RedirectProtocol {
 
 /// `redirect = { protocol = "https", port = 443, status_code = 301 }`: parts left out keep the
 /// request's own (AWS's `#{host}`, `#{path}`... placeholders are allowed in the strings).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
     /// Scheme of the new URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<RedirectProtocol>,
     /// Host of the new URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Port of the new URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// Path of the new URL; starts with `/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Query of the new URL, without the `?`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// 301, 302, 303, 307 or 308 (default 301).
     #[serde(default = "default_redirect_status")]
@@ -186,14 +197,16 @@ fn default_redirect_status() -> u16 {
 }
 
 /// `fixed_response = { status_code = 503, content_type = "text/plain", message_body = "..." }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixedResponse {
     /// HTTP status, 200..=599.
     pub status_code: u16,
     /// `Content-Type` of the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// The body.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message_body: Option<String>,
 }
 
@@ -218,20 +231,26 @@ impl Action {
 }
 
 /// What a rule matches on (L7); a rule matches when every condition given matches.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Conditions {
     /// Host header patterns (`*` and `?` wildcards); any may match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub host: Vec<String>,
     /// Path patterns (`*` and `?` wildcards); any may match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub path: Vec<String>,
     /// Request methods; any may match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http_request_method: Vec<String>,
     /// Client address blocks in CIDR notation; any may match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub source_ip: Vec<String>,
     /// Header name → value patterns; for each header, any value may match.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub http_header: BTreeMap<String, Vec<String>>,
     /// Query key → value pattern.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub query_string: BTreeMap<String, String>,
 }
 
@@ -247,7 +266,7 @@ impl Conditions {
 }
 
 /// A listener rule (L7): `[[listener.rule]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Lower is tried first; 1..=50000, unique in its listener.

@@ -4,17 +4,22 @@
 //! `{"error": "..."}` with the HTTP status that says how the request failed.
 
 pub mod routes;
+pub mod rules;
 pub mod views;
 
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::HealthCheck, overrides::Overrides};
+use crate::{
+    config::{HealthCheck, Rule},
+    overrides::Overrides,
+};
 pub use routes::{HttpRequest, ROUTES, Route, parse_target};
+pub use rules::{RuleAdded, RuleMoved, RuleRemoved, RuleSource, RuleView, RulesView};
 pub use views::{
-    CountersView, FlowView, GroupView, InterfaceView, ListenerView, StatsView, StatusView,
-    TargetView,
+    CountersView, FlowView, GroupView, InterfaceView, ListenerSettings, ListenerView, StatsView,
+    StatusView, TargetView,
 };
 
 /// Flows a `flows` request without a limit answers: a table of a million entries would be
@@ -64,10 +69,27 @@ pub enum Request {
     Status,
     /// The API's changes on top of the config file.
     OverridesList,
-    /// Drop the API's changes (of one group, or all) and go back to the file.
-    OverridesClear { group: Option<String> },
-    /// The listeners with their counters.
+    /// Drop the API's changes (of one group, of one listener's rules, or all) and go back to
+    /// the file.
+    OverridesClear {
+        group: Option<String>,
+        listener: Option<String>,
+    },
+    /// The listeners (every kind) with their settings and counters.
     Listeners,
+    /// A listener's rules in priority order, and its default action.
+    RulesList { listener: String },
+    /// Add a rule to an http or https listener, at a priority it does not use yet (boxed: a
+    /// rule is ten times the size of any other request).
+    RulesAdd { listener: String, rule: Box<Rule> },
+    /// Remove a listener's rule.
+    RulesRemove { listener: String, priority: u32 },
+    /// Move a listener's rule to a priority it does not use yet.
+    RulesSetPriority {
+        listener: String,
+        priority: u32,
+        new_priority: u32,
+    },
     /// The config file's text, its path, and where the API's changes are kept.
     ConfigGet,
     /// Check a config text without applying it: every error, with line and field.
@@ -89,6 +111,9 @@ impl Request {
                 | Self::TargetsWeight { .. }
                 | Self::HealthCheckSet { .. }
                 | Self::OverridesClear { .. }
+                | Self::RulesAdd { .. }
+                | Self::RulesRemove { .. }
+                | Self::RulesSetPriority { .. }
                 | Self::ConfigApply { .. }
                 | Self::Reload
                 | Self::Detach
@@ -183,6 +208,10 @@ pub enum Answer {
     Status(StatusView),
     Overrides(Overrides),
     Listeners(Vec<ListenerView>),
+    Rules(RulesView),
+    RuleAdded(RuleAdded),
+    RuleRemoved(RuleRemoved),
+    RuleMoved(RuleMoved),
     ConfigFile(ConfigFile),
     Validation(Validation),
     Detached(Detached),
@@ -204,6 +233,10 @@ impl Answer {
             Self::Status(a) => serde_json::to_vec(a),
             Self::Overrides(a) => serde_json::to_vec(a),
             Self::Listeners(a) => serde_json::to_vec(a),
+            Self::Rules(a) => serde_json::to_vec(a),
+            Self::RuleAdded(a) => serde_json::to_vec(a),
+            Self::RuleRemoved(a) => serde_json::to_vec(a),
+            Self::RuleMoved(a) => serde_json::to_vec(a),
             Self::ConfigFile(a) => serde_json::to_vec(a),
             Self::Validation(a) => serde_json::to_vec(a),
             Self::Detached(a) => serde_json::to_vec(a),
@@ -230,6 +263,10 @@ impl Answer {
             Request::Status => Self::Status(serde_json::from_slice(json)?),
             Request::OverridesList => Self::Overrides(serde_json::from_slice(json)?),
             Request::Listeners => Self::Listeners(serde_json::from_slice(json)?),
+            Request::RulesList { .. } => Self::Rules(serde_json::from_slice(json)?),
+            Request::RulesAdd { .. } => Self::RuleAdded(serde_json::from_slice(json)?),
+            Request::RulesRemove { .. } => Self::RuleRemoved(serde_json::from_slice(json)?),
+            Request::RulesSetPriority { .. } => Self::RuleMoved(serde_json::from_slice(json)?),
             Request::ConfigGet => Self::ConfigFile(serde_json::from_slice(json)?),
             Request::ConfigValidate { .. } => Self::Validation(serde_json::from_slice(json)?),
             Request::Detach => Self::Detached(serde_json::from_slice(json)?),

@@ -7,13 +7,17 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Deserialize;
 
 use super::{ApiError, Request};
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, Rule};
 
 /// What an endpoint does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Status,
     Listeners,
+    RulesList,
+    RulesAdd,
+    RulesRemove,
+    RulesSetPriority,
     Groups,
     HealthCheckSet,
     TargetsList,
@@ -51,6 +55,18 @@ const fn route(method: &'static str, path: &'static str, kind: Kind) -> Route {
 pub const ROUTES: &[Route] = &[
     route("GET", "/v1/status", Kind::Status),
     route("GET", "/v1/listeners", Kind::Listeners),
+    route("GET", "/v1/listeners/{listener}/rules", Kind::RulesList),
+    route("POST", "/v1/listeners/{listener}/rules", Kind::RulesAdd),
+    route(
+        "DELETE",
+        "/v1/listeners/{listener}/rules/{priority}",
+        Kind::RulesRemove,
+    ),
+    route(
+        "PUT",
+        "/v1/listeners/{listener}/rules/{priority}/priority",
+        Kind::RulesSetPriority,
+    ),
     route("GET", "/v1/target-groups", Kind::Groups),
     route(
         "PUT",
@@ -123,6 +139,13 @@ struct TargetChange {
     weight: u32,
 }
 
+/// The body of `rules set-priority`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct NewPriority {
+    priority: u32,
+}
+
 impl Request {
     /// What the request is.
     pub fn kind(&self) -> Kind {
@@ -140,6 +163,10 @@ impl Request {
             Self::OverridesList => Kind::OverridesList,
             Self::OverridesClear { .. } => Kind::OverridesClear,
             Self::Listeners => Kind::Listeners,
+            Self::RulesList { .. } => Kind::RulesList,
+            Self::RulesAdd { .. } => Kind::RulesAdd,
+            Self::RulesRemove { .. } => Kind::RulesRemove,
+            Self::RulesSetPriority { .. } => Kind::RulesSetPriority,
             Self::ConfigGet => Kind::ConfigGet,
             Self::ConfigValidate { .. } => Kind::ConfigValidate,
             Self::ConfigApply { .. } => Kind::ConfigApply,
@@ -185,8 +212,32 @@ impl Request {
                 params.push(("target", target_text(*address, *port)));
                 body = serde_json::to_vec(&TargetChange { weight: *weight })?;
             }
-            Self::TargetsList { group } | Self::OverridesClear { group } => {
+            Self::TargetsList { group } => {
                 query.extend(group.iter().map(|g| ("group", g.clone())));
+            }
+            Self::OverridesClear { group, listener } => {
+                query.extend(group.iter().map(|g| ("group", g.clone())));
+                query.extend(listener.iter().map(|l| ("listener", l.clone())));
+            }
+            Self::RulesList { listener } => params.push(("listener", listener.clone())),
+            Self::RulesAdd { listener, rule } => {
+                params.push(("listener", listener.clone()));
+                body = serde_json::to_vec(rule)?;
+            }
+            Self::RulesRemove { listener, priority } => {
+                params.push(("listener", listener.clone()));
+                params.push(("priority", priority.to_string()));
+            }
+            Self::RulesSetPriority {
+                listener,
+                priority,
+                new_priority,
+            } => {
+                params.push(("listener", listener.clone()));
+                params.push(("priority", priority.to_string()));
+                body = serde_json::to_vec(&NewPriority {
+                    priority: *new_priority,
+                })?;
             }
             Self::HealthCheckSet {
                 group,
@@ -258,11 +309,32 @@ impl Endpoint {
                 .unwrap_or_default()
         };
         let target = || parse_target(&param("target")).map_err(ApiError::bad);
+        let priority = || {
+            let text = param("priority");
+            text.parse::<u32>()
+                .map_err(|_| ApiError::bad(format!("priority `{text}` is not a number")))
+        };
         let request = match kind {
             Kind::Metrics => return Ok(Self::Metrics),
             Kind::OpenApi => return Ok(Self::OpenApi),
             Kind::Status => Request::Status,
             Kind::Listeners => Request::Listeners,
+            Kind::RulesList => Request::RulesList {
+                listener: param("listener"),
+            },
+            Kind::RulesAdd => Request::RulesAdd {
+                listener: param("listener"),
+                rule: Box::new(json::<Rule>(body)?),
+            },
+            Kind::RulesRemove => Request::RulesRemove {
+                listener: param("listener"),
+                priority: priority()?,
+            },
+            Kind::RulesSetPriority => Request::RulesSetPriority {
+                listener: param("listener"),
+                priority: priority()?,
+                new_priority: json::<NewPriority>(body)?.priority,
+            },
             Kind::Groups => Request::Groups,
             Kind::HealthCheckSet => Request::HealthCheckSet {
                 group: param("group"),
@@ -309,6 +381,7 @@ impl Endpoint {
             Kind::OverridesList => Request::OverridesList,
             Kind::OverridesClear => Request::OverridesClear {
                 group: query_value(query, "group")?,
+                listener: query_value(query, "listener")?,
             },
             Kind::ConfigGet => Request::ConfigGet,
             Kind::ConfigValidate => Request::ConfigValidate { text: text(body)? },
@@ -461,9 +534,34 @@ mod tests {
             Request::Flows { limit: None },
             Request::Flows { limit: Some(10) },
             Request::OverridesList,
-            Request::OverridesClear { group: None },
+            Request::OverridesClear {
+                group: None,
+                listener: None,
+            },
             Request::OverridesClear {
                 group: Some("web".into()),
+                listener: Some("site".into()),
+            },
+            Request::RulesList {
+                listener: "site".into(),
+            },
+            Request::RulesAdd {
+                listener: "site".into(),
+                rule: serde_json::from_str(
+                    r#"{"priority": 10, "conditions": {"host": ["*.example.com"],
+                        "query_string": {"v": "1"}}, "action": {"forward": [
+                        {"target_group": "a", "weight": 90}, {"target_group": "b", "weight": 10}]}}"#,
+                )
+                .unwrap(),
+            },
+            Request::RulesRemove {
+                listener: "site".into(),
+                priority: 10,
+            },
+            Request::RulesSetPriority {
+                listener: "site".into(),
+                priority: 10,
+                new_priority: 50_000,
             },
             Request::ConfigGet,
             Request::ConfigValidate {
@@ -512,6 +610,21 @@ mod tests {
             status("DELETE", "/v1/target-groups/web/targets/nonsense", b""),
             400
         );
+        assert_eq!(status("DELETE", "/v1/listeners/site/rules/ten", b""), 400);
+        assert_eq!(status("PATCH", "/v1/listeners/site/rules", b""), 405);
+    }
+
+    #[test]
+    fn a_rule_with_a_misspelt_condition_is_refused_by_name() {
+        let e = Endpoint::from_http(
+            "POST",
+            "/v1/listeners/site/rules",
+            None,
+            br#"{"priority": 1, "conditions": {"hots": ["a"]}, "action": {"forward": "web"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("hots"), "{}", e.message);
     }
 
     #[test]

@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use lb_common::Counters;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::HealthCheck, health::TargetState};
+use crate::{
+    config::{Action, HealthCheck, Listener, ListenerProtocol},
+    health::TargetState,
+    proxy::tls_policy::DEFAULT_POLICY,
+};
 
 /// Counters of a listener or target.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -80,16 +84,67 @@ pub struct GroupView {
     pub table_version: u64,
 }
 
-/// A listener as `stats` shows it.
+/// A listener as `listeners list` and `stats` show it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListenerView {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: String,
+    /// The one group its default action forwards to; empty when it forwards to several (or
+    /// redirects, or answers itself): see `default_action`.
     pub target_group: String,
     /// Its entries in the connection table.
     pub active_flows: u64,
     pub counters: CountersView,
+    #[serde(flatten)]
+    pub settings: ListenerSettings,
+}
+
+/// What a listener does, from the config in force (the same for L4 and L7 listeners).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListenerSettings {
+    /// What traffic no rule takes gets, in the config's vocabulary (`{"forward": "web"}`).
+    #[serde(default)]
+    pub default_action: Option<Action>,
+    /// Rules (http and https listeners).
+    #[serde(default)]
+    pub rules: usize,
+    /// Certificates (https and tls listeners; the first is the default).
+    #[serde(default)]
+    pub certificates: usize,
+    /// The TLS security policy (https and tls listeners; the default's name when none is set).
+    #[serde(default)]
+    pub ssl_policy: Option<String>,
+}
+
+impl ListenerSettings {
+    /// `listener`'s.
+    pub fn of(listener: &Listener) -> Self {
+        let tls = matches!(
+            listener.protocol,
+            ListenerProtocol::Https | ListenerProtocol::Tls
+        );
+        Self {
+            default_action: Some(listener.default_action.clone()),
+            rules: listener.rules.len(),
+            certificates: listener.certificates.len(),
+            ssl_policy: tls.then(|| {
+                listener
+                    .ssl_policy
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_POLICY.to_owned())
+            }),
+        }
+    }
+
+    /// Fills the settings of `views` from the listeners of the same name in `config`.
+    pub fn fill(views: &mut [ListenerView], config: &crate::config::Config) {
+        for view in views {
+            if let Some(l) = config.listeners.iter().find(|l| l.name == view.name) {
+                view.settings = Self::of(l);
+            }
+        }
+    }
 }
 
 /// Everything `stats` shows.

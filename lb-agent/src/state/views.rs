@@ -173,6 +173,8 @@ impl State {
                     target_group: l.group.clone().unwrap_or_default(),
                     active_flows: per_listener.get(&l.id).copied().unwrap_or(0),
                     counters: dp.listener_counters(l.id)?.into(),
+                    // From the config, not the state: `agent::read` fills them in.
+                    settings: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
