@@ -165,6 +165,7 @@ fn listener(name: &str, vip: &str, port: u16, protocol: ListenerProtocol) -> Lis
             forward: Some(Forward::Group(name.to_owned())),
             redirect: None,
             fixed_response: None,
+            group_stickiness: None,
         },
         certificates: Vec::new(),
         rules: Vec::new(),

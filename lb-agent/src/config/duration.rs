@@ -95,6 +95,17 @@ pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::E
     s.serialize_str(&duration_text(*d))
 }
 
+/// `serialize` for an optional field (with `skip_serializing_if = "Option::is_none"`).
+pub(super) fn serialize_optional<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// `deserialize` for an optional field (with `#[serde(default)]` for when it is absent).
 pub(super) fn deserialize_optional<'de, D: Deserializer<'de>>(
     d: D,

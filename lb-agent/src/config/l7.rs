@@ -14,6 +14,9 @@ use super::{
     validate::Problems,
 };
 
+/// The TLS security policy of https and tls listeners that name none (AWS's default for new
+/// HTTPS listeners).
+pub const DEFAULT_SSL_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
 /// Default idle timeout of client connections (AWS ALB's).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time a client has to send a whole request head.

@@ -101,7 +101,12 @@ pub struct Action {
     pub fixed_response: Option<FixedResponse>,
     /// A weighted forward keeps a client on the group chosen for it this long (a cookie;
     /// AWS's target-group stickiness). L7, forward only.
-    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    #[serde(
+        default,
+        deserialize_with = "duration::deserialize_optional",
+        serialize_with = "duration::serialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub group_stickiness: Option<Duration>,
 }
 

@@ -37,7 +37,10 @@ pub use self::{
     agent::AgentConfig,
     duration::{duration_text, parse_duration},
     health_check::{HealthCheck, HealthMethod, HealthProtocol},
-    l7::{AccessLogConfig, AccessLogFormat, Algorithm, GroupL7, ListenerL7, ProtocolVersion},
+    l7::{
+        AccessLogConfig, AccessLogFormat, Algorithm, DEFAULT_SSL_POLICY, GroupL7, ListenerL7,
+        ProtocolVersion,
+    },
     listener::{
         Action, Certificate, Conditions, FixedResponse, Forward, Listener, ListenerProtocol, Mode,
         Redirect, RedirectProtocol, Rule, WeightedGroup,

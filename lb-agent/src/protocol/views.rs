@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Action, HealthCheck, Listener, ListenerProtocol},
     health::TargetState,
-    proxy::tls_policy::DEFAULT_POLICY,
 };
 
 /// Counters of a listener or target.
@@ -132,7 +131,7 @@ impl ListenerSettings {
                 listener
                     .ssl_policy
                     .clone()
-                    .unwrap_or_else(|| DEFAULT_POLICY.to_owned())
+                    .unwrap_or_else(|| crate::config::DEFAULT_SSL_POLICY.to_owned())
             }),
         }
     }

@@ -10,7 +10,8 @@ use rustls::{
 /// The policy a listener gets when it names none: what AWS gives new HTTPS listeners.
 pub const DEFAULT_POLICY: &str = TLS13_1_2_2021_06;
 
-const TLS13_1_2_2021_06: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
+// The config names the default too (views show it without depending on the proxy).
+const TLS13_1_2_2021_06: &str = crate::config::DEFAULT_SSL_POLICY;
 const TLS13_1_3_2021_06: &str = "ELBSecurityPolicy-TLS13-1-3-2021-06";
 
 /// AWS's TLS 1.3 suites, in AWS's order (all three are in ring).
