@@ -7,6 +7,7 @@
 //! resolver, the server config and its swappable slot) and `tls_policy` (named security
 //! policies: versions and cipher suites).
 
+pub mod framing;
 pub mod pattern;
 pub mod redirect;
 pub mod rules;
