@@ -160,13 +160,9 @@ impl RequestStream {
         // The empty line may have begun in the bytes kept from earlier reads.
         match head_end(&self.head, before.saturating_sub(3)) {
             Some(end) => {
+                // Taken, not cleared: an idle keep-alive connection holds no head-sized buffer.
                 let head = std::mem::take(&mut self.head);
                 self.finish_head(&head[..end]);
-                if self.following() {
-                    // Keep the allocation for the next split head.
-                    self.head = head;
-                    self.head.clear();
-                }
                 // The end lies in this read's bytes: an end within the earlier ones would have
                 // been found by the earlier search.
                 match end.checked_sub(before) {

@@ -360,3 +360,14 @@ async fn guard_passes_every_byte_through_unchanged() {
     let got: Vec<Framing> = (0..3).map(|_| verdicts.next()).collect();
     assert_eq!(got, [Framing::Ok, Framing::Ok, ambiguous(CL_AND_TE)]);
 }
+
+#[test]
+fn an_idle_connection_holds_no_head_bytes_after_a_split_head() {
+    let verdicts = Arc::new(FramingVerdicts::new());
+    let mut stream = RequestStream::new(MAX_HEAD, Arc::clone(&verdicts));
+    stream.scan(b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ");
+    assert!(stream.held_head_bytes() > 0);
+    stream.scan(b"padding\r\n\r\n");
+    assert_eq!(stream.held_head_bytes(), 0);
+    assert_eq!(verdicts.next(), Framing::Ok);
+}
