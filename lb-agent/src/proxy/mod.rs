@@ -21,6 +21,7 @@ pub mod balance;
 pub mod body;
 pub mod check;
 pub mod forward;
+pub mod framing;
 pub mod metrics;
 pub mod pattern;
 pub mod plan;

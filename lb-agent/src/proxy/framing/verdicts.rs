@@ -1,0 +1,85 @@
+//! The verdicts of one connection's request heads, written by the guard as it reads and taken
+//! by the service once per request, in order.
+//!
+//! Every verdict but the last is `Ok` (the guard stops at the first refusal, since the
+//! connection closes there), so the whole list is a count of good heads and how the stream
+//! ended: three atomics, no lock and no queue that a long pipelined or tunnelled stream could
+//! grow.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use super::Framing;
+use super::head::Ambiguity;
+
+/// `end` while the guard still follows the stream.
+const FOLLOWING: u8 = u8::MAX;
+/// `end` once the connection turned out not to be HTTP/1 (the h2 preface).
+const NOT_HTTP1: u8 = u8::MAX - 1;
+
+/// One connection's verdicts; shared (in an `Arc`) by its `FramingGuard` and its service.
+#[derive(Debug)]
+pub struct FramingVerdicts {
+    /// Heads judged `Ok`, in order.
+    ok_heads: AtomicU64,
+    /// Verdicts the service has taken.
+    taken: AtomicU64,
+    /// How the stream ended: `FOLLOWING`, `NOT_HTTP1`, or an `Ambiguity` code for the head after
+    /// the `ok_heads` good ones.
+    end: AtomicU8,
+}
+
+impl FramingVerdicts {
+    pub(super) fn new() -> Self {
+        Self {
+            ok_heads: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            end: AtomicU8::new(FOLLOWING),
+        }
+    }
+
+    /// The verdict on the next request of the connection. Call it once per request, in the
+    /// order hyper hands requests to the service (on HTTP/1.1, one after another).
+    ///
+    /// Every head reaches the guard before hyper can parse it, so a request never asks before
+    /// its verdict is recorded; if one does anyway (a service on a connection the guard does
+    /// not wrap), the answer is a refusal rather than a guess.
+    pub fn next(&self) -> Framing {
+        let index = self.taken.fetch_add(1, Ordering::Relaxed);
+        // `end` first: once it is set, every `ok_heads` increment before it is visible.
+        let end = self.end.load(Ordering::Acquire);
+        if index < self.ok_heads.load(Ordering::Acquire) {
+            return Framing::Ok;
+        }
+        match end {
+            NOT_HTTP1 => Framing::Ok,
+            FOLLOWING => Framing::Ambiguous(Ambiguity::NotSeen.reason()),
+            code => Framing::Ambiguous(
+                Ambiguity::from_code(code)
+                    .unwrap_or(Ambiguity::Unparsable)
+                    .reason(),
+            ),
+        }
+    }
+
+    /// The next head is good.
+    pub(super) fn record_ok(&self) {
+        self.ok_heads.fetch_add(1, Ordering::Release);
+    }
+
+    /// The next head (and everything after it) is refused.
+    pub(super) fn refuse(&self, ambiguity: Ambiguity) {
+        self.finish(ambiguity as u8);
+    }
+
+    /// The connection is HTTP/2: every request is `Ok` from here.
+    pub(super) fn not_http1(&self) {
+        self.finish(NOT_HTTP1);
+    }
+
+    /// Sets how the stream ended, once: the first ending stands.
+    fn finish(&self, end: u8) {
+        let _first =
+            self.end
+                .compare_exchange(FOLLOWING, end, Ordering::Release, Ordering::Relaxed);
+    }
+}
