@@ -188,7 +188,9 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         .name("lb-writer".into())
         .spawn(move || writer.run(received))
         .context("starting the writer")?;
-    let agent = Handle::new(changes, snapshots, reader, info);
+    let proxy_metrics = ProxyMetrics::new();
+    let agent =
+        Handle::new(changes, snapshots, reader, info).with_proxy_metrics(proxy_metrics.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -224,7 +226,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
         let proxy = tokio::spawn(run_proxy(
-            Proxy::new(sticky_key, ProxyMetrics::new()),
+            Proxy::new(sticky_key, proxy_metrics),
             proxy_snapshots,
             shutdown.subscribe(),
         ));

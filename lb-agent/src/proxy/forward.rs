@@ -36,7 +36,6 @@ use super::{
     target_client::{BoxError, ProxyBody},
     weighted::WeightedGroups,
 };
-use crate::config::Stickiness;
 
 /// What the proxy knows of a client connection.
 #[derive(Debug, Clone)]
@@ -267,23 +266,19 @@ async fn forward(
         return fail(exchange, Failure::NoGroup);
     };
     exchange.group = Some(group.clone());
-    let (sticky_target, cookie) = sticky_choice(&group, &parts.headers);
+    let sticky = group.sticky.as_ref();
+    let sticky_target = sticky
+        .and_then(|s| s.cookie.find(&parts.headers))
+        .and_then(|token| group.targets.by_token(token));
     let Some(target) = sticky_target.or_else(|| group.targets.pick()) else {
         return fail(exchange, Failure::NoTarget);
     };
     exchange.target = Some(target.address);
     let outstanding = target.load.start();
     let upgrade = is_upgrade(&parts);
-    // The cookie to set: the target is new to this client (no cookie, or it named a target
-    // that no longer serves).
-    let set_cookie = cookie.and_then(|(name, duration)| {
-        (sticky_target.is_none())
-            .then(|| sticky::set_cookie(&name, &target.token, duration, conn.secure))
-    });
-    let lb_cookie_names = cookie_names(&group);
-    if !lb_cookie_names.is_empty() {
-        let names: Vec<&str> = lb_cookie_names.iter().map(String::as_str).collect();
-        sticky::strip_lb_cookies(&mut parts.headers, &names);
+    if let Some(sticky) = sticky {
+        // The load balancer's tokens mean nothing to the application.
+        sticky::strip_lb_cookies(&mut parts.headers, &sticky.cookie.names());
     }
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -335,8 +330,25 @@ async fn forward(
     exchange.outstanding = Some(outstanding);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(response.headers_mut(), switching);
-    for cookie in set_cookie.into_iter().chain(group_cookie) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+    if let Some(sticky) = sticky {
+        // lb_cookie: set whenever the target is new to the client (no cookie, or one naming
+        // a target no longer in service). app_cookie: when the application sets its cookie
+        // (AWS's rule), the companion names the target that set it.
+        let due = match &sticky.app_cookie {
+            None => sticky_target.is_none(),
+            Some(name) => sets_cookie(response.headers(), name),
+        };
+        if due {
+            sticky.cookie.set(
+                response.headers_mut(),
+                &target.token,
+                sticky.duration,
+                conn.secure,
+            );
+        }
+    }
+    if let Some((cookie, token, duration)) = group_cookie {
+        cookie.set(response.headers_mut(), &token, duration, conn.secure);
     }
     if switching {
         let Some(client_side) = client_upgrade else {
@@ -369,6 +381,19 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpg
     let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
 }
 
+/// Whether a response sets the cookie called `name`.
+fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
+    headers.get_all(header::SET_COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b'=')
+            .next()
+            .is_some_and(|n| n.trim_ascii() == name.as_bytes())
+    })
+}
+
+/// A group cookie to set: its name, value and duration.
+type GroupCookie = (sticky::StickyCookie, String, Duration);
+
 /// The group for a request among a forward's `groups`: the one the client's group cookie
 /// names, if the forward is sticky and the cookie names one of them; else a weighted draw.
 /// With it, the cookie to set (a sticky forward's new choice).
@@ -377,56 +402,22 @@ fn choose_group<'g>(
     conn: &ConnInfo,
     exchange: &Exchange,
     headers: &HeaderMap,
-) -> Option<(&'g str, Option<HeaderValue>)> {
+) -> Option<(&'g str, Option<GroupCookie>)> {
     let sticky_for = groups.stickiness().filter(|_| groups.len() > 1);
     let Some(duration) = sticky_for else {
         return groups.choose(random() as u32).map(|g| (g, None));
     };
-    let name = sticky::group_cookie_name(&conn.listener);
+    let cookie = sticky::StickyCookie::new(sticky::group_cookie_name(&conn.listener));
     let key = &exchange.sticky_key;
     let token_of = |group: &str| key.group_token(&conn.listener, exchange.rule, group);
-    if let Some(token) = sticky::find_cookie(headers, &name)
+    if let Some(token) = cookie.find(headers)
         && let Some(group) = groups.names().find(|g| token_of(g) == token)
     {
         return Some((group, None));
     }
     let group = groups.choose(random() as u32)?;
-    let cookie = sticky::set_cookie(&name, &token_of(group), duration, conn.secure);
-    Some((group, Some(cookie)))
-}
-
-/// The target a stickiness cookie names, if it still serves; and the cookie to set
-/// (name, duration) when the group is sticky.
-fn sticky_choice<'g>(
-    group: &'g GroupPlan,
-    headers: &HeaderMap,
-) -> (Option<&'g ServingTarget>, Option<(String, Duration)>) {
-    match &group.stickiness {
-        Some(Stickiness::LbCookie { duration }) => {
-            let name = sticky::lb_cookie_name(&group.name);
-            let target =
-                sticky::find_cookie(headers, &name).and_then(|t| group.targets.by_token(t));
-            (target, Some((name, *duration)))
-        }
-        Some(Stickiness::AppCookie { duration, .. }) => {
-            let name = sticky::app_cookie_companion_name(&group.name);
-            let target =
-                sticky::find_cookie(headers, &name).and_then(|t| group.targets.by_token(t));
-            (target, Some((name, *duration)))
-        }
-        _ => (None, None),
-    }
-}
-
-/// The load balancer's own cookies of `group` (taken off requests to its targets).
-fn cookie_names(group: &GroupPlan) -> Vec<String> {
-    match &group.stickiness {
-        Some(Stickiness::LbCookie { .. }) => vec![sticky::lb_cookie_name(&group.name)],
-        Some(Stickiness::AppCookie { .. }) => {
-            vec![sticky::app_cookie_companion_name(&group.name)]
-        }
-        _ => Vec::new(),
-    }
+    let token = token_of(group);
+    Some((group, Some((cookie, token, duration))))
 }
 
 /// An HTTP/1.1 websocket (or other) upgrade request.
@@ -466,10 +457,15 @@ fn prepare_request(
     if let Ok(uri) = target_uri.parse::<Uri>() {
         parts.uri = uri;
     }
+    let from_h2 = parts.version == Version::HTTP_2;
     parts.version = match group.client.version {
         crate::config::ProtocolVersion::Http1 => Version::HTTP_11,
         _ => Version::HTTP_2,
     };
+    // HTTP/2 clients send a `Cookie` field per cookie; HTTP/1.1 allows one (RFC 9113 §8.2.3).
+    if from_h2 && parts.version == Version::HTTP_11 {
+        join_cookies(&mut parts.headers);
+    }
     remove_hop_by_hop(&mut parts.headers, upgrade);
     if upgrade {
         parts
@@ -496,6 +492,22 @@ fn prepare_request(
     parts
         .headers
         .insert("x-forwarded-port", HeaderValue::from(conn.port));
+}
+
+/// Several `Cookie` fields into one, `; `-separated.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and what it names,
@@ -637,6 +649,16 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn an_h2_clients_cookie_fields_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
     }
 
     #[test]

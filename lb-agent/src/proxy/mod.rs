@@ -74,6 +74,9 @@ pub struct Proxy {
     builder: PlanBuilder,
     servers: HashMap<String, Running>,
     access_log_config: Option<AccessLogConfig>,
+    metrics: Arc<ProxyMetrics>,
+    /// The config the last update served (its VIPs' routes and counters follow it).
+    config: Option<Arc<Config>>,
 }
 
 impl Proxy {
@@ -85,9 +88,11 @@ impl Proxy {
                 access_log: ArcSwapOption::empty(),
                 sticky: sticky.clone(),
             }),
-            builder: PlanBuilder::new(sticky, metrics),
+            builder: PlanBuilder::new(sticky, metrics.clone()),
             servers: HashMap::new(),
             access_log_config: None,
+            metrics,
+            config: None,
         }
     }
 
@@ -99,13 +104,36 @@ impl Proxy {
         config: &Arc<Config>,
         serving: &BTreeMap<String, Vec<(SocketAddr, u32)>>,
     ) {
+        let changed = !self
+            .config
+            .as_ref()
+            .is_some_and(|old| Arc::ptr_eq(old, config));
+        if changed {
+            // Before the listeners bind, so a new VIP answers as soon as its server does.
+            match vip::sync_for(config) {
+                Ok(changes) if !changes.is_empty() => {
+                    tracing::info!(?changes, "local routes of the L7 VIPs updated")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot route the L7 VIPs to this node: their listeners get no traffic")
+                }
+            }
+        }
         let plan = self.builder.build(config, serving);
+        if changed {
+            self.forget_removed_series(config, &plan);
+        }
         self.shared.plan.store(Arc::new(plan));
+        self.config = Some(config.clone());
         if config.agent.access_log != self.access_log_config {
             match &config.agent.access_log {
                 None => self.shared.access_log.store(None),
                 Some(settings) => match AccessLog::open(settings) {
-                    Ok(log) => self.shared.access_log.store(Some(Arc::new(log))),
+                    Ok(log) => {
+                        self.metrics.watch_access_log(Some(&log));
+                        self.shared.access_log.store(Some(Arc::new(log)));
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot open the access log; requests are not logged")
                     }
@@ -114,6 +142,28 @@ impl Proxy {
             self.access_log_config = config.agent.access_log.clone();
         }
         self.sync_servers(config);
+    }
+
+    /// Drops the counters of listeners, rules and targets the config no longer has.
+    fn forget_removed_series(&self, config: &Config, plan: &Plan) {
+        let listeners: Vec<&str> = plan.listeners.keys().map(String::as_str).collect();
+        let rules: Vec<(&str, Option<u32>)> = plan
+            .listeners
+            .iter()
+            .flat_map(|(name, l)| l.rule_metrics.keys().map(move |r| (name.as_str(), *r)))
+            .collect();
+        // Every registered target, in service or not (an unhealthy one keeps its history).
+        let targets: Vec<(&str, SocketAddr)> = config
+            .target_groups
+            .iter()
+            .flat_map(|g| {
+                g.targets.iter().filter_map(move |t| {
+                    t.port_in(g)
+                        .map(|port| (g.name.as_str(), SocketAddr::new(t.address, port)))
+                })
+            })
+            .collect();
+        self.metrics.retain(&listeners, &rules, &targets);
     }
 
     /// Starts a server for each L7 listener without one, restarts those whose address or
@@ -142,7 +192,10 @@ impl Proxy {
             if self.servers.contains_key(name) {
                 continue;
             }
-            let listener = match server::bind(address) {
+            let listener = match vip::bind_listener(address)
+                .map_err(|e| e.to_string())
+                .and_then(|l| tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string()))
+            {
                 Ok(listener) => listener,
                 Err(e) => {
                     tracing::error!(listener = name, %address, error = %e, "cannot listen: the listener does not serve");

@@ -20,7 +20,7 @@ use super::{
     balance::{GroupTargets, LoadRegistry, ServingTarget},
     metrics::{ListenerMetrics, ProxyMetrics, RuleMetrics, TargetMetrics},
     rules::RuleTable,
-    sticky::StickyKey,
+    sticky::{self, StickyCookie, StickyKey},
     target_client::TargetClient,
     tls::{self, Alpn, CertificateStore},
     tls_policy::SecurityPolicy,
@@ -65,10 +65,41 @@ pub struct GroupPlan {
     pub name: Arc<str>,
     pub client: Arc<TargetClient>,
     pub targets: GroupTargets,
-    pub stickiness: Option<Stickiness>,
+    /// lb_cookie or app_cookie stickiness.
+    pub sticky: Option<GroupSticky>,
     pub response_timeout: Duration,
     /// Per target address.
     pub target_metrics: HashMap<SocketAddr, Arc<TargetMetrics>>,
+}
+
+/// A group's cookie stickiness, ready for the request path.
+pub struct GroupSticky {
+    /// The load balancer's cookie (`LBSTICKY-<group>`, or the companion `LBAPP-<group>`).
+    pub cookie: StickyCookie,
+    pub duration: Duration,
+    /// app_cookie: the application's cookie, whose setting makes the companion be set.
+    pub app_cookie: Option<String>,
+}
+
+impl GroupSticky {
+    fn of(group: &TargetGroup) -> Option<Self> {
+        match &group.stickiness {
+            Some(Stickiness::LbCookie { duration }) => Some(Self {
+                cookie: StickyCookie::new(sticky::lb_cookie_name(&group.name)),
+                duration: *duration,
+                app_cookie: None,
+            }),
+            Some(Stickiness::AppCookie {
+                cookie_name,
+                duration,
+            }) => Some(Self {
+                cookie: StickyCookie::new(sticky::app_cookie_companion_name(&group.name)),
+                duration: *duration,
+                app_cookie: Some(cookie_name.clone()),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Builds plans, keeping what survives a rebuild: the config they were built from, the
@@ -163,7 +194,7 @@ impl PlanBuilder {
                     name: g.name.as_str().into(),
                     client,
                     targets: GroupTargets::new(g.l7().algorithm, targets),
-                    stickiness: g.stickiness.clone(),
+                    sticky: GroupSticky::of(g),
                     response_timeout: g.l7().response_timeout,
                     target_metrics,
                 }),

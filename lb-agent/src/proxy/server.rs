@@ -29,7 +29,9 @@ use tokio::{
 
 use super::{
     Shared,
+    answer::Failure,
     forward::{ConnInfo, TlsInfo, handle},
+    framing::{Framing, FramingGuard, FramingVerdicts},
     plan::ListenerPlan,
     tls_forward,
 };
@@ -101,8 +103,12 @@ async fn serve_connection(
         secure: false,
         tls: None,
     };
+    let head_limit = listener.settings.max_header_bytes as usize;
     let Some(tls) = &listener.tls else {
-        serve_http(stream, conn, listener, shared, stop).await;
+        // HTTP/1.1 or h2c (the guard steps aside at the h2 preface).
+        let guard = FramingGuard::new(stream, head_limit);
+        let verdicts = guard.verdicts();
+        serve_http(guard, conn, listener, shared, Some(verdicts), stop).await;
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
@@ -141,7 +147,14 @@ async fn serve_connection(
         tls_forward::forward(stream, conn, listener, shared).await;
         return;
     }
-    serve_http(stream, conn, listener, shared, stop).await;
+    if session.alpn_protocol() == Some(b"h2") {
+        // HTTP/2 frames every message itself: nothing ambiguous to guard against.
+        serve_http(stream, conn, listener, shared, None, stop).await;
+    } else {
+        let guard = FramingGuard::new(stream, head_limit);
+        let verdicts = guard.verdicts();
+        serve_http(guard, conn, listener, shared, Some(verdicts), stop).await;
+    }
 }
 
 /// What a connection's watchdog reads: when a byte last moved, how many requests are in
@@ -217,6 +230,7 @@ async fn serve_http<IO>(
     conn: ConnInfo,
     listener: Arc<ListenerPlan>,
     shared: Arc<Shared>,
+    verdicts: Option<Arc<FramingVerdicts>>,
     mut stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -232,11 +246,28 @@ async fn serve_http<IO>(
     });
     let conn = Arc::new(conn);
     let service_watch = watch.clone();
+    let service_listener = listener.clone();
     let service = service_fn(move |request| {
         let in_flight = InFlight::new(service_watch.clone());
-        let response = handle(request, conn.clone(), shared.clone());
+        // HTTP/1.1 requests are served in order: this verdict is this request's head's.
+        let refused = match verdicts.as_ref().map(|v| v.next()) {
+            Some(Framing::Ambiguous(reason)) => Some(reason),
+            _ => None,
+        };
+        let response = refused
+            .is_none()
+            .then(|| handle(request, conn.clone(), shared.clone()));
+        let listener = service_listener.clone();
+        let client = conn.client;
         async move {
-            let response = response.await;
+            let response = match (response, refused) {
+                (Some(response), _) => response.await,
+                (None, reason) => {
+                    listener.metrics.framing_rejected();
+                    tracing::debug!(%client, listener = %listener.name, reason, "request refused for ambiguous framing");
+                    Ok(Failure::BadRequest.response(true))
+                }
+            };
             in_flight.finish();
             response
         }
@@ -357,21 +388,4 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-/// A listening socket for `address`, bound whether or not the address is configured on the
-/// node (`IP_FREEBIND`): the VIP reaches the node by a local route (`vip`).
-pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = socket2::Domain::for_address(address);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if address.is_ipv4() {
-        socket.set_freebind_v4(true)?;
-    } else {
-        socket.set_freebind_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
 }
