@@ -18,6 +18,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     ("mount", "mount"),
+    // The L7 lab tests' clients.
+    ("curl", "curl"),
+    ("openssl", "openssl"),
+    ("h2load", "nghttp2-client"),
 ];
 
 /// Python modules the tests use, and the Debian package of each.
