@@ -18,6 +18,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     ("mount", "mount"),
+    // `bench l7`: load generators, the peers it compares with, the certificate it makes.
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("openssl", "openssl"),
 ];
 
 /// Python modules the tests use, and the Debian package of each.
