@@ -24,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("nginx", "nginx"),
     ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 
 /// Python modules the tests use, and the Debian package of each.

@@ -269,7 +269,8 @@ pub enum Running {
 
 /// The config files of every proxy, written once.
 pub struct Configs {
-    pub agent_binary: PathBuf,
+    /// The agent's binary, or why there is none.
+    pub agent_binary: Result<PathBuf, String>,
     pub agent: PathBuf,
     pub haproxy: PathBuf,
     pub nginx: PathBuf,
@@ -277,10 +278,16 @@ pub struct Configs {
     pub dir: PathBuf,
 }
 
-/// Starts `proxy` in the LB namespace and waits (bounded) until it listens on 80 and 443.
+/// Starts `proxy` in the LB namespace and waits (bounded) until it answers on 80 and 443.
 pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Running> {
     let running = match proxy {
-        Proxy::Ours => Running::Ours(LabAgent::start(lab, &configs.agent_binary, &configs.agent)?),
+        Proxy::Ours => {
+            let binary = configs
+                .agent_binary
+                .as_ref()
+                .map_err(|why| anyhow::anyhow!("{why}"))?;
+            Running::Ours(LabAgent::start(lab, binary, &configs.agent)?)
+        }
         Proxy::Haproxy | Proxy::Nginx => {
             // The agent puts the VIP where its proxy receives it; a peer needs it on a local
             // interface to accept connections to it.
@@ -304,16 +311,20 @@ pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Runni
             }
         }
     };
-    for port in [80, 443] {
-        if let Err(e) = lab.wait_tcp_listening(lab.lb(), port, START_STOP_TIMEOUT) {
-            let pid = match &running {
-                Running::Ours(agent) => agent.pid(),
-                Running::Peer { pid, .. } => *pid,
-            };
-            let log = lab.log(pid).unwrap_or_default();
-            let _ = stop(lab, running);
-            return Err(e.context(format!("{} did not listen; its log:\n{log}", proxy.name())));
-        }
+    if let Err(e) = wait_answering(lab) {
+        let pid = match &running {
+            Running::Ours(agent) => agent.pid(),
+            Running::Peer { pid, .. } => *pid,
+        };
+        let log = lab.log(pid).unwrap_or_default();
+        let _ = stop(lab, running);
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(e.context(format!(
+            "{} does not serve; the end of its log:\n{}",
+            proxy.name(),
+            tail.join("\n")
+        )));
     }
     Ok(running)
 }
@@ -348,6 +359,42 @@ pub fn stop(lab: &Lab, running: Running) -> anyhow::Result<()> {
         }
     }
     wait_ports_free(lab)
+}
+
+/// Waits until a request from the client to `http://VIP/` and one to `https://VIP/` each get
+/// a 200, at most `START_STOP_TIMEOUT`: the client's view, however a proxy receives the VIP.
+fn wait_answering(lab: &Lab) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + START_STOP_TIMEOUT;
+    for url in [format!("http://{VIP4}/"), format!("https://{VIP4}/")] {
+        loop {
+            let status = lab.run(
+                lab.client(),
+                &[
+                    "curl",
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                    &url,
+                ],
+            );
+            match status {
+                Ok(code) if code.trim() == "200" => break,
+                other if std::time::Instant::now() >= deadline => {
+                    let got = match other {
+                        Ok(code) => format!("status {}", code.trim()),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    anyhow::bail!("{url} gave no 200 within {START_STOP_TIMEOUT:?}: {got}");
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until nothing listens on 80 or 443 in the LB namespace, at most
