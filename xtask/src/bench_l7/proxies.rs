@@ -320,11 +320,11 @@ pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Runni
         let _ = stop(lab, running);
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(e.context(format!(
-            "{} does not serve; the end of its log:\n{}",
+        anyhow::bail!(
+            "{} does not serve: {e:#}\nthe end of its log:\n{}",
             proxy.name(),
             tail.join("\n")
-        )));
+        );
     }
     Ok(running)
 }
