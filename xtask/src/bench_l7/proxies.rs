@@ -12,10 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use xtask::{
-    agent::LabAgent,
-    lab::{Lab, VIP4},
-};
+use xtask::lab::{Lab, VIP4};
 
 /// The targets' port (their nginx).
 pub const TARGET_PORT: u16 = 8080;
@@ -261,8 +258,14 @@ pub fn agent_config(targets: &[Ipv4Addr], cert: &Certificate) -> String {
 /// A proxy running in the LB namespace.
 pub enum Running {
     /// The agent, stopped with `lb-agent detach` (which also removes its XDP program, so the
-    /// peers after it run without one).
-    Ours(LabAgent),
+    /// peers after it run without one). Started here rather than by `LabAgent::start`, whose
+    /// failure would leave it running, holding the ports, with no pid to stop it by.
+    Ours {
+        pid: u32,
+        binary: PathBuf,
+        socket: PathBuf,
+        pin_dir: PathBuf,
+    },
     /// A peer's main process; the VIP is on the LB's `lo` while it runs.
     Peer { proxy: Proxy, pid: u32 },
 }
@@ -286,7 +289,31 @@ pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Runni
                 .agent_binary
                 .as_ref()
                 .map_err(|why| anyhow::anyhow!("{why}"))?;
-            Running::Ours(LabAgent::start(lab, binary, &configs.agent)?)
+            let socket = lab.log_dir().join("agent.sock");
+            let pin_dir = lab.bpffs()?.join("lb-agent");
+            let pid = lab.spawn(
+                lab.lb(),
+                &[
+                    path_str(binary)?,
+                    "--log-format",
+                    "json",
+                    "run",
+                    "--config",
+                    path_str(&configs.agent)?,
+                    "--socket",
+                    path_str(&socket)?,
+                    "--pin-dir",
+                    path_str(&pin_dir)?,
+                    "--iface",
+                    "eth0",
+                ],
+            )?;
+            Running::Ours {
+                pid,
+                binary: binary.clone(),
+                socket,
+                pin_dir,
+            }
         }
         Proxy::Haproxy | Proxy::Nginx => {
             // The agent puts the VIP where its proxy receives it; a peer needs it on a local
@@ -313,7 +340,7 @@ pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Runni
     };
     if let Err(e) = wait_answering(lab) {
         let pid = match &running {
-            Running::Ours(agent) => agent.pid(),
+            Running::Ours { pid, .. } => *pid,
             Running::Peer { pid, .. } => *pid,
         };
         let log = lab.log(pid).unwrap_or_default();
@@ -332,13 +359,34 @@ pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Runni
 /// Stops a proxy and waits (bounded) until it is gone and nothing listens on 80 or 443.
 pub fn stop(lab: &Lab, running: Running) -> anyhow::Result<()> {
     match running {
-        Running::Ours(agent) => {
-            // Detach answers, then the agent exits; kill it if it does not.
-            let detached = agent.cli(&["detach"]);
-            if lab.wait_ended(agent.pid(), START_STOP_TIMEOUT).is_err() {
-                lab.stop(agent.pid())?;
+        Running::Ours {
+            pid,
+            binary,
+            socket,
+            pin_dir,
+        } => {
+            // Detach answers, then the agent exits; if it does not, kill it and detach what
+            // it left pinned.
+            let detach = |args: &[&Path]| {
+                lab.run_with_timeout(
+                    lab.lb(),
+                    &[path_str(&binary)?, "detach"]
+                        .into_iter()
+                        .chain(
+                            args.iter()
+                                .map(|p| path_str(p))
+                                .collect::<Result<Vec<_>, _>>()?,
+                        )
+                        .collect::<Vec<_>>(),
+                    START_STOP_TIMEOUT,
+                )
+            };
+            if detach(&[Path::new("--socket"), &socket]).is_err()
+                || lab.wait_ended(pid, START_STOP_TIMEOUT).is_err()
+            {
+                lab.stop(pid)?;
+                detach(&[Path::new("--pin-dir"), &pin_dir]).context("lb-agent detach")?;
             }
-            detached.context("lb-agent detach")?;
         }
         Running::Peer { proxy, pid } => {
             if proxy == Proxy::Nginx {
