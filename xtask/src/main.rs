@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, the demo, the test runner, benchmarks and the lab.
 
 mod bench;
+mod bench_l7;
 mod demo;
 mod setup;
 
@@ -42,6 +43,8 @@ enum Command {
 enum BenchCommand {
     /// iperf3 through the VIP vs direct, and ns/packet of the XDP program vs XDP_TX.
     L4,
+    /// The L7 proxy beside HAProxy and nginx: wrk, h2load and new TLS connections.
+    L7,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +80,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             setup::setup()?;
             bench::l4()
+        }
+        Command::Bench {
+            which: BenchCommand::L7,
+        } => {
+            setup::setup()?;
+            bench_l7::l7()
         }
         Command::Lab {
             command: LabCommand::Up { name, backends },

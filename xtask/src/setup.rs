@@ -18,10 +18,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     ("mount", "mount"),
-    // The L7 lab tests' clients.
+    // The L7 lab tests' clients and `bench l7`'s load generators, peers and certificate.
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("h2load", "nghttp2-client"),
+    ("wrk", "wrk"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
 ];
 
 /// Python modules the tests use, and the Debian package of each.
