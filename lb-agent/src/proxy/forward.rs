@@ -275,7 +275,16 @@ async fn forward(
     };
     exchange.target = Some(target.address);
     let outstanding = target.load.start();
-    let upgrade = is_upgrade(&parts);
+    // A websocket over HTTP/2 (extended CONNECT, RFC 8441) goes to the target as the
+    // HTTP/1.1 upgrade it knows; its 101 becomes the client's 200.
+    let h2_websocket = is_h2_websocket(&parts);
+    if h2_websocket {
+        if group.client.version != crate::config::ProtocolVersion::Http1 {
+            return fail(exchange, Failure::TargetFailed);
+        }
+        into_h1_websocket(&mut parts);
+    }
+    let upgrade = h2_websocket || is_upgrade(&parts);
     if let Some(sticky) = sticky {
         // The load balancer's tokens mean nothing to the application.
         sticky::strip_lb_cookies(&mut parts.headers, &sticky.cookie.names());
@@ -355,12 +364,20 @@ async fn forward(
             // A target that switches protocols unasked: nothing to join it to.
             return fail(exchange, Failure::TargetFailed);
         };
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         let target_side = hyper::upgrade::on(&mut response);
         tokio::spawn(tunnel(client_side, target_side));
-        let (parts, _) = response.into_parts();
+        let (mut parts, _) = response.into_parts();
+        if h2_websocket {
+            // RFC 8441 §5: the tunnel opens with a 2xx; HTTP/2 has no upgrade headers.
+            parts.status = StatusCode::OK;
+            for name in [header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT] {
+                parts.headers.remove(name);
+            }
+        } else {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         return Response::from_parts(parts, answer::empty());
     }
     response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
@@ -418,6 +435,64 @@ fn choose_group<'g>(
     let group = groups.choose(random() as u32)?;
     let token = token_of(group);
     Some((group, Some((cookie, token, duration))))
+}
+
+/// A websocket request over HTTP/2: `CONNECT` with `:protocol = websocket`.
+fn is_h2_websocket(parts: &hyper::http::request::Parts) -> bool {
+    parts.version == Version::HTTP_2
+        && parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Rewrites an HTTP/2 websocket CONNECT as the HTTP/1.1 upgrade request a target knows:
+/// `GET` with `Upgrade: websocket` and a fresh `Sec-WebSocket-Key` (RFC 6455 §4.1; the
+/// target's accept value answers this key, not anything of the client's).
+fn into_h1_websocket(parts: &mut hyper::http::request::Parts) {
+    parts.method = Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    parts.version = Version::HTTP_11;
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let key = base64_16(random(), random());
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    if !parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        parts
+            .headers
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+}
+
+/// 16 bytes in standard base64 (a websocket key: 24 characters).
+fn base64_16(a: u64, b: u64) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
+    let mut out = String::with_capacity(24);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &byte)| n | u32::from(byte) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// An HTTP/1.1 websocket (or other) upgrade request.
@@ -659,6 +734,16 @@ mod tests {
         join_cookies(&mut headers);
         let all: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
         assert_eq!(all, ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_in_base64() {
+        assert_eq!(base64_16(0, 0), "AAAAAAAAAAAAAAAAAAAAAA==");
+        // RFC 6455 §1.3's sample key is 16 bytes of "the sample nonce".
+        let nonce = *b"the sample nonce";
+        let a = u64::from_le_bytes(nonce[..8].try_into().unwrap());
+        let b = u64::from_le_bytes(nonce[8..].try_into().unwrap());
+        assert_eq!(base64_16(a, b), "dGhlIHNhbXBsZSBub25jZQ==");
     }
 
     #[test]
