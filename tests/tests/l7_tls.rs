@@ -400,6 +400,83 @@ fn a_websocket_echo_round_trips_over_http_and_https_listeners() {
         websocket_client::echo(&mut tls, A_NAME, &messages),
         messages
     );
+    // HTTP/2 (h2c, prior knowledge): extended CONNECT (RFC 8441), an upgrade to the target.
+    let tcp = connect_from_client(&l7.lab, plain);
+    assert_eq!(h2_websocket_echo(tcp, &messages), messages);
     let log = l7.target_log(0);
-    assert_eq!(log.matches("REQ GET /ws").count(), 2, "{log}");
+    assert_eq!(log.matches("REQ GET /ws").count(), 3, "{log}");
+}
+
+/// Echoes `messages` over a websocket opened with an HTTP/2 extended CONNECT on `tcp`.
+fn h2_websocket_echo(tcp: std::net::TcpStream, messages: &[&str]) -> Vec<String> {
+    use tests::websocket::{decode, encode};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        tcp.set_nonblocking(true).expect("nonblocking");
+        let tcp = tokio::net::TcpStream::from_std(tcp).expect("tokio stream");
+        let deadline = std::time::Duration::from_secs(10);
+        let (client, connection) = tokio::time::timeout(deadline, h2::client::handshake(tcp))
+            .await
+            .expect("h2 handshake in time")
+            .expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut client = tokio::time::timeout(deadline, client.ready())
+            .await
+            .expect("ready in time")
+            .expect("ready");
+        // The server's SETTINGS arrive after the handshake returns.
+        for _ in 0..40 {
+            if client.is_extended_connect_protocol_enabled() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            client.is_extended_connect_protocol_enabled(),
+            "the proxy does not announce SETTINGS_ENABLE_CONNECT_PROTOCOL"
+        );
+        let mut request = hyper::Request::builder()
+            .method("CONNECT")
+            .uri(format!("http://{VIP}/ws"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from_static("websocket"));
+        let (response, mut send) = client.send_request(request, false).expect("send");
+        let response = tokio::time::timeout(deadline, response)
+            .await
+            .expect("answer in time")
+            .expect("answer");
+        assert_eq!(response.status(), 200, "{response:?}");
+        let mut receive = response.into_body();
+        let mut buffer = Vec::new();
+        let mut echoed = Vec::new();
+        for message in messages {
+            send.send_data(
+                encode(0x1, message.as_bytes(), Some([1, 2, 3, 4])).into(),
+                false,
+            )
+            .expect("send a frame");
+            let frame = loop {
+                if let Some((frame, used)) = decode(&buffer).expect("a well-formed frame") {
+                    buffer.drain(..used);
+                    break frame;
+                }
+                let data = tokio::time::timeout(deadline, receive.data())
+                    .await
+                    .expect("echo in time")
+                    .expect("the tunnel stays open")
+                    .expect("data");
+                let _ = receive.flow_control().release_capacity(data.len());
+                buffer.extend_from_slice(&data);
+            };
+            echoed.push(String::from_utf8_lossy(&frame.payload).into_owned());
+        }
+        echoed
+    })
 }

@@ -465,16 +465,16 @@ fn into_h1_websocket(parts: &mut hyper::http::request::Parts) {
         parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
     }
     if !parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
-        parts
-            .headers
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
     }
 }
 
 /// 16 bytes in standard base64 (a websocket key: 24 characters).
 fn base64_16(a: u64, b: u64) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&a.to_le_bytes());
     bytes[8..].copy_from_slice(&b.to_le_bytes());
