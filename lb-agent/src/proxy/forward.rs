@@ -57,26 +57,31 @@ pub struct TlsInfo {
     pub sni: Option<String>,
 }
 
+/// What only the access log needs of a request (copied only when there is a log).
+struct LoggedRequest {
+    time: SystemTime,
+    method: Method,
+    host: Option<String>,
+    uri: String,
+    request_id: Option<String>,
+    user_agent: Option<String>,
+    bytes_in: Arc<AtomicU64>,
+}
+
 /// What the access log and counters need of a request once it is answered.
 struct Exchange {
-    time: SystemTime,
     started: Instant,
     conn: Arc<ConnInfo>,
     listener: Arc<ListenerPlan>,
     rule: Option<u32>,
     group: Option<Arc<GroupPlan>>,
     target: Option<SocketAddr>,
-    method: Method,
-    host: Option<String>,
-    uri: String,
     version: Version,
-    request_id: Option<String>,
-    user_agent: Option<String>,
+    request: Option<LoggedRequest>,
     sent_at: Option<Duration>,
     target_duration: Option<Duration>,
     status: u16,
     error: Option<&'static str>,
-    bytes_in: Arc<AtomicU64>,
     /// The target's outstanding-request mark, held until the response has gone.
     outstanding: Option<Outstanding>,
     /// Signs group-stickiness cookies.
@@ -97,21 +102,23 @@ impl Exchange {
         {
             m.response(self.status, took);
         }
-        let Some(log) = access_log else { return };
+        let (Some(log), Some(request)) = (access_log, self.request) else {
+            return;
+        };
         let tls = self.conn.tls.as_ref();
         log.record(AccessRecord {
-            time: self.time,
+            time: request.time,
             client: self.conn.client,
             listener: self.listener.name.clone(),
             rule: self.rule,
             target_group: self.group.as_ref().map(|g| g.name.clone()),
             target: self.target,
-            method: Some(self.method),
-            host: self.host,
-            uri: Some(self.uri),
+            method: Some(request.method),
+            host: request.host,
+            uri: Some(request.uri),
             version: version_text(self.version),
             status: self.status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in: request.bytes_in.load(Ordering::Relaxed),
             bytes_out,
             request_duration: self.sent_at.unwrap_or_default(),
             target_duration: self.target_duration,
@@ -119,8 +126,8 @@ impl Exchange {
             tls_version: tls.map(|t| t.version),
             tls_cipher: tls.map(|t| t.cipher),
             sni: tls.and_then(|t| t.sni.clone()),
-            request_id: self.request_id,
-            user_agent: self.user_agent,
+            request_id: request.request_id,
+            user_agent: request.user_agent,
             error: self.error,
         });
     }
@@ -147,50 +154,52 @@ pub async fn handle(
         return Ok(Failure::NoGroup.response(true));
     };
     let (mut parts, body) = request.into_parts();
-    let request_id_name = HeaderName::from_bytes(listener.settings.request_id_header.as_bytes())
-        .unwrap_or(HeaderName::from_static("x-amzn-trace-id"));
-    let request_id = match parts.headers.get(&request_id_name) {
-        Some(id) => id.to_str().ok().map(str::to_owned),
-        None => {
-            let id = new_request_id();
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                parts.headers.insert(request_id_name, value);
-            }
-            Some(id)
-        }
-    };
+    if !parts.headers.contains_key(&listener.request_id_header)
+        && let Ok(value) = HeaderValue::from_str(&new_request_id())
+    {
+        parts
+            .headers
+            .insert(listener.request_id_header.clone(), value);
+    }
+    // What only the access log needs is copied only when there is one.
+    let logged = shared.access_log.load().is_some();
     let facts = RequestFacts::new(&parts.method, &parts.uri, &parts.headers, conn.client.ip());
     let Some(rules) = &listener.rules else {
         return Ok(Failure::NoGroup.response(true));
     };
     let routed = rules.route(&facts);
-    let host = facts.host.map(str::to_owned);
-    let mut exchange = Exchange {
+    let text = |name: &HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let request = logged.then(|| LoggedRequest {
         time: SystemTime::now(),
+        method: parts.method.clone(),
+        host: facts.host.map(str::to_owned),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), ToString::to_string),
+        request_id: text(&listener.request_id_header),
+        user_agent: text(&header::USER_AGENT),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    });
+    let mut exchange = Exchange {
         started,
         conn: conn.clone(),
         listener: listener.clone(),
         rule: routed.rule,
         group: None,
         target: None,
-        method: parts.method.clone(),
-        host,
-        uri: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), ToString::to_string),
         version: parts.version,
-        request_id,
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        request,
         sent_at: None,
         target_duration: None,
         status: 0,
         error: None,
-        bytes_in: Arc::new(AtomicU64::new(0)),
         outstanding: None,
         sticky_key: shared.sticky.clone(),
     };
@@ -310,7 +319,10 @@ async fn forward(
             return fail(exchange, Failure::BadRequest);
         }
     };
-    let body = body::Counted::new(body, exchange.bytes_in.clone()).boxed();
+    let body = match &exchange.request {
+        Some(logged) => body::Counted::new(body, logged.bytes_in.clone()).boxed(),
+        None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+    };
     let request = Request::from_parts(parts, body);
     exchange.sent_at = Some(exchange.started.elapsed());
     let sent = Instant::now();

@@ -42,6 +42,8 @@ pub struct ListenerPlan {
     pub protocol: ListenerProtocol,
     pub address: SocketAddr,
     pub settings: ListenerL7,
+    /// `settings.request_id_header`, parsed once.
+    pub request_id_header: hyper::header::HeaderName,
     /// http and https listeners.
     pub rules: Option<RuleTable>,
     /// https and tls listeners.
@@ -246,7 +248,11 @@ impl PlanBuilder {
             })
             .collect();
         rule_metrics.insert(None, self.metrics.rule(&l.name, None));
+        let request_id_header =
+            hyper::header::HeaderName::from_bytes(settings.request_id_header.as_bytes())
+                .map_err(|e| format!("request_id_header: {e}"))?;
         Ok(ListenerPlan {
+            request_id_header,
             name: l.name.as_str().into(),
             protocol: l.protocol,
             address: SocketAddr::new(l.address, l.port),
