@@ -21,6 +21,9 @@ use lb_agent::{
     state::{Ids, State},
 };
 
+/// The L7 proxy's worker threads (each a single-threaded runtime).
+const PROXY_WORKERS: usize = 2;
+
 /// Target groups the maps are sized for beyond those in the config.
 const MIN_GROUP_CAPACITY: u32 = 16;
 
@@ -226,7 +229,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
         let proxy = tokio::spawn(run_proxy(
-            Proxy::new(sticky_key, proxy_metrics),
+            Proxy::new(sticky_key, proxy_metrics, PROXY_WORKERS)?,
             proxy_snapshots,
             shutdown.subscribe(),
         ));

@@ -35,6 +35,7 @@ pub mod tls_forward;
 pub mod tls_policy;
 pub mod vip;
 pub mod weighted;
+pub mod workers;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -75,25 +76,33 @@ pub struct Proxy {
     servers: HashMap<String, Running>,
     access_log_config: Option<AccessLogConfig>,
     metrics: Arc<ProxyMetrics>,
+    workers: workers::Workers,
     /// The config the last update served (its VIPs' routes and counters follow it).
     config: Option<Arc<Config>>,
 }
 
 impl Proxy {
-    /// A proxy serving nothing yet. `sticky` signs the stickiness cookies.
-    pub fn new(sticky: Arc<StickyKey>, metrics: Arc<ProxyMetrics>) -> Self {
-        Self {
+    /// A proxy serving nothing yet, on `workers` threads. `sticky` signs the stickiness
+    /// cookies.
+    pub fn new(
+        sticky: Arc<StickyKey>,
+        metrics: Arc<ProxyMetrics>,
+        workers: usize,
+    ) -> std::io::Result<Self> {
+        let workers = workers::Workers::start(workers)?;
+        Ok(Self {
             shared: Arc::new(Shared {
                 plan: ArcSwap::from_pointee(Plan::default()),
                 access_log: ArcSwapOption::empty(),
                 sticky: sticky.clone(),
             }),
-            builder: PlanBuilder::new(sticky, metrics.clone()),
+            builder: PlanBuilder::new(sticky, metrics.clone(), workers.len()),
             servers: HashMap::new(),
             access_log_config: None,
             metrics,
+            workers,
             config: None,
-        }
+        })
     }
 
     /// Serves `config` with `serving` (each group's targets in service): a new plan, the
@@ -192,23 +201,40 @@ impl Proxy {
             if self.servers.contains_key(name) {
                 continue;
             }
-            let listener = match vip::bind_listener(address)
-                .map_err(|e| e.to_string())
-                .and_then(|l| tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string()))
-            {
-                Ok(listener) => listener,
+            // A socket per worker, all bound before any serves: a failure leaves none.
+            let sockets: Result<Vec<_>, _> = (0..self.workers.len())
+                .map(|_| vip::bind_listener(address))
+                .collect();
+            let mut sockets = match sockets {
+                Ok(sockets) => sockets,
                 Err(e) => {
                     tracing::error!(listener = name, %address, error = %e, "cannot listen: the listener does not serve");
                     continue;
                 }
             };
             let (stop, stopped) = watch::channel(false);
-            tokio::spawn(server::accept_loop(
-                listener,
-                name.to_owned(),
-                self.shared.clone(),
-                stopped,
-            ));
+            let active = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            self.workers.spawn_on_each(|_| {
+                let socket = sockets.pop();
+                let (name, shared, stopped, active) = (
+                    name.to_owned(),
+                    self.shared.clone(),
+                    stopped.clone(),
+                    active.clone(),
+                );
+                async move {
+                    let listener = socket.map(tokio::net::TcpListener::from_std);
+                    match listener {
+                        Some(Ok(listener)) => {
+                            server::accept_loop(listener, name, shared, active, stopped).await
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(listener = name, error = %e, "cannot listen on a worker")
+                        }
+                        None => {}
+                    }
+                }
+            });
             tracing::info!(listener = name, %address, protocol = protocol.as_str(), "listener serving");
             self.servers.insert(
                 name.to_owned(),

@@ -113,11 +113,14 @@ pub struct PlanBuilder {
     loads: LoadRegistry,
     sticky: Arc<StickyKey>,
     metrics: Arc<ProxyMetrics>,
+    /// Proxy workers: each has its own pool of connections to each group's targets.
+    workers: usize,
 }
 
 impl PlanBuilder {
-    pub fn new(sticky: Arc<StickyKey>, metrics: Arc<ProxyMetrics>) -> Self {
+    pub fn new(sticky: Arc<StickyKey>, metrics: Arc<ProxyMetrics>, workers: usize) -> Self {
         Self {
+            workers,
             config: None,
             listeners: HashMap::new(),
             clients: HashMap::new(),
@@ -167,7 +170,7 @@ impl PlanBuilder {
         {
             let client = match self.clients.get(&g.name) {
                 Some(client) if client.fits(g) => client.clone(),
-                _ => match TargetClient::new(g) {
+                _ => match TargetClient::new(g, self.workers) {
                     Ok(client) => Arc::new(client),
                     Err(e) => {
                         tracing::error!(group = g.name, error = %e, "cannot build the group's client: its requests get 503");

@@ -43,14 +43,15 @@ const RESET_WINDOW: Duration = Duration::from_secs(10);
 /// what it is sending before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Accepts connections for listener `name` until `stop` turns true.
+/// Accepts connections for listener `name` until `stop` turns true; `active` counts its
+/// connections over every worker.
 pub async fn accept_loop(
     listener: TcpListener,
     name: String,
     shared: Arc<Shared>,
+    active: Arc<AtomicU32>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let active = Arc::new(AtomicU32::new(0));
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,

@@ -35,7 +35,8 @@ const POOL_MAX_IDLE_PER_TARGET: usize = 512;
 
 /// A group's client and what it was built from (rebuilt only when that changes).
 pub struct TargetClient {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// One per proxy worker (`workers`): each worker's requests use its own pool.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, ProxyBody>]>,
     /// `http` or `https`: the scheme of the URIs requests are sent to.
     pub scheme: &'static str,
     pub version: ProtocolVersion,
@@ -43,8 +44,8 @@ pub struct TargetClient {
 }
 
 impl TargetClient {
-    /// The client for `group`.
-    pub fn new(group: &TargetGroup) -> Result<Self, String> {
+    /// The client for `group`, with a pool per worker.
+    pub fn new(group: &TargetGroup, workers: usize) -> Result<Self, String> {
         let settings = group.l7();
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -77,7 +78,9 @@ impl TargetClient {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_TARGET)
             .http2_only(settings.protocol_version != ProtocolVersion::Http1);
         Ok(Self {
-            client: client.build(connector),
+            clients: (0..workers.max(1))
+                .map(|_| client.build(connector.clone()))
+                .collect(),
             scheme: if group.protocol == GroupProtocol::Https {
                 "https"
             } else {
@@ -93,9 +96,9 @@ impl TargetClient {
         self.built_from == (group.protocol, group.l7())
     }
 
-    /// The underlying pooled client.
+    /// The calling worker's pooled client.
     pub fn client(&self) -> &Client<HttpsConnector<HttpConnector>, ProxyBody> {
-        &self.client
+        &self.clients[super::workers::current() % self.clients.len()]
     }
 }
 

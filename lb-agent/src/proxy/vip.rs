@@ -183,6 +183,8 @@ pub fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, VipError
     let bind = || -> std::io::Result<Socket> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        // One socket per proxy worker on the same address (`workers`).
+        socket.set_reuse_port(true)?;
         match addr {
             SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
             SocketAddr::V6(_) => {
