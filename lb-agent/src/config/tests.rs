@@ -522,7 +522,11 @@ fn a_grpc_groups_matcher_takes_grpc_codes_and_other_groups_http_ones() {
     };
     rpc(r#""grpc""#).config();
     let e = rpc(r#""http2""#).errors();
-    assert_eq!(fields(&e), ["target_group[1].health_check.matcher"], "{e:?}");
+    assert_eq!(
+        fields(&e),
+        ["target_group[1].health_check.matcher"],
+        "{e:?}"
+    );
     assert!(e[0].message.contains("codes 100-599"), "{}", e[0]);
 }
 
