@@ -81,7 +81,8 @@ name = "grpc"
 protocol = "http"
 protocol_version = "grpc"
 targets = [{{ address = "198.18.0.22", port = 8010 }}]
-health_check = {{ protocol = "http", path = "/health", interval = "1s", timeout = "500ms", healthy_threshold = 2 }}
+# A gRPC check: POST, judged by grpc-status (`/trailers` ends with 0).
+health_check = {{ protocol = "http", path = "/trailers", matcher = "0", interval = "1s", timeout = "500ms", healthy_threshold = 2 }}
 
 [[listener]]
 name = "plain"

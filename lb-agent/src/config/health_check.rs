@@ -1,13 +1,21 @@
-//! A target group's health check: how targets are checked, with AWS NLB's defaults.
+//! A target group's health check: how targets are checked, with AWS NLB's defaults (and
+//! AWS ALB's gRPC ones for gRPC groups).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    duration,
+    GroupProtocol, ProtocolVersion, duration,
     validate::{Problems, check_health_check},
 };
+
+/// The path a gRPC group's check requests where the check names none (AWS ALB's).
+pub const GRPC_DEFAULT_PATH: &str = "/AWS.ALB/healthcheck";
+/// The `grpc-status` codes a gRPC group's check accepts where the check names none (AWS ALB's):
+/// 12, UNIMPLEMENTED, which any gRPC server answers for a method it lacks, so a target that
+/// speaks gRPC at all is alive.
+pub const GRPC_DEFAULT_MATCHER: &str = "12";
 
 /// Health-check protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -50,13 +58,13 @@ pub struct HealthCheck {
     /// HTTP(S) path to request (default `/`).
     #[serde(default = "default_path")]
     pub path: String,
-    /// HTTP(S) method: `GET` (default) or `HEAD`.
+    /// HTTP(S) method: `GET` (default) or `HEAD`; gRPC groups' checks always `POST`.
     #[serde(default)]
     pub method: HealthMethod,
     /// HTTP(S) `Host` header; none: the target's address and port.
     pub host: Option<String>,
     /// HTTP(S) status codes that count as healthy, like `"200"`, `"200-299"`, `"200,301"`
-    /// (default `200-399`).
+    /// (default `200-399`); in gRPC groups, `grpc-status` codes 0..=99 (default `12`).
     #[serde(default = "default_matcher")]
     pub matcher: String,
     /// Time between checks, 1s..=300s (default 30 s).
@@ -82,11 +90,48 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// What is wrong with it, as (field, message); empty when it can be run.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// What is wrong with it on a group whose targets speak `version`, as (field, message);
+    /// empty when it can be run.
+    pub fn problems(&self, version: ProtocolVersion) -> Vec<(String, String)> {
         let mut p = Problems::default();
-        check_health_check(&mut p, "health_check", self);
+        check_health_check(&mut p, "health_check", self, version);
         p.into_list()
+    }
+
+    /// The check as it runs on a group whose targets speak `version`. On gRPC groups a path
+    /// and matcher at their defaults become AWS's gRPC ones. serde fills the defaults in, so a
+    /// field left out and one written as `/` or `200-399` are the same here: both mean "unset"
+    /// (neither is of use to a gRPC target: `/` is no gRPC method, 200-399 no gRPC codes).
+    pub fn for_version(mut self, version: ProtocolVersion) -> Self {
+        if version == ProtocolVersion::Grpc {
+            if self.path == default_path() {
+                self.path = GRPC_DEFAULT_PATH.to_owned();
+            }
+            if self.matcher == default_matcher() {
+                self.matcher = GRPC_DEFAULT_MATCHER.to_owned();
+            }
+        }
+        self
+    }
+
+    /// The check a group runs when its config names none: AWS ALB's request of `/` in the
+    /// group's own protocol for http and https groups (with the gRPC path and matcher for gRPC
+    /// groups), NLB's TCP connect for other TCP groups, and none for `udp` groups (a UDP port
+    /// cannot be checked by connecting).
+    pub fn default_for(protocol: GroupProtocol, version: ProtocolVersion) -> Option<Self> {
+        let protocol = match protocol {
+            GroupProtocol::Udp => return None,
+            GroupProtocol::Http => HealthProtocol::Http,
+            GroupProtocol::Https => HealthProtocol::Https,
+            GroupProtocol::Tcp | GroupProtocol::TcpUdp => HealthProtocol::Tcp,
+        };
+        Some(
+            Self {
+                protocol,
+                ..Self::default()
+            }
+            .for_version(version),
+        )
     }
 }
 
@@ -157,7 +202,7 @@ fn yes() -> bool {
 mod tests {
     use std::time::Duration;
 
-    use super::{HealthCheck, HealthMethod, HealthProtocol};
+    use super::{GroupProtocol, HealthCheck, HealthMethod, HealthProtocol, ProtocolVersion};
 
     #[test]
     fn a_health_check_round_trips_through_json_and_reports_its_problems() {
@@ -176,20 +221,60 @@ mod tests {
         let back: HealthCheck = serde_json::from_value(json).unwrap();
         assert_eq!(back, hc);
         assert!(
-            hc.problems().len() == 1,
+            hc.problems(ProtocolVersion::Http1).len() == 1,
             "timeout 10s >= interval: {:?}",
-            hc.problems()
+            hc.problems(ProtocolVersion::Http1)
         );
         let bad = HealthCheck {
             path: "/a b\r\nX: y".into(),
             healthy_threshold: 1,
             ..HealthCheck::default()
         };
-        let fields: Vec<String> = bad.problems().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = bad
+            .problems(ProtocolVersion::Http1)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         assert_eq!(
             fields,
             ["health_check.healthy_threshold", "health_check.path"]
         );
-        assert!(HealthCheck::default().problems().is_empty());
+        assert!(
+            HealthCheck::default()
+                .problems(ProtocolVersion::Http1)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_grpc_group_checks_aws_grpc_path_and_code_unless_the_check_names_its_own() {
+        let default = HealthCheck::default_for(GroupProtocol::Http, ProtocolVersion::Grpc).unwrap();
+        assert_eq!(default.protocol, HealthProtocol::Http);
+        assert_eq!(default.path, "/AWS.ALB/healthcheck");
+        assert_eq!(default.matcher, "12");
+        assert!(default.problems(ProtocolVersion::Grpc).is_empty());
+        let own = HealthCheck {
+            path: "/pkg.Health/Check".into(),
+            matcher: "0".into(),
+            ..HealthCheck::default()
+        }
+        .for_version(ProtocolVersion::Grpc);
+        assert_eq!(
+            (own.path.as_str(), own.matcher.as_str()),
+            ("/pkg.Health/Check", "0")
+        );
+        // gRPC codes are 0..=99; HTTP ones 100..=599.
+        assert!(own.problems(ProtocolVersion::Grpc).is_empty());
+        assert_eq!(own.problems(ProtocolVersion::Http1).len(), 1);
+        let http = HealthCheck::default_for(GroupProtocol::Https, ProtocolVersion::Http2).unwrap();
+        assert_eq!(
+            (http.path.as_str(), http.matcher.as_str()),
+            ("/", "200-399")
+        );
+        assert_eq!(http.protocol, HealthProtocol::Https);
+        assert_eq!(
+            HealthCheck::default_for(GroupProtocol::Udp, ProtocolVersion::Http1),
+            None
+        );
     }
 }

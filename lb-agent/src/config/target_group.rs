@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{Algorithm, HealthCheck, HealthProtocol, ProtocolVersion, duration};
+use super::{Algorithm, HealthCheck, ProtocolVersion, duration};
 
 /// A target group's protocol.
 /// Heaviest weight a target may have.
@@ -102,23 +102,14 @@ fn yes() -> bool {
 
 impl TargetGroup {
     /// The check the agent runs on this group's targets, if any: the configured one unless
-    /// disabled; without one, a TCP connect to the traffic port (AWS's defaults) for groups
-    /// that speak TCP, none for `udp` groups (a UDP port cannot be checked by connecting).
+    /// disabled, else the group's default (`HealthCheck::default_for`), either as it runs in
+    /// the group's protocol version (gRPC groups: AWS's gRPC path and matcher where unset).
     pub fn effective_health_check(&self) -> Option<HealthCheck> {
+        let version = self.l7().protocol_version;
         match &self.health_check {
-            Some(hc) if hc.enabled => Some(hc.clone()),
+            Some(hc) if hc.enabled => Some(hc.clone().for_version(version)),
             Some(_) => None,
-            None if self.protocol == GroupProtocol::Udp => None,
-            // AWS ALB's: a GET of `/` in the group's own protocol.
-            None if self.protocol == GroupProtocol::Http => Some(HealthCheck {
-                protocol: HealthProtocol::Http,
-                ..HealthCheck::default()
-            }),
-            None if self.protocol == GroupProtocol::Https => Some(HealthCheck {
-                protocol: HealthProtocol::Https,
-                ..HealthCheck::default()
-            }),
-            None => Some(HealthCheck::default()),
+            None => HealthCheck::default_for(self.protocol, version),
         }
     }
 }

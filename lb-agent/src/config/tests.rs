@@ -503,6 +503,34 @@ fn health_checks_are_range_checked() {
 }
 
 #[test]
+fn a_grpc_groups_matcher_takes_grpc_codes_and_other_groups_http_ones() {
+    let rpc = |version: &str| {
+        ConfigFile::good()
+            .entry(
+                "target_group",
+                &[
+                    ("name", r#""rpc""#),
+                    ("protocol", r#""http""#),
+                    ("port", "50051"),
+                    ("protocol_version", version),
+                ],
+            )
+            .table(
+                "target_group[1].health_check",
+                &[("protocol", r#""http""#), ("matcher", r#""0,12""#)],
+            )
+    };
+    rpc(r#""grpc""#).config();
+    let e = rpc(r#""http2""#).errors();
+    assert_eq!(
+        fields(&e),
+        ["target_group[1].health_check.matcher"],
+        "{e:?}"
+    );
+    assert!(e[0].message.contains("codes 100-599"), "{}", e[0]);
+}
+
+#[test]
 fn stickiness_takes_only_its_own_fields() {
     let sticky = |s: &str| ConfigFile::good().set("target_group[0]", "stickiness", s);
     let c = sticky(r#"{ type = "source_ip" }"#).config();

@@ -15,8 +15,8 @@ use std::{
 use lb_common::{MAX_BACKENDS, MAX_GROUPS, MAX_LISTENERS};
 
 use super::{
-    Action, Config, Forward, HealthCheck, Listener, ListenerProtocol, MAX_WEIGHT, Mode, Stickiness,
-    snat_ports::clashing_source,
+    Action, Config, Forward, HealthCheck, Listener, ListenerProtocol, MAX_WEIGHT, Mode,
+    ProtocolVersion, Stickiness, snat_ports::clashing_source,
 };
 use crate::maglev::is_prime;
 
@@ -78,26 +78,40 @@ fn check_unicast(p: &mut Problems, field: String, ip: IpAddr, who: &str) {
     );
 }
 
-fn check_matcher(p: &mut Problems, field: String, matcher: &str) {
+/// A matcher is HTTP status codes (100..=599), or `grpc-status` codes (0..=99, AWS's range)
+/// in gRPC groups.
+fn check_matcher(p: &mut Problems, field: String, matcher: &str, version: ProtocolVersion) {
+    let (codes, example) = match version {
+        ProtocolVersion::Grpc => (0..=99, "gRPC codes 0-99 like \"12\", \"0-99\" or \"0,12\""),
+        ProtocolVersion::Http1 | ProtocolVersion::Http2 => (
+            100..=599,
+            "codes 100-599 like \"200\", \"200-299\" or \"200,301\"",
+        ),
+    };
     let ok = matcher.split(',').all(|part| {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
-            (Ok(a), Ok(b)) => (100..=599).contains(&a) && (100..=599).contains(&b) && a <= b,
+            (Ok(a), Ok(b)) => codes.contains(&a) && codes.contains(&b) && a <= b,
             _ => false,
         }
     });
     if !ok {
         p.add(
             field,
-            format!(
-                "`{matcher}` is no status matcher: write codes 100-599 like \"200\", \"200-299\" or \"200,301\""
-            ),
+            format!("`{matcher}` is no status matcher: write {example}"),
         );
     }
 }
 
-/// Checks a health check's fields; `hat` is its dotted path, like `target_group[0].health_check`.
-pub(super) fn check_health_check(p: &mut Problems, hat: &str, hc: &HealthCheck) {
+/// Checks a health check's fields as it runs on a group whose targets speak `version`; `hat`
+/// is its dotted path, like `target_group[0].health_check`.
+pub(super) fn check_health_check(
+    p: &mut Problems,
+    hat: &str,
+    hc: &HealthCheck,
+    version: ProtocolVersion,
+) {
+    let hc = &hc.clone().for_version(version);
     p.port(format!("{hat}.port"), hc.port);
     for (field, v) in [
         ("healthy_threshold", hc.healthy_threshold),
@@ -153,7 +167,7 @@ pub(super) fn check_health_check(p: &mut Problems, hat: &str, hc: &HealthCheck) 
                 ),
             );
     }
-    check_matcher(p, format!("{hat}.matcher"), &hc.matcher);
+    check_matcher(p, format!("{hat}.matcher"), &hc.matcher, version);
 }
 
 pub(super) fn check_duration(
@@ -377,7 +391,12 @@ impl Config {
                 }
             }
             if let Some(hc) = &g.health_check {
-                check_health_check(p, &format!("{at}.health_check"), hc);
+                check_health_check(
+                    p,
+                    &format!("{at}.health_check"),
+                    hc,
+                    g.l7().protocol_version,
+                );
             }
             self.validate_l7_group(p, &at, g);
         }

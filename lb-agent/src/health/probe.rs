@@ -1,6 +1,9 @@
 //! One health check of one target: a TCP connect, or an HTTP(S) request whose status must
-//! match the group's matcher. A check never takes longer than its timeout and never panics;
-//! whatever goes wrong becomes a `Failure` with AWS's reason code.
+//! match the group's matcher. The request speaks the group's HTTP version: HTTP/1.1 here, HTTP/2
+//! and gRPC in `h2`. A check never takes longer than its timeout and never panics; whatever
+//! goes wrong becomes a `Failure` with AWS's reason code.
+
+mod h2;
 
 use std::{
     fmt,
@@ -14,25 +17,33 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::config::{HealthCheck, HealthMethod, HealthProtocol};
+use crate::config::{HealthCheck, HealthMethod, HealthProtocol, ProtocolVersion};
 
 /// The most of a response read to find its status line.
 const MAX_STATUS_BYTES: usize = 8 * 1024;
 
-/// HTTP status codes that count as healthy: a union of ranges, as `200-299,301`.
+/// Status codes that count as healthy: a union of ranges, as `200-299,301` (HTTP statuses) or
+/// `0,12` (`grpc-status` codes, in gRPC groups).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matcher(Vec<(u16, u16)>);
 
 impl Matcher {
-    /// Parses `"200"`, `"200-299"`, `"200,301"` (codes 100..=599).
+    /// Parses `"200"`, `"200-299"`, `"200,301"` (HTTP codes 100..=599).
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_codes(text, 100..=599)
+    }
+
+    /// Parses `"12"`, `"0-99"`, `"0,12"` (gRPC codes 0..=99, AWS's range).
+    pub fn parse_grpc(text: &str) -> Result<Self, String> {
+        Self::parse_codes(text, 0..=99)
+    }
+
+    fn parse_codes(text: &str, codes: std::ops::RangeInclusive<u16>) -> Result<Self, String> {
         let mut ranges = Vec::new();
         for part in text.split(',') {
             let (a, b) = part.split_once('-').unwrap_or((part, part));
             match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
-                (Ok(a), Ok(b))
-                    if (100..=599).contains(&a) && (100..=599).contains(&b) && a <= b =>
-                {
+                (Ok(a), Ok(b)) if codes.contains(&a) && codes.contains(&b) && a <= b => {
                     ranges.push((a, b))
                 }
                 _ => return Err(format!("`{text}` is no status matcher")),
@@ -56,8 +67,10 @@ pub enum Failure {
     Refused,
     /// Any other connect error.
     ConnectFailed(String),
-    /// The HTTP status did not match.
+    /// The HTTP status did not match (or, in a gRPC check, was not 200).
     ResponseCodeMismatch(u16),
+    /// The `grpc-status` code of a gRPC check did not match.
+    GrpcCodeMismatch(u16),
     /// The answer was no HTTP response, or the connection closed early.
     BadResponse(String),
     /// The TLS handshake failed.
@@ -69,7 +82,9 @@ impl Failure {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Timeout => "Target.Timeout",
-            Self::ResponseCodeMismatch(_) => "Target.ResponseCodeMismatch",
+            Self::ResponseCodeMismatch(_) | Self::GrpcCodeMismatch(_) => {
+                "Target.ResponseCodeMismatch"
+            }
             _ => super::reason::FAILED_HEALTH_CHECKS,
         }
     }
@@ -83,6 +98,9 @@ impl fmt::Display for Failure {
             Self::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             Self::ResponseCodeMismatch(code) => {
                 write!(f, "health checks failed with these codes: [{code}]")
+            }
+            Self::GrpcCodeMismatch(code) => {
+                write!(f, "health checks failed with these gRPC codes: [{code}]")
             }
             Self::BadResponse(e) => write!(f, "bad response: {e}"),
             Self::Tls(e) => write!(f, "TLS handshake failed: {e}"),
@@ -108,7 +126,10 @@ struct HttpCheck {
     method: HealthMethod,
     path: String,
     host: Option<String>,
+    /// HTTP statuses; `grpc-status` codes for `Grpc`.
     matcher: Matcher,
+    /// What the request speaks: the group's version.
+    version: ProtocolVersion,
     /// Present for `https`.
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -122,6 +143,7 @@ impl fmt::Debug for Probe {
                 .field("path", &h.path)
                 .field("host", &h.host)
                 .field("matcher", &h.matcher)
+                .field("version", &h.version.as_str())
                 .field("tls", &h.tls.is_some());
         }
         d.finish()
@@ -129,17 +151,33 @@ impl fmt::Debug for Probe {
 }
 
 impl Probe {
-    /// The probe a check describes; an error for a matcher that does not parse.
-    pub fn new(check: &HealthCheck) -> Result<Self, String> {
+    /// The probe a check describes on a group whose targets speak `version` (the check as it
+    /// runs there: `HealthCheck::for_version`); an error for a matcher that does not parse, or
+    /// a path or host that make no HTTP/2 request.
+    pub fn new(check: &HealthCheck, version: ProtocolVersion) -> Result<Self, String> {
         let http = match check.protocol {
             HealthProtocol::Tcp => None,
-            HealthProtocol::Http | HealthProtocol::Https => Some(HttpCheck {
-                method: check.method,
-                path: check.path.clone(),
-                host: check.host.clone(),
-                matcher: Matcher::parse(&check.matcher)?,
-                tls: (check.protocol == HealthProtocol::Https).then(tls_connector),
-            }),
+            HealthProtocol::Http | HealthProtocol::Https => {
+                let matcher = match version {
+                    ProtocolVersion::Grpc => Matcher::parse_grpc(&check.matcher)?,
+                    ProtocolVersion::Http1 | ProtocolVersion::Http2 => {
+                        Matcher::parse(&check.matcher)?
+                    }
+                };
+                if version != ProtocolVersion::Http1 {
+                    // Refused here, with the config, rather than at every check.
+                    let host = check.host.as_deref().unwrap_or("127.0.0.1:1");
+                    h2::uri("http", host, &check.path)?;
+                }
+                Some(HttpCheck {
+                    method: check.method,
+                    path: check.path.clone(),
+                    host: check.host.clone(),
+                    matcher,
+                    version,
+                    tls: (check.protocol == HealthProtocol::Https).then(|| tls_connector(version)),
+                })
+            }
         };
         Ok(Self {
             port: check.port,
@@ -175,28 +213,51 @@ impl Probe {
         };
         let _ = stream.set_nodelay(true);
         let host = http.host.clone().unwrap_or_else(|| address.to_string());
-        let status = match &http.tls {
-            None => http.exchange(stream, &host).await?,
+        match &http.tls {
+            None => http.exchange(stream, "http", &host).await,
             Some(connector) => {
                 let name = server_name(http.host.as_deref(), address);
                 let tls = connector
                     .connect(name, stream)
                     .await
                     .map_err(|e| Failure::Tls(e.to_string()))?;
-                http.exchange(tls, &host).await?
+                http.exchange(tls, "https", &host).await
             }
-        };
-        if http.matcher.matches(status) {
-            Ok(())
-        } else {
-            Err(Failure::ResponseCodeMismatch(status))
         }
     }
 }
 
 impl HttpCheck {
-    /// Sends the request and returns the response's status code.
-    async fn exchange<S>(&self, mut stream: S, host: &str) -> Result<u16, Failure>
+    /// Sends the request in the group's version and judges the answer.
+    async fn exchange<S>(&self, stream: S, scheme: &str, host: &str) -> Result<(), Failure>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let uri = || h2::uri(scheme, host, &self.path).map_err(Failure::BadResponse);
+        match self.version {
+            ProtocolVersion::Http1 => self.judge_status(self.exchange_http1(stream, host).await?),
+            ProtocolVersion::Http2 => {
+                self.judge_status(h2::status(stream, self.method.as_str(), uri()?).await?)
+            }
+            ProtocolVersion::Grpc => {
+                let code = h2::grpc_status(stream, uri()?).await?;
+                match self.matcher.matches(code) {
+                    true => Ok(()),
+                    false => Err(Failure::GrpcCodeMismatch(code)),
+                }
+            }
+        }
+    }
+
+    fn judge_status(&self, status: u16) -> Result<(), Failure> {
+        match self.matcher.matches(status) {
+            true => Ok(()),
+            false => Err(Failure::ResponseCodeMismatch(status)),
+        }
+    }
+
+    /// Sends the request over HTTP/1.1 and returns the response's status code.
+    async fn exchange_http1<S>(&self, mut stream: S, host: &str) -> Result<u16, Failure>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -268,15 +329,19 @@ fn server_name(host: Option<&str>, address: SocketAddr) -> rustls::pki_types::Se
 }
 
 /// A TLS client that does not verify the target's certificate (as ELB's checks: targets
-/// commonly serve self-signed certificates) but does check handshake signatures.
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// commonly serve self-signed certificates) but does check handshake signatures. HTTP/2 and
+/// gRPC checks offer ALPN `h2`, as the proxy does to those groups.
+fn tls_connector(version: ProtocolVersion) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
+    if version != ProtocolVersion::Http1 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -387,7 +452,7 @@ mod tests {
     async fn tcp_check_passes_on_a_listener_and_fails_refused_without_one() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let probe = Probe::new(&check(HealthProtocol::Tcp, "200")).unwrap();
+        let probe = Probe::new(&check(HealthProtocol::Tcp, "200"), ProtocolVersion::Http1).unwrap();
         let r = probe.check(addr).await;
         assert_eq!(r.outcome, Ok(()));
         drop(listener);
@@ -403,7 +468,10 @@ mod tests {
         hc.path = "/health?deep=1".into();
         hc.method = HealthMethod::Head;
         hc.host = Some("app.example".into());
-        let r = Probe::new(&hc).unwrap().check(addr).await;
+        let r = Probe::new(&hc, ProtocolVersion::Http1)
+            .unwrap()
+            .check(addr)
+            .await;
         assert_eq!(r.outcome, Ok(()));
         let request = request.await.unwrap();
         assert!(
@@ -416,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn http_check_fails_on_a_status_outside_the_matcher() {
         let (addr, _) = http_server("HTTP/1.1 500 Internal Server Error\r\n\r\n").await;
-        let r = Probe::new(&check(HealthProtocol::Http, "200"))
+        let r = Probe::new(&check(HealthProtocol::Http, "200"), ProtocolVersion::Http1)
             .unwrap()
             .check(addr)
             .await;
@@ -431,7 +499,8 @@ mod tests {
     async fn http_check_times_out_on_a_silent_server() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let probe = Probe::new(&check(HealthProtocol::Http, "200")).unwrap();
+        let probe =
+            Probe::new(&check(HealthProtocol::Http, "200"), ProtocolVersion::Http1).unwrap();
         let r = probe.check(addr).await;
         assert_eq!(r.outcome, Err(Failure::Timeout));
         assert!(r.latency >= Duration::from_millis(500) && r.latency < Duration::from_secs(2));
@@ -441,7 +510,7 @@ mod tests {
     #[tokio::test]
     async fn http_check_rejects_a_non_http_answer() {
         let (addr, _) = http_server("SSH-2.0-OpenSSH_9.2\r\n").await;
-        let r = Probe::new(&check(HealthProtocol::Http, "200"))
+        let r = Probe::new(&check(HealthProtocol::Http, "200"), ProtocolVersion::Http1)
             .unwrap()
             .check(addr)
             .await;
@@ -475,7 +544,10 @@ mod tests {
         });
         let mut hc = check(HealthProtocol::Https, "200-299");
         hc.host = Some("localhost".into());
-        let r = Probe::new(&hc).unwrap().check(addr).await;
+        let r = Probe::new(&hc, ProtocolVersion::Http1)
+            .unwrap()
+            .check(addr)
+            .await;
         assert_eq!(r.outcome, Ok(()), "{r:?}");
     }
 
@@ -486,7 +558,10 @@ mod tests {
         let mut hc = check(HealthProtocol::Tcp, "200");
         hc.port = Some(port);
         let traffic: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let r = Probe::new(&hc).unwrap().check(traffic).await;
+        let r = Probe::new(&hc, ProtocolVersion::Http1)
+            .unwrap()
+            .check(traffic)
+            .await;
         assert_eq!(r.outcome, Ok(()));
     }
 }

@@ -1,6 +1,7 @@
 //! TLS termination for `https` and `tls` listeners: the certificates loaded from a listener's PEM
 //! files, the choice among them by SNI, the rustls server config a policy and those certificates
-//! make, and the slot a reload swaps it in.
+//! make. A reload builds a new config into the proxy's next plan, which is swapped in whole:
+//! each handshake keeps the config it started with, so open connections are never touched.
 
 mod san;
 #[cfg(test)]
@@ -9,7 +10,7 @@ mod tests;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
 };
 
 use rustls::{
@@ -319,41 +320,4 @@ pub fn server_config(
     config.ignore_client_order = true;
     config.alpn_protocols = alpn.protocols();
     Ok(Arc::new(config))
-}
-
-/// A listener's current server config, replaced whole on reload. Each handshake takes the
-/// config current when it starts and keeps it (an `Arc`), so a swap never touches a connection
-/// already open. A `RwLock` around an `Arc` (arc-swap is not a dependency): readers hold the
-/// lock only to clone the `Arc`, once per connection, never per request.
-#[derive(Debug)]
-pub struct ServerConfigSlot {
-    current: RwLock<Arc<ServerConfig>>,
-}
-
-impl ServerConfigSlot {
-    /// A slot holding `config`.
-    pub fn new(config: Arc<ServerConfig>) -> Self {
-        Self {
-            current: RwLock::new(config),
-        }
-    }
-
-    /// The config new connections use now.
-    pub fn load(&self) -> Arc<ServerConfig> {
-        // A writer that panicked left a whole `Arc` behind (the swap is one assignment).
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Makes `config` the one new connections use.
-    pub fn store(&self, config: Arc<ServerConfig>) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
-    }
-
-    /// An acceptor for one new connection, on the current config.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.load())
-    }
 }

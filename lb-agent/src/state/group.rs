@@ -10,7 +10,7 @@ use std::{
 
 use super::{SLOW_START_STEPS, WEIGHT_SCALE};
 use crate::{
-    config::{GroupProtocol, HealthCheck, ListenerProtocol},
+    config::{GroupProtocol, HealthCheck, ListenerProtocol, ProtocolVersion},
     health::{Health, TargetState, Thresholds, probe::Probe, reason},
 };
 
@@ -42,9 +42,15 @@ pub(super) struct GroupCheck {
 }
 
 impl GroupCheck {
-    /// The check `config` describes; an error naming what is wrong with it.
-    pub(super) fn new(config: &HealthCheck, generation: u64) -> std::result::Result<Self, String> {
-        let problems = config.problems();
+    /// The check `config` describes, run in the group's HTTP `version` (gRPC groups: with
+    /// AWS's gRPC path and matcher where unset); an error naming what is wrong with it.
+    pub(super) fn new(
+        config: &HealthCheck,
+        version: ProtocolVersion,
+        generation: u64,
+    ) -> std::result::Result<Self, String> {
+        let config = &config.clone().for_version(version);
+        let problems = config.problems(version);
         if !problems.is_empty() {
             let text: Vec<String> = problems
                 .into_iter()
@@ -53,7 +59,7 @@ impl GroupCheck {
             return Err(text.join("; "));
         }
         Ok(Self {
-            probe: Arc::new(Probe::new(config)?),
+            probe: Arc::new(Probe::new(config, version)?),
             interval: config.interval,
             thresholds: Thresholds {
                 healthy: config.healthy_threshold,
@@ -68,6 +74,9 @@ impl GroupCheck {
 pub(super) struct GroupState {
     pub(super) id: u32,
     pub(super) protocol: GroupProtocol,
+    /// The HTTP version its targets speak (http and https groups; `http1` for the others): its
+    /// HTTP health checks speak it too.
+    pub(super) protocol_version: ProtocolVersion,
     pub(super) port: Option<u16>,
     pub(super) flags: u32,
     /// Address family of the listeners that forward here; none: no listener does (unused).
@@ -249,13 +258,16 @@ mod tests {
         GroupState {
             id: 0,
             protocol: GroupProtocol::Tcp,
+            protocol_version: ProtocolVersion::Http1,
             port: Some(80),
             flags: 0,
             family: Some(4),
             targets: Vec::new(),
             active_slot: 0,
             health_check: None,
-            check: Some(GroupCheck::new(&HealthCheck::default(), 1).unwrap()),
+            check: Some(
+                GroupCheck::new(&HealthCheck::default(), ProtocolVersion::Http1, 1).unwrap(),
+            ),
             deregistration_delay: Duration::from_secs(300),
             terminate_on_unhealthy: false,
             fail_open,

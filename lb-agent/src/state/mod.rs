@@ -37,7 +37,7 @@ use group::{GroupCheck, GroupState, ListenerState, TargetEntry};
 pub use ids::Ids;
 
 use crate::{
-    config::{Config, HealthCheck, MAX_WEIGHT, TargetGroup, duration_text},
+    config::{Config, HealthCheck, MAX_WEIGHT, ProtocolVersion, TargetGroup, duration_text},
     dataplane::{DataplaneError, Maps},
     health::{Health, TargetState, Transition, probe::ProbeResult},
     maglev::{MaglevError, MaglevTable, MaglevTarget},
@@ -251,10 +251,16 @@ impl State {
         family: Option<u8>,
         active_slot: u32,
     ) -> Result<GroupState> {
-        let check = self.check_for(&group.name, group.effective_health_check())?;
+        let protocol_version = group.l7().protocol_version;
+        let check = self.check_for(
+            &group.name,
+            group.effective_health_check(),
+            protocol_version,
+        )?;
         Ok(GroupState {
             id,
             protocol: group.protocol,
+            protocol_version,
             port: group.port,
             flags: flags_of(group),
             family,
@@ -272,14 +278,16 @@ impl State {
         })
     }
 
-    /// The running check for `effective` (a new generation), or none.
+    /// The running check for `effective` on a group speaking `version` (a new generation),
+    /// or none.
     fn check_for(
         &mut self,
         group: &str,
         effective: Option<HealthCheck>,
+        version: ProtocolVersion,
     ) -> Result<Option<GroupCheck>> {
         effective
-            .map(|hc| GroupCheck::new(&hc, self.check_generation + 1))
+            .map(|hc| GroupCheck::new(&hc, version, self.check_generation + 1))
             .transpose()
             .map_err(|message| StateError::HealthCheck {
                 group: group.to_owned(),
@@ -804,8 +812,12 @@ impl State {
         now: Instant,
     ) -> Result<()> {
         self.atomically(dp, |state, dp| {
-            let check =
-                state.check_for(group, health_check.enabled.then(|| health_check.clone()))?;
+            let version = state.group(group)?.protocol_version;
+            let check = state.check_for(
+                group,
+                health_check.enabled.then(|| health_check.clone()),
+                version,
+            )?;
             state
                 .group_mut(group)?
                 .install_check(check, Some(health_check.clone()));

@@ -131,10 +131,14 @@ impl State {
     ) -> Result<()> {
         let name = group.name.as_str();
         let mut note = |what: String| changes.push(format!("group {name}: {what}"));
-        if self.group(name)?.health_check != group.health_check {
-            let check = self.check_for(name, group.effective_health_check())?;
-            self.group_mut(name)?
-                .install_check(check, group.health_check.clone());
+        let version = group.l7().protocol_version;
+        let running = self.group(name)?;
+        // A new protocol version changes what the check speaks, even with the same settings.
+        if running.health_check != group.health_check || running.protocol_version != version {
+            let check = self.check_for(name, group.effective_health_check(), version)?;
+            let g = self.group_mut(name)?;
+            g.protocol_version = version;
+            g.install_check(check, group.health_check.clone());
             note("health check replaced".to_owned());
         }
         let g = self.group_mut(name)?;

@@ -10,6 +10,7 @@ use lb_common::{Flow, FlowKey};
 
 use super::*;
 use crate::{
+    config::HealthProtocol,
     dataplane::memory::MemoryMaps,
     health::probe::{Failure, ProbeResult},
 };
@@ -646,5 +647,105 @@ fn without_a_configured_seed_adoption_and_reloads_keep_the_seed_in_force() {
     assert_eq!(
         bed.maps.settings.hash_seed, seed,
         "a reload changed the seed"
+    );
+}
+
+/// Three L7 groups: `api` (http, `api_version`, no check configured), `secure` (https, http2,
+/// no check configured) and `own` (grpc, its own path and matcher).
+fn l7_groups(api_version: &str) -> String {
+    format!(
+        r#"
+[agent]
+snat_addresses = ["198.18.0.1"]
+maglev_table_size = 251
+
+[[target_group]]
+name = "api"
+protocol = "http"
+port = 8080
+protocol_version = "{api_version}"
+targets = [{{ address = "198.18.0.41" }}]
+
+[[target_group]]
+name = "secure"
+protocol = "https"
+port = 8443
+protocol_version = "http2"
+targets = [{{ address = "198.18.0.42" }}]
+
+[[target_group]]
+name = "own"
+protocol = "http"
+port = 8080
+protocol_version = "grpc"
+targets = [{{ address = "198.18.0.43" }}]
+[target_group.health_check]
+protocol = "http"
+path = "/grpc.health.v1.Health/Check"
+matcher = "0"
+"#
+    )
+}
+
+/// The check `groups()` shows for `name`: (protocol, path, matcher).
+fn shown_check(state: &State, name: &str) -> (HealthProtocol, String, String) {
+    let view = state.groups().into_iter().find(|g| g.name == name).unwrap();
+    let hc = view.health_check.unwrap();
+    (hc.protocol, hc.path, hc.matcher)
+}
+
+#[test]
+fn groups_show_the_check_that_runs_in_each_groups_protocol_and_version() {
+    let bed = Bed::new(&l7_groups("grpc"));
+    let owned = |(p, path, m): (HealthProtocol, &str, &str)| (p, path.to_owned(), m.to_owned());
+    assert_eq!(
+        shown_check(&bed.state, "api"),
+        owned((HealthProtocol::Http, "/AWS.ALB/healthcheck", "12"))
+    );
+    assert_eq!(
+        shown_check(&bed.state, "secure"),
+        owned((HealthProtocol::Https, "/", "200-399"))
+    );
+    assert_eq!(
+        shown_check(&bed.state, "own"),
+        owned((HealthProtocol::Http, "/grpc.health.v1.Health/Check", "0"))
+    );
+}
+
+#[test]
+fn a_reload_that_changes_a_groups_protocol_version_replaces_its_check() {
+    let mut bed = Bed::new(&l7_groups("http2"));
+    let probe = |bed: &Bed| {
+        format!(
+            "{:?}",
+            bed.state
+                .group("api")
+                .unwrap()
+                .check
+                .as_ref()
+                .unwrap()
+                .probe
+        )
+    };
+    assert!(
+        probe(&bed).contains("version: \"http2\""),
+        "{}",
+        probe(&bed)
+    );
+    let changes = bed
+        .state
+        .reload(
+            &mut bed.maps,
+            &config(&l7_groups("grpc")),
+            &["198.18.0.1".parse().unwrap()],
+            at(bed.t0, 1.0),
+        )
+        .unwrap();
+    assert_eq!(changes, ["group api: health check replaced"]);
+    assert!(probe(&bed).contains("version: \"grpc\""), "{}", probe(&bed));
+    assert!(
+        probe(&bed).contains("/AWS.ALB/healthcheck"),
+        "{}",
+        probe(&bed)
     );
 }

@@ -7,7 +7,7 @@ use lb_common::{Flow, FlowKey, PROTO_TCP, ReverseFlow, conntrack};
 
 use super::{Result, State, WEIGHT_SCALE, encode::ip_of};
 use crate::{
-    config::{GroupProtocol, HealthCheck, duration_text},
+    config::{HealthCheck, duration_text},
     dataplane::MapReader,
     health::TargetState,
     protocol::{FlowView, GroupView, ListenerView, StatsView, TargetView},
@@ -46,10 +46,12 @@ impl State {
                 protocol: g.protocol.as_str().to_owned(),
                 port: g.port,
                 in_use: g.family.is_some(),
+                // The check as it runs (a disabled one as configured).
                 health_check: g
                     .health_check
                     .clone()
-                    .or_else(|| (g.protocol != GroupProtocol::Udp).then(HealthCheck::default)),
+                    .map(|hc| hc.for_version(g.protocol_version))
+                    .or_else(|| HealthCheck::default_for(g.protocol, g.protocol_version)),
                 checked: g.check.is_some(),
                 deregistration_delay: duration_text(g.deregistration_delay),
                 slow_start: duration_text(g.slow_start),
