@@ -374,13 +374,17 @@ impl Snapshot {
     }
 }
 
-/// One counter sample of the family `family`.
-fn counter(family: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: u64) -> fmt::Result {
+/// One counter sample of the family `family` (the proxy's metrics use it too).
+pub(crate) fn counter(
+    family: &mut MetricEncoder,
+    labels: &impl EncodeLabelSet,
+    value: u64,
+) -> fmt::Result {
     ConstCounter::new(value).encode(family.encode_family(labels)?)
 }
 
-/// One gauge sample of the family `family`.
-fn gauge(
+/// One gauge sample of the family `family` (the proxy's metrics use it too).
+pub(crate) fn gauge(
     family: &mut MetricEncoder,
     labels: &impl EncodeLabelSet,
     value: impl EncodeGaugeValue,

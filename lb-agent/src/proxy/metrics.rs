@@ -20,16 +20,13 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{
-        DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _, MetricEncoder,
-        NoLabelSet, prometheus_text,
-    },
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder, NoLabelSet, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter},
     registry::{Registry, Unit},
 };
 
 use super::access_log::{AccessLog, DropCounter};
-use crate::metrics::MetricsError;
+use crate::metrics::{MetricsError, counter, gauge};
 
 /// Upper bounds of the target response time histogram's buckets, in nanoseconds (0.001 s to
 /// 10 s; `+Inf` follows). Kept in integers so that the request path compares integers.
@@ -570,20 +567,6 @@ fn by_class<const N: usize>(
         counter(family, &labels, n.load(Relaxed))?;
     }
     Ok(())
-}
-
-/// One counter sample.
-fn counter(family: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: u64) -> fmt::Result {
-    ConstCounter::new(value).encode(family.encode_family(labels)?)
-}
-
-/// One gauge sample.
-fn gauge(
-    family: &mut MetricEncoder,
-    labels: &impl EncodeLabelSet,
-    value: impl EncodeGaugeValue,
-) -> fmt::Result {
-    ConstGauge::new(value).encode(family.encode_family(labels)?)
 }
 
 #[cfg(test)]
