@@ -83,6 +83,8 @@ pub struct ServingTarget {
     pub load: Arc<TargetLoad>,
     /// Its stickiness token (`sticky::StickyKey::token`).
     pub token: Arc<str>,
+    /// `address` as a URI authority (requests' URIs are built from it).
+    pub authority: hyper::http::uri::Authority,
 }
 
 /// How round robin walks the targets.

@@ -47,6 +47,26 @@ pub struct ConnInfo {
     /// Whether the client speaks TLS to the listener (`X-Forwarded-Proto`, cookies' `Secure`).
     pub secure: bool,
     pub tls: Option<TlsInfo>,
+    /// The client's address as a header value (`X-Forwarded-For`), made once per connection.
+    pub client_ip: HeaderValue,
+    /// `port` as a header value (`X-Forwarded-Port`).
+    pub port_value: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A plain connection of `client` to `listener` on `port`.
+    pub fn new(listener: Arc<str>, client: SocketAddr, port: u16) -> Self {
+        let ip = client.ip().to_canonical().to_string();
+        Self {
+            listener,
+            client,
+            port,
+            secure: false,
+            tls: None,
+            client_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("-")),
+            port_value: HeaderValue::from(port),
+        }
+    }
 }
 
 /// The client connection's TLS session (access log).
@@ -528,11 +548,6 @@ fn prepare_request(
     group: &GroupPlan,
     upgrade: bool,
 ) {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
     // h2 clients name the host in `:authority` only; HTTP/1.1 targets need a Host header.
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
@@ -540,8 +555,22 @@ fn prepare_request(
     {
         parts.headers.insert(header::HOST, value);
     }
-    let target_uri = format!("{}://{}{}", group.client.scheme, target.address, path);
-    if let Ok(uri) = target_uri.parse::<Uri>() {
+    // The target's URI from parts made once per plan (no formatting, no parsing).
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.scheme = Some(if group.client.scheme == "https" {
+        hyper::http::uri::Scheme::HTTPS
+    } else {
+        hyper::http::uri::Scheme::HTTP
+    });
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = Uri::from_parts(uri) {
         parts.uri = uri;
     }
     let from_h2 = parts.version == Version::HTTP_2;
@@ -560,26 +589,32 @@ fn prepare_request(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // X-Forwarded-For: the client's address appended to what came (AWS's `append`).
-    let client = conn.client.ip().to_canonical().to_string();
     let xff = match parts
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
+        Some(earlier) => {
+            let client = conn.client_ip.to_str().unwrap_or("-");
+            HeaderValue::from_str(&format!("{earlier}, {client}")).ok()
+        }
+        None => Some(conn.client_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", value);
+    if let Some(xff) = xff {
+        parts.headers.insert(X_FORWARDED_FOR, xff);
     }
     parts.headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.secure { "https" } else { "http" }),
     );
     parts
         .headers
-        .insert("x-forwarded-port", HeaderValue::from(conn.port));
+        .insert(X_FORWARDED_PORT, conn.port_value.clone());
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 /// Several `Cookie` fields into one, `; `-separated.
 fn join_cookies(headers: &mut HeaderMap) {

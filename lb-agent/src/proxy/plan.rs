@@ -182,7 +182,13 @@ impl PlanBuilder {
             let addresses = serving.get(&g.name).map(Vec::as_slice).unwrap_or_default();
             let targets = addresses
                 .iter()
-                .map(|&(address, weight)| ServingTarget {
+                .filter_map(|&(address, weight)| {
+                    // A socket address always is an authority.
+                    let authority = address.to_string().parse().ok()?;
+                    Some((address, weight, authority))
+                })
+                .map(|(address, weight, authority)| ServingTarget {
+                    authority,
                     address,
                     weight,
                     load: loads.load(&g.name, address),

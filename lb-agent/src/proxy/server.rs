@@ -97,13 +97,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut conn = ConnInfo {
-        listener: listener.name.clone(),
-        client,
-        port: listener.address.port(),
-        secure: false,
-        tls: None,
-    };
+    let mut conn = ConnInfo::new(listener.name.clone(), client, listener.address.port());
     let head_limit = listener.settings.max_header_bytes as usize;
     let Some(tls) = &listener.tls else {
         // HTTP/1.1 or h2c (the guard steps aside at the h2 preface).

@@ -12,6 +12,7 @@ fn target(i: usize, weight: u32) -> ServingTarget {
         weight,
         load: TargetLoad::new(),
         token: format!("token-{i}").into(),
+        authority: address(i).to_string().parse().unwrap(),
     }
 }
 
