@@ -297,6 +297,14 @@ fn ambiguous_framing_gets_400_and_a_closed_connection_and_never_reaches_a_target
     );
     // The requests around them did.
     assert!(logs.contains("REQ GET /api/normal"), "{logs}");
+    // Counted, the seven heads the guard answers itself among them (bad-chunk may be too).
+    let metrics = l7.agent.cli(&["metrics"]).expect("metrics");
+    let refused = sample(
+        &metrics,
+        "lb_http_bad_requests_total",
+        &[("listener", "web")],
+    );
+    assert!(refused >= 7, "{refused} counted:\n{metrics}");
 }
 
 #[test]
