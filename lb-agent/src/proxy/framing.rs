@@ -9,11 +9,21 @@
 //! the proxy may frame those differently, which is how requests are smuggled; ALB and HAProxy
 //! refuse them, and so does this proxy.
 //!
-//! `FramingGuard` wraps the client connection's IO below hyper, passes every byte through
-//! unchanged, and follows the request stream as hyper reads it: each head is judged, each body
-//! skipped by the framing hyper applies, so pipelined and keep-alive requests are each judged.
-//! The service takes one verdict per request from `FramingVerdicts::next` and answers 400 with
-//! `connection: close` to an `Ambiguous` one without forwarding it.
+//! `FramingGuard` wraps the client connection's IO below hyper and follows the request stream
+//! as hyper reads it: each head is judged, each body skipped by the framing hyper applies, so
+//! pipelined and keep-alive requests are each judged. A head reaches hyper only once judged
+//! good (one that arrives whole passes in place; one split across reads is held back, an empty
+//! line standing in for it). A refused head and everything after it never reach hyper: it
+//! sees the end of input after the requests before it, answers those in order and shuts the
+//! connection down, and the guard then writes its own answer (400, or 431 for a head over the
+//! limit, with a body saying why and `connection: close`) before the shutdown. That covers what
+//! hyper would refuse itself with an empty body (an invalid Content-Length, obs-fold, an
+//! oversized head) as well as what it would accept.
+//!
+//! After an Upgrade or CONNECT head the bytes may be a tunnel's, so from there nothing is held
+//! back: the service takes one verdict per request from `FramingVerdicts::next` and answers
+//! 400 with `connection: close` to an `Ambiguous` one without forwarding it (a refused upgrade
+//! followed by a smuggled request).
 //!
 //! Used only on HTTP/1 connections (TLS with ALPN `http/1.1` or none; plain-text connections,
 //! where a leading h2 preface makes the guard step aside). Heads are parsed with httparse's
