@@ -17,7 +17,7 @@ use tests::{
     h2_reset::reset_flood,
     l7_lab::{L7Lab, Pki, TargetKind, TargetSpec, path_str, target_name},
     lab_traffic::wait_for_state,
-    raw_http::{RawConnection, probe},
+    raw_http::{RawAnswer, RawConnection, probe},
 };
 
 /// The `web` group's targets: an `l7-target` on port 8001 of b1 and of b2.
@@ -254,6 +254,22 @@ fn ambiguous_requests() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Asserts that `answer` is one text/plain response whose body is `body`.
+fn assert_answer_says(answer: &RawAnswer, body: &str, what: &str) {
+    let got = answer.text.split_once("\r\n\r\n").map(|(_, body)| body);
+    assert_eq!(got, Some(body), "{what}: {answer:?}");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; charset=utf-8"),
+        "{what}: {answer:?}"
+    );
+    assert_eq!(
+        answer.header("content-length"),
+        Some(body.len().to_string().as_str()),
+        "{what}: {answer:?}"
+    );
+}
+
 #[test]
 fn ambiguous_framing_gets_400_and_a_closed_connection_and_never_reaches_a_target() {
     let l7 = lab("l7amb");
@@ -265,8 +281,13 @@ fn ambiguous_framing_gets_400_and_a_closed_connection_and_never_reaches_a_target
             answer.closed,
             "{name}: the connection stayed open: {answer:?}"
         );
-        // No body check: the heads hyper refuses itself (an invalid or conflicting
-        // Content-Length, obs-fold) get its empty 400, not the proxy's text (see the README).
+        // Every one says why, including the heads hyper would refuse itself with an empty
+        // body (an invalid or conflicting Content-Length, obs-fold): the guard answers those.
+        assert_answer_says(
+            &answer,
+            "400 Bad Request: the request is malformed or ambiguous\n",
+            name,
+        );
         assert_served(&l7, &format!("after {name}"));
     }
     let logs = target_logs(&l7);
@@ -276,6 +297,14 @@ fn ambiguous_framing_gets_400_and_a_closed_connection_and_never_reaches_a_target
     );
     // The requests around them did.
     assert!(logs.contains("REQ GET /api/normal"), "{logs}");
+    // Counted, the seven heads the guard answers itself among them (bad-chunk may be too).
+    let metrics = l7.agent.cli(&["metrics"]).expect("metrics");
+    let refused = sample(
+        &metrics,
+        "lb_http_bad_requests_total",
+        &[("listener", "web")],
+    );
+    assert!(refused >= 7, "{refused} counted:\n{metrics}");
 }
 
 #[test]
@@ -294,6 +323,11 @@ fn a_head_over_max_header_bytes_gets_431_and_never_reaches_a_target() {
     );
     assert_eq!(answer.status(), Some(431), "{answer:?}");
     assert!(answer.closed, "the connection stayed open: {answer:?}");
+    assert_answer_says(
+        &answer,
+        "431 Request Header Fields Too Large: the request head is longer than this listener allows\n",
+        "oversized head",
+    );
     // Just under the limit is served.
     let fits = format!(
         "GET /api/fits HTTP/1.1\r\nHost: lab.example.test\r\nConnection: close\r\nX-Filler: {}\r\n\r\n",

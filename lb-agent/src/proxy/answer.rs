@@ -29,6 +29,8 @@ pub enum Failure {
     BadRequest,
     /// A redirect would send the client back to the same URL.
     RedirectLoop,
+    /// A request head longer than the listener's `max_header_bytes`.
+    HeadTooLarge,
     /// A redirect needs a host and the request named none.
     NoHost,
 }
@@ -42,6 +44,7 @@ impl Failure {
             Self::TargetTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest | Self::NoHost => StatusCode::BAD_REQUEST,
             Self::RedirectLoop => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -55,6 +58,7 @@ impl Failure {
             Self::BadRequest => "bad_request",
             Self::RedirectLoop => "redirect_loop",
             Self::NoHost => "no_host",
+            Self::HeadTooLarge => "head_too_large",
         }
     }
 
@@ -74,6 +78,9 @@ impl Failure {
                 "500 Internal Server Error: the redirect would lead back to this URL\n"
             }
             Self::NoHost => "400 Bad Request: the request has no Host\n",
+            Self::HeadTooLarge => {
+                "431 Request Header Fields Too Large: the request head is longer than this listener allows\n"
+            }
         }
     }
 
@@ -87,6 +94,20 @@ impl Failure {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+
+    /// The whole answer as HTTP/1.1 bytes, closing the connection: for the framing guard,
+    /// which answers below hyper a head it never lets hyper see.
+    pub fn http1_closing_bytes(self) -> Vec<u8> {
+        let status = self.status();
+        let text = self.text();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            text.len(),
+        )
+        .into_bytes()
     }
 }
 
@@ -152,5 +173,25 @@ mod tests {
         }
         let closing = Failure::BadRequest.response(true);
         assert_eq!(closing.headers()[CONNECTION], "close");
+    }
+
+    #[test]
+    fn http1_closing_bytes_are_a_whole_answer_with_its_length_and_close() {
+        let bytes = Failure::HeadTooLarge.http1_closing_bytes();
+        let text = String::from_utf8(bytes).expect("ASCII");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(
+            head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(
+            body.starts_with("431 ") && body.contains("longer than"),
+            "{body}"
+        );
     }
 }

@@ -240,11 +240,14 @@ async fn serve_http<IO>(
         close: Notify::new(),
     });
     let conn = Arc::new(conn);
+    let guard_verdicts = verdicts.clone();
     let service_watch = watch.clone();
     let service_listener = listener.clone();
     let service = service_fn(move |request| {
         let in_flight = InFlight::new(service_watch.clone());
-        // HTTP/1.1 requests are served in order: this verdict is this request's head's.
+        // HTTP/1.1 requests are served in order: this verdict is this request's head's. Only
+        // heads after an upgrade request reach hyper refused (the guard withholds the others
+        // and answers them itself, see `framing`).
         let refused = match verdicts.as_ref().map(|v| v.next()) {
             Some(Framing::Ambiguous(reason)) => Some(reason),
             _ => None,
@@ -272,7 +275,9 @@ async fn serve_http<IO>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Some(settings.request_header_timeout))
-        .max_buf_size(settings.max_header_bytes as usize)
+        // The guard refuses longer heads itself (431 with a body); hyper's own limit stays a
+        // backstop one byte above, for the empty line the guard puts before a held head.
+        .max_buf_size(settings.max_header_bytes as usize + 1)
         .keep_alive(true);
     builder
         .http2()
@@ -297,7 +302,7 @@ async fn serve_http<IO>(
                 if let Err(e) = result {
                     tracing::debug!(client = %watch_client(&listener), error = %e, "client connection ended with an error");
                 }
-                return;
+                break;
             }
             _ = watch.close.notified(), if closing.is_none() => {
                 listener.metrics.h2_reset_flood();
@@ -311,7 +316,7 @@ async fn serve_http<IO>(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if closing.is_some() {
-                    return;
+                    break;
                 }
                 if watch.in_flight.load(Ordering::Relaxed) == 0 && watch.idle_for() >= idle_timeout {
                     connection.as_mut().graceful_shutdown();
@@ -319,6 +324,16 @@ async fn serve_http<IO>(
                 }
             }
         }
+    }
+    count_guard_refusal(&listener, guard_verdicts.as_deref());
+}
+
+/// Counts (and logs) a head the framing guard refused and answered itself on a connection
+/// that has ended.
+fn count_guard_refusal(listener: &ListenerPlan, verdicts: Option<&FramingVerdicts>) {
+    if let Some(reason) = verdicts.and_then(FramingVerdicts::withheld_refusal) {
+        listener.metrics.framing_rejected();
+        tracing::debug!(listener = %listener.name, reason, "request refused for its framing");
     }
 }
 

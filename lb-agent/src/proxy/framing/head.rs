@@ -26,6 +26,16 @@ pub(super) enum BodyFraming {
     Chunked,
 }
 
+/// What the guard needs of an accepted head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AcceptedHead {
+    /// How its body is framed.
+    pub(super) framing: BodyFraming,
+    /// Whether hyper may turn the connection into a tunnel after it (an HTTP/1.1 `Upgrade`
+    /// header, or CONNECT), as hyper's `wants_upgrade` says.
+    pub(super) upgrade: bool,
+}
+
 /// Why a request's framing is refused. Stored as its `u8` in the verdicts shared with the
 /// service, so the discriminants are explicit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +109,7 @@ impl Ambiguity {
 
 /// The framing of `head`, a complete request head (request line to the empty line included,
 /// leading empty lines already skipped), or why it is refused.
-pub(super) fn judge(head: &[u8]) -> Result<BodyFraming, Ambiguity> {
+pub(super) fn judge(head: &[u8]) -> Result<AcceptedHead, Ambiguity> {
     let mut slots = [const { MaybeUninit::uninit() }; STACK_HEADERS];
     match parse_and_judge(head, &mut slots) {
         Parsed::TooManyHeaders => {
@@ -116,7 +126,7 @@ pub(super) fn judge(head: &[u8]) -> Result<BodyFraming, Ambiguity> {
 
 /// One parse attempt with a given number of header slots.
 enum Parsed {
-    Judged(Result<BodyFraming, Ambiguity>),
+    Judged(Result<AcceptedHead, Ambiguity>),
     TooManyHeaders,
 }
 
@@ -132,11 +142,24 @@ fn parse_and_judge<'h>(head: &'h [u8], slots: &mut [MaybeUninit<httparse::Header
         Ok(_) | Err(_) => return Parsed::Judged(Err(Ambiguity::Unparsable)),
     }
     let http10 = request.version == Some(0);
-    Parsed::Judged(framing_of(http10, request.headers))
+    let connect = request.method == Some("CONNECT");
+    Parsed::Judged(
+        framing_of(http10, request.headers).map(|(framing, upgrade_header)| {
+            AcceptedHead {
+                framing,
+                // hyper honours Upgrade on HTTP/1.1 only.
+                upgrade: connect || (upgrade_header && !http10),
+            }
+        }),
+    )
 }
 
-/// The framing hyper applies to these headers, unless they are ambiguous.
-fn framing_of(http10: bool, headers: &[httparse::Header<'_>]) -> Result<BodyFraming, Ambiguity> {
+/// The framing hyper applies to these headers, unless they are ambiguous, and whether they
+/// hold an Upgrade header.
+fn framing_of(
+    http10: bool,
+    headers: &[httparse::Header<'_>],
+) -> Result<(BodyFraming, bool), Ambiguity> {
     let mut content_length: Option<u64> = None;
     let mut content_length_lines = 0u32;
     let mut conflicting = false;
@@ -144,6 +167,7 @@ fn framing_of(http10: bool, headers: &[httparse::Header<'_>]) -> Result<BodyFram
     let mut chunked_tokens = 0u32;
     // hyper frames by the last Transfer-Encoding line's last coding.
     let mut last_coding_chunked = false;
+    let mut upgrade = false;
 
     for header in headers {
         let name = header.name.as_bytes();
@@ -159,6 +183,8 @@ fn framing_of(http10: bool, headers: &[httparse::Header<'_>]) -> Result<BodyFram
             let (chunked, last_is_chunked) = codings(header.value);
             chunked_tokens += chunked;
             last_coding_chunked = last_is_chunked;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
         } else if is_lookalike(name) {
             return Err(Ambiguity::LookalikeFramingHeader);
         }
@@ -177,7 +203,7 @@ fn framing_of(http10: bool, headers: &[httparse::Header<'_>]) -> Result<BodyFram
         if chunked_tokens > 1 {
             return Err(Ambiguity::ChunkedTwice);
         }
-        return Ok(BodyFraming::Chunked);
+        return Ok((BodyFraming::Chunked, upgrade));
     }
     if conflicting {
         return Err(Ambiguity::ConflictingContentLength);
@@ -185,10 +211,11 @@ fn framing_of(http10: bool, headers: &[httparse::Header<'_>]) -> Result<BodyFram
     if content_length_lines > 1 {
         return Err(Ambiguity::DuplicateContentLength);
     }
-    Ok(match content_length {
+    let framing = match content_length {
         None | Some(0) => BodyFraming::Empty,
         Some(length) => BodyFraming::Length(length),
-    })
+    };
+    Ok((framing, upgrade))
 }
 
 /// A Content-Length value as hyper reads it: ASCII digits only (no sign, no list), no overflow.

@@ -1,5 +1,6 @@
 //! The guard under a real hyper server on loopback, as the proxy wires it: raw clients send
-//! ambiguous requests and read 400 then end of stream; good clients keep being served.
+//! ambiguous requests and read the guard's own 400 (or 431) with its body, then end of
+//! stream; good clients keep being served.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -84,6 +85,11 @@ async fn answer(
             );
             return response;
         }
+        Framing::Ok if request.uri().path() == "/slow" => {
+            // Still in flight when the client's next bytes arrive.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Response::new(Full::new(Bytes::from_static(b"slow")))
+        }
         Framing::Ok => match request.into_body().collect().await {
             Ok(body) => Response::new(Full::new(Bytes::from(body.to_bytes().len().to_string()))),
             Err(_) => Response::new(Full::new(Bytes::from_static(b"body failed"))),
@@ -115,34 +121,90 @@ fn statuses(answer: &str) -> Vec<&str> {
         .collect()
 }
 
+const BAD_REQUEST_BODY: &str = "400 Bad Request: the request is malformed or ambiguous\n";
+
+/// Asserts that `answer` ends with the guard's own closing answer of `status` and `body`.
+fn assert_ends_with_guard_answer(answer: &str, status: &str, body: &str, what: &str) {
+    let (head, got_body) = answer
+        .rsplit_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{what}: no answer head: {answer:?}"));
+    let last_head = &head[head.rfind("HTTP/1.1 ").unwrap_or(0)..];
+    assert!(
+        last_head.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{what}: {answer:?}"
+    );
+    assert!(
+        last_head.contains("\r\ncontent-type: text/plain; charset=utf-8"),
+        "{what}: {answer:?}"
+    );
+    assert!(
+        last_head.contains("\r\nconnection: close"),
+        "{what}: {answer:?}"
+    );
+    assert!(
+        last_head.contains(&format!("\r\ncontent-length: {}", body.len())),
+        "{what}: {answer:?}"
+    );
+    assert_eq!(got_body, body, "{what}: {answer:?}");
+}
+
 #[tokio::test]
-async fn ambiguous_requests_get_400_and_close_and_are_not_served() {
+async fn each_refused_head_gets_its_status_and_a_body_saying_why_then_close() {
     let server = start_server().await;
-    let probes: [(&str, &[u8]); 5] = [
+    let too_large = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(17 * 1024)
+    );
+    let head_too_large = "431 Request Header Fields Too Large: the request head is longer than this listener allows\n";
+    let probes: [(&str, &[u8], &str, &str); 8] = [
         (
             "content-length then transfer-encoding",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400",
+            BAD_REQUEST_BODY,
         ),
         (
             "transfer-encoding then content-length",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            "400",
+            BAD_REQUEST_BODY,
         ),
         (
             "duplicate identical content-length",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "400",
+            BAD_REQUEST_BODY,
         ),
         (
             "duplicate different content-length",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "400",
+            BAD_REQUEST_BODY,
         ),
         (
             "invalid content-length",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+            "400",
+            BAD_REQUEST_BODY,
         ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+            "400",
+            BAD_REQUEST_BODY,
+        ),
+        (
+            "garbage where a head starts",
+            b"\x16\x03\x01\x02\x00\x01\r\n\r\n",
+            "400",
+            BAD_REQUEST_BODY,
+        ),
+        ("head over the limit", too_large.as_bytes(), "431", head_too_large),
     ];
-    for (what, probe) in probes {
+    for (what, probe, status, body) in probes {
         let answer = exchange(&server, probe).await;
-        assert_eq!(statuses(&answer), ["400"], "{what}: {answer}");
+        assert_eq!(statuses(&answer), [status], "{what}: {answer}");
+        assert_ends_with_guard_answer(&answer, status, body, what);
     }
     assert_eq!(server.served.load(Ordering::SeqCst), 0);
 }
@@ -159,10 +221,59 @@ GET /d HTTP/1.1\r\nHost: a\r\n\r\n",
     )
     .await;
     assert_eq!(statuses(&answer), ["200", "200", "400"], "{answer}");
-    assert!(
-        answer.contains("content-length and transfer-encoding"),
-        "{answer}"
-    );
+    assert_ends_with_guard_answer(&answer, "400", BAD_REQUEST_BODY, "pipelined");
+    assert_eq!(server.served.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_refused_head_arriving_while_a_request_is_in_flight_waits_for_its_answer() {
+    let server = start_server().await;
+    let mut tcp = TcpStream::connect(server.address)
+        .await
+        .expect("connecting to the test server");
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("sending the slow request");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // In pieces: the head is held back across reads, then refused.
+    for piece in [
+        &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Le"[..],
+        b"ngth: 1\r\nContent-Length: 2\r\n\r\nab",
+    ] {
+        tcp.write_all(piece).await.expect("sending a piece");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection in time")
+        .expect("reading the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(statuses(&answer), ["200", "400"], "{answer}");
+    assert!(answer.contains("\r\n\r\nslowHTTP/1.1 400"), "{answer}");
+    assert_ends_with_guard_answer(&answer, "400", BAD_REQUEST_BODY, "after a slow one");
+    assert_eq!(server.served.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn good_requests_sent_a_byte_at_a_time_are_served() {
+    let server = start_server().await;
+    let mut tcp = TcpStream::connect(server.address)
+        .await
+        .expect("connecting to the test server");
+    let requests = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    for byte in requests {
+        tcp.write_all(&[*byte]).await.expect("sending a byte");
+        tcp.flush().await.expect("flushing");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection in time")
+        .expect("reading the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(statuses(&answer), ["200", "200"], "{answer}");
+    assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
     assert_eq!(server.served.load(Ordering::SeqCst), 2);
 }
 

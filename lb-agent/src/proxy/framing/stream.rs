@@ -4,6 +4,7 @@
 //! Bytes are looked at once, as they are read, and never copied except a head that arrives
 //! split across reads (bounded by the head limit). Bodies are skipped by counting.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::head::{self, Ambiguity, BodyFraming};
@@ -58,7 +59,44 @@ enum Chunk {
     EndLf,
 }
 
+/// What the guard hands hyper of the bytes just scanned, in this order: `released`, then
+/// `bytes[pass]`, then a `\n` if `marker`. In the common case that is every byte, in place.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Handing {
+    /// A head held back from earlier reads, now judged good.
+    pub(super) released: Option<Vec<u8>>,
+    /// The bytes of this read to hand on.
+    pub(super) pass: Range<usize>,
+    /// An empty line standing in for a head held back or refused. hyper skips empty lines
+    /// before a head (`consume_leading_lines`, and httparse itself); while one waits in its
+    /// buffer, hyper does not read to check for the end of input in the middle of a request
+    /// (`mid_message_detect_eof`), which would drop the answer of a request still in flight.
+    pub(super) marker: bool,
+}
+
+impl Handing {
+    /// Every byte of a read of `len` bytes, in place.
+    fn all(len: usize) -> Self {
+        Self {
+            released: None,
+            pass: 0..len,
+            marker: false,
+        }
+    }
+
+    /// Whether this is every byte of a read of `len` bytes, in place.
+    pub(super) fn is_all(&self, len: usize) -> bool {
+        self.released.is_none() && self.pass == (0..len) && !self.marker
+    }
+}
+
 /// One connection's request stream, recording a verdict per head into the shared verdicts.
+///
+/// Until a head asks for an upgrade, the stream withholds: a head reaches hyper only once it
+/// is judged good, and a refused head and everything after it never do (the guard answers it
+/// itself). After an upgrade head, the bytes may be a tunnel's, which the guard cannot tell
+/// from a next request until the target has answered; from there every byte passes and the
+/// service refuses by the verdicts, as hyper hands it each request.
 #[derive(Debug)]
 pub(super) struct RequestStream {
     state: State,
@@ -68,7 +106,27 @@ pub(super) struct RequestStream {
     max_head_bytes: usize,
     /// Nothing seen yet but (perhaps) the h2 preface: only the connection's first bytes can be.
     at_start: bool,
+    /// Heads are withheld until judged (no upgrade head seen yet).
+    withholding: bool,
+    /// A marker stands in for the head held in `head`.
+    marked: bool,
+    /// The refusal the guard answers itself (a head refused while withholding).
+    answered: Option<Ambiguity>,
     verdicts: Arc<FramingVerdicts>,
+}
+
+/// What reading (part of) a head came to.
+enum HeadRead {
+    /// The head is complete and judged good; this many bytes of the read were its. `released`:
+    /// the whole head, when it was held back from earlier reads.
+    Accepted {
+        consumed: usize,
+        released: Option<Vec<u8>>,
+    },
+    /// The head is refused.
+    Refused,
+    /// The head goes on past this read; its bytes so far are in `RequestStream::head`.
+    Held,
 }
 
 impl RequestStream {
@@ -79,6 +137,9 @@ impl RequestStream {
             head: Vec::new(),
             max_head_bytes,
             at_start: true,
+            withholding: true,
+            marked: false,
+            answered: None,
             verdicts,
         }
     }
@@ -88,69 +149,155 @@ impl RequestStream {
         self.state != State::Stopped
     }
 
+    /// The refused head the guard answers itself, once it has stopped at one.
+    pub(super) fn answered(&self) -> Option<Ambiguity> {
+        self.answered
+    }
+
     /// Bytes held for a split head (its allocation, which the head limit bounds).
     #[cfg(test)]
     pub(super) fn held_head_bytes(&self) -> usize {
         self.head.capacity()
     }
 
-    /// Follows the stream over the next bytes read from the client.
-    pub(super) fn scan(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            bytes = match self.state {
-                State::Stopped => return,
-                State::BeforeHead { after_cr } => self.skip_empty_lines(bytes, after_cr),
-                State::Head => self.read_head(bytes),
+    /// Follows the stream over the next bytes read from the client, and says which of them
+    /// hyper may have.
+    pub(super) fn scan(&mut self, bytes: &[u8]) -> Handing {
+        let mut handing = Handing::all(bytes.len());
+        // Where the head being read began in `bytes` (`None`: in an earlier read).
+        let mut head_start = None;
+        let mut at = 0;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            at += match self.state {
+                State::Stopped => break,
+                State::BeforeHead { after_cr } => {
+                    let skipped = self.skip_empty_lines(rest, after_cr);
+                    head_start = Some(at + skipped);
+                    if self.state == State::Stopped {
+                        // Garbage where a head starts: refused like a bad head.
+                        self.withhold_from(&mut handing, head_start);
+                        break;
+                    }
+                    skipped
+                }
+                State::Head => match self.read_head(rest) {
+                    HeadRead::Accepted { consumed, released } => {
+                        if released.is_some() {
+                            // Held heads begin a read: nothing of this one was handed on.
+                            handing.released = released;
+                            handing.pass = at + consumed..bytes.len();
+                        }
+                        head_start = None;
+                        consumed
+                    }
+                    HeadRead::Refused => {
+                        self.withhold_from(&mut handing, head_start);
+                        break;
+                    }
+                    HeadRead::Held => {
+                        if self.withholding {
+                            self.hold_from(&mut handing, head_start);
+                        }
+                        break;
+                    }
+                },
                 State::Length(remaining) => {
-                    let skipped = skip(remaining, bytes);
+                    let skipped = skip(remaining, rest);
                     self.state = match remaining - skipped as u64 {
                         0 => State::BeforeHead { after_cr: false },
                         left => State::Length(left),
                     };
-                    &bytes[skipped..]
+                    skipped
                 }
-                State::Chunked(chunk) => self.read_chunked(chunk, bytes),
+                State::Chunked(chunk) => self.read_chunked(chunk, rest),
             };
+        }
+        handing
+    }
+
+    /// A refused head (or garbage) began at `head_start`: hyper has nothing from there.
+    fn withhold_from(&mut self, handing: &mut Handing, head_start: Option<usize>) {
+        if self.answered.is_none() {
+            // Not withholding: the bytes pass and the service refuses by the verdict.
+            return;
+        }
+        match head_start {
+            // A head that began in this read was never marked.
+            Some(start) => {
+                handing.pass.end = start;
+                handing.marker = true;
+            }
+            // The head was held from an earlier read, its marker handed on then.
+            None => handing.pass = 0..0,
+        }
+    }
+
+    /// A head goes on past this read: hyper gets it once it is judged.
+    fn hold_from(&mut self, handing: &mut Handing, head_start: Option<usize>) {
+        match head_start {
+            Some(start) => handing.pass.end = start,
+            None => handing.pass = 0..0,
+        }
+        // No marker while the held bytes may still be the h2 preface: hyper-util's version
+        // sniffing must see the preface itself.
+        let maybe_h2 = self.at_start && H2_PREFACE_HEAD.starts_with(&self.head);
+        if !self.marked && !maybe_h2 {
+            handing.marker = true;
+            self.marked = true;
         }
     }
 
     /// Empty lines before a request line are allowed (httparse skips them, as RFC 9112 asks);
-    /// a CR must be followed by LF.
-    fn skip_empty_lines<'b>(&mut self, bytes: &'b [u8], mut after_cr: bool) -> &'b [u8] {
+    /// a CR must be followed by LF. Returns how many bytes were skipped: up to a head's first
+    /// byte, or the byte that is no head's.
+    fn skip_empty_lines(&mut self, bytes: &[u8], mut after_cr: bool) -> usize {
         for (at, &byte) in bytes.iter().enumerate() {
             match (after_cr, byte) {
                 (true, b'\n') => after_cr = false,
-                (true, _) => return self.lose_track(),
+                (true, _) => {
+                    self.refuse_head(Ambiguity::Unparsable);
+                    return at;
+                }
                 (false, b'\r') => after_cr = true,
                 (false, b'\n') => {}
                 // A method starts with a token character. Refusing anything else at once
                 // (httparse would, once the head ended) spares buffering a tunnel's first
                 // bytes (a websocket frame, a TLS record) in search of an empty line.
-                (false, byte) if !is_token(byte) => return self.lose_track(),
+                (false, byte) if !is_token(byte) => {
+                    self.refuse_head(Ambiguity::Unparsable);
+                    return at;
+                }
                 (false, _) => {
                     self.state = State::Head;
-                    return &bytes[at..];
+                    return at;
                 }
             }
             self.at_start = false;
         }
         self.state = State::BeforeHead { after_cr };
-        &[]
+        bytes.len()
     }
 
     /// Gathers a head up to its empty line, then judges it.
-    fn read_head<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
+    fn read_head(&mut self, bytes: &[u8]) -> HeadRead {
         if self.head.is_empty() {
             // The common case: the whole head in this read, judged where it lies.
             if let Some(end) = head_end(bytes, 0) {
-                self.finish_head(&bytes[..end]);
-                return &bytes[end..];
+                return match self.finish_head(&bytes[..end]) {
+                    true => HeadRead::Accepted {
+                        consumed: end,
+                        released: None,
+                    },
+                    false => HeadRead::Refused,
+                };
             }
             if bytes.len() > self.max_head_bytes {
-                return self.stop(Ambiguity::HeadTooLarge);
+                self.refuse_head(Ambiguity::HeadTooLarge);
+                return HeadRead::Refused;
             }
             self.head.extend_from_slice(bytes);
-            return &[];
+            return HeadRead::Held;
         }
         let before = self.head.len();
         // One byte past the limit is enough to know the head is too large.
@@ -161,56 +308,73 @@ impl RequestStream {
         match head_end(&self.head, before.saturating_sub(3)) {
             Some(end) => {
                 // Taken, not cleared: an idle keep-alive connection holds no head-sized buffer.
-                let head = std::mem::take(&mut self.head);
-                self.finish_head(&head[..end]);
+                let mut head = std::mem::take(&mut self.head);
+                // Held while withholding: hyper has none of it yet.
+                let withheld = self.withholding;
+                self.marked = false;
+                head.truncate(end);
                 // The end lies in this read's bytes: an end within the earlier ones would have
                 // been found by the earlier search.
-                match end.checked_sub(before) {
-                    Some(consumed) => &bytes[consumed..],
-                    None => self.lose_track(),
+                let Some(consumed) = end.checked_sub(before) else {
+                    self.refuse_head(Ambiguity::Unparsable);
+                    return HeadRead::Refused;
+                };
+                if !self.finish_head(&head) {
+                    return HeadRead::Refused;
+                }
+                HeadRead::Accepted {
+                    consumed,
+                    released: withheld.then_some(head),
                 }
             }
-            None if self.head.len() > self.max_head_bytes => self.stop(Ambiguity::HeadTooLarge),
-            None => &[],
+            None if self.head.len() > self.max_head_bytes => {
+                self.refuse_head(Ambiguity::HeadTooLarge);
+                HeadRead::Refused
+            }
+            None => HeadRead::Held,
         }
     }
 
-    /// Records the verdict of a complete head and moves to its body.
-    fn finish_head(&mut self, head: &[u8]) {
+    /// Records the verdict of a complete head and moves to its body; false if it is refused.
+    fn finish_head(&mut self, head: &[u8]) -> bool {
         let at_start = std::mem::replace(&mut self.at_start, false);
         if at_start && head == H2_PREFACE_HEAD {
             // HTTP/2 has no such framing to confuse; hyper's h2 server takes the connection.
             self.state = State::Stopped;
             self.head = Vec::new();
             self.verdicts.not_http1();
-            return;
+            return true;
         }
         if head.len() > self.max_head_bytes {
-            self.stop(Ambiguity::HeadTooLarge);
-            return;
+            self.refuse_head(Ambiguity::HeadTooLarge);
+            return false;
         }
         match head::judge(head) {
-            Ok(framing) => {
+            Ok(accepted) => {
                 self.verdicts.record_ok();
                 // After an Upgrade or CONNECT head the stream stays followed: if the target
                 // refuses the upgrade, hyper reads the next request from here and it needs its
                 // verdict; if a tunnel opens, hyper reads no more heads, and the guard loses
                 // track at the tunnel's first byte (a websocket frame or a TLS record is no
-                // request line) at no cost to anyone.
-                self.state = match framing {
+                // request line) at no cost to anyone. Nothing is withheld from there on: the
+                // tunnel's bytes must pass.
+                self.withholding &= !accepted.upgrade;
+                self.state = match accepted.framing {
                     BodyFraming::Empty => State::BeforeHead { after_cr: false },
                     BodyFraming::Length(length) => State::Length(length),
                     BodyFraming::Chunked => State::Chunked(Chunk::Start),
                 };
+                true
             }
             Err(ambiguity) => {
-                self.stop(ambiguity);
+                self.refuse_head(ambiguity);
+                false
             }
         }
     }
 
     /// Follows a chunked body, byte by byte in its size lines and in jumps over its data.
-    fn read_chunked<'b>(&mut self, mut chunk: Chunk, bytes: &'b [u8]) -> &'b [u8] {
+    fn read_chunked(&mut self, mut chunk: Chunk, bytes: &[u8]) -> usize {
         let mut at = 0;
         while at < bytes.len() {
             let byte = bytes[at];
@@ -228,7 +392,7 @@ impl RequestStream {
                     match memchr::memchr2(b'\r', b'\n', &bytes[at..]) {
                         None => at = bytes.len(),
                         // hyper refuses an LF inside an extension.
-                        Some(found) if bytes[at + found] == b'\n' => return self.lose_track(),
+                        Some(found) if bytes[at + found] == b'\n' => return self.lose_track(bytes),
                         Some(found) => {
                             at += found + 1;
                             chunk = Chunk::SizeLf(size);
@@ -248,7 +412,7 @@ impl RequestStream {
                 }
                 Chunk::Start => match hex_digit(byte) {
                     Some(digit) => Chunk::Size(u64::from(digit)),
-                    None => return self.lose_track(),
+                    None => return self.lose_track(bytes),
                 },
                 Chunk::Size(size) => match byte {
                     b'\t' | b' ' => Chunk::SizeBlank(size),
@@ -258,27 +422,27 @@ impl RequestStream {
                         .and_then(|digit| size.checked_mul(16)?.checked_add(u64::from(digit)))
                     {
                         Some(size) => Chunk::Size(size),
-                        None => return self.lose_track(),
+                        None => return self.lose_track(bytes),
                     },
                 },
                 Chunk::SizeBlank(size) => match byte {
                     b'\t' | b' ' => Chunk::SizeBlank(size),
                     b';' => Chunk::Extension(size),
                     b'\r' => Chunk::SizeLf(size),
-                    _ => return self.lose_track(),
+                    _ => return self.lose_track(bytes),
                 },
                 Chunk::SizeLf(size) => match byte {
                     b'\n' if size == 0 => Chunk::EndCr,
                     b'\n' => Chunk::Data(size),
-                    _ => return self.lose_track(),
+                    _ => return self.lose_track(bytes),
                 },
                 Chunk::DataCr => match byte {
                     b'\r' => Chunk::DataLf,
-                    _ => return self.lose_track(),
+                    _ => return self.lose_track(bytes),
                 },
                 Chunk::DataLf => match byte {
                     b'\n' => Chunk::Start,
-                    _ => return self.lose_track(),
+                    _ => return self.lose_track(bytes),
                 },
                 Chunk::EndCr => match byte {
                     b'\r' => Chunk::EndLf,
@@ -286,33 +450,47 @@ impl RequestStream {
                 },
                 Chunk::TrailerLf => match byte {
                     b'\n' => Chunk::EndCr,
-                    _ => return self.lose_track(),
+                    _ => return self.lose_track(bytes),
                 },
                 Chunk::EndLf => match byte {
                     b'\n' => {
                         self.state = State::BeforeHead { after_cr: false };
-                        return &bytes[at + 1..];
+                        return at + 1;
                     }
-                    _ => return self.lose_track(),
+                    _ => return self.lose_track(bytes),
                 },
             };
             at += 1;
         }
         self.state = State::Chunked(chunk);
-        &[]
+        bytes.len()
     }
 
-    /// The guard no longer knows where heads start: whatever hyper reads next is refused.
-    fn lose_track<'b>(&mut self) -> &'b [u8] {
-        self.stop(Ambiguity::Unparsable)
+    /// The guard no longer knows where heads start inside a body: whatever hyper reads next
+    /// is refused. The body's bytes still pass (hyper fails the body itself).
+    fn lose_track(&mut self, bytes: &[u8]) -> usize {
+        self.stop(Ambiguity::Unparsable);
+        bytes.len()
+    }
+
+    /// A head (or what stands where one must) is refused: while withholding, the guard
+    /// answers it itself.
+    fn refuse_head(&mut self, ambiguity: Ambiguity) {
+        if self.withholding {
+            self.answered = Some(ambiguity);
+        }
+        self.stop(ambiguity);
     }
 
     /// Records the verdict that ends the connection and stops following.
-    fn stop<'b>(&mut self, ambiguity: Ambiguity) -> &'b [u8] {
+    fn stop(&mut self, ambiguity: Ambiguity) {
         self.state = State::Stopped;
         self.head = Vec::new();
-        self.verdicts.refuse(ambiguity);
-        &[]
+        if self.answered.is_some() {
+            self.verdicts.refuse_withheld(ambiguity);
+        } else {
+            self.verdicts.refuse(ambiguity);
+        }
     }
 }
 

@@ -343,22 +343,90 @@ fn a_verdict_asked_for_before_its_head_is_a_refusal() {
     );
 }
 
-#[tokio::test]
-async fn guard_passes_every_byte_through_unchanged() {
-    let mut guard = FramingGuard::new(PIPELINE, MAX_HEAD);
-    let verdicts = guard.verdicts();
+/// Everything `guard` hands on, read `size` bytes at a time.
+async fn read_through(mut guard: FramingGuard<&[u8]>, size: usize) -> Vec<u8> {
     let mut read = Vec::new();
-    let mut buf = [0u8; 7];
+    let mut buf = vec![0u8; size];
     loop {
         let n = guard.read(&mut buf).await.expect("reading a slice");
         if n == 0 {
-            break;
+            return read;
         }
         read.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(read, PIPELINE);
-    let got: Vec<Framing> = (0..3).map(|_| verdicts.next()).collect();
-    assert_eq!(got, [Framing::Ok, Framing::Ok, ambiguous(CL_AND_TE)]);
+}
+
+/// Good requests only: the first three of `PIPELINE`.
+fn good_part() -> &'static [u8] {
+    &PIPELINE[..find(PIPELINE, b"POST /c")]
+}
+
+fn find(bytes: &[u8], what: &[u8]) -> usize {
+    bytes
+        .windows(what.len())
+        .position(|window| window == what)
+        .expect("the pattern is there")
+}
+
+#[tokio::test]
+async fn good_heads_read_whole_pass_unchanged_in_place() {
+    let guard = FramingGuard::new(good_part(), MAX_HEAD);
+    assert_eq!(read_through(guard, 64 * 1024).await, good_part());
+}
+
+#[tokio::test]
+async fn a_head_split_across_reads_reaches_hyper_whole_after_an_empty_line() {
+    // With 7-byte reads every head is split: hyper gets an empty line while it is held, then
+    // the whole head once judged; bodies pass as they come.
+    let good = good_part();
+    let b = find(good, b"POST /b");
+    let mut expected = b"\n".to_vec();
+    expected.extend_from_slice(&good[..b]);
+    expected.push(b'\n');
+    expected.extend_from_slice(&good[b..]);
+    let guard = FramingGuard::new(good, MAX_HEAD);
+    assert_eq!(read_through(guard, 7).await, expected);
+}
+
+#[tokio::test]
+async fn nothing_from_a_refused_head_on_reaches_hyper() {
+    for size in [7, 64 * 1024] {
+        let guard = FramingGuard::new(PIPELINE, MAX_HEAD);
+        let verdicts = guard.verdicts();
+        let read = read_through(guard, size).await;
+        let c = find(PIPELINE, b"POST /c");
+        // The good requests (with their empty lines when split), then one empty line.
+        let (marker, before) = read.split_last().expect("bytes were handed on");
+        assert_eq!(*marker, b'\n', "{size}");
+        assert!(before.ends_with(&PIPELINE[c - 20..c]), "{size}");
+        assert!(
+            read.len() <= c + 3,
+            "{size}: {}",
+            String::from_utf8_lossy(&read)
+        );
+        let got: Vec<Framing> = (0..3).map(|_| verdicts.next()).collect();
+        assert_eq!(got, [Framing::Ok, Framing::Ok, ambiguous(CL_AND_TE)]);
+        assert_eq!(verdicts.withheld_refusal(), Some(CL_AND_TE));
+    }
+}
+
+#[tokio::test]
+async fn after_an_upgrade_head_every_byte_passes_and_the_verdicts_refuse() {
+    let stream = b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
+POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let guard = FramingGuard::new(&stream[..], MAX_HEAD);
+    let verdicts = guard.verdicts();
+    assert_eq!(read_through(guard, 64 * 1024).await, stream);
+    assert_eq!(verdicts.withheld_refusal(), None);
+    let got: Vec<Framing> = (0..2).map(|_| verdicts.next()).collect();
+    assert_eq!(got, [Framing::Ok, ambiguous(CL_AND_TE)]);
+}
+
+#[tokio::test]
+async fn a_split_h2_preface_reaches_hyper_unmarked() {
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
+    let guard = FramingGuard::new(&preface[..], MAX_HEAD);
+    assert_eq!(read_through(guard, 5).await, preface);
 }
 
 #[test]

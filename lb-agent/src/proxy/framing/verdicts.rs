@@ -6,7 +6,7 @@
 //! ended: three atomics, no lock and no queue that a long pipelined or tunnelled stream could
 //! grow.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use super::Framing;
 use super::head::Ambiguity;
@@ -26,6 +26,8 @@ pub struct FramingVerdicts {
     /// How the stream ended: `FOLLOWING`, `NOT_HTTP1`, or an `Ambiguity` code for the head after
     /// the `ok_heads` good ones.
     end: AtomicU8,
+    /// The refusal in `end` was withheld from hyper and answered by the guard.
+    withheld: AtomicBool,
 }
 
 impl FramingVerdicts {
@@ -34,6 +36,7 @@ impl FramingVerdicts {
             ok_heads: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             end: AtomicU8::new(FOLLOWING),
+            withheld: AtomicBool::new(false),
         }
     }
 
@@ -69,6 +72,26 @@ impl FramingVerdicts {
     /// The next head (and everything after it) is refused.
     pub(super) fn refuse(&self, ambiguity: Ambiguity) {
         self.finish(ambiguity as u8);
+    }
+
+    /// The next head is refused and never reaches hyper: the guard answers it.
+    pub(super) fn refuse_withheld(&self, ambiguity: Ambiguity) {
+        self.withheld.store(true, Ordering::Relaxed);
+        self.refuse(ambiguity);
+    }
+
+    /// Why the guard refused a head itself (withheld from hyper), if it did: for the
+    /// connection's metrics and logs once it ends.
+    pub fn withheld_refusal(&self) -> Option<&'static str> {
+        if !self.withheld.load(Ordering::Relaxed) {
+            return None;
+        }
+        let code = self.end.load(Ordering::Acquire);
+        Some(
+            Ambiguity::from_code(code)
+                .unwrap_or(Ambiguity::Unparsable)
+                .reason(),
+        )
     }
 
     /// The connection is HTTP/2: every request is `Ok` from here.
