@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use cli::{
-    EXIT_BAD_CONFIG,
     args::{Cli, Command, LogFormat},
     commands,
     run::{RunOptions, run},
 };
-use lb_agent::{config::Config, overrides::Overrides};
+use lb_agent::overrides::Overrides;
 
 /// mimalloc: the proxy allocates per request (headers, bodies' buffers), and glibc's malloc
 /// cost it about 5% of its CPU time under load (`perf`, `bench l7`).
@@ -41,14 +40,7 @@ fn main() -> ExitCode {
             pin_dir,
             detach_on_exit,
             state_file,
-        } => match Config::load(&config) {
-            Ok(cfg) if lb_agent::proxy::check(&cfg).is_err() => {
-                let problems = lb_agent::proxy::check(&cfg).err().unwrap_or_default();
-                for line in problems.lines() {
-                    eprintln!("{}: {line}", config.display());
-                }
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+        } => match cli::load_checked(&config) {
             Ok(cfg) => run(
                 cfg,
                 RunOptions {
@@ -61,10 +53,7 @@ fn main() -> ExitCode {
                 },
             )
             .map(|()| None),
-            Err(errors) => {
-                eprintln!("{errors}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+            Err(status) => return status,
         },
         Command::Targets { command } => commands::targets(command).map(|()| None),
         Command::Groups { command } => commands::groups(command).map(|()| None),

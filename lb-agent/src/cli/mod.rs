@@ -15,16 +15,26 @@ use lb_agent::config::{Config, duration_text};
 /// Exit status for a bad config file (EX_DATAERR-like, as sysexits' EX_USAGE family).
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
+/// Reads a config file and checks it whole: the file's own checks, then the proxy's (rules
+/// compiled, certificate files loaded, policies known); on failure, prints every problem and
+/// gives the exit status.
+pub fn load_checked(path: &Path) -> Result<Config, ExitCode> {
+    let cfg = Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })?;
+    if let Err(problems) = lb_agent::proxy::check(&cfg) {
+        for line in problems.lines() {
+            eprintln!("{}: {line}", path.display());
+        }
+        return Err(ExitCode::from(EXIT_BAD_CONFIG));
+    }
+    Ok(cfg)
+}
+
 /// `lb-agent check`: validates a file without touching anything.
 pub fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(cfg) if lb_agent::proxy::check(&cfg).is_err() => {
-            let problems = lb_agent::proxy::check(&cfg).err().unwrap_or_default();
-            for line in problems.lines() {
-                eprintln!("{}: {line}", path.display());
-            }
-            ExitCode::from(EXIT_BAD_CONFIG)
-        }
+    match load_checked(path) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} listeners, {} target groups)",
@@ -34,10 +44,7 @@ pub fn check(path: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            ExitCode::from(EXIT_BAD_CONFIG)
-        }
+        Err(status) => status,
     }
 }
 

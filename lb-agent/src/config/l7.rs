@@ -111,8 +111,8 @@ impl AccessLogConfig {
 /// A listener's L7 settings with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerL7 {
-    /// The TLS security policy's name; none: the default policy.
-    pub ssl_policy: Option<String>,
+    /// The TLS security policy's name (`DEFAULT_SSL_POLICY` when none is set).
+    pub ssl_policy: String,
     pub idle_timeout: Duration,
     pub request_header_timeout: Duration,
     pub max_connections: u32,
@@ -142,7 +142,10 @@ impl Listener {
     /// The L7 settings, defaults filled in.
     pub fn l7(&self) -> ListenerL7 {
         ListenerL7 {
-            ssl_policy: self.ssl_policy.clone(),
+            ssl_policy: self
+                .ssl_policy
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SSL_POLICY.to_owned()),
             idle_timeout: self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             request_header_timeout: self
                 .request_header_timeout

@@ -127,12 +127,7 @@ impl ListenerSettings {
             default_action: Some(listener.default_action.clone()),
             rules: listener.rules.len(),
             certificates: listener.certificates.len(),
-            ssl_policy: tls.then(|| {
-                listener
-                    .ssl_policy
-                    .clone()
-                    .unwrap_or_else(|| crate::config::DEFAULT_SSL_POLICY.to_owned())
-            }),
+            ssl_policy: tls.then(|| listener.l7().ssl_policy),
         }
     }
 

@@ -6,8 +6,7 @@
 use super::{
     rules::RuleTable,
     target_client,
-    tls::{self, Alpn, CertificateStore},
-    tls_policy::SecurityPolicy,
+    tls::{self, TlsError},
 };
 use crate::config::{Config, GroupProtocol, ListenerProtocol};
 
@@ -25,23 +24,12 @@ pub fn problems(config: &Config) -> Vec<(String, String)> {
             out.push((at.clone(), e.to_string()));
         }
         if matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tls) {
-            let policy = l
-                .ssl_policy
-                .as_deref()
-                .unwrap_or(SecurityPolicy::default_policy().name());
-            if let Err(e) = SecurityPolicy::named(policy) {
-                out.push((format!("{at}.ssl_policy"), e.to_string()));
-                continue;
-            }
-            if l.certificates.is_empty() {
-                // `config` reports it.
-                continue;
-            }
-            match CertificateStore::load(&l.certificates) {
-                Ok(store) => {
-                    if let Err(e) = tls::server_config(policy, &store, Alpn::default()) {
-                        out.push((format!("{at}.ssl_policy"), e.to_string()));
-                    }
+            match tls::listener_server_config(l) {
+                Ok(_) => {}
+                // `config` reports a listener without certificates.
+                Err(TlsError::NoCertificates) => {}
+                Err(e @ (TlsError::Policy(_) | TlsError::InconsistentPolicy { .. })) => {
+                    out.push((format!("{at}.ssl_policy"), e.to_string()));
                 }
                 Err(e) => out.push((format!("{at}.certificates"), e.to_string())),
             }

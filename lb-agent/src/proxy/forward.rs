@@ -251,11 +251,6 @@ pub async fn handle(
     Ok(finish(response, exchange, shared))
 }
 
-/// The counters of the exchange's listener.
-fn conn_metrics(exchange: &Exchange) -> &super::metrics::ListenerMetrics {
-    &exchange.listener.metrics
-}
-
 /// Records `failure` in `exchange` and gives its answer.
 fn fail(exchange: &mut Exchange, failure: Failure) -> Response<ProxyBody> {
     exchange.error = Some(failure.code());
@@ -308,7 +303,7 @@ async fn forward(
     // HTTP/1.1 upgrade it knows; its 101 becomes the client's 200.
     let h2_websocket = is_h2_websocket(&parts);
     if h2_websocket {
-        if group.client.version != crate::config::ProtocolVersion::Http1 {
+        if group.client.version() != crate::config::ProtocolVersion::Http1 {
             return fail(exchange, Failure::TargetFailed);
         }
         into_h1_websocket(&mut parts);
@@ -335,7 +330,7 @@ async fn forward(
     let body = match body::Prefetched::first_frame(body, chunked).await {
         Ok(body) => body,
         Err(()) => {
-            conn_metrics(exchange).framing_rejected();
+            exchange.listener.metrics.framing_rejected();
             return fail(exchange, Failure::BadRequest);
         }
     };
@@ -557,11 +552,7 @@ fn prepare_request(
     }
     // The target's URI from parts made once per plan (no formatting, no parsing).
     let mut uri = hyper::http::uri::Parts::default();
-    uri.scheme = Some(if group.client.scheme == "https" {
-        hyper::http::uri::Scheme::HTTPS
-    } else {
-        hyper::http::uri::Scheme::HTTP
-    });
+    uri.scheme = Some(group.client.scheme.clone());
     uri.authority = Some(target.authority.clone());
     uri.path_and_query = Some(
         parts
@@ -574,7 +565,7 @@ fn prepare_request(
         parts.uri = uri;
     }
     let from_h2 = parts.version == Version::HTTP_2;
-    parts.version = match group.client.version {
+    parts.version = match group.client.version() {
         crate::config::ProtocolVersion::Http1 => Version::HTTP_11,
         _ => Version::HTTP_2,
     };

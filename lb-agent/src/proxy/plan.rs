@@ -22,8 +22,7 @@ use super::{
     rules::RuleTable,
     sticky::{self, StickyCookie, StickyKey},
     target_client::TargetClient,
-    tls::{self, Alpn, CertificateStore},
-    tls_policy::SecurityPolicy,
+    tls,
 };
 use crate::config::{
     Config, GroupProtocol, Listener, ListenerL7, ListenerProtocol, Stickiness, TargetGroup,
@@ -168,9 +167,10 @@ impl PlanBuilder {
             .iter()
             .filter(|g| proxied_group(config, g))
         {
+            let settings = g.l7();
             let client = match self.clients.get(&g.name) {
-                Some(client) if client.fits(g) => client.clone(),
-                _ => match TargetClient::new(g, self.workers) {
+                Some(client) if client.fits(g.protocol, &settings) => client.clone(),
+                _ => match TargetClient::new(g, settings.clone(), self.workers) {
                     Ok(client) => Arc::new(client),
                     Err(e) => {
                         tracing::error!(group = g.name, error = %e, "cannot build the group's client: its requests get 503");
@@ -204,9 +204,9 @@ impl PlanBuilder {
                 Arc::new(GroupPlan {
                     name: g.name.as_str().into(),
                     client,
-                    targets: GroupTargets::new(g.l7().algorithm, targets),
+                    targets: GroupTargets::new(settings.algorithm, targets),
                     sticky: GroupSticky::of(g),
-                    response_timeout: g.l7().response_timeout,
+                    response_timeout: settings.response_timeout,
                     target_metrics,
                 }),
             );
@@ -229,17 +229,7 @@ impl PlanBuilder {
         };
         let tls = match l.protocol {
             ListenerProtocol::Https | ListenerProtocol::Tls => {
-                let store = CertificateStore::load(&l.certificates).map_err(|e| e.to_string())?;
-                let policy = settings
-                    .ssl_policy
-                    .as_deref()
-                    .unwrap_or(SecurityPolicy::default_policy().name());
-                let alpn = if l.protocol == ListenerProtocol::Https {
-                    Alpn::H2AndHttp1
-                } else {
-                    Alpn::None
-                };
-                Some(tls::server_config(policy, &store, alpn).map_err(|e| e.to_string())?)
+                Some(tls::listener_server_config(l).map_err(|e| e.to_string())?)
             }
             _ => None,
         };

@@ -239,6 +239,7 @@ async fn serve_http<IO>(
         max_resets: settings.http2_max_reset_streams,
         close: Notify::new(),
     });
+    let client = conn.client;
     let conn = Arc::new(conn);
     let guard_verdicts = verdicts.clone();
     let service_watch = watch.clone();
@@ -300,7 +301,7 @@ async fn serve_http<IO>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(client = %watch_client(&listener), error = %e, "client connection ended with an error");
+                    tracing::debug!(%client, listener = %listener.name, error = %e, "client connection ended with an error");
                 }
                 break;
             }
@@ -335,10 +336,6 @@ fn count_guard_refusal(listener: &ListenerPlan, verdicts: Option<&FramingVerdict
         listener.metrics.framing_rejected();
         tracing::debug!(listener = %listener.name, reason, "request refused for its framing");
     }
-}
-
-fn watch_client(listener: &ListenerPlan) -> &str {
-    &listener.name
 }
 
 /// A connection's IO, noting when bytes move.

@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use hyper::body::Bytes;
+use hyper::{body::Bytes, http::uri::Scheme};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -38,15 +38,14 @@ pub struct TargetClient {
     /// One per proxy worker (`workers`): each worker's requests use its own pool.
     clients: Box<[Client<HttpsConnector<HttpConnector>, ProxyBody>]>,
     /// `http` or `https`: the scheme of the URIs requests are sent to.
-    pub scheme: &'static str,
-    pub version: ProtocolVersion,
+    pub scheme: Scheme,
     built_from: (GroupProtocol, GroupL7),
 }
 
 impl TargetClient {
-    /// The client for `group`, with a pool per worker.
-    pub fn new(group: &TargetGroup, workers: usize) -> Result<Self, String> {
-        let settings = group.l7();
+    /// The client for `group` with its L7 `settings` (`TargetGroup::l7`), with a pool per
+    /// worker.
+    pub fn new(group: &TargetGroup, settings: GroupL7, workers: usize) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -82,18 +81,22 @@ impl TargetClient {
                 .map(|_| client.build(connector.clone()))
                 .collect(),
             scheme: if group.protocol == GroupProtocol::Https {
-                "https"
+                Scheme::HTTPS
             } else {
-                "http"
+                Scheme::HTTP
             },
-            version: settings.protocol_version,
             built_from: (group.protocol, settings),
         })
     }
 
-    /// Whether this client serves `group` as configured now.
-    pub fn fits(&self, group: &TargetGroup) -> bool {
-        self.built_from == (group.protocol, group.l7())
+    /// Whether this client serves a group of `protocol` with these `settings`.
+    pub fn fits(&self, protocol: GroupProtocol, settings: &GroupL7) -> bool {
+        self.built_from.0 == protocol && &self.built_from.1 == settings
+    }
+
+    /// The HTTP version it speaks to targets.
+    pub fn version(&self) -> ProtocolVersion {
+        self.built_from.1.protocol_version
     }
 
     /// The calling worker's pooled client.

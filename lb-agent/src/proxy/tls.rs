@@ -22,7 +22,7 @@ use rustls::{
 };
 
 use super::tls_policy::{SecurityPolicy, UnknownPolicy};
-use crate::config::Certificate;
+use crate::config::{Certificate, Listener, ListenerProtocol};
 
 /// Why a listener's TLS set-up failed; every file error names the file.
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +299,22 @@ impl Alpn {
             Alpn::None => Vec::new(),
         }
     }
+}
+
+/// The server config of an https or tls listener: its policy (the default when it names
+/// none), its certificates, ALPN `h2` and `http/1.1` for https and none for tls. The one way
+/// the proxy builds a listener's TLS, for serving (`plan`) and for checking a config
+/// (`check`).
+pub fn listener_server_config(listener: &Listener) -> Result<Arc<ServerConfig>, TlsError> {
+    let alpn = if listener.protocol == ListenerProtocol::Https {
+        Alpn::H2AndHttp1
+    } else {
+        Alpn::None
+    };
+    // The policy first: an unknown name is reported as such, whatever the certificates.
+    SecurityPolicy::named(&listener.l7().ssl_policy)?;
+    let store = CertificateStore::load(&listener.certificates)?;
+    server_config(&listener.l7().ssl_policy, &store, alpn)
 }
 
 /// The rustls server config for a listener: the named policy's versions and suites, in the
