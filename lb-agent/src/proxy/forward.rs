@@ -343,7 +343,7 @@ async fn forward(
     let sent = Instant::now();
     let result = tokio::time::timeout(
         group.response_timeout,
-        group.client.client().request(request),
+        group.client.send(target.address, request),
     )
     .await;
     let mut response = match result {
@@ -407,7 +407,7 @@ async fn forward(
         }
         return Response::from_parts(parts, answer::empty());
     }
-    response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
+    response
 }
 
 /// Joins an upgraded client connection to the upgraded target connection (websockets), both
@@ -550,25 +550,33 @@ fn prepare_request(
     {
         parts.headers.insert(header::HOST, value);
     }
-    // The target's URI from parts made once per plan (no formatting, no parsing).
-    let mut uri = hyper::http::uri::Parts::default();
-    uri.scheme = Some(group.client.scheme.clone());
-    uri.authority = Some(target.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
-    );
-    if let Ok(uri) = Uri::from_parts(uri) {
-        parts.uri = uri;
+    // A request without a Host header (HTTP/1.0) names the target.
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(target.authority.as_str())
+    {
+        parts.headers.insert(header::HOST, value);
     }
     let from_h2 = parts.version == Version::HTTP_2;
     parts.version = match group.client.version() {
         crate::config::ProtocolVersion::Http1 => Version::HTTP_11,
         _ => Version::HTTP_2,
     };
+    // The target's URI: origin-form for HTTP/1.1; HTTP/2's pseudo-headers also need scheme and
+    // authority, from parts made once per plan (no formatting, no parsing).
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    let mut uri = hyper::http::uri::Parts::default();
+    if parts.version == Version::HTTP_2 {
+        uri.scheme = Some(group.client.scheme.clone());
+        uri.authority = Some(target.authority.clone());
+    }
+    uri.path_and_query = Some(path_and_query);
+    if let Ok(uri) = Uri::from_parts(uri) {
+        parts.uri = uri;
+    }
     // HTTP/2 clients send a `Cookie` field per cookie; HTTP/1.1 allows one (RFC 9113 §8.2.3).
     if from_h2 && parts.version == Version::HTTP_11 {
         join_cookies(&mut parts.headers);

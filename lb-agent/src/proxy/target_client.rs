@@ -1,20 +1,41 @@
 //! The client a group's requests go to targets with: pooled keep-alive connections (HTTP/1.1)
-//! or multiplexed ones (HTTP/2, gRPC), plain (`http` groups: TLS offload) or TLS again
-//! (`https` groups: bridging), the targets' certificates verified against the group's CA
-//! file or, without one, not verified (as AWS ALB does).
+//! or one multiplexed connection per target (HTTP/2, gRPC), plain (`http` groups: TLS
+//! offload) or TLS again (`https` groups: bridging), the targets' certificates verified
+//! against the group's CA file or, without one, not verified (as AWS ALB does).
+//!
+//! Each proxy worker has its own connections (`workers`): a request goes out on a connection
+//! of the worker that serves it. An HTTP/1.1 connection goes back to its worker's idle list
+//! when the response's body has ended and hyper is ready for the next request on it (at
+//! once, nearly always: no task per request waits for it); one whose body was dropped
+//! unread is closed. A request that finds its pooled connection closed by the target before
+//! anything was written is sent again on another.
 
-use std::{path::Path, sync::Arc, time::Duration};
-
-use hyper::{body::Bytes, http::uri::Scheme};
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
+
+use http_body_util::BodyExt as _;
+use hyper::{
+    Request, Response,
+    body::{Body, Bytes, Frame, Incoming, SizeHint},
+    client::conn::{http1, http2},
+    http::uri::Scheme,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
 };
 
 use super::tls_policy::SecurityPolicy;
@@ -25,61 +46,99 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 /// Errors of bodies, whatever their source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long connecting to a target may take before the request fails with 502.
+/// How long connecting to a target (TCP, then TLS) may take before the request fails with 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle pooled connections to targets are closed after this long (below the 60 s keep-alive
-/// timeouts common targets use, so the proxy closes first and never reuses a dying one).
+/// Idle pooled connections to targets are not reused after this long (below the 60 s
+/// keep-alive timeouts common targets use, so the proxy never sends on one the target is
+/// closing), and are closed when their target's list is next used.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// Idle connections kept per target.
+/// Idle connections kept per target and worker.
 const POOL_MAX_IDLE_PER_TARGET: usize = 512;
+/// Sends of a request on pooled connections the target had closed before it is sent on a
+/// new one.
+const STALE_RETRIES: usize = 3;
 
 /// A group's client and what it was built from (rebuilt only when that changes).
 pub struct TargetClient {
-    /// One per proxy worker (`workers`): each worker's requests use its own pool.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, ProxyBody>]>,
-    /// `http` or `https`: the scheme of the URIs requests are sent to.
+    /// One per proxy worker (`workers`): each worker's requests use its own connections.
+    pools: Box<[Arc<Mutex<Pool>>]>,
+    /// TLS towards the targets (`https` groups), with the name to ask for.
+    tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+    /// `http` or `https`: the scheme of the URIs HTTP/2 requests carry.
     pub scheme: Scheme,
     built_from: (GroupProtocol, GroupL7),
+}
+
+/// One worker's connections to one group's targets.
+#[derive(Default)]
+struct Pool {
+    /// HTTP/1.1: idle connections per target, the most recently used last.
+    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+    /// HTTP/2: the connection per target every request is a stream of.
+    shared: HashMap<SocketAddr, http2::SendRequest<ProxyBody>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+impl Pool {
+    /// An idle HTTP/1.1 connection to `target` ready for a request, if there is one.
+    fn checkout(&mut self, target: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+        let idle = self.idle.get_mut(&target)?;
+        while let Some(conn) = idle.pop_back() {
+            if conn.since.elapsed() >= POOL_IDLE_TIMEOUT {
+                // The newest is too old: so are the rest.
+                idle.clear();
+                return None;
+            }
+            if conn.sender.is_ready() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts back a connection ready for the next request (closing the expired ones).
+    fn put(&mut self, target: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+        let idle = self.idle.entry(target).or_default();
+        while idle
+            .front()
+            .is_some_and(|conn| conn.since.elapsed() >= POOL_IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < POOL_MAX_IDLE_PER_TARGET {
+            idle.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 impl TargetClient {
     /// The client for `group` with its L7 `settings` (`TargetGroup::l7`), with a pool per
     /// worker.
     pub fn new(group: &TargetGroup, settings: GroupL7, workers: usize) -> Result<Self, String> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.enforce_http(false);
-        let tls = client_tls(&settings)?;
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let builder = match &settings.tls_server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone())
-                    .map_err(|e| format!("tls_server_name `{name}`: {e}"))?;
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        let tls = match group.protocol {
+            GroupProtocol::Https => {
+                let name = match &settings.tls_server_name {
+                    Some(name) => Some(
+                        ServerName::try_from(name.clone())
+                            .map_err(|e| format!("tls_server_name `{name}`: {e}"))?,
+                    ),
+                    None => None,
+                };
+                let config = client_tls(&settings)?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
             }
-            None => builder,
+            _ => None,
         };
-        // hyper-rustls sets ALPN itself from the versions enabled.
-        let connector = match settings.protocol_version {
-            ProtocolVersion::Http1 => builder.enable_http1().wrap_connector(http),
-            ProtocolVersion::Http2 | ProtocolVersion::Grpc => {
-                builder.enable_http2().wrap_connector(http)
-            }
-        };
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_TARGET)
-            .http2_only(settings.protocol_version != ProtocolVersion::Http1);
         Ok(Self {
-            clients: (0..workers.max(1))
-                .map(|_| client.build(connector.clone()))
-                .collect(),
+            pools: (0..workers.max(1)).map(|_| Arc::default()).collect(),
+            tls,
             scheme: if group.protocol == GroupProtocol::Https {
                 Scheme::HTTPS
             } else {
@@ -99,20 +158,257 @@ impl TargetClient {
         self.built_from.1.protocol_version
     }
 
-    /// The calling worker's pooled client.
-    pub fn client(&self) -> &Client<HttpsConnector<HttpConnector>, ProxyBody> {
-        &self.clients[super::workers::current() % self.clients.len()]
+    /// Sends `request` to `target` on a connection of the calling worker's pool (a new one
+    /// when none is idle), and gives the response. An HTTP/1.1 request's URI is sent as it is
+    /// (origin-form); an HTTP/2 one needs scheme and authority.
+    pub async fn send(
+        &self,
+        target: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let pool = &self.pools[super::workers::current() % self.pools.len()];
+        match self.version() {
+            ProtocolVersion::Http1 => self.send_http1(pool, target, request).await,
+            ProtocolVersion::Http2 | ProtocolVersion::Grpc => {
+                self.send_http2(pool, target, request).await
+            }
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        pool: &Arc<Mutex<Pool>>,
+        target: SocketAddr,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        for _ in 0..STALE_RETRIES {
+            let Some(mut sender) = lock(pool).checkout(target) else {
+                break;
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(pooled_response(response, sender, pool, target)),
+                Err(mut e) => match e.take_message() {
+                    // Closed by the target before the request went: another connection.
+                    Some(unsent) => request = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        // Boxed: the connect future is large and rare; inline, it would be moved with every request.
+        let mut sender = Box::pin(self.connect_http1(target)).await?;
+        let response = sender.send_request(request).await?;
+        Ok(pooled_response(response, sender, pool, target))
+    }
+
+    async fn send_http2(
+        &self,
+        pool: &Arc<Mutex<Pool>>,
+        target: SocketAddr,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let open = lock(pool)
+            .shared
+            .get(&target)
+            .filter(|sender| !sender.is_closed())
+            .cloned();
+        if let Some(mut sender) = open {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(box_incoming)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = Box::pin(self.connect_http2(target)).await?;
+        lock(pool).shared.insert(target, sender.clone());
+        let response = sender.send_request(request).await?;
+        Ok(response.map(box_incoming))
+    }
+
+    async fn connect_http1(
+        &self,
+        target: SocketAddr,
+    ) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
+        async fn handshake<I>(io: I) -> Result<http1::SendRequest<ProxyBody>, BoxError>
+        where
+            I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "connection to a target ended");
+                }
+            });
+            Ok(sender)
+        }
+        let tcp = connect_tcp(target).await?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some(tls) => handshake(connect_tls(tls, target, tcp).await?).await,
+        }
+    }
+
+    async fn connect_http2(
+        &self,
+        target: SocketAddr,
+    ) -> Result<http2::SendRequest<ProxyBody>, BoxError> {
+        async fn handshake<I>(io: I) -> Result<http2::SendRequest<ProxyBody>, BoxError>
+        where
+            I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection to a target ended");
+                }
+            });
+            Ok(sender)
+        }
+        let tcp = connect_tcp(target).await?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some(tls) => handshake(connect_tls(tls, target, tcp).await?).await,
+        }
     }
 }
 
-/// The TLS config towards a group's targets: verification by CA file or none (ALPN is the
-/// connector's, by protocol version).
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    // A panic while holding it leaves only connections behind: still usable.
+    pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn connect_tcp(target: SocketAddr) -> Result<TcpStream, BoxError> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
+        .await
+        .map_err(|_| format!("connecting to {target} timed out"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+async fn connect_tls(
+    (connector, name): &(tokio_rustls::TlsConnector, Option<ServerName<'static>>),
+    target: SocketAddr,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+    // Without a configured name, the target's address (no SNI is sent for it).
+    let name = name.clone().unwrap_or_else(|| ServerName::from(target.ip()));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("TLS handshake with {target} timed out"))??;
+    Ok(stream)
+}
+
+fn box_incoming(body: Incoming) -> ProxyBody {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
+/// The response with a body that gives the connection back to `pool` when it ends (not a
+/// switched protocol's: that connection is the tunnel's now).
+fn pooled_response(
+    response: Response<Incoming>,
+    sender: http1::SendRequest<ProxyBody>,
+    pool: &Arc<Mutex<Pool>>,
+    target: SocketAddr,
+) -> Response<ProxyBody> {
+    if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return response.map(box_incoming);
+    }
+    let pool = pool.clone();
+    response.map(|inner| {
+        PooledBody {
+            inner,
+            release: Some((sender, pool, target)),
+        }
+        .boxed()
+    })
+}
+
+/// A target's HTTP/1.1 response body holding its connection until it ends.
+struct PooledBody {
+    inner: Incoming,
+    release: Option<(http1::SendRequest<ProxyBody>, Arc<Mutex<Pool>>, SocketAddr)>,
+}
+
+impl PooledBody {
+    /// The body has ended: the connection can carry the next request.
+    fn release(&mut self) {
+        let Some((mut sender, pool, target)) = self.release.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            lock(&pool).put(target, sender);
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // hyper has not yet seen the exchange end (or is still sending the request's
+            // body): the connection is put back once it has.
+            runtime.spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(POOL_IDLE_TIMEOUT, sender.ready()).await
+                {
+                    lock(&pool).put(target, sender);
+                }
+            });
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => {
+                self.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A broken response: its connection is not reused.
+                self.release = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Dropped at its end (an empty body may never be polled): reusable. Dropped
+        // unread: the rest of it is still on the connection, which hyper closes.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+/// The TLS config towards a group's targets: verification by CA file or none, ALPN by the
+/// group's protocol version.
 fn client_tls(settings: &GroupL7) -> Result<ClientConfig, String> {
     let provider = Arc::new(SecurityPolicy::default_policy().crypto_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let config = match &settings.ca_file {
+    let mut config = match &settings.ca_file {
         Some(ca) => builder
             .with_root_certificates(root_store(ca)?)
             .with_no_client_auth(),
@@ -120,6 +416,10 @@ fn client_tls(settings: &GroupL7) -> Result<ClientConfig, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth(),
+    };
+    config.alpn_protocols = match settings.protocol_version {
+        ProtocolVersion::Http1 => vec![b"http/1.1".to_vec()],
+        ProtocolVersion::Http2 | ProtocolVersion::Grpc => vec![b"h2".to_vec()],
     };
     Ok(config)
 }
