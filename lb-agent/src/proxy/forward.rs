@@ -174,12 +174,10 @@ pub async fn handle(
         return Ok(Failure::NoGroup.response(true));
     };
     let (mut parts, body) = request.into_parts();
-    if !parts.headers.contains_key(&listener.request_id_header)
-        && let Ok(value) = HeaderValue::from_str(&new_request_id())
-    {
+    if !parts.headers.contains_key(&listener.request_id_header) {
         parts
             .headers
-            .insert(listener.request_id_header.clone(), value);
+            .insert(listener.request_id_header.clone(), new_request_id());
     }
     // What only the access log needs is copied only when there is one.
     let logged = shared.access_log.load().is_some();
@@ -635,45 +633,85 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// `Keep-Alive`, `Proxy-Connection`, `TE` (except `trailers`, which gRPC needs), `Trailer`,
 /// `Transfer-Encoding`, `Upgrade` (kept for an upgrade).
 fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !(upgrade && name == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Most messages have none, or only `Connection: keep-alive`: one pass over the names.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
-    headers.remove(header::CONNECTION);
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    if headers.contains_key(header::CONNECTION) {
+        // The names `Connection` lists, past the options it usually carries (a `Vec` that
+        // stays empty allocates nothing).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|token| {
+                !(token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || (upgrade && token.eq_ignore_ascii_case(b"upgrade")))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     if !upgrade {
         headers.remove(header::UPGRADE);
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if headers.contains_key(header::TE) {
+        // Of `TE`, only `trailers` goes on.
+        let trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// An id like AWS's `X-Amzn-Trace-Id`: `Root=1-<unix seconds, hex>-<96 random bits, hex>`.
-fn new_request_id() -> String {
+fn new_request_id() -> HeaderValue {
     let seconds = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    format!(
-        "Root=1-{seconds:08x}-{:016x}{:08x}",
-        random(),
-        random() as u32
-    )
+    let mut id = *b"Root=1-00000000-000000000000000000000000";
+    write_hex(&mut id[7..15], seconds);
+    write_hex(&mut id[16..32], random());
+    write_hex(&mut id[32..40], random());
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("Root=1-0-0"))
+}
+
+/// The low `out.len()` hex digits of `value` into `out`.
+fn write_hex(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 /// A fast per-thread pseudo-random number (xorshift64*, seeded from the OS once per
@@ -773,6 +811,25 @@ mod tests {
     }
 
     #[test]
+    fn te_keeps_only_trailers_and_an_upgrade_keeps_its_upgrade_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        remove_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get(header::TE).unwrap(), "trailers");
+        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(!headers.contains_key(header::CONNECTION));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers, false);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
     fn an_h2_clients_cookie_fields_are_joined_into_one() {
         let mut headers = HeaderMap::new();
         headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
@@ -797,7 +854,15 @@ mod tests {
         let a = new_request_id();
         let b = new_request_id();
         assert_ne!(a, b);
+        let a = a.to_str().expect("ASCII");
         assert!(a.starts_with("Root=1-"), "{a}");
         assert_eq!(a.len(), "Root=1-".len() + 8 + 1 + 24, "{a}");
+        let seconds = u64::from_str_radix(&a[7..15], 16).expect("hex seconds");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(seconds) < 60, "{a}");
+        assert!(a[16..].bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
     }
 }

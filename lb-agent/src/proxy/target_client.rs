@@ -235,6 +235,8 @@ impl TargetClient {
             I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         {
             let (sender, connection) = http1::Builder::new()
+                // Head and small body in one buffer, one `write` (not a `writev`).
+                .writev(false)
                 .handshake(TokioIo::new(io))
                 .await?;
             tokio::spawn(async move {
