@@ -77,7 +77,7 @@ pub enum Mode {
 }
 
 /// A certificate and its key (TLS and HTTPS listeners).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     /// PEM certificate chain.
@@ -284,7 +284,7 @@ pub struct Rule {
 }
 
 /// An address, port and protocol the load balancer accepts traffic on.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Unique among listeners; 1-64 of `[A-Za-z0-9_-]`.

@@ -2,10 +2,12 @@
 //! the agent's state changes (one `ArcSwap` load per request, never a lock): each L7
 //! listener's compiled rules and TLS config, each group's client and the targets in service.
 //!
-//! Built by one task from the writer's snapshots. Rules and TLS configs are rebuilt only when
-//! the config in force changes (a reload or an API change); a health-check result only
-//! changes which targets serve, and a group's client (its connection pool) is kept as long
-//! as its settings are.
+//! Built by one task from the writer's snapshots. A listener's rules and TLS config are
+//! rebuilt only when its definition or its certificate and key files' contents change (a reload or an
+//! API change touching it): a change elsewhere (targets, another listener) leaves its TLS
+//! session cache and compiled rules in place. A health-check result only changes which
+//! targets serve, and a group's client (its connection pool) is kept as long as its
+//! settings are.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -108,6 +110,8 @@ impl GroupSticky {
 pub struct PlanBuilder {
     config: Option<Arc<Config>>,
     listeners: HashMap<String, Arc<ListenerPlan>>,
+    /// What each listener's plan was built from.
+    built_from: HashMap<String, ListenerSource>,
     clients: HashMap<String, Arc<TargetClient>>,
     loads: LoadRegistry,
     sticky: Arc<StickyKey>,
@@ -122,6 +126,7 @@ impl PlanBuilder {
             workers,
             config: None,
             listeners: HashMap::new(),
+            built_from: HashMap::new(),
             clients: HashMap::new(),
             loads: LoadRegistry::new(),
             sticky,
@@ -143,20 +148,34 @@ impl PlanBuilder {
             .is_some_and(|old| Arc::ptr_eq(old, config));
         if changed {
             let mut listeners = HashMap::new();
+            let mut built_from = HashMap::new();
             for l in config.listeners.iter().filter(|l| l.is_l7()) {
+                let source = ListenerSource::of(l);
+                if let Some(old) = self.listeners.get(&l.name)
+                    && self.built_from.get(&l.name) == Some(&source)
+                {
+                    listeners.insert(l.name.clone(), old.clone());
+                    built_from.insert(l.name.clone(), source);
+                    continue;
+                }
                 match self.listener_plan(l) {
                     Ok(plan) => {
                         listeners.insert(l.name.clone(), Arc::new(plan));
+                        built_from.insert(l.name.clone(), source);
                     }
                     Err(e) => {
                         tracing::error!(listener = l.name, error = %e, "the listener's new settings cannot be served; it keeps its previous ones");
                         if let Some(old) = self.listeners.get(&l.name) {
                             listeners.insert(l.name.clone(), old.clone());
+                            if let Some(source) = self.built_from.get(&l.name) {
+                                built_from.insert(l.name.clone(), source.clone());
+                            }
                         }
                     }
                 }
             }
             self.listeners = listeners;
+            self.built_from = built_from;
             self.config = Some(config.clone());
         }
         let mut loads = self.loads.build();
@@ -265,6 +284,33 @@ impl PlanBuilder {
     }
 }
 
+/// What a listener's plan is built from: its definition and the contents of the files its
+/// certificates are read from (a digest: the key's bytes are not kept twice).
+#[derive(Clone, PartialEq)]
+struct ListenerSource {
+    listener: Listener,
+    /// SHA-256 of each certificate and key file; `None`: unreadable.
+    files: Vec<Option<[u8; 32]>>,
+}
+
+impl ListenerSource {
+    fn of(listener: &Listener) -> Self {
+        let digest = |path: &std::path::Path| {
+            let bytes = std::fs::read(path).ok()?;
+            let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+            digest.as_ref().try_into().ok()
+        };
+        Self {
+            listener: listener.clone(),
+            files: listener
+                .certificates
+                .iter()
+                .flat_map(|c| [digest(&c.cert), digest(&c.key)])
+                .collect(),
+        }
+    }
+}
+
 /// Whether the proxy sends traffic to `group`: an http/https group, or a tcp group a `tls`
 /// listener forwards to.
 fn proxied_group(config: &Config, group: &TargetGroup) -> bool {
@@ -274,5 +320,74 @@ fn proxied_group(config: &Config, group: &TargetGroup) -> bool {
             l.protocol == ListenerProtocol::Tls && l.forward_group() == Some(group.name.as_str())
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with an https listener on `cert`/`key` and a group of `targets` (ports of
+    /// 198.18.0.21).
+    fn config(dir: &std::path::Path, targets: &[u16]) -> Arc<Config> {
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|port| format!("{{ address = \"198.18.0.21\", port = {port} }}"))
+            .collect();
+        let text = format!(
+            "[agent]\ninterface = \"eth0\"\n\n\
+             [[target_group]]\nname = \"web\"\nprotocol = \"http\"\nport = 80\ntargets = [{}]\n\n\
+             [[listener]]\nname = \"web-tls\"\naddress = \"198.18.1.100\"\nport = 443\n\
+             protocol = \"https\"\ndefault_action = {{ forward = \"web\" }}\n\
+             certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            targets.join(", "),
+            dir.join("a.crt").display(),
+            dir.join("a.key").display(),
+        );
+        Arc::new(Config::parse(&text, "test.toml").expect("a valid config"))
+    }
+
+    fn write_certificate(dir: &std::path::Path) {
+        let issued = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        std::fs::write(dir.join("a.crt"), issued.cert.pem()).unwrap();
+        std::fs::write(dir.join("a.key"), issued.key_pair.serialize_pem()).unwrap();
+    }
+
+    #[test]
+    fn a_listener_is_rebuilt_only_when_its_definition_or_certificate_files_change() {
+        let dir = std::env::temp_dir().join(format!("lb-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_certificate(&dir);
+        let mut builder = PlanBuilder::new(
+            Arc::new(StickyKey::from_bytes(&[7; sticky::KEY_BYTES])),
+            Arc::new(ProxyMetrics::default()),
+            1,
+        );
+        let serving = BTreeMap::new();
+        let first = builder.build(&config(&dir, &[80]), &serving);
+        let listener = |plan: &Plan| plan.listeners["web-tls"].clone();
+
+        // Another config (a target added), the same listener and files: the same plan.
+        let second = builder.build(&config(&dir, &[80, 81]), &serving);
+        assert!(Arc::ptr_eq(&listener(&first), &listener(&second)));
+
+        // The certificate replaced: rebuilt (its new TLS config serves new connections).
+        write_certificate(&dir);
+        let third = builder.build(&config(&dir, &[80, 81]), &serving);
+        assert!(!Arc::ptr_eq(&listener(&second), &listener(&third)));
+
+        // The listener's own settings changed: rebuilt.
+        let changed = {
+            let mut c = (*config(&dir, &[80, 81])).clone();
+            c.listeners[0].idle_timeout = Some(Duration::from_secs(30));
+            Arc::new(c)
+        };
+        let fourth = builder.build(&changed, &serving);
+        assert!(!Arc::ptr_eq(&listener(&third), &listener(&fourth)));
+        assert_eq!(
+            listener(&fourth).settings.idle_timeout,
+            Duration::from_secs(30)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
