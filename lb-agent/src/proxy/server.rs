@@ -250,9 +250,11 @@ async fn serve_http<IO>(
             Some(Framing::Ambiguous(reason)) => Some(reason),
             _ => None,
         };
+        // Boxed: the request's future is large (kilobytes), and hyper moves the service's
+        // future whole (HTTP/2 spawns it as a task): moving a pointer is cheaper.
         let response = refused
             .is_none()
-            .then(|| handle(request, conn.clone(), shared.clone()));
+            .then(|| Box::pin(handle(request, conn.clone(), shared.clone())));
         let listener = service_listener.clone();
         let client = conn.client;
         async move {
