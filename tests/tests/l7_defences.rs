@@ -350,7 +350,7 @@ fn a_head_over_max_header_bytes_gets_431_and_never_reaches_a_target() {
 }
 
 #[test]
-fn a_slow_header_sender_is_cut_after_the_request_header_timeout_while_others_are_served() {
+fn a_slow_header_sender_and_a_silent_connection_get_408_after_the_request_header_timeout_while_others_are_served() {
     let l7 = lab("l7slow");
     let mut slow = RawConnection::connect(&l7.lab, vip(WEB_PORT));
     let started = Instant::now();
@@ -383,7 +383,36 @@ fn a_slow_header_sender_is_cut_after_the_request_header_timeout_while_others_are
         "cut too late: {after:?}"
     );
     assert!(served >= 1, "no request was served meanwhile");
+    assert!(
+        answer.text.starts_with("HTTP/1.1 408 ")
+            && answer.text.contains("request_header_timeout"),
+        "the slow sender got no 408 saying why: {answer:?}"
+    );
+    // A connection that sends nothing at all is cut the same way.
+    let mut silent = RawConnection::connect(&l7.lab, vip(WEB_PORT));
+    let answer = silent.read_until_closed(HEADER_TIMEOUT + Duration::from_secs(3));
+    let after = answer
+        .closed_after
+        .expect("the silent connection was never cut");
+    assert!(
+        after >= HEADER_TIMEOUT - Duration::from_millis(200),
+        "cut too early: {after:?}"
+    );
+    assert!(
+        answer.text.starts_with("HTTP/1.1 408 "),
+        "the silent connection got no 408: {answer:?}"
+    );
     assert_served(&l7, "after");
+    let metrics = l7.agent.cli(&["metrics"]).expect("metrics");
+    assert_eq!(
+        sample(
+            &metrics,
+            "lb_http_request_header_timeouts_total",
+            &[("listener", "web")]
+        ),
+        2,
+        "{metrics}"
+    );
     let logs = target_logs(&l7);
     assert!(
         !logs.contains("/probe-"),

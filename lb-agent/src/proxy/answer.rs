@@ -33,6 +33,8 @@ pub enum Failure {
     HeadTooLarge,
     /// A redirect needs a host and the request named none.
     NoHost,
+    /// The request head did not arrive within the listener's `request_header_timeout`.
+    HeadTimeout,
 }
 
 impl Failure {
@@ -45,6 +47,7 @@ impl Failure {
             Self::BadRequest | Self::NoHost => StatusCode::BAD_REQUEST,
             Self::RedirectLoop => StatusCode::INTERNAL_SERVER_ERROR,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -59,6 +62,7 @@ impl Failure {
             Self::RedirectLoop => "redirect_loop",
             Self::NoHost => "no_host",
             Self::HeadTooLarge => "head_too_large",
+            Self::HeadTimeout => "request_header_timeout",
         }
     }
 
@@ -80,6 +84,9 @@ impl Failure {
             Self::NoHost => "400 Bad Request: the request has no Host\n",
             Self::HeadTooLarge => {
                 "431 Request Header Fields Too Large: the request head is longer than this listener allows\n"
+            }
+            Self::HeadTimeout => {
+                "408 Request Timeout: the request head did not arrive within this listener's request_header_timeout\n"
             }
         }
     }

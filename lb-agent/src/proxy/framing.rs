@@ -164,6 +164,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.verdicts.head_timed_out() {
+            // The connection's watchdog saw a head not arrive in time: answered like a refused
+            // head (408), the input ends here.
+            this.stream.time_out();
+        }
         loop {
             if this.hand_on_pending(buf) {
                 return Poll::Ready(Ok(()));
@@ -176,6 +181,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
                 if this.answer.is_none() {
                     let failure = match refused {
                         Ambiguity::HeadTooLarge => Failure::HeadTooLarge,
+                        Ambiguity::HeadTimeout => Failure::HeadTimeout,
                         _ => Failure::BadRequest,
                     };
                     this.answer = Some((failure.http1_closing_bytes(), 0));

@@ -202,6 +202,7 @@ pub struct ListenerMetrics {
     responses: ByClass,
     reset_floods: AtomicU64,
     bad_requests: AtomicU64,
+    header_timeouts: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -243,6 +244,12 @@ impl ListenerMetrics {
     /// malformed head.
     pub fn framing_rejected(&self) {
         self.bad_requests.fetch_add(1, Relaxed);
+    }
+
+    /// A connection was answered 408 and closed: a request head did not arrive within the
+    /// listener's request-header timeout.
+    pub fn header_timeout(&self) {
+        self.header_timeouts.fetch_add(1, Relaxed);
     }
 
     /// Connections open now.
@@ -460,6 +467,15 @@ impl Scrape {
         for (name, m) in &self.listeners {
             counter(&mut f, &labels(name), m.reset_floods.load(Relaxed))?;
         }
+        let mut f = encoder.encode_descriptor(
+            "lb_http_request_header_timeouts",
+            "Connections answered 408 and closed: a request head did not arrive within request_header_timeout.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, m) in &self.listeners {
+            counter(&mut f, &labels(name), m.header_timeouts.load(Relaxed))?;
+        }
         Ok(())
     }
 
@@ -604,6 +620,7 @@ mod tests {
                 "lb_http_responses_total counter",
                 "lb_http_bad_requests_total counter",
                 "lb_http2_reset_floods_total counter",
+                "lb_http_request_header_timeouts_total counter",
                 "lb_http_requests_total counter",
                 "lb_http_rule_responses_total counter",
                 "lb_http_target_requests_total counter",
@@ -632,6 +649,7 @@ mod tests {
         }
         web.framing_rejected();
         web.h2_reset_flood();
+        web.header_timeout();
         // The same series whoever asks.
         metrics.listener("web").connection_refused();
         let text = text(&metrics);
@@ -649,6 +667,7 @@ mod tests {
             format!(r#"lb_http_responses_total{{{l},class="5xx"}} 2"#),
             format!("lb_http_bad_requests_total{{{l}}} 1"),
             format!("lb_http2_reset_floods_total{{{l}}} 1"),
+            format!("lb_http_request_header_timeouts_total{{{l}}} 1"),
             "lb_access_log_dropped_total 0".to_owned(),
         ];
         assert_eq!(samples(&text), expected, "{text}");

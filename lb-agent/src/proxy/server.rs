@@ -274,7 +274,9 @@ async fn serve_http<IO>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Some(settings.request_header_timeout))
+        // The request-header timeout is the watchdog's (below): it answers 408 through the
+        // framing guard, and no timer is set per request.
+        .header_read_timeout(None)
         // The guard refuses longer heads itself (431 with a body); hyper's own limit stays a
         // backstop one byte above, for the empty line the guard puts before a held head.
         .max_buf_size(settings.max_header_bytes as usize + 1)
@@ -295,12 +297,18 @@ async fn serve_http<IO>(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let idle_timeout = settings.idle_timeout;
+    let header_timeout = settings.request_header_timeout;
     // Idleness is noticed a tick late at most: the connection closes within
-    // `idle_timeout + 2 ticks` of its last byte.
-    let tick = (idle_timeout / 8).max(Duration::from_millis(250));
+    // `idle_timeout + 2 ticks` of its last byte; a late head within a tick of its timeout.
+    let tick = (idle_timeout / 8)
+        .min(header_timeout / 4)
+        .max(Duration::from_millis(100));
     let mut closing: Option<tokio::time::Instant> = None;
     let mut seen_activity = 0;
     let mut quiet_since = Instant::now();
+    // The head being awaited (HTTP/1: the guard's number for it) and since when: the first
+    // from the connection's start.
+    let mut awaited = (1, Instant::now());
     loop {
         let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + tick);
         tokio::select! {
@@ -324,13 +332,28 @@ async fn serve_http<IO>(
                 if closing.is_some() {
                     break;
                 }
+                let idle = watch.in_flight.load(Ordering::Relaxed) == 0;
+                if let Some(verdicts) = &guard_verdicts {
+                    let head = verdicts.awaiting_head();
+                    if head == 0 || !idle {
+                        awaited.0 = 0;
+                    } else if head != awaited.0 {
+                        awaited = (head, Instant::now());
+                    } else if awaited.1.elapsed() >= header_timeout {
+                        // The guard answers 408 at hyper's next read, and hyper closes; the
+                        // deadline cuts it if it cannot (after an upgrade).
+                        verdicts.time_out_head();
+                        listener.metrics.header_timeout();
+                        tracing::debug!(%client, listener = %listener.name, "request head not received within request_header_timeout");
+                        closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                        continue;
+                    }
+                }
                 let activity = watch.activity.load(Ordering::Relaxed);
                 if activity != seen_activity {
                     seen_activity = activity;
                     quiet_since = Instant::now();
-                } else if watch.in_flight.load(Ordering::Relaxed) == 0
-                    && quiet_since.elapsed() >= idle_timeout
-                {
+                } else if idle && quiet_since.elapsed() >= idle_timeout {
                     connection.as_mut().graceful_shutdown();
                     closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
@@ -344,6 +367,10 @@ async fn serve_http<IO>(
 /// that has ended.
 fn count_guard_refusal(listener: &ListenerPlan, verdicts: Option<&FramingVerdicts>) {
     if let Some(reason) = verdicts.and_then(FramingVerdicts::withheld_refusal) {
+        if verdicts.is_some_and(FramingVerdicts::ended_late) {
+            // Counted when it happened (`lb_http_request_header_timeouts`).
+            return;
+        }
         listener.metrics.framing_rejected();
         tracing::debug!(listener = %listener.name, reason, "request refused for its framing");
     }

@@ -16,6 +16,9 @@ use crate::demo;
 
 /// Seconds each wrk and h2load run lasts.
 const RUN_SECONDS: u64 = 10;
+/// Seconds of unmeasured wrk load each proxy gets after it starts (its pools, caches and
+/// health checks settle; the same for every proxy).
+const WARM_UP_SECONDS: u64 = 2;
 /// Rounds over all proxies, alternating, so drift on this shared machine hits all alike.
 const ROUNDS: usize = 2;
 
@@ -108,6 +111,7 @@ pub fn l7() -> anyhow::Result<()> {
 fn turn(lab: &Lab, proxy: Proxy, configs: &Configs, round: usize) -> anyhow::Result<Figures> {
     let running = proxies::start(lab, proxy, configs)?;
     let measured = (|| -> anyhow::Result<Figures> {
+        load::wrk(lab, &format!("http://{VIP4}/"), WARM_UP_SECONDS).context("warm-up")?;
         let wrk = load::wrk(lab, &format!("http://{VIP4}/"), RUN_SECONDS)?;
         let log = configs
             .dir

@@ -66,11 +66,14 @@ pub(super) enum Ambiguity {
     /// The service asked for a verdict the guard has not seen a head for (a wiring mistake;
     /// refused rather than guessed).
     NotSeen = 10,
+    /// A request head not received within the listener's request-header timeout (a slow
+    /// sender, or a connection that sent nothing).
+    HeadTimeout = 11,
 }
 
 impl Ambiguity {
     /// Every variant, indexed by its discriminant.
-    const ALL: [Ambiguity; 11] = [
+    const ALL: [Ambiguity; 12] = [
         Ambiguity::ContentLengthAndTransferEncoding,
         Ambiguity::DuplicateContentLength,
         Ambiguity::ConflictingContentLength,
@@ -82,6 +85,7 @@ impl Ambiguity {
         Ambiguity::HeadTooLarge,
         Ambiguity::Unparsable,
         Ambiguity::NotSeen,
+        Ambiguity::HeadTimeout,
     ];
 
     /// The variant stored as `code`, if any.
@@ -103,6 +107,7 @@ impl Ambiguity {
             Ambiguity::HeadTooLarge => "request head too large",
             Ambiguity::Unparsable => "unparsable request",
             Ambiguity::NotSeen => "request not seen by the framing guard",
+            Ambiguity::HeadTimeout => "request head not received in time",
         }
     }
 }

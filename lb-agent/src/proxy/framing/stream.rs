@@ -154,6 +154,15 @@ impl RequestStream {
         self.answered
     }
 
+    /// A head is awaited past the request-header timeout (the watchdog said so): refused and
+    /// answered with 408, if the guard still withholds and no refusal came first.
+    pub(super) fn time_out(&mut self) {
+        let awaiting = matches!(self.state, State::BeforeHead { .. } | State::Head);
+        if awaiting && self.withholding && self.answered.is_none() {
+            self.refuse_head(Ambiguity::HeadTimeout);
+        }
+    }
+
     /// Bytes held for a split head (its allocation, which the head limit bounds).
     #[cfg(test)]
     pub(super) fn held_head_bytes(&self) -> usize {
@@ -270,6 +279,7 @@ impl RequestStream {
                 }
                 (false, _) => {
                     self.state = State::Head;
+                    self.verdicts.head_begun();
                     return at;
                 }
             }

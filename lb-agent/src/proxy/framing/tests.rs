@@ -439,3 +439,38 @@ fn an_idle_connection_holds_no_head_bytes_after_a_split_head() {
     assert_eq!(stream.held_head_bytes(), 0);
     assert_eq!(verdicts.next(), Framing::Ok);
 }
+
+#[test]
+fn the_awaited_head_is_timed_from_the_connections_start_then_from_each_heads_first_byte() {
+    let verdicts = Arc::new(FramingVerdicts::new());
+    let mut stream = RequestStream::new(MAX_HEAD, Arc::clone(&verdicts));
+    // The first head is awaited from the start: a connection that sends nothing is timed.
+    assert_eq!(verdicts.awaiting_head(), 1);
+    stream.scan(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(verdicts.awaiting_head(), 0, "between heads nothing is awaited");
+    stream.scan(b"\r\n");
+    assert_eq!(verdicts.awaiting_head(), 0, "empty lines begin no head");
+    stream.scan(b"GET /2 HTTP/1.1\r\nHo");
+    assert_eq!(verdicts.awaiting_head(), 2);
+    stream.scan(b"st: a\r\n");
+    assert_eq!(verdicts.awaiting_head(), 2, "the same head, still awaited");
+    // The watchdog's word: the late head is refused (the guard answers 408) and nothing more
+    // is awaited.
+    stream.time_out();
+    assert_eq!(stream.answered(), Some(super::head::Ambiguity::HeadTimeout));
+    assert_eq!(verdicts.awaiting_head(), 0);
+    assert!(verdicts.ended_late());
+    assert_eq!(verdicts.withheld_refusal(), Some("request head not received in time"));
+}
+
+#[test]
+fn a_head_timeout_after_an_upgrade_head_refuses_nothing() {
+    let verdicts = Arc::new(FramingVerdicts::new());
+    let mut stream = RequestStream::new(MAX_HEAD, Arc::clone(&verdicts));
+    stream.scan(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    // Past an upgrade head the bytes may be a tunnel's: the guard cannot answer there (the
+    // watchdog's deadline cuts such a connection instead).
+    stream.time_out();
+    assert_eq!(stream.answered(), None);
+    assert!(!verdicts.ended_late());
+}

@@ -28,6 +28,11 @@ pub struct FramingVerdicts {
     end: AtomicU8,
     /// The refusal in `end` was withheld from hyper and answered by the guard.
     withheld: AtomicBool,
+    /// The number of the head being awaited (1 for the first, from the connection's start;
+    /// later ones from their first byte), 0 between heads: what the watchdog times.
+    awaiting: AtomicU64,
+    /// The watchdog's word that the awaited head is late.
+    timed_out: AtomicBool,
 }
 
 impl FramingVerdicts {
@@ -37,6 +42,38 @@ impl FramingVerdicts {
             taken: AtomicU64::new(0),
             end: AtomicU8::new(FOLLOWING),
             withheld: AtomicBool::new(false),
+            awaiting: AtomicU64::new(1),
+            timed_out: AtomicBool::new(false),
+        }
+    }
+
+    /// The number of the request head being awaited (since the connection opened, or since
+    /// its first byte arrived), or 0 when none is: a watchdog that sees the same number for
+    /// the request-header timeout calls `time_out_head`.
+    pub fn awaiting_head(&self) -> u64 {
+        self.awaiting.load(Ordering::Relaxed)
+    }
+
+    /// The awaited head is late: the guard answers 408 and ends the input at its next read
+    /// (the caller then polls the connection).
+    pub fn time_out_head(&self) {
+        self.timed_out.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the stream ended at a head that came too late (answered 408).
+    pub fn ended_late(&self) -> bool {
+        self.end.load(Ordering::Acquire) == Ambiguity::HeadTimeout as u8
+    }
+
+    pub(super) fn head_timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// A head's first byte arrived.
+    pub(super) fn head_begun(&self) {
+        if self.awaiting.load(Ordering::Relaxed) == 0 {
+            let next = self.ok_heads.load(Ordering::Relaxed) + 1;
+            self.awaiting.store(next, Ordering::Relaxed);
         }
     }
 
@@ -67,6 +104,7 @@ impl FramingVerdicts {
     /// The next head is good.
     pub(super) fn record_ok(&self) {
         self.ok_heads.fetch_add(1, Ordering::Release);
+        self.awaiting.store(0, Ordering::Relaxed);
     }
 
     /// The next head (and everything after it) is refused.
@@ -101,6 +139,7 @@ impl FramingVerdicts {
 
     /// Sets how the stream ended, once: the first ending stands.
     fn finish(&self, end: u8) {
+        self.awaiting.store(0, Ordering::Relaxed);
         let _first =
             self.end
                 .compare_exchange(FOLLOWING, end, Ordering::Release, Ordering::Relaxed);
