@@ -230,55 +230,51 @@ impl TargetClient {
         &self,
         target: SocketAddr,
     ) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
-        async fn handshake<I>(io: I) -> Result<http1::SendRequest<ProxyBody>, BoxError>
-        where
-            I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        {
-            let (sender, connection) = http1::Builder::new()
-                // Head and small body in one buffer, one `write` (not a `writev`).
-                .writev(false)
-                .handshake(TokioIo::new(io))
-                .await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.with_upgrades().await {
-                    tracing::debug!(error = %e, "connection to a target ended");
-                }
-            });
-            Ok(sender)
-        }
-        let tcp = connect_tcp(target).await?;
-        match &self.tls {
-            None => handshake(tcp).await,
-            Some(tls) => handshake(connect_tls(tls, target, tcp).await?).await,
-        }
+        let io = self.connect(target).await?;
+        let (sender, connection) = http1::Builder::new()
+            // Head and small body in one buffer, one `write` (not a `writev`).
+            .writev(false)
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "connection to a target ended");
+            }
+        });
+        Ok(sender)
     }
 
     async fn connect_http2(
         &self,
         target: SocketAddr,
     ) -> Result<http2::SendRequest<ProxyBody>, BoxError> {
-        async fn handshake<I>(io: I) -> Result<http2::SendRequest<ProxyBody>, BoxError>
-        where
-            I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        {
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(io))
-                .await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "connection to a target ended");
-                }
-            });
-            Ok(sender)
-        }
+        let io = self.connect(target).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a target ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A connection to `target`: TCP, then TLS for an `https` group.
+    async fn connect(&self, target: SocketAddr) -> Result<Box<dyn TargetIo>, BoxError> {
         let tcp = connect_tcp(target).await?;
-        match &self.tls {
-            None => handshake(tcp).await,
-            Some(tls) => handshake(connect_tls(tls, target, tcp).await?).await,
-        }
+        Ok(match &self.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(connect_tls(tls, target, tcp).await?),
+        })
     }
 }
+
+/// A connection to a target, plain or TLS.
+trait TargetIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TargetIo for T {}
 
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
     // A panic while holding it leaves only connections behind: still usable.
