@@ -38,6 +38,8 @@ use tokio::{
     net::TcpStream,
 };
 
+mod lean_h1;
+
 use super::tls_policy::SecurityPolicy;
 use crate::config::{GroupL7, GroupProtocol, ProtocolVersion, TargetGroup};
 
@@ -76,6 +78,8 @@ struct Pool {
     idle: HashMap<SocketAddr, VecDeque<Idle>>,
     /// HTTP/2: the connection per target every request is a stream of.
     shared: HashMap<SocketAddr, http2::SendRequest<ProxyBody>>,
+    /// HTTP/1.1 connections of the lean exchange (requests without a body), idle.
+    lean: HashMap<SocketAddr, VecDeque<lean_h1::LeanIdle>>,
 }
 
 struct Idle {
@@ -98,6 +102,38 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// An idle connection of the lean exchange to `target`, still open, if there is one.
+    fn checkout_lean(&mut self, target: SocketAddr) -> Option<lean_h1::LeanConn> {
+        let idle = self.lean.get_mut(&target)?;
+        while let Some(idle_conn) = idle.pop_back() {
+            if idle_conn.since.elapsed() >= POOL_IDLE_TIMEOUT {
+                idle.clear();
+                return None;
+            }
+            if idle_conn.conn.idle_and_open() {
+                return Some(idle_conn.conn);
+            }
+        }
+        None
+    }
+
+    /// Puts back a lean connection whose response has ended (closing the expired ones).
+    fn put_lean(&mut self, target: SocketAddr, conn: lean_h1::LeanConn) {
+        let idle = self.lean.entry(target).or_default();
+        while idle
+            .front()
+            .is_some_and(|c| c.since.elapsed() >= POOL_IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < POOL_MAX_IDLE_PER_TARGET {
+            idle.push_back(lean_h1::LeanIdle {
+                conn,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// Puts back a connection ready for the next request (closing the expired ones).
@@ -181,6 +217,9 @@ impl TargetClient {
         target: SocketAddr,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, BoxError> {
+        if lean_h1::suits(&request) {
+            return self.send_lean(pool, target, request).await;
+        }
         for _ in 0..STALE_RETRIES {
             let Some(mut sender) = lock(pool).checkout(target) else {
                 break;
@@ -198,6 +237,36 @@ impl TargetClient {
         let mut sender = Box::pin(self.connect_http1(target)).await?;
         let response = sender.send_request(request).await?;
         Ok(pooled_response(response, sender, pool, target))
+    }
+
+    /// A request without a body, the lean way (`lean_h1`). A pooled connection the target
+    /// closed under the request (nothing came back) is given up for another, if the method is
+    /// idempotent (RFC 9110 §9.2.2: sending it again is safe).
+    async fn send_lean(
+        &self,
+        pool: &Arc<Mutex<Pool>>,
+        target: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let head = lean_h1::encode_head(&request);
+        let method = request.method().clone();
+        drop(request);
+        let idempotent = method.is_idempotent();
+        for _ in 0..STALE_RETRIES {
+            let Some(conn) = lock(pool).checkout_lean(target) else {
+                break;
+            };
+            match lean_h1::exchange(conn, &head, &method, pool, target).await {
+                Ok(response) => return Ok(response),
+                Err(e) if e.before_response && idempotent => {}
+                Err(e) => return Err(e.error),
+            }
+        }
+        // Boxed, as in `send_http1`.
+        let conn = lean_h1::LeanConn::new(Box::pin(self.connect(target)).await?);
+        lean_h1::exchange(conn, &head, &method, pool, target)
+            .await
+            .map_err(|e| e.error)
     }
 
     async fn send_http2(
@@ -272,9 +341,22 @@ impl TargetClient {
 }
 
 /// A connection to a target, plain or TLS.
-trait TargetIo: AsyncRead + AsyncWrite + Unpin + Send {}
+trait TargetIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {
+    /// Its TCP connection (readiness, for the pool).
+    fn tcp(&self) -> &TcpStream;
+}
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> TargetIo for T {}
+impl TargetIo for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl TargetIo for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
     // A panic while holding it leaves only connections behind: still usable.
