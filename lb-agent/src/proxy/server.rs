@@ -10,12 +10,13 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -24,7 +25,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Notify, watch},
+    sync::watch,
 };
 
 use super::{
@@ -162,7 +163,9 @@ struct ConnWatch {
     in_flight: AtomicU32,
     resets: Mutex<(Instant, u32)>,
     max_resets: u32,
-    close: Notify,
+    /// Set when the connection must close (a reset flood); `waker` wakes its task.
+    close: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl ConnWatch {
@@ -171,6 +174,20 @@ impl ConnWatch {
         // lost update still changes the count).
         let count = self.activity.load(Ordering::Relaxed);
         self.activity.store(count.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Ready once the connection must close; registers the task's waker otherwise.
+    fn close_requested(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.close.load(Ordering::Relaxed) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Set between the load and the registration: seen now.
+        if self.close.load(Ordering::Relaxed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Counts a stream the client reset (its request dropped before it was answered); true
@@ -212,7 +229,8 @@ impl Drop for InFlight {
         self.watch.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.watch.touch();
         if !self.done && self.watch.reset() {
-            self.watch.close.notify_one();
+            self.watch.close.store(true, Ordering::Relaxed);
+            self.watch.waker.wake();
         }
     }
 }
@@ -224,7 +242,7 @@ async fn serve_http<IO>(
     listener: Arc<ListenerPlan>,
     shared: Arc<Shared>,
     verdicts: Option<Arc<FramingVerdicts>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -234,7 +252,8 @@ async fn serve_http<IO>(
         in_flight: AtomicU32::new(0),
         resets: Mutex::new((Instant::now(), 0)),
         max_resets: settings.http2_max_reset_streams,
-        close: Notify::new(),
+        close: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
     });
     let client = conn.client;
     let conn = Arc::new(conn);
@@ -252,15 +271,15 @@ async fn serve_http<IO>(
         };
         // Boxed: the request's future is large (kilobytes), and hyper moves the service's
         // future whole (HTTP/2 spawns it as a task): moving a pointer is cheaper.
-        let response = refused
-            .is_none()
-            .then(|| Box::pin(handle(request, conn.clone(), shared.clone())));
-        let listener = service_listener.clone();
-        let client = conn.client;
+        let response = match refused {
+            None => Ok(Box::pin(handle(request, conn.clone(), shared.clone()))),
+            // Only a refusal needs the listener (its Arc is shared by every thread's requests).
+            Some(reason) => Err((reason, service_listener.clone(), conn.client)),
+        };
         async move {
-            let response = match (response, refused) {
-                (Some(response), _) => response.await,
-                (None, reason) => {
+            let response = match response {
+                Ok(response) => response.await,
+                Err((reason, listener, client)) => {
                     listener.metrics.framing_rejected();
                     tracing::debug!(%client, listener = %listener.name, reason, "request refused for ambiguous framing");
                     Ok(Failure::BadRequest.response(true))
@@ -318,19 +337,24 @@ async fn serve_http<IO>(
                 }
                 break;
             }
-            _ = watch.close.notified(), if closing.is_none() => {
+            // A flag and a waker, not a `Notify`: this is polled at every wake of the
+            // connection, and takes no lock.
+            _ = std::future::poll_fn(|cx| watch.close_requested(cx)), if closing.is_none() => {
                 listener.metrics.h2_reset_flood();
                 tracing::info!(listener = %listener.name, "closing a connection that reset too many streams");
-                connection.as_mut().graceful_shutdown();
-                closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
-            }
-            _ = stop.changed(), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
                 closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if closing.is_some() {
                     break;
+                }
+                // The listener stopping (removed, or the proxy ending) is seen at the next tick:
+                // a `changed()` future polled at every wake would take a lock each time.
+                if stop.has_changed().unwrap_or(true) {
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    continue;
                 }
                 let idle = watch.in_flight.load(Ordering::Relaxed) == 0;
                 if let Some(verdicts) = &guard_verdicts {
