@@ -254,8 +254,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .next_back()
+        .rfind(|t| !t.is_empty())
     {
         return Ok(if last.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked(Chunk::Size)
