@@ -136,7 +136,8 @@ fn turn(lab: &Lab, proxy: Proxy, configs: &Configs, round: usize) -> anyhow::Res
 fn print_summary(results: &[(Proxy, Result<Figures, String>)]) {
     println!(
         "\nmean of {ROUNDS} rounds, same lab, same run; wrk -t2 -c64 -d{RUN_SECONDS}s (HTTP/1.1 keep-alive), \
-         h2load -c64 -m10 -t2 -D {RUN_SECONDS} (h2 over TLS), new TLS connections: h2load --h1, {} clients x 1 request",
+         h2load -c64 -m10 -t2 -D {RUN_SECONDS} (h2 over TLS), new TLS connections: h2load --h1, {} clients x 1 request; \
+         every proxy behind an XDP program on the node's NIC (ours, or the lab's pass program for the peers)",
         load::HANDSHAKE_CONNECTIONS
     );
     println!(

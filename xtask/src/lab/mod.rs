@@ -249,6 +249,11 @@ impl Lab {
         xdp::attach_pass_program(&self.bpffs()?, ns, dev)
     }
 
+    /// Detaches what `attach_pass_program` attached to `dev` in `ns` (its link's pin goes).
+    pub fn detach_pass_program(&self, ns: &str, dev: &str) -> anyhow::Result<()> {
+        xdp::detach_pass_program(&self.bpffs()?, ns, dev)
+    }
+
     /// Turns TX checksum offload back on (a veth's default) on every veth of the lab: each
     /// host's `eth0`, its bridge port, and the router's link to the client. The lab turns it
     /// off so that XDP sees whole checksums; with it on, senders hand over frames whose

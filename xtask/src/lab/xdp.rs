@@ -24,6 +24,18 @@ pub fn xdp_attachment(ns: &str, dev: &str) -> anyhow::Result<Option<XdpAttachmen
     XdpAttachment::read(Some(ns), dev).with_context(|| format!("reading XDP on {dev} in {ns}"))
 }
 
+/// Detaches the pass program `attach_pass_program` attached to `dev` in `ns`: removing its
+/// link's pin ends the link (nothing else holds it).
+pub fn detach_pass_program(bpffs: &Path, ns: &str, dev: &str) -> anyhow::Result<()> {
+    let pin = pass_pin(bpffs, ns, dev);
+    std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))
+}
+
+/// Where the link of the pass program on `dev` in `ns` is pinned.
+fn pass_pin(bpffs: &Path, ns: &str, dev: &str) -> std::path::PathBuf {
+    bpffs.join(format!("pass-{ns}-{dev}"))
+}
+
 /// Attaches the kernel crate's `pass` program natively to `dev` in namespace `ns` with a
 /// bpf_link pinned in `bpffs`, so that it outlives this process (`cargo xtask lab up` exits,
 /// leaving the lab): it ends when the pin goes (the lab unmounts `bpffs`) or the interface
@@ -56,7 +68,7 @@ pub fn attach_pass_program(bpffs: &Path, ns: &str, dev: &str) -> anyhow::Result<
         .try_into()
         .context("the pass program is no XDP program")?;
     program.load().context("loading the pass program")?;
-    let pin = bpffs.join(format!("pass-{ns}-{dev}"));
+    let pin = pass_pin(bpffs, ns, dev);
     // The interface is looked up, and the link made, in the namespace of the calling thread.
     netns::run_inside(ns, || {
         let id = program
