@@ -74,83 +74,81 @@ pub struct TargetClient {
 /// One worker's connections to one group's targets.
 #[derive(Default)]
 struct Pool {
-    /// HTTP/1.1: idle connections per target, the most recently used last.
-    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+    /// HTTP/1.1 through hyper (requests with a body, upgrades): idle connections per target.
+    idle: HashMap<SocketAddr, IdleList<http1::SendRequest<ProxyBody>>>,
     /// HTTP/2: the connection per target every request is a stream of.
     shared: HashMap<SocketAddr, http2::SendRequest<ProxyBody>>,
-    /// HTTP/1.1 connections of the lean exchange (requests without a body), idle.
-    lean: HashMap<SocketAddr, VecDeque<lean_h1::LeanIdle>>,
+    /// HTTP/1.1 of the lean exchange (requests without a body): idle connections per target.
+    lean: HashMap<SocketAddr, IdleList<lean_h1::LeanConn>>,
 }
 
-struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
-    since: Instant,
+/// Idle connections to one target, the most recently used last.
+struct IdleList<C>(VecDeque<(C, Instant)>);
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        Self(VecDeque::new())
+    }
+}
+
+impl<C> IdleList<C> {
+    /// The most recently used connection that is `usable`; the unusable ones met on the way
+    /// are dropped (closed).
+    fn take(&mut self, usable: impl Fn(&C) -> bool) -> Option<C> {
+        while let Some((conn, since)) = self.0.pop_back() {
+            if since.elapsed() >= POOL_IDLE_TIMEOUT {
+                // The newest is too old: so are the rest.
+                self.0.clear();
+                return None;
+            }
+            if usable(&conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts back a connection ready for the next request (closing the expired ones).
+    fn put(&mut self, conn: C) {
+        while self
+            .0
+            .front()
+            .is_some_and(|(_, since)| since.elapsed() >= POOL_IDLE_TIMEOUT)
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() < POOL_MAX_IDLE_PER_TARGET {
+            self.0.push_back((conn, Instant::now()));
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl Pool {
     /// An idle HTTP/1.1 connection to `target` ready for a request, if there is one.
     fn checkout(&mut self, target: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
-        let idle = self.idle.get_mut(&target)?;
-        while let Some(conn) = idle.pop_back() {
-            if conn.since.elapsed() >= POOL_IDLE_TIMEOUT {
-                // The newest is too old: so are the rest.
-                idle.clear();
-                return None;
-            }
-            if conn.sender.is_ready() {
-                return Some(conn.sender);
-            }
-        }
-        None
+        self.idle.get_mut(&target)?.take(http1::SendRequest::is_ready)
+    }
+
+    /// Puts back a connection ready for the next request.
+    fn put(&mut self, target: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+        self.idle.entry(target).or_default().put(sender);
     }
 
     /// An idle connection of the lean exchange to `target`, still open, if there is one.
     fn checkout_lean(&mut self, target: SocketAddr) -> Option<lean_h1::LeanConn> {
-        let idle = self.lean.get_mut(&target)?;
-        while let Some(idle_conn) = idle.pop_back() {
-            if idle_conn.since.elapsed() >= POOL_IDLE_TIMEOUT {
-                idle.clear();
-                return None;
-            }
-            if idle_conn.conn.idle_and_open() {
-                return Some(idle_conn.conn);
-            }
-        }
-        None
+        self.lean
+            .get_mut(&target)?
+            .take(lean_h1::LeanConn::idle_and_open)
     }
 
-    /// Puts back a lean connection whose response has ended (closing the expired ones).
+    /// Puts back a lean connection whose response has ended.
     fn put_lean(&mut self, target: SocketAddr, conn: lean_h1::LeanConn) {
-        let idle = self.lean.entry(target).or_default();
-        while idle
-            .front()
-            .is_some_and(|c| c.since.elapsed() >= POOL_IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        if idle.len() < POOL_MAX_IDLE_PER_TARGET {
-            idle.push_back(lean_h1::LeanIdle {
-                conn,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    /// Puts back a connection ready for the next request (closing the expired ones).
-    fn put(&mut self, target: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        let idle = self.idle.entry(target).or_default();
-        while idle
-            .front()
-            .is_some_and(|conn| conn.since.elapsed() >= POOL_IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        if idle.len() < POOL_MAX_IDLE_PER_TARGET {
-            idle.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+        self.lean.entry(target).or_default().put(conn);
     }
 }
 

@@ -15,7 +15,6 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
-    time::Instant,
 };
 
 use hyper::{
@@ -543,12 +542,6 @@ fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, BoxError> {
         );
     }
     Ok(Some(trailers))
-}
-
-/// When a connection went idle (for the pool's expiry).
-pub(super) struct LeanIdle {
-    pub(super) conn: LeanConn,
-    pub(super) since: Instant,
 }
 
 #[cfg(test)]
