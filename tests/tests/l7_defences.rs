@@ -350,7 +350,8 @@ fn a_head_over_max_header_bytes_gets_431_and_never_reaches_a_target() {
 }
 
 #[test]
-fn a_slow_header_sender_and_a_silent_connection_get_408_after_the_request_header_timeout_while_others_are_served() {
+fn a_slow_header_sender_and_a_silent_connection_get_408_after_the_request_header_timeout_while_others_are_served()
+ {
     let l7 = lab("l7slow");
     let mut slow = RawConnection::connect(&l7.lab, vip(WEB_PORT));
     let started = Instant::now();
@@ -384,8 +385,7 @@ fn a_slow_header_sender_and_a_silent_connection_get_408_after_the_request_header
     );
     assert!(served >= 1, "no request was served meanwhile");
     assert!(
-        answer.text.starts_with("HTTP/1.1 408 ")
-            && answer.text.contains("request_header_timeout"),
+        answer.text.starts_with("HTTP/1.1 408 ") && answer.text.contains("request_header_timeout"),
         "the slow sender got no 408 saying why: {answer:?}"
     );
     // A connection that sends nothing at all is cut the same way.

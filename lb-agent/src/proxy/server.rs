@@ -173,7 +173,8 @@ impl ConnWatch {
         // Only this connection's task moves its bytes: a plain load and store suffice (a
         // lost update still changes the count).
         let count = self.activity.load(Ordering::Relaxed);
-        self.activity.store(count.wrapping_add(1), Ordering::Relaxed);
+        self.activity
+            .store(count.wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Ready once the connection must close; registers the task's waker otherwise.

@@ -131,7 +131,9 @@ impl<C> IdleList<C> {
 impl Pool {
     /// An idle HTTP/1.1 connection to `target` ready for a request, if there is one.
     fn checkout(&mut self, target: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
-        self.idle.get_mut(&target)?.take(http1::SendRequest::is_ready)
+        self.idle
+            .get_mut(&target)?
+            .take(http1::SendRequest::is_ready)
     }
 
     /// Puts back a connection ready for the next request.
@@ -358,7 +360,8 @@ impl TargetIo for tokio_rustls::client::TlsStream<TcpStream> {
 
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
     // A panic while holding it leaves only connections behind: still usable.
-    pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn connect_tcp(target: SocketAddr) -> Result<TcpStream, BoxError> {
@@ -375,7 +378,9 @@ async fn connect_tls(
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
     // Without a configured name, the target's address (no SNI is sent for it).
-    let name = name.clone().unwrap_or_else(|| ServerName::from(target.ip()));
+    let name = name
+        .clone()
+        .unwrap_or_else(|| ServerName::from(target.ip()));
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| format!("TLS handshake with {target} timed out"))??;
@@ -427,8 +432,7 @@ impl PooledBody {
             // hyper has not yet seen the exchange end (or is still sending the request's
             // body): the connection is put back once it has.
             runtime.spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(POOL_IDLE_TIMEOUT, sender.ready()).await
-                {
+                if let Ok(Ok(())) = tokio::time::timeout(POOL_IDLE_TIMEOUT, sender.ready()).await {
                     lock(&pool).put(target, sender);
                 }
             });

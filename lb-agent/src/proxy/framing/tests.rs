@@ -447,7 +447,11 @@ fn the_awaited_head_is_timed_from_the_connections_start_then_from_each_heads_fir
     // The first head is awaited from the start: a connection that sends nothing is timed.
     assert_eq!(verdicts.awaiting_head(), 1);
     stream.scan(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(verdicts.awaiting_head(), 0, "between heads nothing is awaited");
+    assert_eq!(
+        verdicts.awaiting_head(),
+        0,
+        "between heads nothing is awaited"
+    );
     stream.scan(b"\r\n");
     assert_eq!(verdicts.awaiting_head(), 0, "empty lines begin no head");
     stream.scan(b"GET /2 HTTP/1.1\r\nHo");
@@ -460,14 +464,18 @@ fn the_awaited_head_is_timed_from_the_connections_start_then_from_each_heads_fir
     assert_eq!(stream.answered(), Some(super::head::Ambiguity::HeadTimeout));
     assert_eq!(verdicts.awaiting_head(), 0);
     assert!(verdicts.ended_late());
-    assert_eq!(verdicts.withheld_refusal(), Some("request head not received in time"));
+    assert_eq!(
+        verdicts.withheld_refusal(),
+        Some("request head not received in time")
+    );
 }
 
 #[test]
 fn a_head_timeout_after_an_upgrade_head_refuses_nothing() {
     let verdicts = Arc::new(FramingVerdicts::new());
     let mut stream = RequestStream::new(MAX_HEAD, Arc::clone(&verdicts));
-    stream.scan(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    stream
+        .scan(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
     // Past an upgrade head the bytes may be a tunnel's: the guard cannot answer there (the
     // watchdog's deadline cuts such a connection instead).
     stream.time_out();

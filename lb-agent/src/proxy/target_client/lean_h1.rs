@@ -69,10 +69,7 @@ pub(super) fn suits(request: &Request<ProxyBody>) -> bool {
 
 /// The request's head as HTTP/1.1 bytes (origin-form target, as the URI is).
 pub(super) fn encode_head(request: &Request<ProxyBody>) -> Vec<u8> {
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(request.method().as_str().as_bytes());
     head.push(b' ');
@@ -158,12 +155,17 @@ pub(super) async fn exchange(
             // 100 Continue, 102, 103: interim, the response follows.
             continue;
         }
-        let framing = framing(method, status, &headers).map_err(|e| ExchangeError::new(e, false))?;
+        let framing =
+            framing(method, status, &headers).map_err(|e| ExchangeError::new(e, false))?;
+        // Both framings in one response (RFC 9112 §6.3: Transfer-Encoding wins): read by it,
+        // but the connection is not trusted with another request.
+        let both_framings = headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH);
         // A body already at its end (none to read) gives its connection back when dropped.
         let body = LeanBody {
             conn: Some(conn),
             framing,
-            reusable: keep_alive,
+            reusable: keep_alive && !both_framings,
             release: Some((pool.clone(), target)),
         };
         let mut response = Response::new(http_body_util::BodyExt::boxed(body));

@@ -53,7 +53,9 @@ fn get(path: &str) -> Request<ProxyBody> {
 }
 
 async fn connect(address: SocketAddr) -> LeanConn {
-    LeanConn::new(Box::new(TcpStream::connect(address).await.expect("connect")))
+    LeanConn::new(Box::new(
+        TcpStream::connect(address).await.expect("connect"),
+    ))
 }
 
 /// One exchange of `request` on `conn`: status, body, trailers.
@@ -96,7 +98,9 @@ async fn a_content_length_body_is_read_and_the_connection_carries_the_next_reque
     let first = run(connect(address).await, &get("/one?x=1"), &pool, address).await;
     assert_eq!(first, Ok((200, "hello".into(), None)));
     assert_eq!(idle(&pool, address), 1, "back in the pool once read");
-    let conn = lock(&pool).checkout_lean(address).expect("the pooled connection");
+    let conn = lock(&pool)
+        .checkout_lean(address)
+        .expect("the pooled connection");
     let second = run(conn, &get("/two"), &pool, address).await;
     assert_eq!(second, Ok((404, "world".into(), None)));
     let heads = target.await.expect("target");
@@ -158,7 +162,9 @@ async fn head_204_304_and_interim_responses_have_no_body_and_keep_the_connection
         (&get("/"), (304, "")),
         (&get("/"), (200, "ok")),
     ] {
-        let got = run(conn, request, &pool, address).await.expect("a response");
+        let got = run(conn, request, &pool, address)
+            .await
+            .expect("a response");
         assert_eq!((got.0, got.1.as_str()), expected);
         conn = lock(&pool).checkout_lean(address).expect("kept");
     }
@@ -179,6 +185,14 @@ async fn a_body_up_to_the_close_and_connection_close_leave_nothing_pooled() {
     let got = run(connect(address).await, &get("/"), &pool, address).await;
     assert_eq!(got, Ok((200, "ok".into(), None)));
     assert_eq!(idle(&pool, address), 0);
+    // Chunked and a length at once: read as chunked, the connection not reused.
+    let (address, _target) = target(vec![vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ]])
+    .await;
+    let got = run(connect(address).await, &get("/"), &pool, address).await;
+    assert_eq!(got, Ok((200, "ok".into(), None)));
+    assert_eq!(idle(&pool, address), 0);
 }
 
 #[tokio::test]
@@ -189,12 +203,18 @@ async fn broken_responses_are_errors() {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"[..],
             "conflicting Content-Length",
         ),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "cut body"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            "cut body",
+        ),
         (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             "bad chunk size",
         ),
-        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "an unasked switch"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "an unasked switch",
+        ),
         (b"NOT HTTP\r\n\r\n", "garbage"),
     ] {
         let (address, _target) = target(vec![vec![answer]]).await;
@@ -206,14 +226,20 @@ async fn broken_responses_are_errors() {
 
 #[tokio::test]
 async fn a_connection_the_target_closed_is_not_reused_and_an_exchange_on_it_can_be_retried() {
-    let (address, target) = target(vec![vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]]).await;
+    let (address, target) = target(vec![vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ]])
+    .await;
     let pool = Arc::new(Mutex::new(Pool::default()));
     let got = run(connect(address).await, &get("/"), &pool, address).await;
     assert_eq!(got, Ok((200, "ok".into(), None)));
     // The target closes after its one answer; the runtime sees the end by the time it turns.
     target.await.expect("target");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(lock(&pool).checkout_lean(address).is_none(), "a closed one is dropped");
+    assert!(
+        lock(&pool).checkout_lean(address).is_none(),
+        "a closed one is dropped"
+    );
 
     // Closed before any answer: the error says nothing came back, so another may take it.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -225,9 +251,15 @@ async fn a_connection_the_target_closed_is_not_reused_and_an_exchange_on_it_can_
     });
     let conn = connect(address).await;
     let request = get("/");
-    let error = exchange(conn, &encode_head(&request), request.method(), &pool, address)
-        .await
-        .expect_err("closed");
+    let error = exchange(
+        conn,
+        &encode_head(&request),
+        request.method(),
+        &pool,
+        address,
+    )
+    .await
+    .expect_err("closed");
     assert!(error.before_response);
     closer.await.expect("closer");
 }
