@@ -4,11 +4,13 @@
 //! against the group's CA file or, without one, not verified (as AWS ALB does).
 //!
 //! Each proxy worker has its own connections (`workers`): a request goes out on a connection
-//! of the worker that serves it. An HTTP/1.1 connection goes back to its worker's idle list
-//! when the response's body has ended and hyper is ready for the next request on it (at
-//! once, nearly always: no task per request waits for it); one whose body was dropped
-//! unread is closed. A request that finds its pooled connection closed by the target before
-//! anything was written is sent again on another.
+//! of the worker that serves it. An HTTP/1.1 request without a body goes through the proxy's
+//! own exchange (`lean_h1`); one with a body, or an upgrade, through hyper's client. Either
+//! way the connection goes back to its worker's idle list when the response's body has ended
+//! (hyper's: once hyper is ready for the next request on it, at once nearly always, with no
+//! task per request waiting for it); one whose body was dropped unread is closed. A request
+//! that finds its pooled connection closed by the target before anything was written is sent
+//! again on another.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -1,8 +1,8 @@
 //! The proxy's own HTTP/1.1 exchange with a target for a request without a body (most
 //! requests: GET, HEAD, DELETE...): the head written in one send, the response read and framed
-//! in the requesting task. No connection task, no channel between tasks: hyper's client, used
-//! for requests with a body (sent while the response is read) and for upgrades, costs about
-//! twice as much per request.
+//! in the requesting task. No connection task, no channel between tasks, which hyper's client
+//! (still used for requests with a body, sent while the response is read, and for upgrades)
+//! needs per request.
 //!
 //! Responses are framed as RFC 9112 §6.3 says: none for HEAD, 1xx, 204 and 304; chunked when
 //! Transfer-Encoding ends in `chunked` (trailers become a trailers frame); Content-Length;
@@ -12,6 +12,7 @@
 //! its readiness, without a syscall, before it is reused.
 
 use std::{
+    future::Future as _,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
@@ -22,7 +23,7 @@ use hyper::{
     body::{Body, Bytes, Frame, SizeHint},
     header::{self, HeaderName, HeaderValue},
 };
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{BoxError, Pool, ProxyBody, TargetIo, lock};
 
@@ -116,6 +117,8 @@ pub(super) async fn exchange(
         conn.io.flush().await
     };
     written.await.map_err(|e| ExchangeError::new(e, true))?;
+    // An interim (1xx) response came: the target has the request.
+    let mut answered = false;
     loop {
         let (parsed, consumed) = loop {
             match parse_head(&conn.buf) {
@@ -127,7 +130,7 @@ pub(super) async fn exchange(
                 Err(e) => return Err(ExchangeError::new(e, false)),
             }
             conn.buf.reserve(READ_CHUNK);
-            let nothing_yet = conn.buf.is_empty();
+            let nothing_yet = conn.buf.is_empty() && !answered;
             match conn.io.read_buf(&mut conn.buf).await {
                 Ok(0) => {
                     return Err(ExchangeError::new(
@@ -153,6 +156,7 @@ pub(super) async fn exchange(
                 ));
             }
             // 100 Continue, 102, 103: interim, the response follows.
+            answered = true;
             continue;
         }
         let framing =
@@ -193,21 +197,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, BoxError> {
         httparse::Status::Partial => return Ok(None),
     };
     let status = StatusCode::from_u16(response.code.unwrap_or(0))?;
-    let mut keep_alive = response.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())?;
-        let value = HeaderValue::from_bytes(h.value)?;
-        if name == header::CONNECTION
-            && value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
-            keep_alive = false;
-        }
-        headers.append(name, value);
-    }
+    let headers = header_map(response.headers)?;
+    let close = headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
+    let keep_alive = response.version == Some(1) && !close;
     Ok(Some((
         ResponseHead {
             status,
@@ -298,22 +295,15 @@ struct LeanBody {
 }
 
 impl LeanBody {
-    /// Reads more from the connection into its buffer; `Ok(0)` at its end.
+    /// Reads more from the connection into its buffer (in place); `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        let mut scratch = [0u8; READ_CHUNK];
-        let mut read = ReadBuf::new(&mut scratch);
-        match Pin::new(&mut conn.io).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                let n = read.filled().len();
-                conn.buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        conn.buf.reserve(READ_CHUNK);
+        // `read_buf` keeps no state between polls (tokio documents it cancel-safe): a new one
+        // per poll loses nothing.
+        std::pin::pin!(conn.io.read_buf(&mut conn.buf)).poll(cx)
     }
 
     /// What was read and not yet given (`None` once the connection is gone: a body ended or
@@ -536,14 +526,19 @@ fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, BoxError> {
         httparse::Status::Complete(parsed) => parsed,
         httparse::Status::Partial => return Err("an incomplete trailer section".into()),
     };
-    let mut trailers = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        trailers.append(
-            HeaderName::from_bytes(f.name.as_bytes())?,
-            HeaderValue::from_bytes(f.value)?,
+    Ok(Some(header_map(fields)?))
+}
+
+/// Parsed header fields (of a head or a trailer section) as a header map.
+fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, BoxError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        map.append(
+            HeaderName::from_bytes(field.name.as_bytes())?,
+            HeaderValue::from_bytes(field.value)?,
         );
     }
-    Ok(Some(trailers))
+    Ok(map)
 }
 
 #[cfg(test)]

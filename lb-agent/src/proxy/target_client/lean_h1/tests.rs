@@ -226,7 +226,7 @@ async fn broken_responses_are_errors() {
 
 #[tokio::test]
 async fn a_connection_the_target_closed_is_not_reused_and_an_exchange_on_it_can_be_retried() {
-    let (address, target) = target(vec![vec![
+    let (address, answering) = target(vec![vec![
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     ]])
     .await;
@@ -234,7 +234,7 @@ async fn a_connection_the_target_closed_is_not_reused_and_an_exchange_on_it_can_
     let got = run(connect(address).await, &get("/"), &pool, address).await;
     assert_eq!(got, Ok((200, "ok".into(), None)));
     // The target closes after its one answer; the runtime sees the end by the time it turns.
-    target.await.expect("target");
+    answering.await.expect("target");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         lock(&pool).checkout_lean(address).is_none(),
@@ -262,6 +262,19 @@ async fn a_connection_the_target_closed_is_not_reused_and_an_exchange_on_it_can_
     .expect_err("closed");
     assert!(error.before_response);
     closer.await.expect("closer");
+
+    // Closed after an interim response: the target had the request, so no other gets it.
+    let (address, _target) = target(vec![vec![b"HTTP/1.1 100 Continue\r\n\r\n"]]).await;
+    let error = exchange(
+        connect(address).await,
+        &encode_head(&request),
+        request.method(),
+        &pool,
+        address,
+    )
+    .await
+    .expect_err("closed after the 100");
+    assert!(!error.before_response);
 }
 
 #[test]
