@@ -1,7 +1,7 @@
 //! HTTP/2 and gRPC checks against hyper servers on 127.0.0.1: h2c, h2 over TLS with ALPN, and
 //! gRPC-style answers with `grpc-status` in trailers or in the headers.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use http_body_util::{StreamBody, combinators::BoxBody};
 use hyper::{
@@ -147,18 +147,7 @@ async fn serve<S>(
 
 /// A self-signed TLS server config offering ALPN `h2` only.
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.cert.der().clone()], key)
-    .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(server))
+    crate::health::probe::tests::self_signed_acceptor(&[b"h2"])
 }
 
 /// A check as a group speaking `version` runs it (the group's defaults applied), with short
