@@ -6,6 +6,7 @@
 //! body ends.
 
 use std::{
+    future::{Future, ready},
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -16,6 +17,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use futures_util::future::Either;
 use http_body_util::BodyExt as _;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
@@ -162,16 +164,19 @@ fn version_text(version: Version) -> &'static str {
 }
 
 /// Serves one request of a connection of `conn`'s listener.
-pub async fn handle(
+///
+/// Not an `async fn`: routing, fixed responses and redirects need no waiting, and a forward's
+/// future is the only one that must hold anything (its size is moved with every request).
+pub fn handle(
     request: Request<Incoming>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send {
     let started = Instant::now();
     let plan: Arc<Plan> = shared.plan.load_full();
     let Some(listener) = plan.listeners.get(&*conn.listener).cloned() else {
         // Removed by a reload while this connection was open.
-        return Ok(Failure::NoGroup.response(true));
+        return Either::Left(ready(Ok(Failure::NoGroup.response(true))));
     };
     let (mut parts, body) = request.into_parts();
     if !parts.headers.contains_key(&listener.request_id_header) {
@@ -183,7 +188,7 @@ pub async fn handle(
     let logged = shared.access_log.load().is_some();
     let facts = RequestFacts::new(&parts.method, &parts.uri, &parts.headers, conn.client.ip());
     let Some(rules) = &listener.rules else {
-        return Ok(Failure::NoGroup.response(true));
+        return Either::Left(ready(Ok(Failure::NoGroup.response(true))));
     };
     let routed = rules.route(&facts);
     let text = |name: &HeaderName| {
@@ -243,10 +248,15 @@ pub async fn handle(
         }
         CompiledAction::Forward(groups) => {
             let groups = groups.clone();
-            forward(&plan, &conn, groups, parts, body, &mut exchange).await
+            let forwarded = Forwarded {
+                plan: plan.clone(),
+                conn,
+                shared,
+            };
+            return Either::Right(forward(forwarded, groups, parts, body, exchange));
         }
     };
-    Ok(finish(response, exchange, shared))
+    Either::Left(ready(Ok(finish(response, exchange, shared))))
 }
 
 /// Records `failure` in `exchange` and gives its answer.
@@ -271,141 +281,159 @@ fn finish(
     Response::from_parts(parts, body.boxed())
 }
 
-/// Sends the request to a target of one of `groups`.
+/// What a forward holds besides the request.
+struct Forwarded {
+    plan: Arc<Plan>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+}
+
+/// Sends the request to a target of one of `groups`, and answers with the target's response
+/// (or the failure's answer).
 async fn forward(
-    plan: &Plan,
-    conn: &ConnInfo,
+    forwarded: Forwarded,
     groups: WeightedGroups,
     mut parts: hyper::http::request::Parts,
     body: Incoming,
-    exchange: &mut Exchange,
-) -> Response<ProxyBody> {
-    let (group_name, group_cookie) = match choose_group(&groups, conn, exchange, &parts.headers) {
-        Some(chosen) => chosen,
-        None => return fail(exchange, Failure::NoGroup),
-    };
-    let Some(group) = plan.groups.get(group_name).cloned() else {
-        return fail(exchange, Failure::NoGroup);
-    };
-    exchange.group = Some(group.clone());
-    let sticky = group.sticky.as_ref();
-    let sticky_target = sticky
-        .and_then(|s| s.cookie.find(&parts.headers))
-        .and_then(|token| group.targets.by_token(token));
-    let Some(target) = sticky_target.or_else(|| group.targets.pick()) else {
-        return fail(exchange, Failure::NoTarget);
-    };
-    exchange.target = Some(target.address);
-    let outstanding = target.load.start();
-    // A websocket over HTTP/2 (extended CONNECT, RFC 8441) goes to the target as the
-    // HTTP/1.1 upgrade it knows; its 101 becomes the client's 200.
-    let h2_websocket = is_h2_websocket(&parts);
-    if h2_websocket {
-        if group.client.version() != crate::config::ProtocolVersion::Http1 {
-            return fail(exchange, Failure::TargetFailed);
-        }
-        into_h1_websocket(&mut parts);
-    }
-    let upgrade = h2_websocket || is_upgrade(&parts);
-    if let Some(sticky) = sticky {
-        // The load balancer's tokens mean nothing to the application.
-        sticky::strip_lb_cookies(&mut parts.headers, &sticky.cookie.names());
-    }
-    let client_upgrade = if upgrade {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
-    // Read before `prepare_request` takes the hop-by-hop headers off.
-    let chunked = parts
-        .headers
-        .get(header::TRANSFER_ENCODING)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
-    prepare_request(&mut parts, conn, target, &group, upgrade);
-    // A chunked body whose first chunk is already malformed goes nowhere: hyper reports a bad
-    // chunk size as a body error, and waiting for the first frame (usually in the same
-    // packet as the head) turns that into a 400 before the target hears of the request.
-    let body = match body::Prefetched::first_frame(body, chunked).await {
-        Ok(body) => body,
-        Err(()) => {
-            exchange.listener.metrics.framing_rejected();
-            return fail(exchange, Failure::BadRequest);
-        }
-    };
-    let body = match &exchange.request {
-        Some(logged) => body::Counted::new(body, logged.bytes_in.clone()).boxed(),
-        None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-    };
-    let request = Request::from_parts(parts, body);
-    exchange.sent_at = Some(exchange.started.elapsed());
-    let sent = Instant::now();
-    let result = tokio::time::timeout(
-        group.response_timeout,
-        group.client.send(target.address, request),
-    )
-    .await;
-    let mut response = match result {
-        Err(_) => {
-            if let Some(m) = group.target_metrics.get(&target.address) {
-                m.timeout();
-            }
-            return fail(exchange, Failure::TargetTimeout);
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(target = %target.address, error = %e, "request to target failed");
-            if let Some(m) = group.target_metrics.get(&target.address) {
-                m.connect_error();
-            }
-            return fail(exchange, Failure::TargetFailed);
-        }
-        Ok(Ok(response)) => response,
-    };
-    exchange.target_duration = Some(sent.elapsed());
-    exchange.outstanding = Some(outstanding);
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    remove_hop_by_hop(response.headers_mut(), switching);
-    if let Some(sticky) = sticky {
-        // lb_cookie: set whenever the target is new to the client (no cookie, or one naming
-        // a target no longer in service). app_cookie: when the application sets its cookie
-        // (AWS's rule), the companion names the target that set it.
-        let due = match &sticky.app_cookie {
-            None => sticky_target.is_none(),
-            Some(name) => sets_cookie(response.headers(), name),
+    mut exchange: Exchange,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let Forwarded { plan, conn, shared } = forwarded;
+    // One function, not a call of an inner `async fn`: that one's future would hold the
+    // request's parts and the exchange a second time.
+    let response = 'answer: {
+        let exchange = &mut exchange;
+        let conn = &*conn;
+        let (group_name, group_cookie) = match choose_group(&groups, conn, exchange, &parts.headers)
+        {
+            Some(chosen) => chosen,
+            None => break 'answer fail(exchange, Failure::NoGroup),
         };
-        if due {
-            sticky.cookie.set(
-                response.headers_mut(),
-                &target.token,
-                sticky.duration,
-                conn.secure,
-            );
-        }
-    }
-    if let Some((cookie, token, duration)) = group_cookie {
-        cookie.set(response.headers_mut(), &token, duration, conn.secure);
-    }
-    if switching {
-        let Some(client_side) = client_upgrade else {
-            // A target that switches protocols unasked: nothing to join it to.
-            return fail(exchange, Failure::TargetFailed);
+        let Some(group) = plan.groups.get(group_name).cloned() else {
+            break 'answer fail(exchange, Failure::NoGroup);
         };
-        let target_side = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(client_side, target_side));
-        let (mut parts, _) = response.into_parts();
+        exchange.group = Some(group.clone());
+        let sticky = group.sticky.as_ref();
+        let sticky_target = sticky
+            .and_then(|s| s.cookie.find(&parts.headers))
+            .and_then(|token| group.targets.by_token(token));
+        let Some(target) = sticky_target.or_else(|| group.targets.pick()) else {
+            break 'answer fail(exchange, Failure::NoTarget);
+        };
+        exchange.target = Some(target.address);
+        let outstanding = target.load.start();
+        // A websocket over HTTP/2 (extended CONNECT, RFC 8441) goes to the target as the
+        // HTTP/1.1 upgrade it knows; its 101 becomes the client's 200.
+        let h2_websocket = is_h2_websocket(&parts);
         if h2_websocket {
-            // RFC 8441 §5: the tunnel opens with a 2xx; HTTP/2 has no upgrade headers.
-            parts.status = StatusCode::OK;
-            for name in [header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT] {
-                parts.headers.remove(name);
+            if group.client.version() != crate::config::ProtocolVersion::Http1 {
+                break 'answer fail(exchange, Failure::TargetFailed);
             }
-        } else {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            into_h1_websocket(&mut parts);
         }
-        return Response::from_parts(parts, answer::empty());
-    }
-    response
+        let upgrade = h2_websocket || is_upgrade(&parts);
+        if let Some(sticky) = sticky {
+            // The load balancer's tokens mean nothing to the application.
+            sticky::strip_lb_cookies(&mut parts.headers, &sticky.cookie.names());
+        }
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        // Read before `prepare_request` takes the hop-by-hop headers off.
+        let chunked = parts
+            .headers
+            .get(header::TRANSFER_ENCODING)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        prepare_request(&mut parts, conn, target, &group, upgrade);
+        // A chunked body whose first chunk is already malformed goes nowhere: hyper reports a bad
+        // chunk size as a body error, and waiting for the first frame (usually in the same
+        // packet as the head) turns that into a 400 before the target hears of the request.
+        let body = match body::Prefetched::first_frame(body, chunked).await {
+            Ok(body) => body,
+            Err(()) => {
+                exchange.listener.metrics.framing_rejected();
+                break 'answer fail(exchange, Failure::BadRequest);
+            }
+        };
+        let body = match &exchange.request {
+            Some(logged) => body::Counted::new(body, logged.bytes_in.clone()).boxed(),
+            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+        };
+        let request = Request::from_parts(parts, body);
+        // One clock read for both the request's duration and the response's deadline (a
+        // validated timeout: at most 4000 s, no overflow).
+        let sent = Instant::now();
+        exchange.sent_at = Some(sent.duration_since(exchange.started));
+        let result = tokio::time::timeout_at(
+            (sent + group.response_timeout).into(),
+            group.client.send(target.address, request),
+        )
+        .await;
+        let mut response = match result {
+            Err(_) => {
+                if let Some(m) = group.target_metrics.get(&target.address) {
+                    m.timeout();
+                }
+                break 'answer fail(exchange, Failure::TargetTimeout);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(target = %target.address, error = %e, "request to target failed");
+                if let Some(m) = group.target_metrics.get(&target.address) {
+                    m.connect_error();
+                }
+                break 'answer fail(exchange, Failure::TargetFailed);
+            }
+            Ok(Ok(response)) => response,
+        };
+        exchange.target_duration = Some(sent.elapsed());
+        exchange.outstanding = Some(outstanding);
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        remove_hop_by_hop(response.headers_mut(), switching);
+        if let Some(sticky) = sticky {
+            // lb_cookie: set whenever the target is new to the client (no cookie, or one naming
+            // a target no longer in service). app_cookie: when the application sets its cookie
+            // (AWS's rule), the companion names the target that set it.
+            let due = match &sticky.app_cookie {
+                None => sticky_target.is_none(),
+                Some(name) => sets_cookie(response.headers(), name),
+            };
+            if due {
+                sticky.cookie.set(
+                    response.headers_mut(),
+                    &target.token,
+                    sticky.duration,
+                    conn.secure,
+                );
+            }
+        }
+        if let Some((cookie, token, duration)) = group_cookie {
+            cookie.set(response.headers_mut(), &token, duration, conn.secure);
+        }
+        if switching {
+            let Some(client_side) = client_upgrade else {
+                // A target that switches protocols unasked: nothing to join it to.
+                break 'answer fail(exchange, Failure::TargetFailed);
+            };
+            let target_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_side, target_side));
+            let (mut parts, _) = response.into_parts();
+            if h2_websocket {
+                // RFC 8441 §5: the tunnel opens with a 2xx; HTTP/2 has no upgrade headers.
+                parts.status = StatusCode::OK;
+                for name in [header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT] {
+                    parts.headers.remove(name);
+                }
+            } else {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            break 'answer Response::from_parts(parts, answer::empty());
+        }
+        response
+    };
+    Ok(finish(response, exchange, shared))
 }
 
 /// Joins an upgraded client connection to the upgraded target connection (websockets), both

@@ -30,11 +30,17 @@ use crate::config::{
     Config, GroupProtocol, Listener, ListenerL7, ListenerProtocol, Stickiness, TargetGroup,
 };
 
+/// A map the request path reads, keyed by what the configuration names (listeners, groups,
+/// rules, target addresses): hashed with foldhash, several times cheaper than the standard
+/// SipHash. Its keys are not chosen by clients, so SipHash's defence against chosen
+/// collisions buys nothing here.
+pub type ConfigMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the proxy serves now.
 #[derive(Default)]
 pub struct Plan {
-    pub listeners: HashMap<String, Arc<ListenerPlan>>,
-    pub groups: HashMap<String, Arc<GroupPlan>>,
+    pub listeners: ConfigMap<String, Arc<ListenerPlan>>,
+    pub groups: ConfigMap<String, Arc<GroupPlan>>,
 }
 
 /// One L7 listener.
@@ -53,7 +59,7 @@ pub struct ListenerPlan {
     pub tcp_group: Option<String>,
     pub metrics: Arc<ListenerMetrics>,
     /// By rule priority; `None`: the default action.
-    pub rule_metrics: HashMap<Option<u32>, Arc<RuleMetrics>>,
+    pub rule_metrics: ConfigMap<Option<u32>, Arc<RuleMetrics>>,
 }
 
 impl ListenerPlan {
@@ -72,7 +78,7 @@ pub struct GroupPlan {
     pub sticky: Option<GroupSticky>,
     pub response_timeout: Duration,
     /// Per target address.
-    pub target_metrics: HashMap<SocketAddr, Arc<TargetMetrics>>,
+    pub target_metrics: ConfigMap<SocketAddr, Arc<TargetMetrics>>,
 }
 
 /// A group's cookie stickiness, ready for the request path.
@@ -109,7 +115,7 @@ impl GroupSticky {
 /// listeners' compiled parts, the groups' clients and targets' loads.
 pub struct PlanBuilder {
     config: Option<Arc<Config>>,
-    listeners: HashMap<String, Arc<ListenerPlan>>,
+    listeners: ConfigMap<String, Arc<ListenerPlan>>,
     /// What each listener's plan was built from.
     built_from: HashMap<String, ListenerSource>,
     clients: HashMap<String, Arc<TargetClient>>,
@@ -125,7 +131,7 @@ impl PlanBuilder {
         Self {
             workers,
             config: None,
-            listeners: HashMap::new(),
+            listeners: ConfigMap::default(),
             built_from: HashMap::new(),
             clients: HashMap::new(),
             loads: LoadRegistry::new(),
@@ -147,7 +153,7 @@ impl PlanBuilder {
             .as_ref()
             .is_some_and(|old| Arc::ptr_eq(old, config));
         if changed {
-            let mut listeners = HashMap::new();
+            let mut listeners = ConfigMap::default();
             let mut built_from = HashMap::new();
             for l in config.listeners.iter().filter(|l| l.is_l7()) {
                 let source = ListenerSource::of(l);
@@ -179,7 +185,7 @@ impl PlanBuilder {
             self.config = Some(config.clone());
         }
         let mut loads = self.loads.build();
-        let mut groups = HashMap::new();
+        let mut groups = ConfigMap::default();
         let mut clients = HashMap::new();
         for g in config
             .target_groups
@@ -255,7 +261,7 @@ impl PlanBuilder {
         let tcp_group = (l.protocol == ListenerProtocol::Tls)
             .then(|| l.forward_group().map(str::to_owned))
             .flatten();
-        let mut rule_metrics: HashMap<Option<u32>, Arc<RuleMetrics>> = l
+        let mut rule_metrics: ConfigMap<Option<u32>, Arc<RuleMetrics>> = l
             .rules
             .iter()
             .map(|r| {

@@ -13,7 +13,7 @@
 //! again on another.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     path::Path,
     pin::Pin,
@@ -22,9 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::future::Either;
 use http_body_util::BodyExt as _;
 use hyper::{
-    Request, Response,
+    Method, Request, Response,
     body::{Body, Bytes, Frame, Incoming, SizeHint},
     client::conn::{http1, http2},
     http::uri::Scheme,
@@ -42,7 +43,7 @@ use tokio::{
 
 mod lean_h1;
 
-use super::tls_policy::SecurityPolicy;
+use super::{plan::ConfigMap, tls_policy::SecurityPolicy};
 use crate::config::{GroupL7, GroupProtocol, ProtocolVersion, TargetGroup};
 
 /// The body type every request and response of the proxy carries.
@@ -77,11 +78,11 @@ pub struct TargetClient {
 #[derive(Default)]
 struct Pool {
     /// HTTP/1.1 through hyper (requests with a body, upgrades): idle connections per target.
-    idle: HashMap<SocketAddr, IdleList<http1::SendRequest<ProxyBody>>>,
+    idle: ConfigMap<SocketAddr, IdleList<http1::SendRequest<ProxyBody>>>,
     /// HTTP/2: the connection per target every request is a stream of.
-    shared: HashMap<SocketAddr, http2::SendRequest<ProxyBody>>,
+    shared: ConfigMap<SocketAddr, http2::SendRequest<ProxyBody>>,
     /// HTTP/1.1 of the lean exchange (requests without a body): idle connections per target.
-    lean: HashMap<SocketAddr, IdleList<lean_h1::LeanConn>>,
+    lean: ConfigMap<SocketAddr, IdleList<lean_h1::LeanConn>>,
 }
 
 /// Idle connections to one target, the most recently used last.
@@ -199,29 +200,38 @@ impl TargetClient {
     /// Sends `request` to `target` on a connection of the calling worker's pool (a new one
     /// when none is idle), and gives the response. An HTTP/1.1 request's URI is sent as it is
     /// (origin-form); an HTTP/2 one needs scheme and authority.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: its future would hold the request and every path's future whole.
+    /// A lean request is encoded here, and its future holds only the encoded head; hyper's
+    /// paths (large futures) are boxed.
+    pub fn send(
         &self,
         target: SocketAddr,
         request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + '_ {
         let pool = &self.pools[super::workers::current() % self.pools.len()];
-        match self.version() {
-            ProtocolVersion::Http1 => self.send_http1(pool, target, request).await,
-            ProtocolVersion::Http2 | ProtocolVersion::Grpc => {
-                self.send_http2(pool, target, request).await
-            }
+        let version = self.version();
+        if version == ProtocolVersion::Http1 && lean_h1::suits(&request) {
+            let head = lean_h1::encode_head(&request);
+            let method = request.method().clone();
+            return Either::Left(self.send_lean(pool, target, head, method));
         }
+        let other: Pin<Box<dyn Future<Output = _> + Send + '_>> = match version {
+            ProtocolVersion::Http1 => Box::pin(self.send_http1(pool, target, request)),
+            ProtocolVersion::Http2 | ProtocolVersion::Grpc => {
+                Box::pin(self.send_http2(pool, target, request))
+            }
+        };
+        Either::Right(other)
     }
 
+    /// A request the lean exchange does not serve (a body, an upgrade), over hyper.
     async fn send_http1(
         &self,
         pool: &Arc<Mutex<Pool>>,
         target: SocketAddr,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        if lean_h1::suits(&request) {
-            return self.send_lean(pool, target, request).await;
-        }
         for _ in 0..STALE_RETRIES {
             let Some(mut sender) = lock(pool).checkout(target) else {
                 break;
@@ -235,8 +245,7 @@ impl TargetClient {
                 },
             }
         }
-        // Boxed: the connect future is large and rare; inline, it would be moved with every request.
-        let mut sender = Box::pin(self.connect_http1(target)).await?;
+        let mut sender = self.connect_http1(target).await?;
         let response = sender.send_request(request).await?;
         Ok(pooled_response(response, sender, pool, target))
     }
@@ -248,11 +257,9 @@ impl TargetClient {
         &self,
         pool: &Arc<Mutex<Pool>>,
         target: SocketAddr,
-        request: Request<ProxyBody>,
+        head: Vec<u8>,
+        method: Method,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        let head = lean_h1::encode_head(&request);
-        let method = request.method().clone();
-        drop(request);
         let idempotent = method.is_idempotent();
         for _ in 0..STALE_RETRIES {
             let Some(conn) = lock(pool).checkout_lean(target) else {
@@ -264,8 +271,7 @@ impl TargetClient {
                 Err(e) => return Err(e.error),
             }
         }
-        // Boxed, as in `send_http1`.
-        let conn = lean_h1::LeanConn::new(Box::pin(self.connect(target)).await?);
+        let conn = lean_h1::LeanConn::new(self.connect_boxed(target).await?);
         lean_h1::exchange(conn, &head, &method, pool, target)
             .await
             .map_err(|e| e.error)
@@ -291,7 +297,7 @@ impl TargetClient {
                 },
             }
         }
-        let mut sender = Box::pin(self.connect_http2(target)).await?;
+        let mut sender = self.connect_http2(target).await?;
         lock(pool).shared.insert(target, sender.clone());
         let response = sender.send_request(request).await?;
         Ok(response.map(box_incoming))
@@ -332,6 +338,13 @@ impl TargetClient {
         Ok(sender)
     }
 
+    /// `connect`'s future, boxed: it is large and rarely needed, and inline it would be moved
+    /// with every request's. (Boxed here, not at the call: a temporary of an `.await`
+    /// expression stays in the caller's future.)
+    fn connect_boxed(&self, target: SocketAddr) -> Connecting<'_> {
+        Box::pin(self.connect(target))
+    }
+
     /// A connection to `target`: TCP, then TLS for an `https` group.
     async fn connect(&self, target: SocketAddr) -> Result<Box<dyn TargetIo>, BoxError> {
         let tcp = connect_tcp(target).await?;
@@ -341,6 +354,10 @@ impl TargetClient {
         })
     }
 }
+
+/// A connection to a target being made.
+type Connecting<'a> =
+    Pin<Box<dyn Future<Output = Result<Box<dyn TargetIo>, BoxError>> + Send + 'a>>;
 
 /// A connection to a target, plain or TLS.
 trait TargetIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {

@@ -111,6 +111,7 @@ pub fn l7() -> anyhow::Result<()> {
 fn turn(lab: &Lab, proxy: Proxy, configs: &Configs, round: usize) -> anyhow::Result<Figures> {
     let running = proxies::start(lab, proxy, configs)?;
     let measured = (|| -> anyhow::Result<Figures> {
+        proxies::check_added_headers(lab, proxy)?;
         load::wrk(lab, &format!("http://{VIP4}/"), WARM_UP_SECONDS).context("warm-up")?;
         let wrk = load::wrk(lab, &format!("http://{VIP4}/"), RUN_SECONDS)?;
         let log = configs

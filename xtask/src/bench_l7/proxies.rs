@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use xtask::lab::{Lab, VIP4};
 
 /// The targets' port (their nginx).
@@ -103,10 +103,42 @@ pub fn target_nginx_config(dir: &Path, name: &str) -> String {
          \x20 keepalive_requests 1000000;\n\
          \x20 keepalive_timeout 300s;\n\
          {temp}\
-         \x20 server {{ listen {TARGET_PORT}; return 200 \"ok\\n\"; }}\n\
+         \x20 server {{\n\
+         \x20   listen {TARGET_PORT};\n\
+         \x20   location = {ADDED_HEADERS_PATH} {{ return 200 \"$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_port|$http_x_amzn_trace_id\\n\"; }}\n\
+         \x20   location / {{ return 200 \"ok\\n\"; }}\n\
+         \x20 }}\n\
          }}\n",
         temp = nginx_temp_paths(&format!("{dir}/{name}-tmp")),
     )
+}
+
+/// The targets' path that answers with the headers a proxy added to the request: its
+/// `X-Forwarded-For`, `-Proto`, `-Port` and `X-Amzn-Trace-Id`, `|`-separated.
+pub const ADDED_HEADERS_PATH: &str = "/added-headers";
+
+/// Checks that `proxy` adds what every proxy of the bench must add to a request (the same
+/// work for all): asks the targets' `ADDED_HEADERS_PATH` through it, over plain HTTP and TLS.
+pub fn check_added_headers(lab: &Lab, proxy: Proxy) -> anyhow::Result<()> {
+    for (scheme, port) in [("http", "80"), ("https", "443")] {
+        let url = format!("{scheme}://{VIP4}{ADDED_HEADERS_PATH}");
+        let answer = lab
+            .run(lab.client(), &["curl", "-sk", "--max-time", "5", &url])
+            .with_context(|| format!("asking {url} through {}", proxy.name()))?;
+        let fields: Vec<&str> = answer.trim().split('|').collect();
+        let client = lab.client().v4.to_string();
+        let added = fields.len() == 4
+            && fields[..3] == [client.as_str(), scheme, port]
+            && fields[3].starts_with("Root=1-");
+        if !added {
+            bail!(
+                "{} does not add the bench's request headers over {scheme}                  (X-Forwarded-For|-Proto|-Port|X-Amzn-Trace-Id): `{}`",
+                proxy.name(),
+                answer.trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// nginx's temporary directories, all in `dir` (its built-in ones are outside the lab).
@@ -124,7 +156,8 @@ fn nginx_temp_paths(dir: &str) -> String {
 }
 
 /// HAProxy: `nbthread 2`, mode http, keep-alive both sides (the default `http-reuse safe`),
-/// TLS 1.2 and 1.3 with ALPN h2 and http/1.1.
+/// TLS 1.2 and 1.3 with ALPN h2 and http/1.1. It adds to each request what ours does:
+/// `X-Forwarded-For`, `-Proto` and `-Port`, and a request id in `X-Amzn-Trace-Id`.
 pub fn haproxy_config(targets: &[Ipv4Addr], cert: &Certificate) -> String {
     let servers: String = targets
         .iter()
@@ -147,6 +180,12 @@ pub fn haproxy_config(targets: &[Ipv4Addr], cert: &Certificate) -> String {
          frontend bench\n\
          \x20   bind {VIP4}:80\n\
          \x20   bind {VIP4}:443 ssl crt {bundle} alpn h2,http/1.1\n\
+         \x20   option forwardfor\n\
+         \x20   http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}\n\
+         \x20   http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}\n\
+         \x20   http-request set-header X-Forwarded-Port %[dst_port]\n\
+         \x20   unique-id-format Root=1-%[date,hex]-%[rand,hex]%[rand,hex]%[rand,hex]\n\
+         \x20   unique-id-header X-Amzn-Trace-Id\n\
          \x20   use_backend api if {{ hdr(host) -i {RULE_HOST} }}\n\
          \x20   use_backend api if {{ path_beg {RULE_PATH_PREFIX} }}\n\
          \x20   default_backend web\n\
@@ -161,7 +200,8 @@ pub fn haproxy_config(targets: &[Ipv4Addr], cert: &Certificate) -> String {
 }
 
 /// nginx: `worker_processes 2`, upstreams with `keepalive 64` over HTTP/1.1, the host rule as a
-/// `server_name`, the path rule as a `location`, TLS 1.2 and 1.3 with h2.
+/// `server_name`, the path rule as a `location`, TLS 1.2 and 1.3 with h2; the same request
+/// headers added as by HAProxy and ours.
 pub fn nginx_config(dir: &Path, targets: &[Ipv4Addr], cert: &Certificate) -> String {
     let servers: String = targets
         .iter()
@@ -172,7 +212,11 @@ pub fn nginx_config(dir: &Path, targets: &[Ipv4Addr], cert: &Certificate) -> Str
          \x20   ssl_certificate_key {};\n\
          \x20   ssl_protocols TLSv1.2 TLSv1.3;\n\
          \x20   proxy_http_version 1.1;\n\
-         \x20   proxy_set_header Connection \"\";\n",
+         \x20   proxy_set_header Connection \"\";\n\
+         \x20   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         \x20   proxy_set_header X-Forwarded-Proto $scheme;\n\
+         \x20   proxy_set_header X-Forwarded-Port $server_port;\n\
+         \x20   proxy_set_header X-Amzn-Trace-Id Root=1-$request_id;\n",
         cert.cert.display(),
         cert.key.display(),
     );
