@@ -19,8 +19,10 @@ const RUN_SECONDS: u64 = 10;
 /// Seconds of unmeasured wrk load each proxy gets after it starts (its pools, caches and
 /// health checks settle; the same for every proxy).
 const WARM_UP_SECONDS: u64 = 2;
-/// Rounds over all proxies, alternating, so drift on this shared machine hits all alike.
-const ROUNDS: usize = 2;
+/// Rounds over all proxies, alternating, so drift on this shared machine hits all alike; the
+/// summary takes each figure's median over them, so one disturbed round (they happen here:
+/// a proxy's rate moves by 10-20% from one round to the next) does not decide it.
+const ROUNDS: usize = 3;
 
 /// What one proxy did in one round.
 #[derive(Debug, Clone, Copy)]
@@ -133,10 +135,10 @@ fn turn(lab: &Lab, proxy: Proxy, configs: &Configs, round: usize) -> anyhow::Res
     Ok(figures)
 }
 
-/// Means over the rounds per proxy, and ours beside HAProxy's.
+/// Medians over the rounds per proxy, and ours beside HAProxy's.
 fn print_summary(results: &[(Proxy, Result<Figures, String>)]) {
     println!(
-        "\nmean of {ROUNDS} rounds, same lab, same run; wrk -t2 -c64 -d{RUN_SECONDS}s (HTTP/1.1 keep-alive), \
+        "\nmedian of {ROUNDS} rounds, same lab, same run; wrk -t2 -c64 -d{RUN_SECONDS}s (HTTP/1.1 keep-alive), \
          h2load -c64 -m10 -t2 -D {RUN_SECONDS} (h2 over TLS), new TLS connections: h2load --h1, {} clients x 1 request; \
          every proxy behind an XDP program on the node's NIC (ours, or the lab's pass program for the peers)",
         load::HANDSHAKE_CONNECTIONS
@@ -145,7 +147,7 @@ fn print_summary(results: &[(Proxy, Result<Figures, String>)]) {
         "{:<8} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>12}",
         "proxy", "wrk req/s", "p50", "p99", "h2 req/s", "p50", "p99", "handshakes/s"
     );
-    let mut means = Vec::new();
+    let mut medians = Vec::new();
     for proxy in Proxy::ALL {
         let runs: Vec<&Figures> = results
             .iter()
@@ -157,7 +159,7 @@ fn print_summary(results: &[(Proxy, Result<Figures, String>)]) {
             .filter(|(p, _)| *p == proxy)
             .filter_map(|(_, r)| r.as_ref().err())
             .collect();
-        let Some(mean) = mean_of(&runs) else {
+        let Some(median) = median_of(&runs) else {
             // The first line: the per-round lines above have the rest.
             let why = failures
                 .first()
@@ -169,22 +171,22 @@ fn print_summary(results: &[(Proxy, Result<Figures, String>)]) {
         println!(
             "{:<8} {:>10.0} {:>9} {:>9} {:>10.0} {:>9} {:>9} {:>12.0}{}",
             proxy.name(),
-            mean.wrk.requests_per_second,
-            ms(mean.wrk.p50),
-            ms(mean.wrk.p99),
-            mean.h2load.requests_per_second,
-            ms(mean.h2load.p50),
-            ms(mean.h2load.p99),
-            mean.handshakes_per_second,
+            median.wrk.requests_per_second,
+            ms(median.wrk.p50),
+            ms(median.wrk.p99),
+            median.h2load.requests_per_second,
+            ms(median.h2load.p50),
+            ms(median.h2load.p99),
+            median.handshakes_per_second,
             if failures.is_empty() {
                 String::new()
             } else {
                 format!("  ({} of {ROUNDS} rounds failed)", failures.len())
             }
         );
-        means.push((proxy, mean));
+        medians.push((proxy, median));
     }
-    let of = |proxy| means.iter().find(|(p, _)| *p == proxy).map(|(_, m)| *m);
+    let of = |proxy| medians.iter().find(|(p, _)| *p == proxy).map(|(_, m)| *m);
     match (of(Proxy::Ours), of(Proxy::Haproxy)) {
         (Some(ours), Some(haproxy)) => {
             let ratio = |a: f64, b: f64| a / b;
@@ -212,23 +214,32 @@ fn print_summary(results: &[(Proxy, Result<Figures, String>)]) {
     }
 }
 
-/// The mean of each figure over `runs`; none when there are none.
-fn mean_of(runs: &[&Figures]) -> Option<Figures> {
+/// The median of each figure over `runs` (of an even number: the mean of the middle two);
+/// none when there are none. Error counts are summed.
+fn median_of(runs: &[&Figures]) -> Option<Figures> {
     if runs.is_empty() {
         return None;
     }
-    let n = runs.len() as f64;
-    let mean = |f: &dyn Fn(&Figures) -> f64| runs.iter().map(|r| f(r)).sum::<f64>() / n;
+    let median = |f: &dyn Fn(&Figures) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(|r| f(r)).collect();
+        values.sort_by(f64::total_cmp);
+        let middle = values.len() / 2;
+        if values.len() % 2 == 1 {
+            values[middle]
+        } else {
+            (values[middle - 1] + values[middle]) / 2.0
+        }
+    };
     let throughput = |pick: &dyn Fn(&Figures) -> Throughput| Throughput {
-        requests_per_second: mean(&|r| pick(r).requests_per_second),
-        p50: Duration::from_secs_f64(mean(&|r| pick(r).p50.as_secs_f64())),
-        p99: Duration::from_secs_f64(mean(&|r| pick(r).p99.as_secs_f64())),
+        requests_per_second: median(&|r| pick(r).requests_per_second),
+        p50: Duration::from_secs_f64(median(&|r| pick(r).p50.as_secs_f64())),
+        p99: Duration::from_secs_f64(median(&|r| pick(r).p99.as_secs_f64())),
         errors: runs.iter().map(|r| pick(r).errors).sum(),
     };
     Some(Figures {
         wrk: throughput(&|r| r.wrk),
         h2load: throughput(&|r| r.h2load),
-        handshakes_per_second: mean(&|r| r.handshakes_per_second),
+        handshakes_per_second: median(&|r| r.handshakes_per_second),
         handshake_errors: runs.iter().map(|r| r.handshake_errors).sum(),
     })
 }
@@ -247,4 +258,44 @@ fn errors_note(f: &Figures) -> String {
 /// A duration in milliseconds, e.g. `3.75ms`.
 fn ms(d: Duration) -> String {
     format!("{:.2}ms", d.as_secs_f64() * 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(rate: f64, p99_ms: u64) -> Figures {
+        let t = Throughput {
+            requests_per_second: rate,
+            p50: Duration::from_millis(1),
+            p99: Duration::from_millis(p99_ms),
+            errors: 1,
+        };
+        Figures {
+            wrk: t,
+            h2load: t,
+            handshakes_per_second: rate / 10.0,
+            handshake_errors: 0,
+        }
+    }
+
+    #[test]
+    fn the_summary_takes_each_figures_median_so_one_disturbed_round_does_not_decide() {
+        let rounds = [
+            figures(30_000.0, 5),
+            figures(20_000.0, 50),
+            figures(32_000.0, 4),
+        ];
+        let median = median_of(&rounds.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(median.wrk.requests_per_second, 30_000.0);
+        assert_eq!(median.h2load.p99, Duration::from_millis(5));
+        assert_eq!(median.handshakes_per_second, 3_000.0);
+        assert_eq!(median.wrk.errors, 3, "errors are summed");
+
+        let two = [figures(30_000.0, 4), figures(20_000.0, 6)];
+        let median = median_of(&two.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(median.wrk.requests_per_second, 25_000.0);
+        assert_eq!(median.wrk.p99, Duration::from_millis(5));
+        assert!(median_of(&[]).is_none());
+    }
 }
