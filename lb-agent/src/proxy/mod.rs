@@ -60,6 +60,8 @@ pub struct Shared {
     pub access_log: ArcSwapOption<AccessLog>,
     /// Signs stickiness cookies.
     pub sticky: Arc<StickyKey>,
+    /// The connections each worker serves: a new one goes to the least loaded.
+    pub workers: Arc<workers::Spread>,
 }
 
 /// A running listener server.
@@ -95,6 +97,7 @@ impl Proxy {
                 plan: ArcSwap::from_pointee(Plan::default()),
                 access_log: ArcSwapOption::empty(),
                 sticky: sticky.clone(),
+                workers: workers.spread(),
             }),
             builder: PlanBuilder::new(sticky, metrics.clone(), workers.len()),
             servers: HashMap::new(),

@@ -77,15 +77,59 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         }
-        active.fetch_add(1, Ordering::Relaxed);
-        let active = active.clone();
+        let open = OpenConnection::count(&active);
+        let served_by = shared.workers.choose(super::workers::current());
+        let worker = served_by.worker();
+        let handle = shared.workers.handle(worker).cloned();
         let shared = shared.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        // Dropped unrun (a failed hand-over), it uncounts the connection all the same.
+        let serve = async move |stream: TcpStream| {
+            let _counted = (open, served_by);
             let _guard = listener_plan.metrics.connection_opened();
             serve_connection(stream, client, listener_plan, shared, stop).await;
-            active.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        if worker == super::workers::current() {
+            tokio::spawn(serve(stream));
+            continue;
+        }
+        // Handed to a less loaded worker: the socket leaves this worker's reactor for that
+        // one's.
+        let handed = match (handle, stream.into_std()) {
+            (Some(handle), Ok(stream)) => {
+                handle.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(e) => {
+                            tracing::debug!(%client, error = %e, "a connection handed to another worker was lost");
+                        }
+                    }
+                });
+                Ok(())
+            }
+            (None, _) => Err(std::io::Error::other("no such worker")),
+            (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = handed {
+            tracing::debug!(%client, error = %e, "a connection could not be handed to another worker");
+        }
+    }
+}
+
+/// A connection counted in its listener's open connections (over every worker), until
+/// dropped.
+struct OpenConnection(Arc<AtomicU32>);
+
+impl OpenConnection {
+    fn count(active: &Arc<AtomicU32>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        Self(active.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
