@@ -13,18 +13,24 @@
 //! here, so users name `config::X` whatever file `X` lives in.
 
 mod agent;
+mod auto_scaling_group;
+mod cidr;
 mod duration;
 #[cfg(test)]
 pub(crate) mod fixture;
 mod health_check;
 mod l7;
+mod launch_template;
 mod listener;
 mod location;
+#[cfg(test)]
+mod scaling_tests;
 mod snat_ports;
 mod target_group;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_scaling;
 
 use std::{net::IpAddr, ops::Range, path::Path};
 
@@ -35,11 +41,22 @@ use self::location::{
 };
 pub use self::{
     agent::AgentConfig,
+    auto_scaling_group::{
+        AdjustmentType, Alarm, AutoScalingGroup, Comparison, DEFAULT_COOLDOWN, HealthCheckType,
+        LifecycleHook, LifecycleResult, LifecycleTransition, MissingData, PolicyKind, ProviderKind,
+        ScalingMetric, ScalingPolicy, ScalingProcess, ScheduledAction, Statistic, Step,
+        TemplateRef, TemplateVersion, TerminationPolicy,
+    },
+    cidr::Cidr,
     duration::{duration_text, parse_duration},
     health_check::{HealthCheck, HealthMethod, HealthProtocol},
     l7::{
         AccessLogConfig, AccessLogFormat, Algorithm, DEFAULT_SSL_POLICY, GroupL7, ListenerL7,
         ProtocolVersion,
+    },
+    launch_template::{
+        InboundRule, InstanceDefinition, InstanceType, LaunchConfiguration, LaunchTemplate,
+        parse_memory,
     },
     listener::{
         Action, Certificate, Conditions, FixedResponse, Forward, Listener, ListenerProtocol, Mode,
@@ -62,6 +79,18 @@ pub struct Config {
     /// `[[listener]]`: what the node accepts traffic on, and where it sends it.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Listener>,
+    /// `[instance_types]`: named CPU and memory limits of instances.
+    #[serde(default)]
+    pub instance_types: std::collections::BTreeMap<String, InstanceType>,
+    /// `[[launch_template]]`: what an instance is, versioned.
+    #[serde(default, rename = "launch_template")]
+    pub launch_templates: Vec<LaunchTemplate>,
+    /// `[[launch_configuration]]`: what an instance is, the legacy way.
+    #[serde(default, rename = "launch_configuration")]
+    pub launch_configurations: Vec<LaunchConfiguration>,
+    /// `[[auto_scaling_group]]`: when and where instances run, and how many.
+    #[serde(default, rename = "auto_scaling_group")]
+    pub auto_scaling_groups: Vec<AutoScalingGroup>,
 }
 
 impl Config {

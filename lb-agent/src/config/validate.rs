@@ -49,7 +49,7 @@ impl Problems {
     }
 }
 
-fn check_name(p: &mut Problems, field: String, name: &str) {
+pub(super) fn check_name(p: &mut Problems, field: String, name: &str) {
     let ok = (1..=64).contains(&name.len())
         && name
             .chars()
@@ -195,6 +195,7 @@ impl Config {
         self.validate_groups(p);
         self.validate_listeners(p);
         self.validate_access_log(p);
+        self.validate_scaling(p);
     }
 
     fn validate_agent(&self, p: &mut Problems) {
