@@ -65,6 +65,7 @@ impl BedConfig {
                     listener("dns", VIP4, 53, ListenerProtocol::Udp),
                     listener("web6", VIP6, 80, ListenerProtocol::TcpUdp),
                 ],
+                ..Config::default()
             },
         }
     }

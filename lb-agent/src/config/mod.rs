@@ -67,7 +67,7 @@ pub use self::{
 };
 
 /// The whole config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[agent]`: settings of the node itself.

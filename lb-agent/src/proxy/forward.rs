@@ -106,8 +106,6 @@ struct Exchange {
     error: Option<&'static str>,
     /// The target's outstanding-request mark, held until the response has gone.
     outstanding: Option<Outstanding>,
-    /// Signs group-stickiness cookies.
-    sticky_key: Arc<sticky::StickyKey>,
 }
 
 impl Exchange {
@@ -174,7 +172,9 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send {
     let started = Instant::now();
     let plan: Arc<Plan> = shared.plan.load_full();
-    let Some(listener) = plan.listeners.get(&*conn.listener).cloned() else {
+    // Borrowed, and the plan moved on to a forward, not cloned: each clone of an `Arc` every
+    // worker shares is an atomic write to a cache line the other worker also writes.
+    let Some(listener) = plan.listeners.get(&*conn.listener) else {
         // Removed by a reload while this connection was open.
         return Either::Left(ready(Ok(Failure::NoGroup.response(true))));
     };
@@ -224,7 +224,6 @@ pub fn handle(
         status: 0,
         error: None,
         outstanding: None,
-        sticky_key: shared.sticky.clone(),
     };
     let response = match routed.action {
         CompiledAction::FixedResponse(fixed) => answer::fixed(fixed),
@@ -248,11 +247,7 @@ pub fn handle(
         }
         CompiledAction::Forward(groups) => {
             let groups = groups.clone();
-            let forwarded = Forwarded {
-                plan: plan.clone(),
-                conn,
-                shared,
-            };
+            let forwarded = Forwarded { plan, conn, shared };
             return Either::Right(forward(forwarded, groups, parts, body, exchange));
         }
     };
@@ -303,11 +298,11 @@ async fn forward(
     let response = 'answer: {
         let exchange = &mut exchange;
         let conn = &*conn;
-        let (group_name, group_cookie) = match choose_group(&groups, conn, exchange, &parts.headers)
-        {
-            Some(chosen) => chosen,
-            None => break 'answer fail(exchange, Failure::NoGroup),
-        };
+        let (group_name, group_cookie) =
+            match choose_group(&groups, conn, exchange, &parts.headers, &shared.sticky) {
+                Some(chosen) => chosen,
+                None => break 'answer fail(exchange, Failure::NoGroup),
+            };
         let Some(group) = plan.groups.get(group_name).cloned() else {
             break 'answer fail(exchange, Failure::NoGroup);
         };
@@ -472,13 +467,13 @@ fn choose_group<'g>(
     conn: &ConnInfo,
     exchange: &Exchange,
     headers: &HeaderMap,
+    key: &sticky::StickyKey,
 ) -> Option<(&'g str, Option<GroupCookie>)> {
     let sticky_for = groups.stickiness().filter(|_| groups.len() > 1);
     let Some(duration) = sticky_for else {
         return groups.choose(random() as u32).map(|g| (g, None));
     };
     let cookie = sticky::StickyCookie::new(sticky::group_cookie_name(&conn.listener));
-    let key = &exchange.sticky_key;
     let token_of = |group: &str| key.group_token(&conn.listener, exchange.rule, group);
     if let Some(token) = cookie.find(headers)
         && let Some(group) = groups.names().find(|g| token_of(g) == token)
