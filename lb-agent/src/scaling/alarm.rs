@@ -175,7 +175,7 @@ impl AlarmSpec {
         let mut errors = Vec::new();
         let secs = self.period.as_secs();
         let whole = self.period.subsec_nanos() == 0;
-        if !whole || !(matches!(secs, 10 | 20 | 30) || (secs > 0 && secs % 60 == 0)) {
+        if !whole || !(matches!(secs, 10 | 20 | 30) || (secs > 0 && secs.is_multiple_of(60))) {
             errors.push(AlarmSpecError::Period(self.period));
         }
         if self.evaluation_periods == 0 {
