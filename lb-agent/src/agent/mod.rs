@@ -271,9 +271,11 @@ fn read(
                 .map_or_else(|| "config".to_owned(), |s| s.path.display().to_string());
             Answer::Validation(match Config::parse(&text, &name) {
                 Ok(config) => {
-                    // What only the proxy can check (rules, certificate files, policies).
+                    // What only the proxy can check (rules, certificate files, policies),
+                    // and auto scaling's alarms and schedules.
                     let errors: Vec<ConfigProblem> = crate::proxy::problems(&config)
                         .into_iter()
+                        .chain(crate::scaling::problems(&config))
                         .map(|(field, message)| ConfigProblem {
                             line: 0,
                             column: 0,

@@ -573,6 +573,7 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
     }
     let mut problems = config.problems();
     problems.extend(crate::proxy::problems(&config));
+    problems.extend(crate::scaling::problems(&config));
     problems.extend(unserved(&config));
     if !problems.is_empty() {
         let lines: Vec<String> = problems

@@ -361,35 +361,8 @@ impl Config {
         for (k, policy) in g.policies.iter().enumerate() {
             check_policy(p, &format!("{at}.policy[{k}]"), &policy.kind, g);
         }
-        for (k, alarm) in g.alarms.iter().enumerate() {
-            let at = format!("{at}.alarm[{k}]");
-            let period = alarm.period.as_secs();
-            if period < 10 || period % 10 != 0 || alarm.period.subsec_nanos() != 0 {
-                p.add(
-                    format!("{at}.period"),
-                    "a period is 10 s or more, in whole multiples of 10 s (as CloudWatch's)",
-                );
-            }
-            if alarm.evaluation_periods == 0 {
-                p.add(format!("{at}.evaluation_periods"), "at least 1");
-            } else if u64::from(alarm.evaluation_periods).saturating_mul(period) > 86_400 {
-                p.add(
-                    format!("{at}.evaluation_periods"),
-                    "evaluation_periods x period is at most one day (as CloudWatch's)",
-                );
-            }
-            if let Some(m) = alarm.datapoints_to_alarm
-                && (m == 0 || m > alarm.evaluation_periods)
-            {
-                p.add(
-                    format!("{at}.datapoints_to_alarm"),
-                    format!(
-                        "{m} is not 1..={} (M of the N evaluation periods)",
-                        alarm.evaluation_periods
-                    ),
-                );
-            }
-        }
+        // Alarms' limits and scheduled actions' times are `scaling::problems`'s: they are
+        // checked by the types that evaluate them.
         for (k, hook) in g.lifecycle_hooks.iter().enumerate() {
             let at = format!("{at}.lifecycle_hook[{k}]");
             check_duration(
@@ -403,24 +376,6 @@ impl Config {
                 && command.first().is_none_or(String::is_empty)
             {
                 p.add(format!("{at}.command"), "a command to run, or no `command`");
-            }
-        }
-        for (k, action) in g.scheduled_actions.iter().enumerate() {
-            let at = format!("{at}.scheduled_action[{k}]");
-            if action.min_size.is_none()
-                && action.max_size.is_none()
-                && action.desired_capacity.is_none()
-            {
-                p.add(
-                    at.clone(),
-                    "a scheduled action sets one or more of min_size, max_size, desired_capacity",
-                );
-            }
-            if action.recurrence.is_none() && action.start_time.is_none() {
-                p.add(
-                    at.clone(),
-                    "a scheduled action fires at `start_time`, or on a `recurrence` (cron)",
-                );
             }
         }
         for field in g.other.keys() {

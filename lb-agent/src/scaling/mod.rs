@@ -2,4 +2,7 @@
 //! instances and the policies that size them, in AWS's words and with AWS's defaults.
 
 pub mod alarm;
+mod from_config;
 pub mod schedule;
+
+pub use from_config::{alarm_spec, problems, scheduled_action};
