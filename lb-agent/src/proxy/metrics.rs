@@ -2,7 +2,9 @@
 //! plane's (`crate::metrics`), with the same `lb_` names and conventions.
 //!
 //! The request path only touches atomics (relaxed: each counter stands alone, and a scrape
-//! that sees one a request later than another is still a true picture). The registry of series
+//! that sees one a request later than another is still a true picture). The counters every
+//! request writes have a copy per worker (`PerWorker`), summed when read: two workers writing
+//! one counter would pass its cache line back and forth on every request. The registry of series
 //! is behind a mutex taken only to create a series or to render: the serving core looks up
 //! the `Arc`s of a listener's rules and a group's targets when it builds the plan for a
 //! snapshot, not per request. A series lives until [`ProxyMetrics::retain`] forgets it.
@@ -45,6 +47,81 @@ const BUCKET_BOUNDS_NANOS: [u64; 13] = [
     5_000_000_000,
     10_000_000_000,
 ];
+
+/// Copies of a per-request counter: workers beyond this share them (worker `i` uses copy
+/// `i % SHARDS`); still correct, just contended again.
+const SHARDS: usize = 4;
+
+/// A value with a copy per worker, each on its own cache lines.
+#[derive(Debug, Default)]
+struct PerWorker<T>([Padded<T>; SHARDS]);
+
+/// Aligned to 128 bytes: a cache line, and the pair the adjacent-line prefetcher fetches.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> PerWorker<T> {
+    /// The calling worker's copy.
+    fn local(&self) -> &T {
+        &self.0[super::workers::current() % SHARDS].0
+    }
+
+    fn all(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|p| &p.0)
+    }
+}
+
+impl PerWorker<AtomicU64> {
+    fn add(&self, n: u64) {
+        self.local().fetch_add(n, Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.all().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+impl PerWorker<ByClass> {
+    fn count(&self, status: u16) {
+        self.local().count(status);
+    }
+
+    /// Responses per class over every worker.
+    fn sum(&self) -> [u64; 5] {
+        let mut total = [0; 5];
+        for copy in self.all() {
+            for (t, n) in total.iter_mut().zip(&copy.0) {
+                *t += n.load(Relaxed);
+            }
+        }
+        total
+    }
+}
+
+impl PerWorker<Histogram> {
+    fn observe(&self, d: Duration) {
+        self.local().observe(d);
+    }
+
+    /// `(upper bound in seconds, observations in the bucket)`, `+Inf` last; and the count,
+    /// over every worker.
+    fn buckets(&self) -> ([(f64, u64); BUCKET_BOUNDS_NANOS.len() + 1], u64) {
+        let (mut total, mut count) = Histogram::default().buckets();
+        for copy in self.all() {
+            let (buckets, n) = copy.buckets();
+            for (t, b) in total.iter_mut().zip(buckets) {
+                t.1 += b.1;
+            }
+            count += n;
+        }
+        (total, count)
+    }
+
+    fn sum_seconds(&self) -> f64 {
+        self.all().map(Histogram::sum_seconds).sum()
+    }
+}
 
 /// Label values of the status classes, indexed by `status / 100 - 1`.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -199,7 +276,7 @@ pub struct ListenerMetrics {
     refused: AtomicU64,
     handshakes_ok: AtomicU64,
     handshakes_failed: AtomicU64,
-    responses: ByClass,
+    responses: PerWorker<ByClass>,
     reset_floods: AtomicU64,
     bad_requests: AtomicU64,
     header_timeouts: AtomicU64,
@@ -274,14 +351,14 @@ impl Drop for ConnectionGuard {
 /// A rule's counters (or a default action's).
 #[derive(Debug, Default)]
 pub struct RuleMetrics {
-    requests: AtomicU64,
-    responses: ByClass,
+    requests: PerWorker<AtomicU64>,
+    responses: PerWorker<ByClass>,
 }
 
 impl RuleMetrics {
     /// A request this rule routed was answered with `status`.
     pub fn response(&self, status: u16) {
-        self.requests.fetch_add(1, Relaxed);
+        self.requests.add(1);
         self.responses.count(status);
     }
 }
@@ -289,9 +366,9 @@ impl RuleMetrics {
 /// A target's counters within one group.
 #[derive(Debug, Default)]
 pub struct TargetMetrics {
-    requests: AtomicU64,
-    responses: ByClass,
-    response_time: Histogram,
+    requests: PerWorker<AtomicU64>,
+    responses: PerWorker<ByClass>,
+    response_time: PerWorker<Histogram>,
     connect_errors: AtomicU64,
     timeouts: AtomicU64,
 }
@@ -300,7 +377,7 @@ impl TargetMetrics {
     /// The target answered a request with `status`, its response head `target_time` after the
     /// request was sent.
     pub fn response(&self, status: u16, target_time: Duration) {
-        self.requests.fetch_add(1, Relaxed);
+        self.requests.add(1);
         self.responses.count(status);
         self.response_time.observe(target_time);
     }
@@ -313,7 +390,7 @@ impl TargetMetrics {
     /// A request was sent but the target did not answer within the group's
     /// `response_timeout`; it counts as a request.
     pub fn timeout(&self) {
-        self.requests.fetch_add(1, Relaxed);
+        self.requests.add(1);
         self.timeouts.fetch_add(1, Relaxed);
     }
 }
@@ -447,7 +524,7 @@ impl Scrape {
             MetricType::Counter,
         )?;
         for (name, m) in &self.listeners {
-            by_class(&mut f, &labels(name), &m.responses)?;
+            by_class(&mut f, &labels(name), m.responses.sum())?;
         }
         let mut f = encoder.encode_descriptor(
             "lb_http_bad_requests",
@@ -496,7 +573,7 @@ impl Scrape {
             MetricType::Counter,
         )?;
         for (key, m) in &self.rules {
-            counter(&mut f, &labels(key), m.requests.load(Relaxed))?;
+            counter(&mut f, &labels(key), m.requests.sum())?;
         }
         let mut f = encoder.encode_descriptor(
             "lb_http_rule_responses",
@@ -505,7 +582,7 @@ impl Scrape {
             MetricType::Counter,
         )?;
         for (key, m) in &self.rules {
-            by_class(&mut f, &labels(key), &m.responses)?;
+            by_class(&mut f, &labels(key), m.responses.sum())?;
         }
         Ok(())
     }
@@ -524,7 +601,7 @@ impl Scrape {
             MetricType::Counter,
         )?;
         for (key, m) in &self.targets {
-            counter(&mut f, &labels(key), m.requests.load(Relaxed))?;
+            counter(&mut f, &labels(key), m.requests.sum())?;
         }
         let mut f = encoder.encode_descriptor(
             "lb_http_target_responses",
@@ -533,7 +610,7 @@ impl Scrape {
             MetricType::Counter,
         )?;
         for (key, m) in &self.targets {
-            by_class(&mut f, &labels(key), &m.responses)?;
+            by_class(&mut f, &labels(key), m.responses.sum())?;
         }
         let mut f = encoder.encode_descriptor(
             "lb_http_target_response",
@@ -572,15 +649,15 @@ impl Scrape {
 fn by_class<const N: usize>(
     family: &mut MetricEncoder,
     labels: &[Label; N],
-    responses: &ByClass,
+    responses: [u64; 5],
 ) -> fmt::Result {
-    for (class, n) in CLASSES.iter().zip(&responses.0) {
+    for (class, n) in CLASSES.iter().zip(responses) {
         let labels: Vec<Label> = labels
             .iter()
             .cloned()
             .chain([("class", (*class).to_owned())])
             .collect();
-        counter(family, &labels, n.load(Relaxed))?;
+        counter(family, &labels, n)?;
     }
     Ok(())
 }
@@ -690,6 +767,47 @@ mod tests {
             r#"lb_http_rule_responses_total{listener="web",rule="default",class="2xx"} 0"#,
         ] {
             assert!(samples.contains(&line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn counts_from_every_worker_add_up() {
+        let metrics = ProxyMetrics::new();
+        let target = metrics.target("api", addr("198.18.2.2:8080"));
+        let rule = metrics.rule("web", Some(10));
+        let listener = metrics.listener("web");
+        let workers = super::super::workers::Workers::start(3).expect("workers");
+        let (done, finished) = std::sync::mpsc::channel();
+        workers.spawn_on_each(|index| {
+            let (target, rule, listener, done) =
+                (target.clone(), rule.clone(), listener.clone(), done.clone());
+            async move {
+                // Worker i answers 100 * (i + 1) requests.
+                for _ in 0..100 * (index + 1) {
+                    target.response(200, Duration::from_millis(3));
+                    rule.response(200);
+                    listener.response(200);
+                }
+                let _ = done.send(());
+            }
+        });
+        for _ in 0..3 {
+            finished
+                .recv_timeout(Duration::from_secs(5))
+                .expect("every worker counts");
+        }
+        let text = text(&metrics);
+        let t = r#"target_group="api",target="198.18.2.2:8080""#;
+        let samples = samples(&text);
+        for line in [
+            format!("lb_http_target_requests_total{{{t}}} 600"),
+            format!(r#"lb_http_target_responses_total{{{t},class="2xx"}} 600"#),
+            format!(r#"lb_http_target_response_seconds_bucket{{{t},le="0.005"}} 600"#),
+            format!("lb_http_target_response_seconds_count{{{t}}} 600"),
+            r#"lb_http_requests_total{listener="web",rule="10"} 600"#.to_owned(),
+            r#"lb_http_responses_total{listener="web",class="2xx"} 600"#.to_owned(),
+        ] {
+            assert!(samples.contains(&line.as_str()), "{line}\n{text}");
         }
     }
 
