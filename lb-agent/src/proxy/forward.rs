@@ -303,7 +303,7 @@ async fn forward(
                 Some(chosen) => chosen,
                 None => break 'answer fail(exchange, Failure::NoGroup),
             };
-        let Some(group) = plan.groups.get(group_name).cloned() else {
+        let Some(group) = plan.groups.get(group_name) else {
             break 'answer fail(exchange, Failure::NoGroup);
         };
         exchange.group = Some(group.clone());
