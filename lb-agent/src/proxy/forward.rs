@@ -340,7 +340,7 @@ async fn forward(
             .headers
             .get(header::TRANSFER_ENCODING)
             .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        prepare_request(&mut parts, conn, target, &group, upgrade);
+        prepare_request(&mut parts, conn, target, group, upgrade);
         // A chunked body whose first chunk is already malformed goes nowhere: hyper reports a bad
         // chunk size as a body error, and waiting for the first frame (usually in the same
         // packet as the head) turns that into a 400 before the target hears of the request.
