@@ -2,6 +2,7 @@
 //! instances and the policies that size them, in AWS's words and with AWS's defaults.
 
 pub mod activity;
+pub mod addressing;
 pub mod alarm;
 mod from_config;
 pub mod schedule;
