@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn instance_ids_look_like_ec2s() {
-        let id = new_instance_id(0x0123_4567_89ab_cdef_0);
+        let id = new_instance_id(0x0000_1234_5678_9abc_def0);
         assert_eq!(id, "i-0123456789abcdef0");
         assert!(is_instance_id(&id));
         assert_eq!(new_instance_id(u128::MAX).len(), 19);
