@@ -6,4 +6,6 @@
 //! since an epoch the caller picks and keeps), so each AWS rule is a unit test.
 
 pub mod capacity;
+pub mod lifecycle;
 pub mod policy;
+pub mod termination;
