@@ -255,10 +255,10 @@ fn oldest_launch_configuration<'a>(
 }
 
 /// The candidates matching `prefer`, or all of them when none does.
-fn keep_if_any<'a>(
-    candidates: Vec<&'a Candidate>,
+fn keep_if_any(
+    candidates: Vec<&Candidate>,
     prefer: impl Fn(&Candidate) -> bool,
-) -> Vec<&'a Candidate> {
+) -> Vec<&Candidate> {
     if candidates.iter().any(|c| prefer(c)) {
         candidates.into_iter().filter(|c| prefer(c)).collect()
     } else {
@@ -267,11 +267,11 @@ fn keep_if_any<'a>(
 }
 
 /// The candidates with the smallest (or, `largest`, the largest) `key`.
-fn keep_extreme<'a, K: Ord + Copy>(
-    candidates: Vec<&'a Candidate>,
+fn keep_extreme<K: Ord + Copy>(
+    candidates: Vec<&Candidate>,
     key: impl Fn(&Candidate) -> K,
     largest: bool,
-) -> Vec<&'a Candidate> {
+) -> Vec<&Candidate> {
     let extreme = if largest {
         candidates.iter().map(|c| key(c)).max()
     } else {
