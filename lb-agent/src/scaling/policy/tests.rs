@@ -334,8 +334,11 @@ fn target_tracking_scales_out_in_proportion_to_the_metric() {
         "a monitor alarm TargetTracking-web-AlarmHigh-cpu50 in state ALARM triggered policy \
          cpu50 changing the desired capacity from 2 to 4"
     );
-    // Exactly proportional: 10 at 55% -> 11, not 12 (float error does not add one).
+    // Exactly proportional: 10 at 55% -> 11; 3 at 77.7% of a 33.3% target -> 7, not the 8
+    // that float error (7.000000000000001) would round up to.
     assert_eq!(to(&policy.evaluate(&[55.0; 3], &view(1, 10, 20))), Some(11));
+    let odd = TargetTrackingPolicy::new("web", "odd", 33.3).unwrap();
+    assert_eq!(to(&odd.evaluate(&[77.7; 3], &view(1, 3, 20))), Some(7));
     // Clamped at the maximum.
     assert_eq!(to(&policy.evaluate(&[100.0; 3], &view(1, 4, 6))), Some(6));
     // Fewer than 3 datapoints above the target: the alarm is not in ALARM yet.
