@@ -90,11 +90,11 @@ impl GroupCapacity {
         u32::try_from(clamped).unwrap_or(self.max)
     }
 
-    /// The same bounds with a new desired capacity already known to be within them (a
-    /// policy's clamped result).
-    pub fn with_clamped_desired(&self, capacity: i64) -> Self {
+    /// The same bounds with `change` made: its new desired capacity, kept within the bounds
+    /// (they may have moved since the change was decided).
+    pub fn apply(&self, change: &CapacityChange) -> Self {
         Self {
-            desired: self.clamp(capacity),
+            desired: self.clamp(i64::from(change.to)),
             ..*self
         }
     }
@@ -400,6 +400,18 @@ mod tests {
         let remove2 = Adjustment::new(AdjustmentType::ChangeInCapacity, -2, None).unwrap();
         assert_eq!(group.clamp(remove2.target(3)), 2);
         assert_eq!(group.clamp(-40), 2);
+    }
+
+    #[test]
+    fn applying_a_change_sets_desired_within_the_bounds() {
+        let group = GroupCapacity::new(1, 2, 6).unwrap();
+        let change = group
+            .set_desired(5, false, &Cooldown::none(), Duration::ZERO)
+            .unwrap();
+        assert_eq!(group.apply(&change).desired(), 5);
+        // Bounds lowered since the change was decided: it is clamped.
+        let lowered = GroupCapacity::new(1, 2, 4).unwrap();
+        assert_eq!(lowered.apply(&change), GroupCapacity::new(1, 4, 4).unwrap());
     }
 
     #[test]

@@ -6,17 +6,21 @@
 //!   out.
 //! - `AlarmLow`: the metric below 90% of the target for 15 datapoints out of 15: scale in. So
 //!   there is no scale-in within 10% of the target, and a scale-in needs a quarter hour of low
-//!   load. (These are the thresholds and datapoint counts of the alarms AWS creates and shows
-//!   in CloudWatch for a target tracking policy, named
-//!   `TargetTracking-<group>-AlarmHigh-<id>` and `...-AlarmLow-<id>`; the datapoint counts are
-//!   settable here for tests and short periods.)
+//!   load.
+//!
+//! These thresholds and datapoint counts are those of the alarms AWS creates for a target
+//! tracking policy, named `TargetTracking-<group>-AlarmHigh-<id>` and `...-AlarmLow-<id>`, as
+//! CloudWatch shows them (the user guide only says scale-in is "more gradual"; the 3 and 15
+//! datapoints are also reported in aws-samples/amazon-aurora-labs-for-mysql issue 3, and the
+//! 10% margin is the issue's own rule). The datapoint counts are settable for tests and short
+//! periods; the alarm names here carry the policy's name where AWS puts a random id.
 //!
 //! The new capacity is `ceil(current * metric / target)`: rounded up, so a scale-out adds
 //! enough and a scale-in removes no more than needed (User Guide "Target tracking scaling
 //! policies", section "Considerations": "we round up and add two instances ... we remove just
 //! one instance"). Scaling out, the current capacity is the warmed-up instances; scaling in,
-//! the warmed-up and terminating ones, and not while any instance warms up (see the module
-//! above). `disable_scale_in` makes the policy scale out only.
+//! the warmed-up and terminating ones, and not while any instance warms up (see
+//! `super`'s doc). `disable_scale_in` makes the policy scale out only.
 
 use super::{GroupView, Hold, PolicyError, Vote};
 use crate::scaling::capacity::{CapacityChange, Cause};
