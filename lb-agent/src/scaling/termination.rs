@@ -135,7 +135,9 @@ pub struct ScaleInPlan {
 }
 
 /// Plans a scale-in to `desired`: as many instances as the group has above it are chosen by
-/// `policies` (none: `Default`) among the unprotected `instances`.
+/// `policies` (none: `Default`) among the unprotected `instances`. `instances` are those that
+/// count toward the group's capacity (Pending and InService ones, not those already
+/// terminating).
 pub fn plan_scale_in(
     desired: u32,
     instances: &[Candidate],
