@@ -1,10 +1,20 @@
 //! EC2 Auto Scaling's model on this machine: launch templates, auto scaling groups, their
-//! instances and the policies that size them, in AWS's words and with AWS's defaults.
+//! instances and the policies that size them, with Amazon EC2 Auto Scaling's nouns, defaults
+//! and rules: a group's capacity and how policies and alarms change it, scheduled actions,
+//! which instances go on scale-in, the lifecycle hooks an instance waits on, and the activity
+//! history in AWS's words.
+//!
+//! The rules here are pure: nothing reads the clock (every call is given `now`), so each AWS
+//! rule is a unit test.
 
 pub mod activity;
 pub mod addressing;
 pub mod alarm;
+pub mod capacity;
 mod from_config;
+pub mod lifecycle;
+pub mod policy;
 pub mod schedule;
+pub mod termination;
 
 pub use from_config::{alarm_spec, problems, scheduled_action};
