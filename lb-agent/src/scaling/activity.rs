@@ -12,24 +12,10 @@ use std::collections::VecDeque;
 
 use jiff::Timestamp;
 
+use super::capacity::CapacityChange;
+
 /// Activities kept per group (EC2 keeps six weeks; this keeps a count, bounding memory).
 pub const KEPT_PER_GROUP: usize = 1000;
-
-/// Why a group's desired capacity (or its bounds) changed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CapacityChange {
-    /// `set-desired`.
-    UserSetDesired,
-    /// A config change or an API update of the group's sizes.
-    UserUpdate { min: u32, max: u32, desired: u32 },
-    /// A scaling policy an alarm triggered (simple and step scaling, and target tracking's
-    /// own alarms).
-    Alarm { alarm: String, policy: String },
-    /// A scheduled action.
-    Scheduled { min: u32, max: u32, desired: u32 },
-    /// `terminate-instance --decrement`.
-    UserTerminateWithDecrement { instance: String },
-}
 
 /// Why an instance was taken out of service (a termination's first sentence).
 #[derive(Debug, Clone, PartialEq)]
@@ -99,30 +85,10 @@ pub struct Activity {
     pub progress: u8,
 }
 
-/// EC2's sentence for a change of the desired capacity from `from` to `to`.
-pub fn capacity_cause(at: Timestamp, change: &CapacityChange, from: u32, to: u32) -> String {
-    let at = time(at);
-    let changing = format!("changing the desired capacity from {from} to {to}.");
-    match change {
-        CapacityChange::UserSetDesired => {
-            format!("At {at} a user request explicitly set group desired capacity {changing}")
-        }
-        CapacityChange::UserUpdate { min, max, desired } => format!(
-            "At {at} a user request update of AutoScalingGroup constraints to min: {min}, max: \
-             {max}, desired: {desired} {changing}"
-        ),
-        CapacityChange::Alarm { alarm, policy } => format!(
-            "At {at} a monitor alarm {alarm} in state ALARM triggered policy {policy} {changing}"
-        ),
-        CapacityChange::Scheduled { min, max, desired } => format!(
-            "At {at} a scheduled action update of AutoScalingGroup constraints to min: {min}, \
-             max: {max}, desired: {desired} {changing}"
-        ),
-        CapacityChange::UserTerminateWithDecrement { instance } => format!(
-            "At {at} instance {instance} was taken out of service in response to a user \
-             request, shrinking the capacity from {from} to {to}."
-        ),
-    }
+/// EC2's sentence for a change of the desired capacity (`CapacityChange` words it; the
+/// history adds when).
+pub fn capacity_cause(at: Timestamp, change: &CapacityChange) -> String {
+    format!("At {} {change}.", time(at))
 }
 
 /// EC2's sentence for a launch that brings the capacity from `from` to `to`.
@@ -280,6 +246,7 @@ impl ActivityLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scaling::capacity::Cause;
 
     fn at(text: &str) -> Timestamp {
         text.parse().expect("a time")
@@ -288,37 +255,58 @@ mod tests {
     #[test]
     fn causes_read_as_ec2_auto_scaling_writes_them() {
         let t = at("2026-12-01T10:00:00.700Z");
+        let change = |from, to, cause| CapacityChange { from, to, cause };
         assert_eq!(
             capacity_cause(
                 t,
-                &CapacityChange::Alarm {
-                    alarm: "busy".into(),
-                    policy: "steps".into()
-                },
-                2,
-                3
+                &change(
+                    2,
+                    3,
+                    Cause::Alarm {
+                        alarm: "busy".into(),
+                        policy: "steps".into()
+                    }
+                )
             ),
             "At 2026-12-01T10:00:00Z a monitor alarm busy in state ALARM triggered policy steps \
              changing the desired capacity from 2 to 3."
         );
         assert_eq!(
-            capacity_cause(t, &CapacityChange::UserSetDesired, 1, 4),
+            capacity_cause(t, &change(1, 4, Cause::UserRequest)),
             "At 2026-12-01T10:00:00Z a user request explicitly set group desired capacity \
              changing the desired capacity from 1 to 4."
         );
         assert_eq!(
             capacity_cause(
                 t,
-                &CapacityChange::Scheduled {
-                    min: 2,
-                    max: 6,
-                    desired: 4
-                },
-                2,
-                4
+                &change(
+                    2,
+                    4,
+                    Cause::Scheduled {
+                        min: 2,
+                        max: 6,
+                        desired: 4
+                    }
+                )
             ),
             "At 2026-12-01T10:00:00Z a scheduled action update of AutoScalingGroup constraints \
              to min: 2, max: 6, desired: 4 changing the desired capacity from 2 to 4."
+        );
+        assert_eq!(
+            capacity_cause(
+                t,
+                &change(
+                    14,
+                    13,
+                    Cause::UserUpdate {
+                        min: 12,
+                        max: 20,
+                        desired: 13
+                    }
+                )
+            ),
+            "At 2026-12-01T10:00:00Z a user request update of AutoScalingGroup constraints to \
+             min: 12, max: 20, desired: 13 changing the desired capacity from 14 to 13."
         );
         assert_eq!(
             launch_cause(t, 2, 3),

@@ -273,6 +273,12 @@ pub enum Cause {
     Alarm { alarm: String, policy: String },
     /// A user's `set-desired`.
     UserRequest,
+    /// A config change or an API update of the group's sizes.
+    UserUpdate { min: u32, max: u32, desired: u32 },
+    /// A scheduled action.
+    Scheduled { min: u32, max: u32, desired: u32 },
+    /// `terminate-instance --decrement`.
+    UserTerminateWithDecrement { instance: String },
 }
 
 /// A change of the desired capacity and its cause; `Display` writes AWS's sentence, e.g. "a
@@ -302,6 +308,24 @@ impl fmt::Display for CapacityChange {
                 f,
                 "a user request explicitly set group desired capacity \
                  changing the desired capacity from {} to {}",
+                self.from, self.to
+            ),
+            Cause::UserUpdate { min, max, desired } => write!(
+                f,
+                "a user request update of AutoScalingGroup constraints to min: {min}, max: \
+                 {max}, desired: {desired} changing the desired capacity from {} to {}",
+                self.from, self.to
+            ),
+            Cause::Scheduled { min, max, desired } => write!(
+                f,
+                "a scheduled action update of AutoScalingGroup constraints to min: {min}, \
+                 max: {max}, desired: {desired} changing the desired capacity from {} to {}",
+                self.from, self.to
+            ),
+            Cause::UserTerminateWithDecrement { instance } => write!(
+                f,
+                "instance {instance} was taken out of service in response to a user request, \
+                 shrinking the capacity from {} to {}",
                 self.from, self.to
             ),
         }
