@@ -21,6 +21,7 @@ pub mod overrides;
 pub mod pinning;
 pub mod protocol;
 pub mod proxy;
+pub mod scaling;
 pub mod state;
 
 #[cfg(test)]
