@@ -1,0 +1,606 @@
+//! The instance providers on real namespaces, cgroups and processes: a `local` instance serves
+//! HTTP to the load balancer's namespace, carries its type's limits, enforces its inbound
+//! rules, stops on SIGTERM (or is killed after its stop timeout) leaving nothing behind, runs
+//! its user data, and is adopted by a new provider; the `exec` provider drives a hook of the
+//! test's own. Needs root; each test makes and removes its own namespaces and instances.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_agent::scaling::provider::{
+    Image, InboundRule, InstanceRecord, InstanceSpec, InstanceType, Provider, ProviderDetail,
+    ProviderError, RuleProtocol,
+    exec::{ExecConfig, ExecError, ExecProvider},
+    local::{LocalConfig, LocalDetail, LocalProvider, lb_interface_name, namespace_name},
+};
+use xtask::lab::netns::{self, NetNs, run_inside};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh id per call: `i-` and 17 hex digits, from this process and a counter.
+fn instance_id() -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("i-{:09x}{:08x}", std::process::id(), n)
+}
+
+/// The real python3 (the machine's `python3` may be a shim needing more environment).
+fn python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A load balancer's namespace, a state directory and a local provider using both; on drop
+/// every instance the provider knows is terminated and the directory removed.
+struct Fixture {
+    provider: LocalProvider,
+    config: LocalConfig,
+    // After `provider`'s instances are gone (Drop below), the namespace goes.
+    lb: NetNs,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let lb = NetNs::create(&format!("lbt-{tag}-{}", std::process::id())).unwrap();
+        let config = LocalConfig {
+            state_dir: std::env::temp_dir().join(format!(
+                "lb-scaling-{tag}-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            )),
+            lb_namespace: Some(lb.name().to_owned()),
+            cgroup_parent: None,
+        };
+        let provider = LocalProvider::new(config.clone()).unwrap();
+        Fixture {
+            provider,
+            config,
+            lb,
+        }
+    }
+
+    /// A spec for instance `id` at 198.18.8.`host` running `command`, allowing TCP 8080 from
+    /// the lab's range.
+    fn spec(&self, id: &str, host: u8, command: &[&str]) -> InstanceSpec {
+        InstanceSpec {
+            instance_id: id.to_owned(),
+            group: "web-asg".into(),
+            template: "web".into(),
+            template_version: 2,
+            image: Image {
+                command: command.iter().map(|s| (*s).to_owned()).collect(),
+                working_directory: None,
+            },
+            user_data: None,
+            environment: BTreeMap::new(),
+            instance_type: InstanceType {
+                name: "small".into(),
+                cpu: 0.5,
+                memory_bytes: 256 << 20,
+            },
+            ports: vec![8080],
+            address: format!("198.18.8.{host}").parse().unwrap(),
+            gateway: "198.18.8.1".parse().unwrap(),
+            inbound_rules: vec![InboundRule {
+                protocol: RuleProtocol::Tcp,
+                from_port: 8080,
+                to_port: 8080,
+                sources: vec!["198.18.0.0/15".parse().unwrap()],
+            }],
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Ok(statuses) = self.provider.describe() {
+            for status in statuses {
+                if let Err(e) = self.provider.terminate(&status.instance_id, Duration::ZERO) {
+                    eprintln!("cleaning up {}: {e}", status.instance_id);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.config.state_dir);
+    }
+}
+
+fn local_detail(record: &InstanceRecord) -> &LocalDetail {
+    match &record.detail {
+        ProviderDetail::Local(detail) => detail,
+        other => panic!("not a local record: {other:?}"),
+    }
+}
+
+/// `GET /` to `addr` from namespace `ns`, one attempt (1 s to connect, 3 s to answer); the
+/// response's status line.
+fn http_get(ns: &str, addr: SocketAddr) -> Result<String, String> {
+    run_inside(ns, || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    })
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// `http_get` until it answers, 20 s at most.
+fn wait_http(ns: &str, addr: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(ns, addr) {
+            Ok(line) => return line,
+            Err(e) if Instant::now() >= deadline => panic!("{addr} never answered: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Waits until `check` holds, `limit` at most; whether it did.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// What is left of an instance on the machine: its namespace, its LB-side veth, its cgroup
+/// directories, its process.
+fn leftovers(fixture: &Fixture, id: &str, detail: &LocalDetail) -> Vec<String> {
+    let mut left = Vec::new();
+    if netns::list().unwrap().contains(&namespace_name(id)) {
+        left.push(format!("namespace {}", namespace_name(id)));
+    }
+    if fixture
+        .lb
+        .ip(&["link", "show", &lb_interface_name(id)])
+        .is_ok()
+    {
+        left.push(format!("veth {}", lb_interface_name(id)));
+    }
+    for dir in &detail.cgroups {
+        if dir.path.exists() {
+            left.push(format!("cgroup {}", dir.path.display()));
+        }
+    }
+    // A zombie has exited: only its parent (here the test, as the agent that launched it;
+    // init after an agent restart) has yet to collect its status.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", detail.pid)).unwrap_or_default();
+    let state = stat
+        .rfind(')')
+        .and_then(|at| stat[at + 1..].split_whitespace().next());
+    if state.is_some_and(|s| s != "Z" && s != "X") {
+        left.push(format!("process {}", detail.pid));
+    }
+    left
+}
+
+#[test]
+fn a_local_instance_serves_http_to_the_load_balancer_within_its_types_limits() {
+    let fixture = Fixture::new("serve");
+    let id = instance_id();
+    let python = python();
+    let spec = fixture.spec(&id, 10, &[&python, "-m", "http.server", "8080"]);
+    let record = fixture.provider.launch(&spec).unwrap();
+    let detail = local_detail(&record).clone();
+
+    let line = wait_http(fixture.lb.name(), "198.18.8.10:8080".parse().unwrap());
+    assert!(line.contains(" 200 "), "{line}");
+
+    // Its limits: half a core (50 ms per 100 ms period), 256 MiB.
+    for dir in &detail.cgroups {
+        if dir.controllers.contains("cpu") && dir.path.join("cpu.cfs_quota_us").exists() {
+            assert_eq!(read(&dir.path.join("cpu.cfs_quota_us")), "50000");
+            assert_eq!(read(&dir.path.join("cpu.cfs_period_us")), "100000");
+        }
+        if dir.controllers.contains("cpu") && dir.path.join("cpu.max").exists() {
+            assert_eq!(read(&dir.path.join("cpu.max")), "50000 100000");
+        }
+        if dir.controllers.contains("memory") {
+            let file = ["memory.limit_in_bytes", "memory.max"]
+                .iter()
+                .map(|f| dir.path.join(f))
+                .find(|p| p.exists())
+                .unwrap();
+            assert_eq!(read(&file), (256u64 << 20).to_string());
+        }
+        // The server is in every one of its cgroups.
+        let procs = read(&dir.path.join("cgroup.procs"));
+        assert!(
+            procs.split_whitespace().any(|p| p == detail.pid.to_string()),
+            "{} holds {procs:?}, not {}",
+            dir.path.display(),
+            detail.pid
+        );
+    }
+    assert!(
+        detail.cgroups.iter().any(|d| d.controllers.contains("cpu"))
+            && detail
+                .cgroups
+                .iter()
+                .any(|d| d.controllers.contains("memory")),
+        "{:?}",
+        detail.cgroups
+    );
+
+    // A session of its own: it does not go down with the agent's process group or terminal.
+    // SAFETY: getsid(2) only reads.
+    let sid = unsafe { libc::getsid(detail.pid as i32) };
+    assert_eq!(sid, detail.pid as i32, "the instance leads its own session");
+
+    let status = fixture.provider.describe().unwrap();
+    assert_eq!(status.len(), 1);
+    assert!(status[0].running);
+    assert_eq!(status[0].pid, Some(detail.pid));
+    assert_eq!(status[0].address, spec.address);
+}
+
+#[test]
+fn an_inbound_rule_blocks_a_port_it_does_not_list() {
+    let fixture = Fixture::new("rules");
+    let id = instance_id();
+    let python = python();
+    let both = format!("{python} -m http.server 8080 & exec {python} -m http.server 9090");
+    let spec = fixture.spec(&id, 11, &["/bin/sh", "-c", &both]);
+    fixture.provider.launch(&spec).unwrap();
+
+    let line = wait_http(fixture.lb.name(), "198.18.8.11:8080".parse().unwrap());
+    assert!(line.contains(" 200 "), "{line}");
+    // 9090 serves (seen from inside the instance, over its loopback)...
+    let inside = wait_http(&namespace_name(&id), "127.0.0.1:9090".parse().unwrap());
+    assert!(inside.contains(" 200 "), "{inside}");
+    // ...but its security group does not let the load balancer in.
+    let blocked = http_get(fixture.lb.name(), "198.18.8.11:9090".parse().unwrap());
+    assert!(blocked.is_err(), "9090 answered through the rules: {blocked:?}");
+}
+
+#[test]
+fn a_cpu_burner_shows_utilisation_near_its_types_limit() {
+    let fixture = Fixture::new("cpu");
+    let id = instance_id();
+    let python = python();
+    let mut spec = fixture.spec(&id, 12, &[&python, "-c", "while True: pass"]);
+    // A fifth of a core: near its limit even on a busy machine, and far below one core.
+    spec.instance_type.cpu = 0.2;
+    fixture.provider.launch(&spec).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let first = fixture.provider.describe().unwrap();
+    assert_eq!(first[0].cpu_utilization, None, "one sample is no rate");
+    std::thread::sleep(Duration::from_secs(3));
+    let second = fixture.provider.describe().unwrap();
+    let used = second[0].cpu_utilization.expect("a second sample gives a rate");
+    // Throttled at its quota: not far above 100%, and busy: not far below.
+    assert!((60.0..=115.0).contains(&used), "utilisation {used:.1}%");
+}
+
+#[test]
+fn terminate_stops_the_instance_with_sigterm_and_removes_everything_made_for_it() {
+    let fixture = Fixture::new("term");
+    let id = instance_id();
+    let marker = fixture.config.state_dir.join("got-term");
+    let script = format!(
+        "trap 'echo TERM > {}; exit 0' TERM; while true; do sleep 0.1; done",
+        marker.display()
+    );
+    let spec = fixture.spec(&id, 13, &["/bin/sh", "-c", &script]);
+    let record = fixture.provider.launch(&spec).unwrap();
+    let detail = local_detail(&record).clone();
+    assert!(leftovers(&fixture, &id, &detail).len() >= 3, "made nothing?");
+
+    let started = Instant::now();
+    fixture
+        .provider
+        .terminate(&id, Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM should end it at once, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(read(&marker), "TERM");
+    assert_eq!(leftovers(&fixture, &id, &detail), Vec::<String>::new());
+    assert!(fixture.provider.describe().unwrap().is_empty());
+    assert!(!detail.directory.join("record.json").exists());
+}
+
+#[test]
+fn a_process_ignoring_sigterm_is_killed_after_the_stop_timeout() {
+    let fixture = Fixture::new("kill");
+    let id = instance_id();
+    // The marker says the trap is set: a SIGTERM before it would end the shell at once.
+    let ready = fixture.config.state_dir.join("trap-set");
+    let script = format!(
+        "trap '' TERM; touch {}; while true; do sleep 0.1; done",
+        ready.display()
+    );
+    let spec = fixture.spec(&id, 14, &["/bin/sh", "-c", &script]);
+    let record = fixture.provider.launch(&spec).unwrap();
+    let detail = local_detail(&record).clone();
+    assert!(eventually(Duration::from_secs(10), || ready.exists()));
+
+    let started = Instant::now();
+    fixture
+        .provider
+        .terminate(&id, Duration::from_millis(1500))
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "killed before its stop timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(leftovers(&fixture, &id, &detail), Vec::<String>::new());
+}
+
+#[test]
+fn a_new_provider_adopts_a_running_instance_from_its_record() {
+    let mut fixture = Fixture::new("adopt");
+    let id = instance_id();
+    let python = python();
+    let spec = fixture.spec(&id, 15, &[&python, "-m", "http.server", "8080"]);
+    let record = fixture.provider.launch(&spec).unwrap();
+    let addr: SocketAddr = "198.18.8.15:8080".parse().unwrap();
+    wait_http(fixture.lb.name(), addr);
+
+    // The agent goes away: a new provider over the same state directory.
+    fixture.provider = LocalProvider::new(fixture.config.clone()).unwrap();
+    assert!(fixture.provider.describe().unwrap().is_empty());
+    let saved = fixture.provider.saved_records().unwrap();
+    assert_eq!(saved, vec![record.clone()]);
+    let adopted = fixture.provider.adopt(&saved).unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert!(adopted[0].running);
+    assert_eq!(adopted[0].pid, Some(local_detail(&record).pid));
+    assert!(http_get(fixture.lb.name(), addr).unwrap().contains(" 200 "));
+
+    // A record whose start time is not the process's names a process that reused the pid:
+    // not this instance, so not running.
+    let mut reused = record.clone();
+    if let ProviderDetail::Local(detail) = &mut reused.detail {
+        detail.start_time += 1;
+    }
+    let other = LocalProvider::new(LocalConfig {
+        state_dir: fixture.config.state_dir.join("other"),
+        ..fixture.config.clone()
+    })
+    .unwrap();
+    assert!(!other.adopt(&[reused]).unwrap()[0].running);
+
+    // The adopted instance is the new provider's to stop.
+    fixture.provider.terminate(&id, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        leftovers(&fixture, &id, local_detail(&record)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn user_data_output_lands_in_its_log_with_the_instance_environment() {
+    let fixture = Fixture::new("userdata");
+    let id = instance_id();
+    let mut spec = fixture.spec(&id, 16, &["sleep", "30"]);
+    spec.user_data = Some(
+        "echo \"id=$INSTANCE_ID address=$INSTANCE_ADDRESS group=$GROUP version=$TEMPLATE_VERSION\"\n\
+         echo to-stderr >&2\n"
+            .into(),
+    );
+    fixture.provider.launch(&spec).unwrap();
+    let log = fixture.provider.instance_dir(&id).join("user-data.log");
+    let expected = format!("id={id} address=198.18.8.16 group=web-asg version=2");
+    let found = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("exit status 0"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(found, "user data never finished: {text:?}");
+    assert!(text.lines().any(|l| l == expected), "{text}");
+    assert!(text.lines().any(|l| l == "to-stderr"), "{text}");
+    // Then the command runs.
+    assert!(fixture.provider.describe().unwrap()[0].running);
+}
+
+/// A hook keeping its instances in a JSON file beside it and logging every request.
+const HOOK: &str = r#"
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+state_file = os.path.join(here, "state.json")
+state = json.load(open(state_file)) if os.path.exists(state_file) else {}
+request = json.load(sys.stdin)
+with open(os.path.join(here, "requests.log"), "a") as log:
+    log.write(json.dumps(request) + "\n")
+action = request["action"]
+if action == "launch":
+    inst = request["instance"]
+    state[inst["instance_id"]] = {"slot": len(state) + 1}
+    answer = {"instance_id": inst["instance_id"], "data": state[inst["instance_id"]]}
+elif action == "describe":
+    answer = {"instances": [
+        {"instance_id": i["instance_id"], "running": True, "cpu_utilization": 12.5}
+        for i in request["instances"] if i["instance_id"] in state]}
+elif action == "terminate":
+    if request["instance_id"] not in state:
+        answer = {"error": "no such instance"}
+    else:
+        del state[request["instance_id"]]
+        answer = {"instance_id": request["instance_id"]}
+json.dump(state, open(state_file, "w"))
+print(json.dumps(answer))
+"#;
+
+/// A directory for a hook, removed on drop.
+struct HookDir(PathBuf);
+
+impl HookDir {
+    fn new(tag: &str, script: &str) -> HookDir {
+        let dir = std::env::temp_dir().join(format!(
+            "lb-scaling-hook-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook"), script).unwrap();
+        HookDir(dir)
+    }
+}
+
+impl Drop for HookDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_exec_provider_drives_a_hook_through_launch_describe_and_terminate() {
+    let dir = HookDir::new("drive", HOOK);
+    let provider = ExecProvider::new(ExecConfig {
+        hook: vec![python(), dir.0.join("hook").display().to_string()],
+        timeout: Duration::from_secs(20),
+    });
+    let fixture_spec = InstanceSpec {
+        instance_id: instance_id(),
+        group: "web-asg".into(),
+        template: "web".into(),
+        template_version: 1,
+        image: Image {
+            command: vec!["python3".into(), "-m".into(), "http.server".into()],
+            working_directory: None,
+        },
+        user_data: Some("echo hi".into()),
+        environment: BTreeMap::new(),
+        instance_type: InstanceType {
+            name: "small".into(),
+            cpu: 0.5,
+            memory_bytes: 256 << 20,
+        },
+        ports: vec![8000],
+        address: "198.18.9.10".parse().unwrap(),
+        gateway: "198.18.9.1".parse().unwrap(),
+        inbound_rules: vec![],
+        stop_timeout: Duration::from_secs(7),
+    };
+    let id = fixture_spec.instance_id.clone();
+    let record = provider.launch(&fixture_spec).unwrap();
+    assert_eq!(
+        record.detail,
+        ProviderDetail::Exec {
+            data: serde_json::json!({"slot": 1})
+        }
+    );
+    assert_eq!(record.address, "198.18.9.10".parse::<IpAddr>().unwrap());
+
+    let status = provider.describe().unwrap();
+    assert_eq!(status.len(), 1);
+    assert!(status[0].running);
+    assert_eq!(status[0].cpu_utilization, Some(12.5));
+
+    provider.terminate(&id, Duration::from_secs(7)).unwrap();
+    assert!(provider.describe().unwrap().is_empty());
+
+    let requests: Vec<serde_json::Value> = std::fs::read_to_string(dir.0.join("requests.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = requests
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["launch", "describe", "terminate"]);
+    assert_eq!(requests[0]["instance"]["user_data"], "echo hi");
+    assert_eq!(requests[0]["instance"]["instance_type"]["cpu"], 0.5);
+    assert_eq!(requests[1]["instances"][0]["data"]["slot"], 1);
+    assert_eq!(requests[2]["data"]["slot"], 1);
+    assert_eq!(requests[2]["stop_timeout_seconds"], 7.0);
+
+    // Terminating what the hook does not know is its refusal, in its words.
+    provider
+        .adopt(&[InstanceRecord {
+            detail: ProviderDetail::Exec {
+                data: serde_json::Value::Null,
+            },
+            ..record
+        }])
+        .unwrap();
+    match provider.terminate(&id, Duration::ZERO) {
+        Err(ProviderError::Exec(ExecError::Refused { message, .. })) => {
+            assert_eq!(message, "no such instance");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_hook_printing_garbage_gives_a_bad_answer_error() {
+    let dir = HookDir::new("garbage", "echo 'this is not json'\n");
+    let provider = ExecProvider::new(ExecConfig {
+        hook: vec!["/bin/sh".into(), dir.0.join("hook").display().to_string()],
+        timeout: Duration::from_secs(10),
+    });
+    let spec = InstanceSpec {
+        instance_id: instance_id(),
+        group: "g".into(),
+        template: "t".into(),
+        template_version: 1,
+        image: Image {
+            command: vec!["true".into()],
+            working_directory: None,
+        },
+        user_data: None,
+        environment: BTreeMap::new(),
+        instance_type: InstanceType {
+            name: "small".into(),
+            cpu: 0.5,
+            memory_bytes: 1 << 20,
+        },
+        ports: vec![],
+        address: "198.18.9.11".parse().unwrap(),
+        gateway: "198.18.9.1".parse().unwrap(),
+        inbound_rules: vec![],
+        stop_timeout: Duration::from_secs(1),
+    };
+    match provider.launch(&spec) {
+        Err(ProviderError::Exec(ExecError::BadAnswer { action, answer, .. })) => {
+            assert_eq!(action, "launch");
+            assert_eq!(answer, "this is not json");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(provider.describe().unwrap().is_empty(), "nothing launched");
+
+    // A hook that never answers is killed at its timeout.
+    let slow = HookDir::new("slow", "sleep 30\n");
+    let provider = ExecProvider::new(ExecConfig {
+        hook: vec!["/bin/sh".into(), slow.0.join("hook").display().to_string()],
+        timeout: Duration::from_millis(500),
+    });
+    let started = Instant::now();
+    let err = provider.launch(&spec).unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Exec(ExecError::Run { .. })),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
