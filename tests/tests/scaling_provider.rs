@@ -231,7 +231,9 @@ fn a_local_instance_serves_http_to_the_load_balancer_within_its_types_limits() {
         // The server is in every one of its cgroups.
         let procs = read(&dir.path.join("cgroup.procs"));
         assert!(
-            procs.split_whitespace().any(|p| p == detail.pid.to_string()),
+            procs
+                .split_whitespace()
+                .any(|p| p == detail.pid.to_string()),
             "{} holds {procs:?}, not {}",
             dir.path.display(),
             detail.pid
@@ -275,7 +277,10 @@ fn an_inbound_rule_blocks_a_port_it_does_not_list() {
     assert!(inside.contains(" 200 "), "{inside}");
     // ...but its security group does not let the load balancer in.
     let blocked = http_get(fixture.lb.name(), "198.18.8.11:9090".parse().unwrap());
-    assert!(blocked.is_err(), "9090 answered through the rules: {blocked:?}");
+    assert!(
+        blocked.is_err(),
+        "9090 answered through the rules: {blocked:?}"
+    );
 }
 
 #[test]
@@ -292,7 +297,9 @@ fn a_cpu_burner_shows_utilisation_near_its_types_limit() {
     assert_eq!(first[0].cpu_utilization, None, "one sample is no rate");
     std::thread::sleep(Duration::from_secs(3));
     let second = fixture.provider.describe().unwrap();
-    let used = second[0].cpu_utilization.expect("a second sample gives a rate");
+    let used = second[0]
+        .cpu_utilization
+        .expect("a second sample gives a rate");
     // Throttled at its quota: not far above 100%, and busy: not far below.
     assert!((60.0..=115.0).contains(&used), "utilisation {used:.1}%");
 }
@@ -309,7 +316,10 @@ fn terminate_stops_the_instance_with_sigterm_and_removes_everything_made_for_it(
     let spec = fixture.spec(&id, 13, &["/bin/sh", "-c", &script]);
     let record = fixture.provider.launch(&spec).unwrap();
     let detail = local_detail(&record).clone();
-    assert!(leftovers(&fixture, &id, &detail).len() >= 3, "made nothing?");
+    assert!(
+        leftovers(&fixture, &id, &detail).len() >= 3,
+        "made nothing?"
+    );
 
     let started = Instant::now();
     fixture
@@ -391,7 +401,10 @@ fn a_new_provider_adopts_a_running_instance_from_its_record() {
     assert!(!other.adopt(&[reused]).unwrap()[0].running);
 
     // The adopted instance is the new provider's to stop.
-    fixture.provider.terminate(&id, Duration::from_secs(5)).unwrap();
+    fixture
+        .provider
+        .terminate(&id, Duration::from_secs(5))
+        .unwrap();
     assert_eq!(
         leftovers(&fixture, &id, local_detail(&record)),
         Vec::<String>::new()
@@ -530,6 +543,11 @@ fn the_exec_provider_drives_a_hook_through_launch_describe_and_terminate() {
         .collect();
     assert_eq!(actions, ["launch", "describe", "terminate"]);
     assert_eq!(requests[0]["instance"]["user_data"], "echo hi");
+    assert_eq!(requests[0]["instance"]["environment"]["INSTANCE_ID"], id);
+    assert_eq!(
+        requests[0]["instance"]["environment"]["TEMPLATE_VERSION"],
+        "1"
+    );
     assert_eq!(requests[0]["instance"]["instance_type"]["cpu"], 0.5);
     assert_eq!(requests[1]["instances"][0]["data"]["slot"], 1);
     assert_eq!(requests[2]["data"]["slot"], 1);

@@ -223,6 +223,19 @@ pub trait Provider: Send + Sync {
     fn adopt(&self, records: &[InstanceRecord]) -> Result<Vec<InstanceStatus>, ProviderError>;
 }
 
+/// The environment every provider gives an instance's user data and command: the template's
+/// environment, then what the instance is (`INSTANCE_ID`, `INSTANCE_ADDRESS`, `GROUP`,
+/// `TEMPLATE_VERSION`), which win, as EC2's instance metadata cannot be overridden by the
+/// instance's own settings.
+pub fn instance_environment(spec: &InstanceSpec) -> BTreeMap<String, String> {
+    let mut env = spec.environment.clone();
+    env.insert("INSTANCE_ID".into(), spec.instance_id.clone());
+    env.insert("INSTANCE_ADDRESS".into(), spec.address.to_string());
+    env.insert("GROUP".into(), spec.group.clone());
+    env.insert("TEMPLATE_VERSION".into(), spec.template_version.to_string());
+    env
+}
+
 /// Seconds since the Unix epoch, now.
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

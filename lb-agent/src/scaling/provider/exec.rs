@@ -13,7 +13,9 @@
 //!   "instance_id": "i-0123456789abcdef0", "group": "web-asg", "template": "web",
 //!   "template_version": 2,
 //!   "image": {"command": ["python3", "-m", "http.server", "8080"], "working_directory": null},
-//!   "user_data": "echo booting", "environment": {"COLOR": "blue"},
+//!   "user_data": "echo booting",
+//!   "environment": {"COLOR": "blue", "INSTANCE_ID": "i-0123456789abcdef0",
+//!                   "INSTANCE_ADDRESS": "198.18.8.10", "GROUP": "web-asg", "TEMPLATE_VERSION": "2"},
 //!   "instance_type": {"name": "small", "cpu": 0.5, "memory_bytes": 268435456},
 //!   "ports": [8080], "address": "198.18.8.10", "gateway": "198.18.8.1",
 //!   "inbound_rules": [{"protocol": "tcp", "from_port": 8080, "to_port": 8080,
@@ -48,7 +50,7 @@ use super::{
     InboundRule, InstanceRecord, InstanceSpec, InstanceStatus, Provider, ProviderDetail,
     ProviderError, RuleProtocol, check_spec,
     command::{self, CommandError},
-    unix_now,
+    instance_environment, unix_now,
 };
 
 /// How much of a bad answer an error quotes.
@@ -107,42 +109,65 @@ pub struct ExecConfig {
 /// The instance as a `launch` request carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireInstance {
+    /// Its id.
     pub instance_id: String,
+    /// Its auto scaling group.
     pub group: String,
+    /// Its launch template.
     pub template: String,
+    /// The template version it is launched from.
     pub template_version: u32,
+    /// What to run.
     pub image: WireImage,
+    /// The script to run before the command, if any.
     pub user_data: Option<String>,
+    /// The environment for the user data and the command: the template's, with
+    /// `INSTANCE_ID`, `INSTANCE_ADDRESS`, `GROUP` and `TEMPLATE_VERSION` added.
     pub environment: BTreeMap<String, String>,
+    /// Its CPU and memory limits.
     pub instance_type: WireInstanceType,
+    /// The ports it serves.
     pub ports: Vec<u16>,
+    /// The address the group chose for it.
     pub address: IpAddr,
+    /// The subnet's router.
     pub gateway: IpAddr,
+    /// Its security group's inbound rules.
     pub inbound_rules: Vec<WireRule>,
+    /// Time between SIGTERM and a kill when it is terminated.
     pub stop_timeout_seconds: f64,
 }
 
 /// The image in a `launch` request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireImage {
+    /// The program and its arguments.
     pub command: Vec<String>,
+    /// Where it runs (the engine's choice when null).
     pub working_directory: Option<String>,
 }
 
 /// The instance type in a `launch` request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireInstanceType {
+    /// Its name.
     pub name: String,
+    /// CPU as a fraction of one core.
     pub cpu: f64,
+    /// Memory limit in bytes.
     pub memory_bytes: u64,
 }
 
 /// An inbound rule in a `launch` request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireRule {
+    /// `tcp`, `udp` or `all`.
     pub protocol: RuleProtocol,
+    /// First port allowed.
     pub from_port: u16,
+    /// Last port allowed.
     pub to_port: u16,
+    /// Source CIDRs allowed.
     pub sources: Vec<String>,
 }
 
@@ -168,7 +193,7 @@ impl From<&InstanceSpec> for WireInstance {
                     .map(|p| p.display().to_string()),
             },
             user_data: spec.user_data.clone(),
-            environment: spec.environment.clone(),
+            environment: instance_environment(spec),
             instance_type: WireInstanceType {
                 name: spec.instance_type.name.clone(),
                 cpu: spec.instance_type.cpu,
@@ -189,8 +214,8 @@ impl From<&InstanceSpec> for WireInstance {
 pub enum Request {
     /// Start an instance.
     Launch {
-        /// What to start.
-        instance: WireInstance,
+        /// What to start (boxed: the other requests are a few words).
+        instance: Box<WireInstance>,
     },
     /// Stop an instance.
     Terminate {
@@ -211,17 +236,23 @@ pub enum Request {
 /// An instance named in a `describe` request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Known {
+    /// Its id.
     pub instance_id: String,
+    /// Its address.
     pub address: IpAddr,
+    /// The hook's data from its launch.
     pub data: serde_json::Value,
 }
 
 /// The answer to `launch`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LaunchAnswer {
+    /// The instance launched: must be the one asked for.
     pub instance_id: String,
+    /// The address it got, when not the one asked for.
     #[serde(default)]
     pub address: Option<IpAddr>,
+    /// Anything the hook wants back in later requests.
     #[serde(default)]
     pub data: serde_json::Value,
 }
@@ -229,22 +260,28 @@ pub struct LaunchAnswer {
 /// The answer to `terminate`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TerminateAnswer {
+    /// The instance stopped: must be the one asked for.
     pub instance_id: String,
 }
 
 /// The answer to `describe`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DescribeAnswer {
+    /// The instances the hook knows of those asked about.
     pub instances: Vec<DescribedInstance>,
 }
 
 /// One instance in a `describe` answer.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DescribedInstance {
+    /// Its id.
     pub instance_id: String,
+    /// Whether it runs.
     pub running: bool,
+    /// Its main process, if the engine has one to show.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// CPU used, in percent of its type's CPU, if measured.
     #[serde(default)]
     pub cpu_utilization: Option<f64>,
 }
@@ -335,7 +372,7 @@ impl Provider for ExecProvider {
     fn launch(&self, spec: &InstanceSpec) -> Result<InstanceRecord, ProviderError> {
         check_spec(spec)?;
         let request = Request::Launch {
-            instance: WireInstance::from(spec),
+            instance: Box::new(WireInstance::from(spec)),
         };
         let answer: LaunchAnswer = self.call(&request, Duration::ZERO)?;
         if answer.instance_id != spec.instance_id {

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     InstanceRecord, InstanceSpec, InstanceStatus, Provider, ProviderDetail, ProviderError,
-    check_spec, command::CommandError, unix_now,
+    check_spec, command::CommandError, instance_environment, unix_now,
 };
 
 /// How long a killed instance's processes may take to go away before terminate gives up.
@@ -385,9 +385,7 @@ fn remove(detail: &LocalDetail, id: &str) -> Result<(), LocalError> {
 }
 
 /// The instance's environment: `PATH` and `HOME` from the agent (so the command is found as
-/// the operator would find it), the template's environment, then what the instance is
-/// (`INSTANCE_ID`, `INSTANCE_ADDRESS`, `GROUP`, `TEMPLATE_VERSION`; these win, as EC2's
-/// instance metadata cannot be overridden by user data).
+/// the operator would find it), then `instance_environment`.
 pub fn environment(spec: &InstanceSpec) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     for name in ["PATH", "HOME"] {
@@ -397,11 +395,7 @@ pub fn environment(spec: &InstanceSpec) -> BTreeMap<String, String> {
     }
     env.entry("PATH".to_owned())
         .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    env.extend(spec.environment.clone());
-    env.insert("INSTANCE_ID".into(), spec.instance_id.clone());
-    env.insert("INSTANCE_ADDRESS".into(), spec.address.to_string());
-    env.insert("GROUP".into(), spec.group.clone());
-    env.insert("TEMPLATE_VERSION".into(), spec.template_version.to_string());
+    env.extend(instance_environment(spec));
     env
 }
 
