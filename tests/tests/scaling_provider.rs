@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -102,6 +103,11 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // Instances a test's helper launched but the test never adopted (it failed first)
+        // are found by their records.
+        if let Ok(saved) = self.provider.saved_records() {
+            let _ = self.provider.adopt(&saved);
+        }
         if let Ok(statuses) = self.provider.describe() {
             for status in statuses {
                 if let Err(e) = self.provider.terminate(&status.instance_id, Duration::ZERO) {
@@ -262,6 +268,27 @@ fn a_local_instance_serves_http_to_the_load_balancer_within_its_types_limits() {
 }
 
 #[test]
+fn a_local_instance_serves_over_ipv6_behind_its_rules() {
+    let fixture = Fixture::new("six");
+    let id = instance_id();
+    let python = python();
+    let mut spec = fixture.spec(
+        &id,
+        20,
+        &[&python, "-m", "http.server", "--bind", "::", "8080"],
+    );
+    spec.address = "fd00:198:18:8::20".parse().unwrap();
+    spec.gateway = "fd00:198:18:8::1".parse().unwrap();
+    spec.inbound_rules[0].sources = vec!["fd00:198:18::/48".parse().unwrap()];
+    fixture.provider.launch(&spec).unwrap();
+    let line = wait_http(
+        fixture.lb.name(),
+        "[fd00:198:18:8::20]:8080".parse().unwrap(),
+    );
+    assert!(line.contains(" 200 "), "{line}");
+}
+
+#[test]
 fn an_inbound_rule_blocks_a_port_it_does_not_list() {
     let fixture = Fixture::new("rules");
     let id = instance_id();
@@ -409,6 +436,71 @@ fn a_new_provider_adopts_a_running_instance_from_its_record() {
         leftovers(&fixture, &id, local_detail(&record)),
         Vec::<String>::new()
     );
+}
+
+#[test]
+fn an_instance_outlives_the_agent_that_launched_it_and_a_new_one_adopts_it() {
+    let mut fixture = Fixture::new("outlive");
+    let id = instance_id();
+    let python = python();
+    let helper = std::process::Command::new(env!("CARGO_BIN_EXE_launch-and-exit"))
+        .args(["--lb-namespace", fixture.lb.name(), "--state-dir"])
+        .arg(&fixture.config.state_dir)
+        .args([
+            "--id",
+            &id,
+            "--address",
+            "198.18.8.17",
+            "--gateway",
+            "198.18.8.1",
+        ])
+        .args(["--port", "8080", "--", &python, "-m", "http.server", "8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A process group of its own, as an agent started from a shell or a supervisor has.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let helper_pid = helper.id();
+    let helper = helper.wait_with_output().unwrap();
+    // What stops an agent's whole group (ctrl-c in its terminal, a supervisor) must not
+    // reach its instances.
+    // SAFETY: kill(2) has no memory effects; the group is the helper's own.
+    unsafe { libc::kill(-(helper_pid as i32), libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        helper.status.success(),
+        "{}",
+        String::from_utf8_lossy(&helper.stderr)
+    );
+    let record: InstanceRecord = serde_json::from_slice(&helper.stdout).unwrap();
+    let detail = local_detail(&record).clone();
+
+    // The agent is gone; its instance serves on, no longer its child.
+    let addr: SocketAddr = "198.18.8.17:8080".parse().unwrap();
+    assert!(wait_http(fixture.lb.name(), addr).contains(" 200 "));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", detail.pid)).unwrap();
+    let ppid: u32 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(ppid, helper_pid, "the exited agent is still its parent?");
+    assert_ne!(ppid, std::process::id());
+
+    // The next agent adopts it from the record it left.
+    fixture.provider = LocalProvider::new(fixture.config.clone()).unwrap();
+    let saved = fixture.provider.saved_records().unwrap();
+    assert_eq!(saved, vec![record.clone()]);
+    let adopted = fixture.provider.adopt(&saved).unwrap();
+    assert!(adopted[0].running, "{adopted:?}");
+    assert_eq!(adopted[0].pid, Some(detail.pid));
+    fixture
+        .provider
+        .terminate(&id, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(leftovers(&fixture, &id, &detail), Vec::<String>::new());
 }
 
 #[test]

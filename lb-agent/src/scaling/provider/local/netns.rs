@@ -56,6 +56,8 @@ impl Network<'_> {
         // IPv6 addresses skip duplicate address detection: the link has only the two ends,
         // and an address in "tentative" state would refuse the first connections.
         let nodad: &[&str] = if address.is_ipv6() { &["nodad"] } else { &[] };
+        // `default` alone means IPv4's: the family is named on every route.
+        let family = if address.is_ipv4() { "-4" } else { "-6" };
         self.ip(None, &["netns", "add", ns])?;
         self.ip(Some(ns), &["link", "set", "lo", "up"])?;
         self.ip(
@@ -90,15 +92,26 @@ impl Network<'_> {
         let gateway = gateway.to_string();
         self.ip(
             Some(ns),
-            &["route", "add", &gateway, "dev", "eth0", "scope", "link"],
+            &[
+                family, "route", "add", &gateway, "dev", "eth0", "scope", "link",
+            ],
         )?;
         self.ip(
             Some(ns),
-            &["route", "add", "default", "via", &gateway, "dev", "eth0"],
+            &[
+                family, "route", "add", "default", "via", &gateway, "dev", "eth0",
+            ],
         )?;
         self.ip(
             self.lb_namespace,
-            &["route", "add", &address_host, "dev", self.lb_interface],
+            &[
+                family,
+                "route",
+                "add",
+                &address_host,
+                "dev",
+                self.lb_interface,
+            ],
         )?;
         Ok(())
     }
