@@ -210,8 +210,9 @@ pub trait Provider: Send + Sync {
     /// Starts the instance `spec` describes; its record, to keep for `adopt`.
     fn launch(&self, spec: &InstanceSpec) -> Result<InstanceRecord, ProviderError>;
 
-    /// Stops instance `instance_id`: SIGTERM, up to `stop_timeout` to exit, then SIGKILL;
-    /// then removes what was made for it. Stopping one already gone only cleans up.
+    /// Stops instance `instance_id`: SIGTERM, up to `stop_timeout` to exit, then SIGKILL
+    /// (the rule of ECS's container `stopTimeout` and `docker stop`); then removes what was
+    /// made for it. Stopping one already gone only cleans up.
     fn terminate(&self, instance_id: &str, stop_timeout: Duration) -> Result<(), ProviderError>;
 
     /// The state of every instance this provider launched or adopted and has not terminated.
@@ -243,6 +244,9 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// EC2's limit on user data, in bytes.
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+
 /// The check every provider makes before a launch: an id usable in names and paths, a
 /// command, a positive CPU and memory.
 pub(crate) fn check_spec(spec: &InstanceSpec) -> Result<(), ProviderError> {
@@ -269,6 +273,24 @@ pub(crate) fn check_spec(spec: &InstanceSpec) -> Result<(), ProviderError> {
     }
     if spec.instance_type.memory_bytes == 0 {
         return Err(invalid("the instance type's memory must be above 0"));
+    }
+    // "User data is limited to 16 KB, in raw form, before it is base64-encoded" (EC2 user
+    // guide, "Run commands when you launch an EC2 instance with user data input").
+    if spec
+        .user_data
+        .as_ref()
+        .is_some_and(|u| u.len() > USER_DATA_LIMIT)
+    {
+        return Err(invalid("its user data is larger than 16 KB (EC2's limit)"));
+    }
+    if let Some(rule) = spec.inbound_rules.iter().find(|r| r.from_port > r.to_port) {
+        return Err(ProviderError::InvalidSpec {
+            instance: spec.instance_id.clone(),
+            reason: format!(
+                "an inbound rule's from_port {} is above its to_port {}",
+                rule.from_port, rule.to_port
+            ),
+        });
     }
     if spec.address.is_ipv4() != spec.gateway.is_ipv4() {
         return Err(invalid(
@@ -300,6 +322,61 @@ mod tests {
         ] {
             assert!(text.parse::<Cidr>().is_err(), "{text}");
         }
+    }
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            instance_id: "i-0123456789abcdef0".into(),
+            group: "web-asg".into(),
+            template: "web".into(),
+            template_version: 1,
+            image: Image {
+                command: vec!["true".into()],
+                working_directory: None,
+            },
+            user_data: Some("x".repeat(USER_DATA_LIMIT)),
+            environment: BTreeMap::new(),
+            instance_type: InstanceType {
+                name: "small".into(),
+                cpu: 0.5,
+                memory_bytes: 1 << 20,
+            },
+            ports: vec![8080],
+            address: "198.18.8.10".parse().unwrap(),
+            gateway: "198.18.8.1".parse().unwrap(),
+            inbound_rules: vec![],
+            stop_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn user_data_up_to_16_kb_is_accepted_and_one_byte_more_refused() {
+        assert!(check_spec(&spec()).is_ok());
+        let mut big = spec();
+        big.user_data = Some("x".repeat(USER_DATA_LIMIT + 1));
+        let err = check_spec(&big).unwrap_err();
+        assert!(err.to_string().contains("16 KB"), "{err}");
+    }
+
+    #[test]
+    fn ids_that_cannot_name_a_namespace_or_path_are_refused() {
+        for id in ["", "i-../../etc", "i 1", &"i".repeat(65)] {
+            let mut bad = spec();
+            bad.instance_id = id.to_owned();
+            assert!(check_spec(&bad).is_err(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn a_rule_whose_port_range_is_backwards_is_refused() {
+        let mut bad = spec();
+        bad.inbound_rules.push(InboundRule {
+            protocol: RuleProtocol::Tcp,
+            from_port: 9000,
+            to_port: 8000,
+            sources: vec![],
+        });
+        assert!(check_spec(&bad).is_err());
     }
 
     #[test]
