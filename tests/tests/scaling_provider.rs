@@ -10,7 +10,10 @@ use std::{
     net::{IpAddr, SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -18,7 +21,10 @@ use lb_agent::scaling::provider::{
     Image, InboundRule, InstanceRecord, InstanceSpec, InstanceType, Provider, ProviderDetail,
     ProviderError, RuleProtocol,
     exec::{ExecConfig, ExecError, ExecProvider},
-    local::{LocalConfig, LocalDetail, LocalProvider, lb_interface_name, namespace_name},
+    local::{
+        Layout, LinkHook, LocalConfig, LocalDetail, LocalProvider, lb_interface_name,
+        namespace_name,
+    },
 };
 use xtask::lab::netns::{self, NetNs, run_inside};
 
@@ -501,6 +507,63 @@ fn an_instance_outlives_the_agent_that_launched_it_and_a_new_one_adopts_it() {
         .terminate(&id, Duration::from_secs(5))
         .unwrap();
     assert_eq!(leftovers(&fixture, &id, &detail), Vec::<String>::new());
+}
+
+#[test]
+fn the_link_hook_sees_each_new_veth_and_its_error_fails_the_launch_leaving_nothing() {
+    let mut fixture = Fixture::new("hook");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook_seen = Arc::clone(&seen);
+    let provider = LocalProvider::new(fixture.config.clone()).unwrap();
+    fixture.provider = provider.with_link_hook(LinkHook(Arc::new(move |link| {
+        // The instance's end exists in its namespace when the hook runs.
+        let shown = std::process::Command::new("ip")
+            .args(["-n", link.namespace, "link", "show", link.interface])
+            .output()
+            .map_err(|e| e.to_string())?;
+        hook_seen.lock().unwrap().push((
+            link.instance_id.to_owned(),
+            link.namespace.to_owned(),
+            link.lb_interface.to_owned(),
+            shown.status.success(),
+        ));
+        if link.instance_id.ends_with('1') {
+            Err("refused by the test".into())
+        } else {
+            Ok(())
+        }
+    })));
+    let good = format!("{}0", &instance_id()[..18]);
+    fixture
+        .provider
+        .launch(&fixture.spec(&good, 18, &["sleep", "30"]))
+        .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [(
+            good.clone(),
+            namespace_name(&good),
+            lb_interface_name(&good),
+            true
+        )]
+    );
+
+    let bad = format!("{}1", &instance_id()[..18]);
+    let err = fixture
+        .provider
+        .launch(&fixture.spec(&bad, 19, &["sleep", "30"]))
+        .unwrap_err();
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    assert!(!netns::list().unwrap().contains(&namespace_name(&bad)));
+    assert!(
+        fixture
+            .lb
+            .ip(&["link", "show", &lb_interface_name(&bad)])
+            .is_err()
+    );
+    let dirs = Layout::detect().unwrap().instance_dirs(None, &bad);
+    assert!(dirs.iter().all(|d| !d.path.exists()), "{dirs:?}");
+    assert_eq!(fixture.provider.describe().unwrap().len(), 1);
 }
 
 #[test]

@@ -31,7 +31,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Child,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -79,6 +79,14 @@ pub enum LocalError {
     /// The state directory could not be read or written.
     #[error("state directory: {0}")]
     StateDir(String),
+    /// The link hook refused the instance's veth.
+    #[error("instance {instance}: the link hook failed: {message}")]
+    LinkHook {
+        /// The instance.
+        instance: String,
+        /// The hook's message.
+        message: String,
+    },
     /// The processes survived SIGKILL.
     #[error("instance {instance}: processes {pids:?} survived SIGKILL for {KILL_WAIT:?}")]
     Unkillable {
@@ -134,12 +142,44 @@ struct Tracked {
     last_sample: Option<(Instant, u64)>,
 }
 
+/// An instance's veth, as the link hook sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLink<'a> {
+    /// The instance.
+    pub instance_id: &'a str,
+    /// The instance's namespace.
+    pub namespace: &'a str,
+    /// The instance's end, in its namespace (`eth0`).
+    pub interface: &'a str,
+    /// The load balancer's namespace (`None`: the agent's).
+    pub lb_namespace: Option<&'a str>,
+    /// The load balancer's end.
+    pub lb_interface: &'a str,
+}
+
+/// What the agent does to each instance's veth once it is up, before the instance starts:
+/// the data plane attaches its pass program to the instance's end, because frames XDP
+/// redirects into a veth are dropped unless the peer runs an XDP program (DESIGN.md, "The
+/// lab"). An error fails the launch.
+#[derive(Clone)]
+pub struct LinkHook(pub Arc<LinkHookFn>);
+
+/// The link hook's function: `Err` carries the message the launch fails with.
+pub type LinkHookFn = dyn Fn(&InstanceLink<'_>) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for LinkHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkHook(..)")
+    }
+}
+
 /// Runs instances on this machine.
 #[derive(Debug)]
 pub struct LocalProvider {
     config: LocalConfig,
     layout: Layout,
     firewall: Firewall,
+    link_hook: Option<LinkHook>,
     instances: Mutex<BTreeMap<String, Tracked>>,
 }
 
@@ -153,8 +193,17 @@ impl LocalProvider {
             layout: Layout::detect()?,
             firewall: Firewall::detect()?,
             config,
+            link_hook: None,
             instances: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The same provider, calling `hook` on every new instance's veth.
+    pub fn with_link_hook(self, hook: LinkHook) -> LocalProvider {
+        LocalProvider {
+            link_hook: Some(hook),
+            ..self
+        }
     }
 
     /// The records left in the state directory by this or an earlier agent (instances not
@@ -239,6 +288,19 @@ impl LocalProvider {
         network.delete()?;
         network.create(spec.address, spec.gateway)?;
         network.apply_rules(self.firewall, &spec.inbound_rules)?;
+        if let Some(hook) = &self.link_hook {
+            let link = InstanceLink {
+                instance_id: &spec.instance_id,
+                namespace: &detail.namespace,
+                interface: "eth0",
+                lb_namespace: detail.lb_namespace.as_deref(),
+                lb_interface: &detail.lb_interface,
+            };
+            (hook.0)(&link).map_err(|message| LocalError::LinkHook {
+                instance: spec.instance_id.clone(),
+                message,
+            })?;
+        }
         for dir in &detail.cgroups {
             dir.create(spec.instance_type.cpu, spec.instance_type.memory_bytes)?;
         }
