@@ -18,9 +18,15 @@
 //! `cloud-init-output.log`) and `console.log` (the command's output, like EC2's console
 //! output).
 //!
+//! Traffic the data plane redirects with XDP into an instance's veth needs an XDP program on
+//! the instance's end (the veth quirk, DESIGN.md): the agent attaches one from a `LinkHook`,
+//! which runs on every new veth before the instance starts.
+//!
 //! An instance outlives the agent: its first process is in a session of its own and is
 //! reparented to init when the agent exits. Its record names it by pid and start time, so a
-//! new agent adopting it never mistakes a later process reusing the pid for it.
+//! new agent adopting it never mistakes a later process reusing the pid for it. Under systemd,
+//! the unit needs `KillMode=process` (or `cgroup_parent` outside the unit): its default
+//! stops every process of the unit's cgroup, instances included.
 
 mod cgroup;
 mod netns;

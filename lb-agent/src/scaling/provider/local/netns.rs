@@ -2,7 +2,8 @@
 //! balancer's namespace (the LB end holds the subnet's router address and a host route to the
 //! instance; the instance end, `eth0`, holds the instance's address and a default route via
 //! the router), and its security group's inbound rules, enforced inside the namespace with
-//! nftables, or iptables where `nft` is not installed.
+//! nftables, or iptables where `nft` is not installed. Outbound traffic is left open, as a
+//! new AWS security group's default outbound rule allows all of it.
 
 use std::{
     fmt::Write as _,
