@@ -1,15 +1,16 @@
 //! The instance providers on real namespaces, cgroups and processes: a `local` instance serves
 //! HTTP to the load balancer's namespace, carries its type's limits, enforces its inbound
 //! rules, stops on SIGTERM (or is killed after its stop timeout) leaving nothing behind, runs
-//! its user data, and is adopted by a new provider; the `exec` provider drives a hook of the
-//! test's own. Needs root; each test makes and removes its own namespaces and instances.
+//! its user data, outlives the agent that launched it and is adopted by a new one. Needs
+//! root; each test makes and removes its own namespaces and instances. (The `exec` provider's
+//! tests are in `scaling_exec_provider.rs`.)
 
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
@@ -20,7 +21,6 @@ use std::{
 use lb_agent::scaling::provider::{
     Image, InboundRule, InstanceRecord, InstanceSpec, InstanceType, Provider, ProviderDetail,
     ProviderError, RuleProtocol,
-    exec::{ExecConfig, ExecError, ExecProvider},
     local::{
         Layout, LinkHook, LocalConfig, LocalDetail, LocalProvider, lb_interface_name,
         namespace_name,
@@ -590,190 +590,42 @@ fn user_data_output_lands_in_its_log_with_the_instance_environment() {
     assert!(fixture.provider.describe().unwrap()[0].running);
 }
 
-/// A hook keeping its instances in a JSON file beside it and logging every request.
-const HOOK: &str = r#"
-import json, os, sys
-here = os.path.dirname(os.path.abspath(__file__))
-state_file = os.path.join(here, "state.json")
-state = json.load(open(state_file)) if os.path.exists(state_file) else {}
-request = json.load(sys.stdin)
-with open(os.path.join(here, "requests.log"), "a") as log:
-    log.write(json.dumps(request) + "\n")
-action = request["action"]
-if action == "launch":
-    inst = request["instance"]
-    state[inst["instance_id"]] = {"slot": len(state) + 1}
-    answer = {"instance_id": inst["instance_id"], "data": state[inst["instance_id"]]}
-elif action == "describe":
-    answer = {"instances": [
-        {"instance_id": i["instance_id"], "running": True, "cpu_utilization": 12.5}
-        for i in request["instances"] if i["instance_id"] in state]}
-elif action == "terminate":
-    if request["instance_id"] not in state:
-        answer = {"error": "no such instance"}
-    else:
-        del state[request["instance_id"]]
-        answer = {"instance_id": request["instance_id"]}
-json.dump(state, open(state_file, "w"))
-print(json.dumps(answer))
-"#;
-
-/// A directory for a hook, removed on drop.
-struct HookDir(PathBuf);
-
-impl HookDir {
-    fn new(tag: &str, script: &str) -> HookDir {
-        let dir = std::env::temp_dir().join(format!(
-            "lb-scaling-hook-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hook"), script).unwrap();
-        HookDir(dir)
-    }
-}
-
-impl Drop for HookDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
-fn the_exec_provider_drives_a_hook_through_launch_describe_and_terminate() {
-    let dir = HookDir::new("drive", HOOK);
-    let provider = ExecProvider::new(ExecConfig {
-        hook: vec![python(), dir.0.join("hook").display().to_string()],
-        timeout: Duration::from_secs(20),
-    });
-    let fixture_spec = InstanceSpec {
-        instance_id: instance_id(),
-        group: "web-asg".into(),
-        template: "web".into(),
-        template_version: 1,
-        image: Image {
-            command: vec!["python3".into(), "-m".into(), "http.server".into()],
-            working_directory: None,
-        },
-        user_data: Some("echo hi".into()),
-        environment: BTreeMap::new(),
-        instance_type: InstanceType {
-            name: "small".into(),
-            cpu: 0.5,
-            memory_bytes: 256 << 20,
-        },
-        ports: vec![8000],
-        address: "198.18.9.10".parse().unwrap(),
-        gateway: "198.18.9.1".parse().unwrap(),
-        inbound_rules: vec![],
-        stop_timeout: Duration::from_secs(7),
-    };
-    let id = fixture_spec.instance_id.clone();
-    let record = provider.launch(&fixture_spec).unwrap();
-    assert_eq!(
-        record.detail,
-        ProviderDetail::Exec {
-            data: serde_json::json!({"slot": 1})
-        }
-    );
-    assert_eq!(record.address, "198.18.9.10".parse::<IpAddr>().unwrap());
-
-    let status = provider.describe().unwrap();
-    assert_eq!(status.len(), 1);
-    assert!(status[0].running);
-    assert_eq!(status[0].cpu_utilization, Some(12.5));
-
-    provider.terminate(&id, Duration::from_secs(7)).unwrap();
-    assert!(provider.describe().unwrap().is_empty());
-
-    let requests: Vec<serde_json::Value> = std::fs::read_to_string(dir.0.join("requests.log"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let actions: Vec<&str> = requests
-        .iter()
-        .map(|r| r["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions, ["launch", "describe", "terminate"]);
-    assert_eq!(requests[0]["instance"]["user_data"], "echo hi");
-    assert_eq!(requests[0]["instance"]["environment"]["INSTANCE_ID"], id);
-    assert_eq!(
-        requests[0]["instance"]["environment"]["TEMPLATE_VERSION"],
-        "1"
-    );
-    assert_eq!(requests[0]["instance"]["instance_type"]["cpu"], 0.5);
-    assert_eq!(requests[1]["instances"][0]["data"]["slot"], 1);
-    assert_eq!(requests[2]["data"]["slot"], 1);
-    assert_eq!(requests[2]["stop_timeout_seconds"], 7.0);
-
-    // Terminating what the hook does not know is its refusal, in its words.
-    provider
-        .adopt(&[InstanceRecord {
-            detail: ProviderDetail::Exec {
-                data: serde_json::Value::Null,
-            },
-            ..record
-        }])
+fn an_instance_that_died_while_the_agent_was_away_is_adopted_as_not_running_and_cleaned_up() {
+    let mut fixture = Fixture::new("dead");
+    let id = instance_id();
+    let record = fixture
+        .provider
+        .launch(&fixture.spec(&id, 21, &["sleep", "30"]))
         .unwrap();
-    match provider.terminate(&id, Duration::ZERO) {
-        Err(ProviderError::Exec(ExecError::Refused { message, .. })) => {
-            assert_eq!(message, "no such instance");
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn a_hook_printing_garbage_gives_a_bad_answer_error() {
-    let dir = HookDir::new("garbage", "echo 'this is not json'\n");
-    let provider = ExecProvider::new(ExecConfig {
-        hook: vec!["/bin/sh".into(), dir.0.join("hook").display().to_string()],
-        timeout: Duration::from_secs(10),
-    });
-    let spec = InstanceSpec {
-        instance_id: instance_id(),
-        group: "g".into(),
-        template: "t".into(),
-        template_version: 1,
-        image: Image {
-            command: vec!["true".into()],
-            working_directory: None,
-        },
-        user_data: None,
-        environment: BTreeMap::new(),
-        instance_type: InstanceType {
-            name: "small".into(),
-            cpu: 0.5,
-            memory_bytes: 1 << 20,
-        },
-        ports: vec![],
-        address: "198.18.9.11".parse().unwrap(),
-        gateway: "198.18.9.1".parse().unwrap(),
-        inbound_rules: vec![],
-        stop_timeout: Duration::from_secs(1),
-    };
-    match provider.launch(&spec) {
-        Err(ProviderError::Exec(ExecError::BadAnswer { action, answer, .. })) => {
-            assert_eq!(action, "launch");
-            assert_eq!(answer, "this is not json");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(provider.describe().unwrap().is_empty(), "nothing launched");
-
-    // A hook that never answers is killed at its timeout.
-    let slow = HookDir::new("slow", "sleep 30\n");
-    let provider = ExecProvider::new(ExecConfig {
-        hook: vec!["/bin/sh".into(), slow.0.join("hook").display().to_string()],
-        timeout: Duration::from_millis(500),
-    });
-    let started = Instant::now();
-    let err = provider.launch(&spec).unwrap_err();
+    let detail = local_detail(&record).clone();
+    // A second launch of the same id is refused: it would take the first's namespace.
+    let again = fixture
+        .provider
+        .launch(&fixture.spec(&id, 22, &["sleep", "30"]));
     assert!(
-        matches!(err, ProviderError::Exec(ExecError::Run { .. })),
-        "{err}"
+        matches!(again, Err(ProviderError::InvalidSpec { .. })),
+        "{again:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
+
+    fixture.provider = LocalProvider::new(fixture.config.clone()).unwrap();
+    // SAFETY: kill(2) has no memory effects; the pid is the instance's.
+    unsafe { libc::kill(detail.pid as i32, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", detail.pid))
+            .map_or(true, |s| s.contains(") Z "))
+    }));
+
+    let saved = fixture.provider.saved_records().unwrap();
+    let adopted = fixture.provider.adopt(&saved).unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert!(!adopted[0].running, "a dead instance is not running");
+    assert_eq!(adopted[0].pid, None);
+    // Terminating it removes what it left.
+    fixture
+        .provider
+        .terminate(&id, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(leftovers(&fixture, &id, &detail), Vec::<String>::new());
+    assert!(fixture.provider.saved_records().unwrap().is_empty());
 }

@@ -33,7 +33,7 @@ mod netns;
 mod process;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::Child,
@@ -187,6 +187,8 @@ pub struct LocalProvider {
     firewall: Firewall,
     link_hook: Option<LinkHook>,
     instances: Mutex<BTreeMap<String, Tracked>>,
+    /// Ids being launched (not yet in `instances`).
+    launching: Mutex<BTreeSet<String>>,
 }
 
 impl LocalProvider {
@@ -201,6 +203,7 @@ impl LocalProvider {
             config,
             link_hook: None,
             instances: Mutex::new(BTreeMap::new()),
+            launching: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -351,6 +354,49 @@ impl LocalProvider {
         Ok((pid, stat.start_time, child))
     }
 
+    /// A launch of an id reserved by `launch`.
+    fn launch_reserved(&self, spec: &InstanceSpec) -> Result<InstanceRecord, ProviderError> {
+        let (detail, child) = self.start(spec)?;
+        let record = InstanceRecord {
+            instance_id: spec.instance_id.clone(),
+            group: spec.group.clone(),
+            template: spec.template.clone(),
+            template_version: spec.template_version,
+            address: spec.address,
+            launched_at: unix_now(),
+            detail: ProviderDetail::Local(detail.clone()),
+        };
+        let path = detail.directory.join("record.json");
+        // Written before the instance is tracked: a crash after this line leaves a record
+        // a restarted agent adopts. An instance without a record would be lost to the next
+        // agent: it is stopped.
+        let written = serde_json::to_string_pretty(&record)
+            .map_err(|e| format!("encoding the record: {e}"))
+            .and_then(|text| {
+                fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+            });
+        if let Err(message) = written {
+            let mut tracked = Tracked {
+                record,
+                detail,
+                child: Some(child),
+                last_sample: None,
+            };
+            let _ = self.stop(&mut tracked, Duration::ZERO);
+            return Err(LocalError::StateDir(message).into());
+        }
+        self.lock().insert(
+            spec.instance_id.clone(),
+            Tracked {
+                record: record.clone(),
+                detail,
+                child: Some(child),
+                last_sample: None,
+            },
+        );
+        Ok(record)
+    }
+
     /// Signals, waits, kills and cleans up after one instance.
     fn stop(&self, tracked: &mut Tracked, stop_timeout: Duration) -> Result<(), LocalError> {
         let id = tracked.record.instance_id.clone();
@@ -476,47 +522,28 @@ pub fn utilization(used_ns: u64, elapsed: Duration, cpu: f64) -> Option<f64> {
 impl Provider for LocalProvider {
     fn launch(&self, spec: &InstanceSpec) -> Result<InstanceRecord, ProviderError> {
         check_spec(spec)?;
-        if self.lock().contains_key(&spec.instance_id) {
-            return Err(ProviderError::InvalidSpec {
-                instance: spec.instance_id.clone(),
-                reason: "an instance with this id runs already".into(),
-            });
+        let id = &spec.instance_id;
+        {
+            // Reserved under the instances' lock: two launches of one id cannot both pass
+            // (the second would tear down the first's namespace as a leftover).
+            let instances = self.lock();
+            let mut launching = self
+                .launching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if instances.contains_key(id) || !launching.insert(id.clone()) {
+                return Err(ProviderError::InvalidSpec {
+                    instance: id.clone(),
+                    reason: "an instance with this id runs or is being launched already".into(),
+                });
+            }
         }
-        let (detail, child) = self.start(spec)?;
-        let record = InstanceRecord {
-            instance_id: spec.instance_id.clone(),
-            group: spec.group.clone(),
-            template: spec.template.clone(),
-            template_version: spec.template_version,
-            address: spec.address,
-            launched_at: unix_now(),
-            detail: ProviderDetail::Local(detail.clone()),
-        };
-        let path = detail.directory.join("record.json");
-        let text = serde_json::to_string_pretty(&record)
-            .map_err(|e| LocalError::StateDir(format!("encoding the record: {e}")))?;
-        // Written before the instance is tracked: a crash after this line leaves a record
-        // a restarted agent adopts.
-        if let Err(e) = fs::write(&path, text) {
-            let mut tracked = Tracked {
-                record,
-                detail,
-                child: Some(child),
-                last_sample: None,
-            };
-            let _ = self.stop(&mut tracked, Duration::ZERO);
-            return Err(LocalError::StateDir(format!("writing {}: {e}", path.display())).into());
-        }
-        self.lock().insert(
-            spec.instance_id.clone(),
-            Tracked {
-                record: record.clone(),
-                detail,
-                child: Some(child),
-                last_sample: None,
-            },
-        );
-        Ok(record)
+        let launched = self.launch_reserved(spec);
+        self.launching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        launched
     }
 
     fn terminate(&self, instance_id: &str, stop_timeout: Duration) -> Result<(), ProviderError> {
