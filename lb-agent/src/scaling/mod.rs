@@ -5,7 +5,8 @@
 //! history in AWS's words.
 //!
 //! The rules here are pure: nothing reads the clock (every call is given `now`), so each AWS
-//! rule is a unit test.
+//! rule is a unit test. Providers run the instances (`provider`: `local` on this machine,
+//! `exec` through a hook of the user's).
 
 pub mod activity;
 pub mod addressing;
@@ -14,6 +15,7 @@ pub mod capacity;
 mod from_config;
 pub mod lifecycle;
 pub mod policy;
+pub mod provider;
 pub mod schedule;
 pub mod termination;
 

@@ -1,0 +1,404 @@
+//! An instance's cgroups: where the `cpu`, `memory` and CPU-accounting controllers are
+//! mounted (cgroup v1, v2, or a hybrid of both), the directories made for one instance, its
+//! limits, its CPU usage, its processes.
+//!
+//! Each controller is taken from the v1 hierarchy that has it, else from the v2 hierarchy.
+//! On v1 the CPU limit is `cpu.cfs_quota_us`/`cpu.cfs_period_us`, memory
+//! `memory.limit_in_bytes`, usage `cpuacct.usage` (ns); on v2 `cpu.max`, `memory.max`, and
+//! `usage_usec` in `cpu.stat`. An instance gets one directory per hierarchy used, under the
+//! agent's own cgroup (`<agent's>/lb-instances/<id>`) unless a parent is configured.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::LocalError;
+
+/// The CFS period the CPU limit is expressed over: the kernel's default, 100 ms.
+const CFS_PERIOD_US: u64 = 100_000;
+
+/// A cgroup version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    /// cgroup v1: one hierarchy per controller (or group of controllers).
+    V1,
+    /// cgroup v2: the unified hierarchy.
+    V2,
+}
+
+/// One mounted hierarchy the instances use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// v1 or v2.
+    pub version: Version,
+    /// Where it is mounted (`/sys/fs/cgroup/cpu`).
+    pub mount: PathBuf,
+    /// The agent's own cgroup in it, relative to the mount (`/` at the root).
+    pub own: PathBuf,
+    /// The controllers the instances take from it (`cpu`, `cpuacct`, `memory`).
+    pub controllers: BTreeSet<String>,
+}
+
+/// Where each controller an instance needs lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The hierarchies used, each with the controllers taken from it.
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+/// The controllers an instance needs: limits (`cpu`, `memory`) and CPU usage (`cpuacct` on
+/// v1; v2 accounts CPU in every cgroup).
+const NEEDED: [&str; 3] = ["cpu", "memory", "cpuacct"];
+
+impl Layout {
+    /// Reads this process's mounts and cgroups.
+    pub fn detect() -> Result<Layout, LocalError> {
+        let read = |path: &str| {
+            fs::read_to_string(path).map_err(|e| LocalError::Cgroup(format!("reading {path}: {e}")))
+        };
+        let mountinfo = read("/proc/self/mountinfo")?;
+        let own = read("/proc/self/cgroup")?;
+        let v2_controllers = v2_mount(&mountinfo)
+            .map(|m| fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default())
+            .unwrap_or_default();
+        Layout::from_system(&mountinfo, &own, &v2_controllers)
+    }
+
+    /// The layout `mountinfo` (`/proc/self/mountinfo`), `own` (`/proc/self/cgroup`) and the
+    /// v2 root's `cgroup.controllers` describe.
+    pub fn from_system(
+        mountinfo: &str,
+        own: &str,
+        v2_controllers: &str,
+    ) -> Result<Layout, LocalError> {
+        let mut hierarchies: Vec<Hierarchy> = Vec::new();
+        let v2_available: BTreeSet<&str> = v2_controllers.split_whitespace().collect();
+        for controller in NEEDED {
+            if let Some(mount) = v1_mount(mountinfo, controller) {
+                if let Some(found) = hierarchies.iter_mut().find(|h| h.mount == mount) {
+                    found.controllers.insert(controller.to_owned());
+                    continue;
+                }
+                let own = own_path(own, |list| list.split(',').any(|c| c == controller))
+                    .ok_or_else(|| {
+                        LocalError::Cgroup(format!(
+                            "/proc/self/cgroup names no cgroup for {controller}"
+                        ))
+                    })?;
+                hierarchies.push(Hierarchy {
+                    version: Version::V1,
+                    mount,
+                    own,
+                    controllers: [controller.to_owned()].into(),
+                });
+                continue;
+            }
+            // cgroup v2 accounts CPU usage in every cgroup: `cpuacct` needs no controller.
+            let on_v2 = controller == "cpuacct" || v2_available.contains(controller);
+            match v2_mount(mountinfo) {
+                Some(mount) if on_v2 => {
+                    if let Some(found) = hierarchies.iter_mut().find(|h| h.mount == mount) {
+                        found.controllers.insert(controller.to_owned());
+                        continue;
+                    }
+                    let own = own_path(own, str::is_empty).ok_or_else(|| {
+                        LocalError::Cgroup("/proc/self/cgroup has no cgroup v2 line".into())
+                    })?;
+                    hierarchies.push(Hierarchy {
+                        version: Version::V2,
+                        mount,
+                        own,
+                        controllers: [controller.to_owned()].into(),
+                    });
+                }
+                _ => {
+                    return Err(LocalError::Cgroup(format!(
+                        "no cgroup hierarchy has the {controller} controller (mount it on v1 \
+                         or enable it on v2)"
+                    )));
+                }
+            }
+        }
+        Ok(Layout { hierarchies })
+    }
+
+    /// The directories for instance `id`: under `parent` (relative to each mount) when
+    /// given, else under `lb-instances` in the agent's own cgroup.
+    pub fn instance_dirs(&self, parent: Option<&Path>, id: &str) -> Vec<CgroupDir> {
+        self.hierarchies
+            .iter()
+            .map(|h| {
+                let parent = match parent {
+                    Some(p) => relative(p).to_path_buf(),
+                    None => relative(&h.own).join("lb-instances"),
+                };
+                CgroupDir {
+                    version: h.version,
+                    path: h.mount.join(parent).join(id),
+                    controllers: h.controllers.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `p` without its leading `/`, to join under a mount.
+fn relative(p: &Path) -> &Path {
+    p.strip_prefix("/").unwrap_or(p)
+}
+
+/// The mount point of the v1 hierarchy that has `controller`.
+fn v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mut after = after.split_whitespace();
+        if after.next()? != "cgroup" {
+            return None;
+        }
+        let options: Vec<String> = after.nth(1)?.split(',').map(str::to_owned).collect();
+        if !options.iter().any(|o| o == controller) {
+            return None;
+        }
+        Some(PathBuf::from(before.split_whitespace().nth(4)?))
+    })
+}
+
+/// The mount point of the cgroup v2 hierarchy, if mounted.
+fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| PathBuf::from(before.split_whitespace().nth(4).unwrap_or("")))
+            .filter(|p| !p.as_os_str().is_empty())
+    })
+}
+
+/// The path in `/proc/self/cgroup` of the line whose controller list `matches`.
+fn own_path(own: &str, matches: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        let list = parts.next()?;
+        let path = parts.next()?;
+        matches(list).then(|| PathBuf::from(path))
+    })
+}
+
+/// One of an instance's cgroup directories (kept in the instance's record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupDir {
+    /// Its version.
+    pub version: Version,
+    /// Its path.
+    pub path: PathBuf,
+    /// The controllers it is used for.
+    pub controllers: BTreeSet<String>,
+}
+
+impl CgroupDir {
+    /// Makes the directory and sets the limits its controllers carry: `cpu` cores, `memory`
+    /// bytes. On v2, enables the controllers for the parent's children first.
+    pub fn create(&self, cpu: f64, memory: u64) -> Result<(), LocalError> {
+        let parent = self.path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
+        if self.version == Version::V2 {
+            let wanted: Vec<String> = ["cpu", "memory"]
+                .iter()
+                .filter(|c| self.controllers.contains(**c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !wanted.is_empty() {
+                // Fails when the parent's own parent does not delegate them, or when the
+                // parent holds processes (v2's "no internal processes" rule): say so.
+                write(&parent.join("cgroup.subtree_control"), &wanted.join(" "))?;
+            }
+        }
+        match fs::create_dir(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error("creating", &self.path, e)),
+        }
+        let quota = cpu_quota_us(cpu);
+        for controller in &self.controllers {
+            match (controller.as_str(), self.version) {
+                ("cpu", Version::V1) => {
+                    write(
+                        &self.path.join("cpu.cfs_period_us"),
+                        &CFS_PERIOD_US.to_string(),
+                    )?;
+                    write(&self.path.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                ("cpu", Version::V2) => {
+                    write(
+                        &self.path.join("cpu.max"),
+                        &format!("{quota} {CFS_PERIOD_US}"),
+                    )?;
+                }
+                ("memory", Version::V1) => {
+                    write(
+                        &self.path.join("memory.limit_in_bytes"),
+                        &memory.to_string(),
+                    )?;
+                }
+                ("memory", Version::V2) => {
+                    write(&self.path.join("memory.max"), &memory.to_string())?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// CPU time used by everything in it so far, in nanoseconds, if it accounts CPU.
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        if !self.controllers.contains("cpuacct") {
+            return None;
+        }
+        match self.version {
+            Version::V1 => fs::read_to_string(self.path.join("cpuacct.usage"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok(),
+            Version::V2 => {
+                let stat = fs::read_to_string(self.path.join("cpu.stat")).ok()?;
+                usage_usec(&stat).map(|us| us.saturating_mul(1000))
+            }
+        }
+    }
+
+    /// The processes in it (none when it is gone).
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Its `cgroup.procs`, which a process joins by writing `0` to it.
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Removes it (it must be empty); gone already is fine.
+    pub fn remove(&self) -> Result<(), LocalError> {
+        match fs::remove_dir(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("removing", &self.path, e)),
+        }
+    }
+}
+
+/// The CFS quota, in µs per `CFS_PERIOD_US`, for `cpu` cores; the kernel's minimum is 1 ms.
+pub fn cpu_quota_us(cpu: f64) -> u64 {
+    // `as` saturates: a huge `cpu` becomes u64::MAX, which the kernel refuses by name.
+    ((cpu * CFS_PERIOD_US as f64).round() as u64).max(1000)
+}
+
+/// `usage_usec` from a v2 `cpu.stat`.
+fn usage_usec(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn write(path: &Path, value: &str) -> Result<(), LocalError> {
+    fs::write(path, value)
+        .map_err(|e| LocalError::Cgroup(format!("writing {value:?} to {}: {e}", path.display())))
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> LocalError {
+    LocalError::Cgroup(format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's: cpu, cpuacct and memory on v1, a v2 mount with almost nothing.
+    const HYBRID_MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+31 25 0:27 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+32 25 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 25 0:29 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const HYBRID_OWN: &str = "\
+4:memory:/process_api/abc
+2:cpuacct:/
+1:cpu:/
+0::/
+";
+
+    #[test]
+    fn a_hybrid_machine_takes_every_controller_from_v1() {
+        let layout = Layout::from_system(HYBRID_MOUNTS, HYBRID_OWN, "hugetlb").unwrap();
+        let dirs = layout.instance_dirs(None, "i-1");
+        let paths: Vec<_> = dirs.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/sys/fs/cgroup/cpu/lb-instances/i-1"),
+                PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/lb-instances/i-1"),
+                PathBuf::from("/sys/fs/cgroup/cpuacct/lb-instances/i-1"),
+            ]
+        );
+        assert!(dirs.iter().all(|d| d.version == Version::V1));
+    }
+
+    #[test]
+    fn cpu_and_cpuacct_mounted_together_share_one_directory() {
+        let mounts = "\
+30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        let own = "3:memory:/a\n2:cpu,cpuacct:/b\n";
+        let layout = Layout::from_system(mounts, own, "").unwrap();
+        assert_eq!(layout.hierarchies.len(), 2);
+        assert_eq!(layout.hierarchies[0].own, PathBuf::from("/b"));
+        assert_eq!(
+            layout.hierarchies[0].controllers,
+            ["cpu".to_owned(), "cpuacct".to_owned()].into()
+        );
+    }
+
+    #[test]
+    fn a_pure_v2_machine_uses_the_unified_hierarchy_for_everything() {
+        let mounts = "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let layout =
+            Layout::from_system(mounts, "0::/lb.slice/agent\n", "cpu io memory pids").unwrap();
+        assert_eq!(layout.hierarchies.len(), 1);
+        let dirs = layout.instance_dirs(Some(Path::new("/lb.slice/instances")), "i-2");
+        assert_eq!(
+            dirs[0].path,
+            PathBuf::from("/sys/fs/cgroup/lb.slice/instances/i-2")
+        );
+        assert_eq!(dirs[0].version, Version::V2);
+    }
+
+    #[test]
+    fn a_missing_memory_controller_is_an_error_naming_it() {
+        let mounts = "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let err = Layout::from_system(mounts, "0::/\n", "cpu").unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn half_a_core_is_half_the_period_and_tiny_shares_get_the_kernel_minimum() {
+        assert_eq!(cpu_quota_us(0.5), 50_000);
+        assert_eq!(cpu_quota_us(2.0), 200_000);
+        assert_eq!(cpu_quota_us(0.001), 1000);
+    }
+
+    #[test]
+    fn v2_usage_is_read_from_cpu_stat() {
+        let stat = "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n";
+        assert_eq!(usage_usec(stat), Some(1234));
+    }
+}
