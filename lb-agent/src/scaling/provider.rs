@@ -11,7 +11,7 @@ pub mod command;
 pub mod exec;
 pub mod local;
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,44 +95,8 @@ pub struct InboundRule {
     pub sources: Vec<Cidr>,
 }
 
-/// An address block, `198.18.0.0/15` or `fd00:198:18::/48`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// Its address (host bits may be set; the rules mask them).
-    pub address: IpAddr,
-    /// Its prefix length.
-    pub prefix_len: u8,
-}
-
-/// A CIDR that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a CIDR (expected ADDRESS/PREFIX, e.g. 198.18.0.0/15)")]
-pub struct CidrError(pub String);
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let bad = || CidrError(s.to_owned());
-        let (address, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let address: IpAddr = address.parse().map_err(|_| bad())?;
-        let prefix_len: u8 = prefix.parse().map_err(|_| bad())?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        if prefix_len > max {
-            return Err(bad());
-        }
-        Ok(Cidr {
-            address,
-            prefix_len,
-        })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
-}
+/// An address block, `198.18.0.0/15` or `fd00:198:18::/48`: the config's.
+pub use crate::config::Cidr;
 
 /// What a provider keeps about a launched instance: enough for another agent to find it
 /// again (`adopt`). Persisted by the caller, hence serde.
@@ -303,26 +267,6 @@ pub(crate) fn check_spec(spec: &InstanceSpec) -> Result<(), ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidrs_parse_and_print_back() {
-        for text in ["198.18.0.0/15", "fd00:198:18::/48", "198.18.8.10/32"] {
-            assert_eq!(text.parse::<Cidr>().unwrap().to_string(), text);
-        }
-    }
-
-    #[test]
-    fn cidrs_with_a_prefix_too_long_or_missing_are_refused() {
-        for text in [
-            "198.18.0.0/33",
-            "fd00::/129",
-            "198.18.0.0",
-            "x/8",
-            "198.18.0.0/",
-        ] {
-            assert!(text.parse::<Cidr>().is_err(), "{text}");
-        }
-    }
 
     fn spec() -> InstanceSpec {
         InstanceSpec {

@@ -247,7 +247,7 @@ pub fn nft_ruleset(rules: &[InboundRule]) -> String {
     );
     for rule in rules {
         for source in &rule.sources {
-            let family = if source.address.is_ipv4() {
+            let family = if source.network.is_ipv4() {
                 "ip"
             } else {
                 "ip6"
@@ -284,7 +284,7 @@ pub fn iptables_rulesets(rules: &[InboundRule]) -> (String, String) {
     }
     for rule in rules {
         for source in &rule.sources {
-            let out = if source.address.is_ipv4() {
+            let out = if source.network.is_ipv4() {
                 &mut v4
             } else {
                 &mut v6
