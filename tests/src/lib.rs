@@ -11,6 +11,7 @@ pub mod lab_configs;
 pub mod lab_traffic;
 pub mod packet;
 pub mod raw_http;
+pub mod scaling;
 pub mod table;
 pub mod tls_client;
 pub mod websocket;

@@ -3,34 +3,16 @@
 //! answering gives a typed error. Needs no root.
 
 use std::{
-    collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_agent::scaling::provider::{
-    Image, InstanceRecord, InstanceSpec, InstanceType, Provider, ProviderDetail, ProviderError,
+    InstanceRecord, Provider, ProviderDetail, ProviderError,
     exec::{ExecConfig, ExecError, ExecProvider},
 };
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh id per call: `i-` and 17 hex digits, from this process and a counter.
-fn instance_id() -> String {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("i-{:09x}{:08x}", std::process::id(), n)
-}
-
-/// The real python3 (the machine's `python3` may be a shim needing more environment).
-fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use tests::scaling::{self, instance_id, python};
 
 /// A hook keeping its instances in a JSON file beside it and logging every request.
 const HOOK: &str = r#"
@@ -65,11 +47,8 @@ struct HookDir(PathBuf);
 
 impl HookDir {
     fn new(tag: &str, script: &str) -> HookDir {
-        let dir = std::env::temp_dir().join(format!(
-            "lb-scaling-hook-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        // An instance id is unique to this process and call.
+        let dir = std::env::temp_dir().join(format!("lb-scaling-hook-{tag}-{}", instance_id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hook"), script).unwrap();
         HookDir(dir)
@@ -89,28 +68,19 @@ fn the_exec_provider_drives_a_hook_through_launch_describe_and_terminate() {
         hook: vec![python(), dir.0.join("hook").display().to_string()],
         timeout: Duration::from_secs(20),
     });
-    let fixture_spec = InstanceSpec {
-        instance_id: instance_id(),
-        group: "web-asg".into(),
-        template: "web".into(),
-        template_version: 1,
-        image: Image {
-            command: vec!["python3".into(), "-m".into(), "http.server".into()],
-            working_directory: None,
-        },
-        user_data: Some("echo hi".into()),
-        environment: BTreeMap::new(),
-        instance_type: InstanceType {
-            name: "small".into(),
-            cpu: 0.5,
-            memory_bytes: 256 << 20,
-        },
-        ports: vec![8000],
-        address: "198.18.9.10".parse().unwrap(),
-        gateway: "198.18.9.1".parse().unwrap(),
-        inbound_rules: vec![],
-        stop_timeout: Duration::from_secs(7),
-    };
+    let mut fixture_spec = scaling::spec(
+        &instance_id(),
+        1,
+        vec!["python3".into(), "-m".into(), "http.server".into()],
+        (
+            "198.18.9.10".parse().unwrap(),
+            "198.18.9.1".parse().unwrap(),
+        ),
+        8000,
+        &[],
+    );
+    fixture_spec.user_data = Some("echo hi".into());
+    fixture_spec.stop_timeout = Duration::from_secs(7);
     let id = fixture_spec.instance_id.clone();
     let record = provider.launch(&fixture_spec).unwrap();
     assert_eq!(
@@ -174,28 +144,17 @@ fn a_hook_printing_garbage_gives_a_bad_answer_error() {
         hook: vec!["/bin/sh".into(), dir.0.join("hook").display().to_string()],
         timeout: Duration::from_secs(10),
     });
-    let spec = InstanceSpec {
-        instance_id: instance_id(),
-        group: "g".into(),
-        template: "t".into(),
-        template_version: 1,
-        image: Image {
-            command: vec!["true".into()],
-            working_directory: None,
-        },
-        user_data: None,
-        environment: BTreeMap::new(),
-        instance_type: InstanceType {
-            name: "small".into(),
-            cpu: 0.5,
-            memory_bytes: 1 << 20,
-        },
-        ports: vec![],
-        address: "198.18.9.11".parse().unwrap(),
-        gateway: "198.18.9.1".parse().unwrap(),
-        inbound_rules: vec![],
-        stop_timeout: Duration::from_secs(1),
-    };
+    let spec = scaling::spec(
+        &instance_id(),
+        1,
+        vec!["true".into()],
+        (
+            "198.18.9.11".parse().unwrap(),
+            "198.18.9.1".parse().unwrap(),
+        ),
+        8080,
+        &[],
+    );
     match provider.launch(&spec) {
         Err(ProviderError::Exec(ExecError::BadAnswer { action, answer, .. })) => {
             assert_eq!(action, "launch");

@@ -6,44 +6,23 @@
 //! tests are in `scaling_exec_provider.rs`.)
 
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use lb_agent::scaling::provider::{
-    Image, InboundRule, InstanceRecord, InstanceSpec, InstanceType, Provider, ProviderDetail,
-    ProviderError, RuleProtocol,
+    InstanceRecord, InstanceSpec, Provider, ProviderDetail, ProviderError,
     local::{
         Layout, LinkHook, LocalConfig, LocalDetail, LocalProvider, lb_interface_name,
         namespace_name,
     },
 };
+use tests::scaling::{self, instance_id, python};
 use xtask::lab::netns::{self, NetNs, run_inside};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh id per call: `i-` and 17 hex digits, from this process and a counter.
-fn instance_id() -> String {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("i-{:09x}{:08x}", std::process::id(), n)
-}
-
-/// The real python3 (the machine's `python3` may be a shim needing more environment).
-fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// A load balancer's namespace, a state directory and a local provider using both; on drop
 /// every instance the provider knows is terminated and the directory removed.
@@ -58,11 +37,8 @@ impl Fixture {
     fn new(tag: &str) -> Fixture {
         let lb = NetNs::create(&format!("lbt-{tag}-{}", std::process::id())).unwrap();
         let config = LocalConfig {
-            state_dir: std::env::temp_dir().join(format!(
-                "lb-scaling-{tag}-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            )),
+            // An instance id is unique to this process and call.
+            state_dir: std::env::temp_dir().join(format!("lb-scaling-{tag}-{}", instance_id())),
             lb_namespace: Some(lb.name().to_owned()),
             cgroup_parent: None,
         };
@@ -77,33 +53,17 @@ impl Fixture {
     /// A spec for instance `id` at 198.18.8.`host` running `command`, allowing TCP 8080 from
     /// the lab's range.
     fn spec(&self, id: &str, host: u8, command: &[&str]) -> InstanceSpec {
-        InstanceSpec {
-            instance_id: id.to_owned(),
-            group: "web-asg".into(),
-            template: "web".into(),
-            template_version: 2,
-            image: Image {
-                command: command.iter().map(|s| (*s).to_owned()).collect(),
-                working_directory: None,
-            },
-            user_data: None,
-            environment: BTreeMap::new(),
-            instance_type: InstanceType {
-                name: "small".into(),
-                cpu: 0.5,
-                memory_bytes: 256 << 20,
-            },
-            ports: vec![8080],
-            address: format!("198.18.8.{host}").parse().unwrap(),
-            gateway: "198.18.8.1".parse().unwrap(),
-            inbound_rules: vec![InboundRule {
-                protocol: RuleProtocol::Tcp,
-                from_port: 8080,
-                to_port: 8080,
-                sources: vec!["198.18.0.0/15".parse().unwrap()],
-            }],
-            stop_timeout: Duration::from_secs(5),
-        }
+        scaling::spec(
+            id,
+            2,
+            command.iter().map(|s| (*s).to_owned()).collect(),
+            (
+                format!("198.18.8.{host}").parse().unwrap(),
+                "198.18.8.1".parse().unwrap(),
+            ),
+            8080,
+            &["198.18.0.0/15"],
+        )
     }
 }
 

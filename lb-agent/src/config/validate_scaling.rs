@@ -408,7 +408,6 @@ fn check_unique<'a>(p: &mut Problems, at: &str, what: &str, names: impl Iterator
 }
 
 fn check_policy(p: &mut Problems, at: &str, kind: &PolicyKind, g: &AutoScalingGroup) {
-    let has_alarm = |name: &str| g.alarms.iter().any(|a| a.name == name);
     match kind {
         PolicyKind::TargetTracking { metric, target, .. } => {
             let cpu = *metric == super::ScalingMetric::CpuUtilization;
@@ -430,13 +429,7 @@ fn check_policy(p: &mut Problems, at: &str, kind: &PolicyKind, g: &AutoScalingGr
             min_adjustment_magnitude,
             ..
         } => {
-            if !has_alarm(alarm) {
-                p.add(
-                    format!("{at}.alarm"),
-                    format!("no alarm `{alarm}` in the group"),
-                );
-            }
-            check_magnitude(p, at, *adjustment_type, *min_adjustment_magnitude);
+            check_alarm_driven(p, at, g, alarm, *adjustment_type, *min_adjustment_magnitude);
             check_steps(p, at, steps, *adjustment_type);
         }
         PolicyKind::Simple {
@@ -446,18 +439,31 @@ fn check_policy(p: &mut Problems, at: &str, kind: &PolicyKind, g: &AutoScalingGr
             min_adjustment_magnitude,
             ..
         } => {
-            if !has_alarm(alarm) {
-                p.add(
-                    format!("{at}.alarm"),
-                    format!("no alarm `{alarm}` in the group"),
-                );
-            }
-            check_magnitude(p, at, *adjustment_type, *min_adjustment_magnitude);
+            check_alarm_driven(p, at, g, alarm, *adjustment_type, *min_adjustment_magnitude);
             if *adjustment_type == AdjustmentType::ExactCapacity && *adjustment < 0 {
                 p.add(format!("{at}.adjustment"), "an exact capacity is 0 or more");
             }
         }
     }
+}
+
+/// What step and simple policies share: an alarm of the group, and a minimum magnitude only
+/// for a percent adjustment.
+fn check_alarm_driven(
+    p: &mut Problems,
+    at: &str,
+    g: &AutoScalingGroup,
+    alarm: &str,
+    kind: AdjustmentType,
+    magnitude: Option<u32>,
+) {
+    if !g.alarms.iter().any(|a| a.name == alarm) {
+        p.add(
+            format!("{at}.alarm"),
+            format!("no alarm `{alarm}` in the group"),
+        );
+    }
+    check_magnitude(p, at, kind, magnitude);
 }
 
 fn check_magnitude(p: &mut Problems, at: &str, kind: AdjustmentType, magnitude: Option<u32>) {

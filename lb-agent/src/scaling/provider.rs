@@ -264,33 +264,39 @@ pub(crate) fn check_spec(spec: &InstanceSpec) -> Result<(), ProviderError> {
     Ok(())
 }
 
+/// A valid spec for the providers' unit tests (each changes what it tests).
+#[cfg(test)]
+fn test_spec() -> InstanceSpec {
+    InstanceSpec {
+        instance_id: "i-0123456789abcdef0".into(),
+        group: "web-asg".into(),
+        template: "web".into(),
+        template_version: 1,
+        image: Image {
+            command: vec!["true".into()],
+            working_directory: None,
+        },
+        user_data: Some("x".repeat(USER_DATA_LIMIT)),
+        environment: BTreeMap::new(),
+        instance_type: InstanceType {
+            name: "small".into(),
+            cpu: 0.5,
+            memory_bytes: 1 << 20,
+        },
+        ports: vec![8080],
+        address: "198.18.8.10".parse().unwrap(),
+        gateway: "198.18.8.1".parse().unwrap(),
+        inbound_rules: vec![],
+        stop_timeout: Duration::from_secs(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec() -> InstanceSpec {
-        InstanceSpec {
-            instance_id: "i-0123456789abcdef0".into(),
-            group: "web-asg".into(),
-            template: "web".into(),
-            template_version: 1,
-            image: Image {
-                command: vec!["true".into()],
-                working_directory: None,
-            },
-            user_data: Some("x".repeat(USER_DATA_LIMIT)),
-            environment: BTreeMap::new(),
-            instance_type: InstanceType {
-                name: "small".into(),
-                cpu: 0.5,
-                memory_bytes: 1 << 20,
-            },
-            ports: vec![8080],
-            address: "198.18.8.10".parse().unwrap(),
-            gateway: "198.18.8.1".parse().unwrap(),
-            inbound_rules: vec![],
-            stop_timeout: Duration::from_secs(1),
-        }
+        test_spec()
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! away, so a test can check that the instance outlives it and a new provider adopts it.
 //! Prints the instance's record as JSON.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use lb_agent::scaling::provider::{
-    Image, InboundRule, InstanceSpec, InstanceType, Provider as _, RuleProtocol,
+    Provider as _,
     local::{LocalConfig, LocalProvider},
 };
+use tests::scaling;
 
 /// Launches one local instance serving TCP `port`, then exits.
 #[derive(Debug, Parser)]
@@ -43,33 +44,14 @@ fn main() -> ExitCode {
     } else {
         "::/0"
     };
-    let spec = InstanceSpec {
-        instance_id: args.id,
-        group: "web-asg".into(),
-        template: "web".into(),
-        template_version: 1,
-        image: Image {
-            command: args.command,
-            working_directory: None,
-        },
-        user_data: None,
-        environment: BTreeMap::new(),
-        instance_type: InstanceType {
-            name: "small".into(),
-            cpu: 0.5,
-            memory_bytes: 256 << 20,
-        },
-        ports: vec![args.port],
-        address: args.address,
-        gateway: args.gateway,
-        inbound_rules: vec![InboundRule {
-            protocol: RuleProtocol::Tcp,
-            from_port: args.port,
-            to_port: args.port,
-            sources: vec![any.parse().expect("a CIDR")],
-        }],
-        stop_timeout: Duration::from_secs(5),
-    };
+    let spec = scaling::spec(
+        &args.id,
+        1,
+        args.command,
+        (args.address, args.gateway),
+        args.port,
+        &[any],
+    );
     let launched = LocalProvider::new(LocalConfig {
         state_dir: args.state_dir,
         lb_namespace: Some(args.lb_namespace),

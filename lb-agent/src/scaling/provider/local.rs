@@ -621,35 +621,19 @@ impl Provider for LocalProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scaling::provider::{Image, InstanceType};
 
     fn spec() -> InstanceSpec {
-        InstanceSpec {
-            instance_id: "i-0123456789abcdef0".into(),
-            group: "web-asg".into(),
-            template: "web".into(),
-            template_version: 3,
-            image: Image {
-                command: vec!["true".into()],
-                working_directory: None,
-            },
-            user_data: None,
-            environment: [
-                ("INSTANCE_ID".to_owned(), "spoofed".to_owned()),
-                ("COLOR".to_owned(), "blue".to_owned()),
-            ]
-            .into(),
-            instance_type: InstanceType {
-                name: "small".into(),
-                cpu: 0.5,
-                memory_bytes: 256 << 20,
-            },
-            ports: vec![8080],
-            address: "198.18.8.10".parse().unwrap(),
-            gateway: "198.18.8.1".parse().unwrap(),
-            inbound_rules: vec![],
-            stop_timeout: Duration::from_secs(5),
-        }
+        let mut spec = crate::scaling::provider::test_spec();
+        spec.template_version = 3;
+        spec.user_data = None;
+        spec.environment = [
+            ("INSTANCE_ID".to_owned(), "spoofed".to_owned()),
+            ("COLOR".to_owned(), "blue".to_owned()),
+        ]
+        .into();
+        spec.instance_type.memory_bytes = 256 << 20;
+        spec.stop_timeout = Duration::from_secs(5);
+        spec
     }
 
     #[test]

@@ -253,16 +253,8 @@ pub fn nft_ruleset(rules: &[InboundRule]) -> String {
                 "ip6"
             };
             let _ = write!(out, "\t\t{family} saddr {source} ");
-            match rule.protocol {
-                RuleProtocol::All => {}
-                RuleProtocol::Tcp | RuleProtocol::Udp => {
-                    let proto = if rule.protocol == RuleProtocol::Tcp {
-                        "tcp"
-                    } else {
-                        "udp"
-                    };
-                    let _ = write!(out, "{proto} dport {} ", port_range(rule, "-"));
-                }
+            if let Some(proto) = transport(rule) {
+                let _ = write!(out, "{proto} dport {} ", port_range(rule, "-"));
             }
             out.push_str("accept\n");
         }
@@ -290,16 +282,8 @@ pub fn iptables_rulesets(rules: &[InboundRule]) -> (String, String) {
                 &mut v6
             };
             let _ = write!(out, "-A INPUT -s {source} ");
-            match rule.protocol {
-                RuleProtocol::All => {}
-                RuleProtocol::Tcp | RuleProtocol::Udp => {
-                    let proto = if rule.protocol == RuleProtocol::Tcp {
-                        "tcp"
-                    } else {
-                        "udp"
-                    };
-                    let _ = write!(out, "-p {proto} --dport {} ", port_range(rule, ":"));
-                }
+            if let Some(proto) = transport(rule) {
+                let _ = write!(out, "-p {proto} --dport {} ", port_range(rule, ":"));
             }
             out.push_str("-j ACCEPT\n");
         }
@@ -307,6 +291,15 @@ pub fn iptables_rulesets(rules: &[InboundRule]) -> (String, String) {
     v4.push_str("COMMIT\n");
     v6.push_str("COMMIT\n");
     (v4, v6)
+}
+
+/// The rule's transport protocol, as both tools name it; none: every protocol (no port).
+fn transport(rule: &InboundRule) -> Option<&'static str> {
+    match rule.protocol {
+        RuleProtocol::All => None,
+        RuleProtocol::Tcp => Some("tcp"),
+        RuleProtocol::Udp => Some("udp"),
+    }
 }
 
 /// `from` alone, or `from<sep>to`.
