@@ -4,7 +4,7 @@
 //! group's scaling policies, alarms, lifecycle hooks and scheduled actions, with EC2 Auto
 //! Scaling's names and defaults.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::Deserialize;
 
@@ -203,18 +203,79 @@ pub enum HealthCheckType {
     Elb,
 }
 
-/// EC2 Auto Scaling's termination policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Errors in a group's termination policies (the configuration's side).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TerminationError {
+    /// A policy AWS has that means nothing on one machine.
+    #[error("termination policy {name} is not supported here: {why}")]
+    Unsupported { name: String, why: &'static str },
+    /// A name that is not one of AWS's termination policies.
+    #[error(
+        "unknown termination policy {name:?}; accepted: Default, OldestInstance, \
+         NewestInstance, OldestLaunchTemplate, OldestLaunchConfiguration"
+    )]
+    Unknown { name: String },
+}
+
+/// A termination policy, by AWS's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TerminationPolicy {
+    /// AWS's default order (here: launch configuration first, then the oldest launch
+    /// template).
     Default,
+    /// The instance launched first.
     OldestInstance,
+    /// The instance launched last.
     NewestInstance,
+    /// Instances of a non-current launch template, then of the oldest version of the current.
     OldestLaunchTemplate,
+    /// Instances of a launch configuration other than the group's current one.
     OldestLaunchConfiguration,
-    /// Refused by validation: there are no instance hours here.
-    ClosestToNextInstanceHour,
-    /// Refused by validation: there are no allocation strategies here.
-    AllocationStrategy,
+}
+
+impl fmt::Display for TerminationPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Default => "Default",
+            Self::OldestInstance => "OldestInstance",
+            Self::NewestInstance => "NewestInstance",
+            Self::OldestLaunchTemplate => "OldestLaunchTemplate",
+            Self::OldestLaunchConfiguration => "OldestLaunchConfiguration",
+        })
+    }
+}
+
+impl FromStr for TerminationPolicy {
+    type Err = TerminationError;
+
+    /// AWS's names, exactly as AWS spells them.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "Default" => Ok(Self::Default),
+            "OldestInstance" => Ok(Self::OldestInstance),
+            "NewestInstance" => Ok(Self::NewestInstance),
+            "OldestLaunchTemplate" => Ok(Self::OldestLaunchTemplate),
+            "OldestLaunchConfiguration" => Ok(Self::OldestLaunchConfiguration),
+            "ClosestToNextInstanceHour" => Err(TerminationError::Unsupported {
+                name: name.to_owned(),
+                why: "instances on one machine have no billing hour to be close to",
+            }),
+            "AllocationStrategy" => Err(TerminationError::Unsupported {
+                name: name.to_owned(),
+                why: "there are no Spot or On-Demand instance pools to align to",
+            }),
+            _ => Err(TerminationError::Unknown {
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TerminationPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The processes `suspend` and `resume` name.

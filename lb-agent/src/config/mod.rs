@@ -45,7 +45,7 @@ pub use self::{
         AdjustmentType, Alarm, AutoScalingGroup, Comparison, DEFAULT_COOLDOWN, HealthCheckType,
         LifecycleHook, LifecycleResult, LifecycleTransition, MissingData, PolicyKind, ProviderKind,
         ScalingMetric, ScalingPolicy, ScalingProcess, ScheduledAction, Statistic, Step,
-        TemplateRef, TemplateVersion, TerminationPolicy,
+        TemplateRef, TemplateVersion, TerminationError, TerminationPolicy,
     },
     cidr::Cidr,
     duration::{duration_text, parse_duration},

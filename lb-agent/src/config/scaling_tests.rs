@@ -255,8 +255,8 @@ fn references_and_ec2s_bounds_are_checked() {
         (
             "max_size = 6\n",
             "max_size = 6\ntermination_policies = [\"ClosestToNextInstanceHour\"]\n",
-            "auto_scaling_group[0].termination_policies[0]",
-            "not billed by the hour",
+            "auto_scaling_group[0].termination_policies",
+            "no billing hour",
         ),
         (
             "max_size = 6\n",

@@ -6,7 +6,7 @@ use std::{collections::HashSet, time::Duration};
 
 use super::{
     AdjustmentType, AutoScalingGroup, Cidr, Config, InstanceDefinition, PolicyKind, ProviderKind,
-    Step, TemplateVersion, TerminationPolicy,
+    Step, TemplateVersion,
     auto_scaling_group::{self, GROUP_FIELDS},
     launch_template::{self, DEFINITION_FIELDS},
     validate::{Problems, check_duration, check_name},
@@ -327,21 +327,6 @@ impl Config {
             p.add(
                 format!("{at}.termination_policies"),
                 "at least one termination policy (EC2's default: [\"Default\"])",
-            );
-        }
-        for (k, policy) in g.termination_policies.iter().enumerate() {
-            let why = match policy {
-                TerminationPolicy::ClosestToNextInstanceHour => {
-                    "instances are not billed by the hour here"
-                }
-                TerminationPolicy::AllocationStrategy => {
-                    "a group has one launch template here: there is no allocation strategy"
-                }
-                _ => continue,
-            };
-            p.add(
-                format!("{at}.termination_policies[{k}]"),
-                format!("{policy:?} is refused: {why}"),
             );
         }
         check_unique(p, at, "policy", g.policies.iter().map(|x| x.name.as_str()));
