@@ -351,12 +351,25 @@ pub enum PolicyKind {
     },
 }
 
-/// How an adjustment changes the desired capacity.
+/// How an adjustment changes the desired capacity (AWS's `AdjustmentType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AdjustmentType {
+    /// Add the value to the current capacity (negative removes).
     ChangeInCapacity,
+    /// Set the capacity to the value.
     ExactCapacity,
+    /// Add this percentage of the current capacity, rounded the way AWS rounds.
     PercentChangeInCapacity,
+}
+
+impl fmt::Display for AdjustmentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ChangeInCapacity => "ChangeInCapacity",
+            Self::ExactCapacity => "ExactCapacity",
+            Self::PercentChangeInCapacity => "PercentChangeInCapacity",
+        })
+    }
 }
 
 /// A step of a step scaling policy: bounds relative to the alarm's threshold.
@@ -435,29 +448,51 @@ pub struct LifecycleHook {
     pub heartbeat_timeout: Duration,
     /// The result when the timeout passes (default `ABANDON`, as EC2).
     #[serde(default)]
-    pub default_result: LifecycleResult,
+    pub default_result: LifecycleActionResult,
     /// A program run when an instance enters the wait, with the instance and hook in its
     /// environment (EC2 sends a notification instead).
     pub command: Option<Vec<String>>,
 }
 
-/// Which transition a hook holds.
+/// The transition a hook pauses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum LifecycleTransition {
+    /// `autoscaling:EC2_INSTANCE_LAUNCHING`.
     #[serde(rename = "autoscaling:EC2_INSTANCE_LAUNCHING", alias = "launching")]
     Launching,
+    /// `autoscaling:EC2_INSTANCE_TERMINATING`.
     #[serde(rename = "autoscaling:EC2_INSTANCE_TERMINATING", alias = "terminating")]
     Terminating,
 }
 
-/// What a lifecycle action ends with.
+impl fmt::Display for LifecycleTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Launching => "autoscaling:EC2_INSTANCE_LAUNCHING",
+            Self::Terminating => "autoscaling:EC2_INSTANCE_TERMINATING",
+        })
+    }
+}
+
+/// How a lifecycle action ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum LifecycleResult {
+pub enum LifecycleActionResult {
+    /// The custom action succeeded: go on.
     #[serde(rename = "CONTINUE")]
     Continue,
+    /// It failed: terminate a launching instance; stop the other hooks of a terminating one.
     #[default]
     #[serde(rename = "ABANDON")]
     Abandon,
+}
+
+impl fmt::Display for LifecycleActionResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Continue => "CONTINUE",
+            Self::Abandon => "ABANDON",
+        })
+    }
 }
 
 /// `[[auto_scaling_group.scheduled_action]]`: sizes set at a time, or on a cron schedule.

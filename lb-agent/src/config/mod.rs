@@ -43,9 +43,9 @@ pub use self::{
     agent::AgentConfig,
     auto_scaling_group::{
         AdjustmentType, Alarm, AutoScalingGroup, Comparison, DEFAULT_COOLDOWN, HealthCheckType,
-        LifecycleHook, LifecycleResult, LifecycleTransition, MissingData, PolicyKind, ProviderKind,
-        ScalingMetric, ScalingPolicy, ScalingProcess, ScheduledAction, Statistic, Step,
-        TemplateRef, TemplateVersion, TerminationError, TerminationPolicy,
+        LifecycleActionResult, LifecycleHook, LifecycleTransition, MissingData, PolicyKind,
+        ProviderKind, ScalingMetric, ScalingPolicy, ScalingProcess, ScheduledAction, Statistic,
+        Step, TemplateRef, TemplateVersion, TerminationError, TerminationPolicy,
     },
     cidr::Cidr,
     duration::{duration_text, parse_duration},

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use super::{
-    AdjustmentType, Config, HealthCheckType, LifecycleResult, LifecycleTransition, MissingData,
-    PolicyKind, ProviderKind, ScalingMetric, Statistic, TemplateVersion, TerminationPolicy,
+    AdjustmentType, Config, HealthCheckType, LifecycleActionResult, LifecycleTransition,
+    MissingData, PolicyKind, ProviderKind, ScalingMetric, Statistic, TemplateVersion,
+    TerminationPolicy,
     fixture::{ConfigFile, errors, fields},
 };
 
@@ -134,7 +135,7 @@ fn a_group_gets_ec2_auto_scalings_defaults() {
     let hook = &g.lifecycle_hooks[0];
     assert_eq!(hook.transition, LifecycleTransition::Launching);
     assert_eq!(hook.heartbeat_timeout, Duration::from_secs(3600));
-    assert_eq!(hook.default_result, LifecycleResult::Abandon);
+    assert_eq!(hook.default_result, LifecycleActionResult::Abandon);
     assert_eq!(c.auto_scaling_groups[1].provider, ProviderKind::Exec);
 }
 

@@ -131,26 +131,8 @@ impl GroupCapacity {
     }
 }
 
-/// How a policy's `scaling_adjustment` is read (AWS's `AdjustmentType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdjustmentType {
-    /// Add the value to the current capacity (negative removes).
-    ChangeInCapacity,
-    /// Set the capacity to the value.
-    ExactCapacity,
-    /// Add this percentage of the current capacity, rounded the way AWS rounds.
-    PercentChangeInCapacity,
-}
-
-impl fmt::Display for AdjustmentType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::ChangeInCapacity => "ChangeInCapacity",
-            Self::ExactCapacity => "ExactCapacity",
-            Self::PercentChangeInCapacity => "PercentChangeInCapacity",
-        })
-    }
-}
+/// How a policy's `scaling_adjustment` is read (AWS's `AdjustmentType`): the config's.
+pub use crate::config::AdjustmentType;
 
 /// One adjustment: its type, its value and (percent only) the minimum magnitude of a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

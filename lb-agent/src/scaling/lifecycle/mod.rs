@@ -65,41 +65,8 @@ pub enum LifecycleError {
     UnknownResult { result: String },
 }
 
-/// The transition a hook pauses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LifecycleTransition {
-    /// `autoscaling:EC2_INSTANCE_LAUNCHING`.
-    Launching,
-    /// `autoscaling:EC2_INSTANCE_TERMINATING`.
-    Terminating,
-}
-
-impl fmt::Display for LifecycleTransition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Launching => "autoscaling:EC2_INSTANCE_LAUNCHING",
-            Self::Terminating => "autoscaling:EC2_INSTANCE_TERMINATING",
-        })
-    }
-}
-
-/// How a lifecycle action ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LifecycleActionResult {
-    /// The custom action succeeded: go on.
-    Continue,
-    /// It failed: terminate a launching instance; stop the other hooks of a terminating one.
-    Abandon,
-}
-
-impl fmt::Display for LifecycleActionResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Continue => "CONTINUE",
-            Self::Abandon => "ABANDON",
-        })
-    }
-}
+/// The transition a hook pauses, and how a lifecycle action ends: the config's.
+pub use crate::config::{LifecycleActionResult, LifecycleTransition};
 
 impl FromStr for LifecycleActionResult {
     type Err = LifecycleError;
