@@ -397,40 +397,56 @@ pub struct Alarm {
     pub evaluation_periods: u32,
     /// M of the N evaluation periods (default: all N).
     pub datapoints_to_alarm: Option<u32>,
-    pub comparison: Comparison,
+    pub comparison: ComparisonOperator,
     pub threshold: f64,
     #[serde(default)]
-    pub treat_missing_data: MissingData,
+    pub treat_missing_data: TreatMissingData,
 }
 
-/// A period's statistic.
+/// How a period's datapoints become one value (CloudWatch's `Statistic`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum Statistic {
+    /// The sum divided by the number of samples.
     #[default]
     Average,
+    /// All samples added.
     Sum,
+    /// The lowest sample.
     Minimum,
+    /// The highest sample.
     Maximum,
+    /// How many samples the period holds.
     SampleCount,
 }
 
-/// An alarm's comparison of the statistic with the threshold.
+/// How the period's value is compared with the threshold (CloudWatch's `ComparisonOperator`);
+/// a value for which the comparison holds is *breaching*.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Comparison {
+pub enum ComparisonOperator {
+    /// `value >= threshold` breaches.
     GreaterThanOrEqualToThreshold,
+    /// `value > threshold` breaches.
     GreaterThanThreshold,
+    /// `value < threshold` breaches.
     LessThanThreshold,
+    /// `value <= threshold` breaches.
     LessThanOrEqualToThreshold,
 }
 
-/// How missing datapoints count (CloudWatch's `TreatMissingData`).
+/// What a period without datapoints counts as (CloudWatch's `TreatMissingData`), used only
+/// when the evaluation range holds fewer real datapoints than the evaluation periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum MissingData {
+pub enum TreatMissingData {
+    /// `missing` (CloudWatch's default): not counted; when the real datapoints cannot decide,
+    /// the alarm goes to `INSUFFICIENT_DATA`.
     #[default]
     Missing,
+    /// `ignore`: not counted; when the real datapoints cannot decide, the state is kept.
     Ignore,
+    /// `breaching`: a missing datapoint counts as breaching.
     Breaching,
+    /// `notBreaching`: a missing datapoint counts as within the threshold.
     NotBreaching,
 }
 

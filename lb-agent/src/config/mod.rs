@@ -42,10 +42,10 @@ use self::location::{
 pub use self::{
     agent::AgentConfig,
     auto_scaling_group::{
-        AdjustmentType, Alarm, AutoScalingGroup, Comparison, DEFAULT_COOLDOWN, HealthCheckType,
-        LifecycleActionResult, LifecycleHook, LifecycleTransition, MissingData, PolicyKind,
+        AdjustmentType, Alarm, AutoScalingGroup, ComparisonOperator, DEFAULT_COOLDOWN,
+        HealthCheckType, LifecycleActionResult, LifecycleHook, LifecycleTransition, PolicyKind,
         ProviderKind, ScalingMetric, ScalingPolicy, ScalingProcess, ScheduledAction, Statistic,
-        Step, TemplateRef, TemplateVersion, TerminationError, TerminationPolicy,
+        Step, TemplateRef, TemplateVersion, TerminationError, TerminationPolicy, TreatMissingData,
     },
     cidr::Cidr,
     duration::{duration_text, parse_duration},

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{
     AdjustmentType, Config, HealthCheckType, LifecycleActionResult, LifecycleTransition,
-    MissingData, PolicyKind, ProviderKind, ScalingMetric, Statistic, TemplateVersion,
-    TerminationPolicy,
+    PolicyKind, ProviderKind, ScalingMetric, Statistic, TemplateVersion, TerminationPolicy,
+    TreatMissingData,
     fixture::{ConfigFile, errors, fields},
 };
 
@@ -130,7 +130,7 @@ fn a_group_gets_ec2_auto_scalings_defaults() {
     let alarm = &g.alarms[0];
     assert_eq!(alarm.period, Duration::from_secs(60));
     assert_eq!(alarm.statistic, Statistic::Average);
-    assert_eq!(alarm.treat_missing_data, MissingData::Missing);
+    assert_eq!(alarm.treat_missing_data, TreatMissingData::Missing);
     assert_eq!(alarm.datapoints_to_alarm, None);
     let hook = &g.lifecycle_hooks[0];
     assert_eq!(hook.transition, LifecycleTransition::Launching);

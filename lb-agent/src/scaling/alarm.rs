@@ -14,34 +14,9 @@ use jiff::Timestamp;
 #[cfg(test)]
 mod tests;
 
-/// How a period's datapoints become one value (CloudWatch's `Statistic`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Statistic {
-    /// The sum divided by the number of samples.
-    Average,
-    /// All samples added.
-    Sum,
-    /// The lowest sample.
-    Minimum,
-    /// The highest sample.
-    Maximum,
-    /// How many samples the period holds.
-    SampleCount,
-}
-
-/// How the period's value is compared with the threshold (CloudWatch's `ComparisonOperator`);
-/// a value for which the comparison holds is *breaching*.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ComparisonOperator {
-    /// `value >= threshold` breaches.
-    GreaterThanOrEqualToThreshold,
-    /// `value > threshold` breaches.
-    GreaterThanThreshold,
-    /// `value < threshold` breaches.
-    LessThanThreshold,
-    /// `value <= threshold` breaches.
-    LessThanOrEqualToThreshold,
-}
+/// How a period's datapoints become one value, how its value is compared with the threshold,
+/// and what a period without datapoints counts as: the config's (CloudWatch's names).
+pub use crate::config::{ComparisonOperator, Statistic, TreatMissingData};
 
 impl ComparisonOperator {
     /// Whether `value` breaches `threshold`.
@@ -64,22 +39,6 @@ impl ComparisonOperator {
             Self::LessThanOrEqualToThreshold => "less than or equal to",
         }
     }
-}
-
-/// What a period without datapoints counts as (CloudWatch's `TreatMissingData`), used only
-/// when the evaluation range holds fewer real datapoints than the evaluation periods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TreatMissingData {
-    /// `missing` (CloudWatch's default): not counted; when the real datapoints cannot decide,
-    /// the alarm goes to `INSUFFICIENT_DATA`.
-    #[default]
-    Missing,
-    /// `ignore`: not counted; when the real datapoints cannot decide, the state is kept.
-    Ignore,
-    /// `breaching`: a missing datapoint counts as breaching.
-    Breaching,
-    /// `notBreaching`: a missing datapoint counts as within the threshold.
-    NotBreaching,
 }
 
 /// The three states of a CloudWatch alarm.

@@ -6,7 +6,7 @@
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
 use super::{
-    alarm::{AlarmSpec, ComparisonOperator, Statistic, TreatMissingData},
+    alarm::AlarmSpec,
     schedule::{DEFAULT_TIME_ZONE, Recurrence, ScheduledAction, ScheduledTime},
 };
 use crate::config::{self, Config};
@@ -41,34 +41,14 @@ pub fn problems(config: &Config) -> Vec<(String, String)> {
 pub fn alarm_spec(alarm: &config::Alarm) -> AlarmSpec {
     AlarmSpec {
         period: alarm.period,
-        statistic: match alarm.statistic {
-            config::Statistic::Average => Statistic::Average,
-            config::Statistic::Sum => Statistic::Sum,
-            config::Statistic::Minimum => Statistic::Minimum,
-            config::Statistic::Maximum => Statistic::Maximum,
-            config::Statistic::SampleCount => Statistic::SampleCount,
-        },
+        statistic: alarm.statistic,
         evaluation_periods: alarm.evaluation_periods,
         datapoints_to_alarm: alarm
             .datapoints_to_alarm
             .unwrap_or(alarm.evaluation_periods),
-        comparison_operator: match alarm.comparison {
-            config::Comparison::GreaterThanOrEqualToThreshold => {
-                ComparisonOperator::GreaterThanOrEqualToThreshold
-            }
-            config::Comparison::GreaterThanThreshold => ComparisonOperator::GreaterThanThreshold,
-            config::Comparison::LessThanThreshold => ComparisonOperator::LessThanThreshold,
-            config::Comparison::LessThanOrEqualToThreshold => {
-                ComparisonOperator::LessThanOrEqualToThreshold
-            }
-        },
+        comparison_operator: alarm.comparison,
         threshold: alarm.threshold,
-        treat_missing_data: match alarm.treat_missing_data {
-            config::MissingData::Missing => TreatMissingData::Missing,
-            config::MissingData::Ignore => TreatMissingData::Ignore,
-            config::MissingData::Breaching => TreatMissingData::Breaching,
-            config::MissingData::NotBreaching => TreatMissingData::NotBreaching,
-        },
+        treat_missing_data: alarm.treat_missing_data,
     }
 }
 
