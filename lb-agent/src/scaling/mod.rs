@@ -13,6 +13,7 @@ pub mod addressing;
 pub mod alarm;
 pub mod capacity;
 mod from_config;
+pub mod group;
 pub mod lifecycle;
 pub mod policy;
 pub mod provider;

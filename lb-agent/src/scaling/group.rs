@@ -1,0 +1,345 @@
+//! One auto scaling group's instances and the decisions that keep them at the desired
+//! capacity: launches to fill it, replacement of instances that fail their health checks or
+//! outlive `max_instance_lifetime`, and drain-aware scale-in (an instance leaves its target
+//! groups first and stops only once nothing flows to it or the deregistration delay has
+//! passed). Every change is an activity with EC2's cause.
+//!
+//! Pure, like the rest of `scaling`: the group engine observes the provider and the target
+//! groups, hands what it saw to [`Group::step`] with the time, carries out the [`Action`]s it
+//! returns and reports back ([`Group::launched`], [`Group::launch_failed`],
+//! [`Group::stopped`]). Times are durations since the Unix epoch.
+
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+
+use jiff::Timestamp;
+
+use super::{
+    activity::{self, ActivityLog, ActivityStatus, OutOfService},
+    capacity::GroupCapacity,
+    termination::{self, Candidate, CurrentLaunch, LaunchSource, TerminationPolicy},
+};
+use crate::config::HealthCheckType;
+
+/// What a group is set to do, from its config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSettings {
+    pub name: String,
+    pub health_check_type: HealthCheckType,
+    /// How long after its launch an instance's failed `ELB` checks are ignored.
+    pub health_check_grace_period: Duration,
+    /// How long a deregistered instance may keep flows before it is stopped anyway (the
+    /// longest of its target groups' deregistration delays).
+    pub deregistration_delay: Duration,
+    pub termination_policies: Vec<TerminationPolicy>,
+    pub new_instances_protected_from_scale_in: bool,
+    pub max_instance_lifetime: Option<Duration>,
+    /// What the group launches from now.
+    pub current_launch: CurrentLaunch,
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Launched, not yet seen running.
+    Pending,
+    /// Running and registered in the group's target groups.
+    InService,
+    /// Deregistered, its flows finishing (since then).
+    Draining { since: Duration },
+    /// Asked to stop (SIGTERM, then the stop timeout); gone once the provider says so.
+    Stopping,
+}
+
+/// One instance of the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub address: IpAddr,
+    pub launched_from: LaunchSource,
+    pub launched_at: Duration,
+    pub phase: Phase,
+    pub protected_from_scale_in: bool,
+    /// The activity that launches or terminates it, until that ends.
+    activity: Option<u64>,
+}
+
+/// What the engine is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Launch this many new instances (from the group's current launch template version).
+    Launch { count: u32 },
+    /// Register the instance in every target group of the group.
+    Register { instance: String },
+    /// Deregister the instance from every target group (its flows drain).
+    Deregister { instance: String },
+    /// Stop the instance (the provider's terminate).
+    Stop { instance: String },
+}
+
+/// What the engine saw since the last step.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// When the provider was asked: an instance launched after it is not judged by it.
+    pub taken_at: Duration,
+    /// Instances whose process runs (the provider's `describe`): EC2's health check.
+    pub running: BTreeSet<String>,
+    /// Instances a target group of the group reports unhealthy: ELB's health check.
+    pub unhealthy_in_target_groups: BTreeSet<String>,
+    /// Draining instances with no flow or request left.
+    pub drained: BTreeSet<String>,
+}
+
+/// An auto scaling group's instances, capacity and activities.
+#[derive(Debug, Clone)]
+pub struct Group {
+    settings: GroupSettings,
+    capacity: GroupCapacity,
+    instances: Vec<Instance>,
+    /// Launches asked for and not yet reported (counted toward the capacity).
+    launching: u32,
+    activities: ActivityLog,
+}
+
+impl Group {
+    pub fn new(settings: GroupSettings, capacity: GroupCapacity) -> Self {
+        Self {
+            settings,
+            capacity,
+            instances: Vec::new(),
+            launching: 0,
+            activities: ActivityLog::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> GroupCapacity {
+        self.capacity
+    }
+
+    /// A new capacity (a policy, a scheduled action, `set-desired`); the next step acts on it.
+    pub fn set_capacity(&mut self, capacity: GroupCapacity) {
+        self.capacity = capacity;
+    }
+
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    pub fn activities(&self) -> &ActivityLog {
+        &self.activities
+    }
+
+    /// Instances that count toward the capacity: pending and in service, and launches under
+    /// way.
+    pub fn current_capacity(&self) -> u32 {
+        let counted = self
+            .instances
+            .iter()
+            .filter(|i| matches!(i.phase, Phase::Pending | Phase::InService))
+            .count();
+        u32::try_from(counted)
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.launching)
+    }
+
+    /// One launch the engine was asked for has started: the instance is pending.
+    pub fn launched(
+        &mut self,
+        id: &str,
+        address: IpAddr,
+        launched_from: LaunchSource,
+        now: Duration,
+    ) {
+        self.launching = self.launching.saturating_sub(1);
+        let before = self.current_capacity();
+        let activity = self.activities.start(
+            &self.settings.name,
+            activity::launch_description(id),
+            activity::launch_cause(time(now), before, before + 1),
+            time(now),
+        );
+        self.instances.push(Instance {
+            id: id.to_owned(),
+            address,
+            launched_from,
+            launched_at: now,
+            phase: Phase::Pending,
+            protected_from_scale_in: self.settings.new_instances_protected_from_scale_in,
+            activity: Some(activity),
+        });
+    }
+
+    /// One launch the engine was asked for failed (the next step asks again).
+    pub fn launch_failed(&mut self, why: &str, now: Duration) {
+        self.launching = self.launching.saturating_sub(1);
+        let before = self.current_capacity();
+        let id = self.activities.start(
+            &self.settings.name,
+            "Launching a new instance.  Status Reason: the launch failed".to_owned(),
+            activity::launch_cause(time(now), before, before + 1),
+            time(now),
+        );
+        self.activities
+            .update(id, ActivityStatus::Failed, Some(why.to_owned()), time(now));
+    }
+
+    /// The provider has stopped `id`: it leaves the group, its activity done.
+    pub fn stopped(&mut self, id: &str, now: Duration) {
+        if let Some(at) = self.instances.iter().position(|i| i.id == id) {
+            let instance = self.instances.remove(at);
+            if let Some(activity) = instance.activity {
+                self.activities
+                    .update(activity, ActivityStatus::Successful, None, time(now));
+            }
+        }
+    }
+
+    /// Moves every instance on by what `seen` says, and says what to do: pending instances
+    /// that run go into service; instances that fail their health check or outlive their
+    /// lifetime, and those above the desired capacity, drain and stop; launches fill the
+    /// desired capacity.
+    pub fn step(&mut self, now: Duration, seen: &Observation) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut out_of_service: Vec<(String, OutOfService)> = Vec::new();
+        for instance in &mut self.instances {
+            let running = seen.running.contains(&instance.id);
+            match instance.phase {
+                Phase::Pending if running => {
+                    instance.phase = Phase::InService;
+                    actions.push(Action::Register {
+                        instance: instance.id.clone(),
+                    });
+                    if let Some(activity) = instance.activity.take() {
+                        self.activities.update(
+                            activity,
+                            ActivityStatus::Successful,
+                            None,
+                            time(now),
+                        );
+                    }
+                }
+                Phase::Pending | Phase::InService
+                    if !running && instance.launched_at < seen.taken_at =>
+                {
+                    // The process is gone: EC2's check, no grace period (AWS applies the
+                    // grace period to ELB checks of a running instance).
+                    out_of_service.push((instance.id.clone(), OutOfService::Ec2HealthCheck));
+                }
+                Phase::InService => {
+                    let past_grace =
+                        now >= instance.launched_at + self.settings.health_check_grace_period;
+                    let lifetime_over = self
+                        .settings
+                        .max_instance_lifetime
+                        .is_some_and(|l| now >= instance.launched_at + l);
+                    if self.settings.health_check_type == HealthCheckType::Elb
+                        && past_grace
+                        && seen.unhealthy_in_target_groups.contains(&instance.id)
+                    {
+                        out_of_service.push((instance.id.clone(), OutOfService::ElbHealthCheck));
+                    } else if lifetime_over {
+                        out_of_service
+                            .push((instance.id.clone(), OutOfService::MaxInstanceLifetime));
+                    }
+                }
+                Phase::Draining { since } => {
+                    if seen.drained.contains(&instance.id)
+                        || now >= since + self.settings.deregistration_delay
+                    {
+                        instance.phase = Phase::Stopping;
+                        actions.push(Action::Stop {
+                            instance: instance.id.clone(),
+                        });
+                    }
+                }
+                Phase::Pending | Phase::Stopping => {}
+            }
+        }
+        for (id, why) in out_of_service {
+            self.take_out_of_service(&id, &why, now, &mut actions);
+        }
+        let desired = self.capacity.desired();
+        let current = self.current_capacity();
+        if current > desired && self.launching == 0 {
+            let candidates: Vec<Candidate> = self
+                .instances
+                .iter()
+                .filter(|i| i.phase == Phase::InService)
+                .map(|i| Candidate {
+                    instance_id: i.id.clone(),
+                    launched_at: i.launched_at,
+                    launched_from: i.launched_from.clone(),
+                    protected_from_scale_in: i.protected_from_scale_in,
+                })
+                .collect();
+            let excess = (current - desired) as usize;
+            let chosen = termination::choose(
+                excess,
+                &candidates,
+                &self.settings.termination_policies,
+                &self.settings.current_launch,
+            );
+            for id in chosen {
+                self.take_out_of_service(&id, &OutOfService::Shrinking, now, &mut actions);
+            }
+        } else if current < desired {
+            let count = desired - current;
+            self.launching += count;
+            actions.push(Action::Launch { count });
+        }
+        actions
+    }
+
+    /// Starts `id`'s termination: it drains if it was registered, else stops at once.
+    fn take_out_of_service(
+        &mut self,
+        id: &str,
+        why: &OutOfService,
+        now: Duration,
+        actions: &mut Vec<Action>,
+    ) {
+        let before = self.current_capacity();
+        let Some(instance) = self.instances.iter_mut().find(|i| i.id == id) else {
+            return;
+        };
+        let was = instance.phase;
+        if !matches!(was, Phase::Pending | Phase::InService) {
+            return;
+        }
+        if let Some(launch) = instance.activity.take() {
+            self.activities.update(
+                launch,
+                ActivityStatus::Failed,
+                Some("the instance stopped before it went into service".to_owned()),
+                time(now),
+            );
+        }
+        let after = before.saturating_sub(1);
+        instance.activity = Some(self.activities.start(
+            &self.settings.name,
+            activity::termination_description(id),
+            activity::termination_cause(time(now), id, why, before, after),
+            time(now),
+        ));
+        if was == Phase::InService {
+            instance.phase = Phase::Draining { since: now };
+            actions.push(Action::Deregister {
+                instance: id.to_owned(),
+            });
+        } else {
+            instance.phase = Phase::Stopping;
+            actions.push(Action::Stop {
+                instance: id.to_owned(),
+            });
+        }
+    }
+}
+
+/// `now` as an instant for the activity history.
+fn time(now: Duration) -> Timestamp {
+    let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let nanos = i32::try_from(now.subsec_nanos()).unwrap_or(0);
+    Timestamp::new(seconds, nanos).unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests;

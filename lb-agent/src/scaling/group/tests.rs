@@ -1,0 +1,248 @@
+use std::{net::IpAddr, time::Duration};
+
+use super::*;
+
+const T0: Duration = Duration::from_secs(1_764_583_200); // 2025-12-01T10:00:00Z
+
+fn settings() -> GroupSettings {
+    GroupSettings {
+        name: "web-asg".into(),
+        health_check_type: HealthCheckType::Elb,
+        health_check_grace_period: Duration::from_secs(300),
+        deregistration_delay: Duration::from_secs(30),
+        termination_policies: vec![TerminationPolicy::OldestInstance],
+        new_instances_protected_from_scale_in: false,
+        max_instance_lifetime: None,
+        current_launch: CurrentLaunch::LaunchTemplate { name: "web".into() },
+    }
+}
+
+fn group(min: u32, desired: u32, max: u32) -> Group {
+    Group::new(
+        settings(),
+        GroupCapacity::new(min, desired, max).expect("bounds"),
+    )
+}
+
+fn address(n: u8) -> IpAddr {
+    IpAddr::from([198, 18, 8, n])
+}
+
+fn from_v1() -> LaunchSource {
+    LaunchSource::LaunchTemplate {
+        name: "web".into(),
+        version: 1,
+    }
+}
+
+fn at(seconds: u64) -> Duration {
+    T0 + Duration::from_secs(seconds)
+}
+
+/// What the provider would say at `seconds`: these instances run.
+fn seen(seconds: u64, running: &[&str]) -> Observation {
+    Observation {
+        taken_at: at(seconds),
+        running: running.iter().map(|s| (*s).to_owned()).collect(),
+        ..Observation::default()
+    }
+}
+
+/// A group brought to `ids.len()` instances in service, launched 1 s apart from T0.
+fn in_service(ids: &[&str]) -> Group {
+    let n = u32::try_from(ids.len()).unwrap();
+    let mut g = group(0, n, 10);
+    assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: n }]);
+    for (k, id) in ids.iter().enumerate() {
+        let k = u64::try_from(k).unwrap();
+        g.launched(id, address(u8::try_from(k).unwrap() + 2), from_v1(), at(k));
+    }
+    let actions = g.step(at(20), &seen(20, ids));
+    let registered: Vec<Action> = ids
+        .iter()
+        .map(|id| Action::Register {
+            instance: (*id).to_owned(),
+        })
+        .collect();
+    assert_eq!(actions, registered);
+    g
+}
+
+fn phase(g: &Group, id: &str) -> Option<Phase> {
+    g.instances().iter().find(|i| i.id == id).map(|i| i.phase)
+}
+
+#[test]
+fn a_group_launches_up_to_its_desired_capacity_and_registers_what_runs() {
+    let mut g = group(1, 2, 4);
+    assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 2 }]);
+    // Launches under way count: no second request.
+    assert_eq!(g.step(at(1), &seen(1, &[])), []);
+    g.launched("i-a", address(2), from_v1(), at(2));
+    // Seen before it started: not judged.
+    assert_eq!(g.step(at(2), &seen(1, &[])), []);
+    // i-b starts after the provider was asked at 3 s: pending, not judged either.
+    g.launched("i-b", address(3), from_v1(), at(4));
+    assert_eq!(
+        g.step(at(4), &seen(3, &["i-a"])),
+        [Action::Register {
+            instance: "i-a".into()
+        }]
+    );
+    assert_eq!(phase(&g, "i-b"), Some(Phase::Pending));
+    assert_eq!(g.current_capacity(), 2);
+    let launches: Vec<(ActivityStatus, &str)> = g
+        .activities()
+        .newest_first()
+        .map(|a| (a.status, a.description.as_str()))
+        .collect();
+    assert_eq!(
+        launches,
+        [
+            (ActivityStatus::InProgress, "Launching a new instance: i-b"),
+            (ActivityStatus::Successful, "Launching a new instance: i-a"),
+        ]
+    );
+}
+
+#[test]
+fn a_dead_instance_drains_stops_and_is_replaced_in_the_same_step() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    let actions = g.step(at(40), &seen(40, &["i-b"]));
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(cause.contains("EC2 health check"), "{cause}");
+    // Nothing flows to a dead instance: it stops at the next step.
+    let mut drained = seen(41, &["i-b"]);
+    drained.drained.insert("i-a".into());
+    assert_eq!(
+        g.step(at(41), &drained),
+        [Action::Stop {
+            instance: "i-a".into()
+        }]
+    );
+    g.stopped("i-a", at(42));
+    assert_eq!(phase(&g, "i-a"), None);
+}
+
+#[test]
+fn elb_health_counts_only_after_the_grace_period() {
+    let mut g = in_service(&["i-a"]);
+    let mut unhealthy = seen(100, &["i-a"]);
+    unhealthy.unhealthy_in_target_groups.insert("i-a".into());
+    assert_eq!(
+        g.step(at(100), &unhealthy),
+        [],
+        "within the 300 s grace period"
+    );
+    unhealthy.taken_at = at(301);
+    let actions = g.step(at(301), &unhealthy);
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(
+        cause.ends_with("an ELB system health check failure."),
+        "{cause}"
+    );
+}
+
+#[test]
+fn scale_in_drains_the_chosen_instance_until_its_flows_end_or_the_delay_passes() {
+    let mut g = in_service(&["i-a", "i-b", "i-c"]);
+    g.set_capacity(GroupCapacity::new(0, 1, 10).unwrap());
+    let all = ["i-a", "i-b", "i-c"];
+    // OldestInstance: i-a then i-b (launched at T0 and T0 + 1 s).
+    assert_eq!(
+        g.step(at(50), &seen(50, &all)),
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Deregister {
+                instance: "i-b".into()
+            }
+        ]
+    );
+    assert_eq!(g.current_capacity(), 1);
+    // i-a's flows end at 60 s; i-b still has some until the 30 s delay passes.
+    let mut later = seen(60, &all);
+    later.drained.insert("i-a".into());
+    assert_eq!(
+        g.step(at(60), &later),
+        [Action::Stop {
+            instance: "i-a".into()
+        }]
+    );
+    assert_eq!(phase(&g, "i-b"), Some(Phase::Draining { since: at(50) }));
+    assert_eq!(g.step(at(79), &seen(79, &all)), []);
+    assert_eq!(
+        g.step(at(80), &seen(80, &all)),
+        [Action::Stop {
+            instance: "i-b".into()
+        }]
+    );
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(
+        cause.contains("shrinking the capacity from 2 to 1")
+            && cause.contains("instance i-b was selected for termination"),
+        "{cause}"
+    );
+}
+
+#[test]
+fn protected_instances_are_never_chosen_for_scale_in() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    for i in &mut g.instances {
+        i.protected_from_scale_in = true;
+    }
+    g.set_capacity(GroupCapacity::new(0, 1, 10).unwrap());
+    assert_eq!(g.step(at(50), &seen(50, &["i-a", "i-b"])), []);
+    assert_eq!(g.current_capacity(), 2);
+}
+
+#[test]
+fn an_instance_past_its_maximum_lifetime_is_replaced() {
+    let mut g = in_service(&["i-a"]);
+    g.settings.max_instance_lifetime = Some(Duration::from_secs(86_400));
+    assert_eq!(g.step(at(86_399), &seen(86_399, &["i-a"])), []);
+    assert_eq!(
+        g.step(at(86_400), &seen(86_400, &["i-a"])),
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(cause.contains("maximum instance lifetime"), "{cause}");
+}
+
+#[test]
+fn a_failed_launch_is_an_activity_and_is_asked_for_again() {
+    let mut g = group(1, 1, 2);
+    assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 1 }]);
+    g.launch_failed("no address left in 198.18.8.0/30", at(1));
+    let failed = g.activities().newest_first().next().unwrap();
+    assert_eq!(failed.status, ActivityStatus::Failed);
+    assert_eq!(
+        failed.status_message.as_deref(),
+        Some("no address left in 198.18.8.0/30")
+    );
+    assert_eq!(g.step(at(2), &seen(2, &[])), [Action::Launch { count: 1 }]);
+}
