@@ -447,6 +447,7 @@ mod tests {
         GroupView {
             name: name.to_owned(),
             protocol: "tcp".to_owned(),
+            protocol_version: "http1".to_owned(),
             port: Some(8080),
             in_use: true,
             health_check: None,

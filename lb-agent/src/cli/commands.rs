@@ -202,7 +202,10 @@ fn health_check(args: HealthCheckArgs) -> anyhow::Result<()> {
         health_check,
     };
     let r = call!(&socket, request, HealthCheckSet);
-    println!("{group}: {}", print::describe_check(Some(&r.health_check)));
+    println!(
+        "{group}: {}",
+        print::describe_check(Some(&r.health_check), None)
+    );
     Ok(())
 }
 

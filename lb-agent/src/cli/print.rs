@@ -12,7 +12,9 @@ use lb_agent::{
 };
 
 /// A health check in one line.
-pub fn describe_check(check: Option<&HealthCheck>) -> String {
+/// A health check in one line; `version` is its group's (`grpc`: a gRPC call, always a POST,
+/// whatever `method` says), when known.
+pub fn describe_check(check: Option<&HealthCheck>, version: Option<&str>) -> String {
     let Some(c) = check else {
         return "not checked".into();
     };
@@ -22,6 +24,12 @@ pub fn describe_check(check: Option<&HealthCheck>) -> String {
     let port = c.port.map_or("traffic port".to_owned(), |p| p.to_string());
     let what = match c.protocol {
         HealthProtocol::Tcp => format!("tcp connect to {port}"),
+        _ if version == Some("grpc") => format!(
+            "grpc POST {}:{port}{} expecting grpc-status {}",
+            c.host.as_deref().unwrap_or("(target)"),
+            c.path,
+            c.matcher
+        ),
         _ => format!(
             "{} {} {}:{port}{} expecting {}",
             c.protocol.as_str(),
@@ -54,7 +62,7 @@ pub fn groups(list: &[GroupView]) {
         );
         println!(
             "    health check: {}",
-            describe_check(g.health_check.as_ref())
+            describe_check(g.health_check.as_ref(), Some(&g.protocol_version))
         );
         println!(
             "    deregistration delay {}, slow start {}, terminate on unhealthy {}, fail open {}",
@@ -268,7 +276,10 @@ pub fn overrides(o: &Overrides) {
         }
     }
     for (group, check) in &o.health_checks {
-        println!("{group:<16} health check: {}", describe_check(Some(check)));
+        println!(
+            "{group:<16} health check: {}",
+            describe_check(Some(check), None)
+        );
     }
     for (listener, rules) in &o.rules {
         for (priority, change) in rules {
@@ -416,5 +427,29 @@ pub fn changes(title: &str, changes: &[String]) {
     println!("{title}: {} changes", changes.len());
     for change in changes {
         println!("  {change}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_agent::config::{GroupProtocol, ProtocolVersion};
+
+    #[test]
+    fn a_grpc_groups_check_reads_as_the_grpc_call_it_is() {
+        let grpc = HealthCheck::default_for(GroupProtocol::Http, ProtocolVersion::Grpc);
+        let line = describe_check(grpc.as_ref(), Some("grpc"));
+        assert!(
+            line.starts_with(
+                "grpc POST (target):traffic port/AWS.ALB/healthcheck expecting grpc-status 12,"
+            ),
+            "{line}"
+        );
+        let http = HealthCheck::default_for(GroupProtocol::Http, ProtocolVersion::Http1);
+        let line = describe_check(http.as_ref(), Some("http1"));
+        assert!(
+            line.starts_with("http GET (target):traffic port/ expecting 200-399,"),
+            "{line}"
+        );
     }
 }

@@ -60,6 +60,10 @@ pub struct TargetView {
 pub struct GroupView {
     pub name: String,
     pub protocol: String,
+    /// HTTP version to the targets of http/https groups (`http1`, `http2`, `grpc`); the
+    /// health check speaks it too.
+    #[serde(default)]
+    pub protocol_version: String,
     pub port: Option<u16>,
     /// Whether a listener forwards to it.
     pub in_use: bool,

@@ -44,6 +44,7 @@ impl State {
             .map(|(name, g)| GroupView {
                 name: name.clone(),
                 protocol: g.protocol.as_str().to_owned(),
+                protocol_version: g.protocol_version.as_str().to_owned(),
                 port: g.port,
                 in_use: g.family.is_some(),
                 // The check as it runs (a disabled one as configured).
