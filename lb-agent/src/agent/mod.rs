@@ -2,6 +2,7 @@
 //! (in order, on a channel), reads are answered from the last published snapshot and the data
 //! plane's counters, without waiting for the writer. `monitor` runs the health checks.
 
+pub mod auto_scaling;
 pub mod monitor;
 pub mod reply_watch;
 pub mod sweeper;
@@ -46,6 +47,8 @@ pub struct Handle {
     replies: Arc<ReplyWatch>,
     /// The L7 proxy's counters, shown after the data plane's in `/metrics`.
     proxy_metrics: Option<Arc<ProxyMetrics>>,
+    /// The auto scaling groups, once they run.
+    scaling: Arc<std::sync::OnceLock<auto_scaling::ScalingHandle>>,
 }
 
 impl Handle {
@@ -62,6 +65,7 @@ impl Handle {
             info: Arc::new(info),
             replies: Arc::new(ReplyWatch::default()),
             proxy_metrics: None,
+            scaling: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -88,8 +92,23 @@ impl Handle {
         self.changes.send(change).is_ok()
     }
 
-    /// Answers a request: a write through the writer, a read from the snapshot.
+    /// Hands the `asg` requests to the auto scaling groups (once; every clone sees them).
+    pub fn serve_scaling(&self, scaling: auto_scaling::ScalingHandle) {
+        let _ = self.scaling.set(scaling);
+    }
+
+    /// Answers a request: a write through the writer, a read from the snapshot, an `asg`
+    /// request by the auto scaling groups.
     pub async fn call(&self, request: Request, if_match: Option<u64>) -> Result<Answer, ApiError> {
+        if request.is_scaling() {
+            return match self.scaling.get() {
+                Some(scaling) => scaling.call(request).await,
+                None => Err(ApiError::new(
+                    503,
+                    "the auto scaling groups are not running in this agent",
+                )),
+            };
+        }
         if request.writes() {
             let (reply, answer) = oneshot::channel();
             let sent = self.send(Change::Request {

@@ -545,26 +545,6 @@ fn rule_at(config: &Config, name: &str, priority: u32) -> Result<Rule, ApiError>
         })
 }
 
-/// What the config file accepts but this agent does not act on yet: refused at start-up and
-/// on reload rather than checked and then silently not done.
-fn unserved(config: &Config) -> Vec<(String, String)> {
-    config
-        .auto_scaling_groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            (
-                format!("auto_scaling_group[{i}]"),
-                format!(
-                    "auto scaling group `{}`: this agent checks auto scaling groups but does not \
-                     launch instances yet; remove the group to run",
-                    g.name
-                ),
-            )
-        })
-        .collect()
-}
-
 /// `file` with `overrides` applied, checked whole.
 pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, String> {
     let (config, skipped) = overrides.apply_to(file);
@@ -574,7 +554,6 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
     let mut problems = config.problems();
     problems.extend(crate::proxy::problems(&config));
     problems.extend(crate::scaling::problems(&config));
-    problems.extend(unserved(&config));
     if !problems.is_empty() {
         let lines: Vec<String> = problems
             .into_iter()
@@ -639,24 +618,6 @@ port = 80
 protocol = "tcp"
 default_action = { forward = "web" }
 "#;
-
-    #[test]
-    fn a_config_with_an_auto_scaling_group_is_refused_until_groups_launch_instances() {
-        let text = format!(
-            "{CONFIG}\n[[launch_template]]\nname = \"t\"\n[[launch_template.version]]\n\
-             command = [\"sleep\", \"60\"]\n\n[[auto_scaling_group]]\nname = \"asg\"\n\
-             launch_template = {{ name = \"t\" }}\nsubnet = \"198.18.8.0/24\"\n\
-             min_size = 1\nmax_size = 2\n"
-        );
-        let file = Config::parse(&text, "t.toml").expect("a valid file");
-        let e = with_overrides(&file, &Overrides::default()).expect_err("refused");
-        assert!(
-            e.contains("auto_scaling_group[0]") && e.contains("does not"),
-            "{e}"
-        );
-        let plain = Config::parse(CONFIG, "t.toml").expect("valid");
-        assert!(with_overrides(&plain, &Overrides::default()).is_ok());
-    }
 
     /// An http listener `site` with a rule at 10; groups `web`, `api` and `spare` (used by
     /// no listener), and a tcp listener `raw`.

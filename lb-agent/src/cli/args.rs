@@ -83,6 +83,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Auto scaling groups: list, describe, set the desired capacity, terminate or protect
+    /// instances, the activity history.
+    Asg {
+        #[command(subcommand)]
+        command: super::scaling::AsgCommand,
+    },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats {
         #[arg(long)]

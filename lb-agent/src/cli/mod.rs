@@ -7,6 +7,7 @@ pub mod commands;
 pub mod print;
 pub mod rules;
 pub mod run;
+pub mod scaling;
 
 use std::{path::Path, process::ExitCode};
 

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::Context as _;
 use lb_agent::{
-    agent::{AgentInfo, ConfigSource, Handle, Node, Writer, monitor, sweeper, writer},
+    agent::{
+        AgentInfo, ConfigSource, Handle, Node, Writer, auto_scaling, monitor, sweeper, writer,
+    },
     api,
     config::Config,
     dataplane::{self, Dataplane, Detach as _, MapReader, Maps as _},
@@ -166,6 +168,15 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     let mut next_hop_misses = dataplane
         .next_hop_misses()
         .context("opening the map of missed next hops")?;
+    let scaling_options = auto_scaling::Options {
+        saved: Some(auto_scaling::Saved::path_beside(&config_path)),
+        local: lb_agent::scaling::provider::local::LocalConfig {
+            state_dir: instances_dir(&config_path),
+            lb_namespace: None,
+            cgroup_parent: None,
+        },
+        link_hook: None,
+    };
     let source = ConfigSource {
         path: config_path,
         state_file,
@@ -228,6 +239,13 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, limits, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
+        // The groups start once the data plane and the API run: their first registrations go
+        // through the writer like any `targets add`.
+        let (engine, scaling) = auto_scaling::Engine::start(agent.clone(), scaling_options)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the auto scaling groups: {e}"))?;
+        agent.serve_scaling(scaling);
+        let scaling = tokio::spawn(engine.run(shutdown.subscribe()));
         let proxy = tokio::spawn(run_proxy(
             Proxy::new(sticky_key, proxy_metrics, PROXY_WORKERS)?,
             proxy_snapshots,
@@ -260,6 +278,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             let _ = server.await;
         }
         let _ = monitor.await;
+        let _ = scaling.await;
         let _ = proxy.await;
         let _ = resolver.await;
         anyhow::Ok(())
@@ -303,6 +322,15 @@ async fn run_proxy(
         }
     }
     proxy.shutdown();
+}
+
+/// Where the `local` provider keeps its instances' records, user data and logs: `NAME.instances/`
+/// beside `NAME.toml`.
+fn instances_dir(config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map_or_else(|| "lb-agent".into(), |s| s.to_string_lossy().into_owned());
+    config.with_file_name(format!("{stem}.instances"))
 }
 
 /// The stickiness cookies' key: beside the state file, so cookies outlive a restart.

@@ -14,7 +14,7 @@ use super::{cidr::Cidr, duration};
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
 
 /// An auto scaling group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct AutoScalingGroup {
     pub name: String,
     /// `{ name = "web", version = "$Default" }` (or `"$Latest"`, or a number as a string).

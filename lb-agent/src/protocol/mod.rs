@@ -5,6 +5,7 @@
 
 pub mod routes;
 pub mod rules;
+pub mod scaling;
 pub mod views;
 
 use std::net::{IpAddr, SocketAddr};
@@ -99,6 +100,28 @@ pub enum Request {
     ConfigApply { text: String },
     /// Detach the XDP program and stop the agent.
     Detach,
+    /// Every auto scaling group with its instances.
+    AsgList,
+    /// One auto scaling group with its instances.
+    AsgDescribe { group: String },
+    /// A group's scaling activities, newest first.
+    AsgActivities { group: String },
+    /// Set a group's desired capacity (`set-desired-capacity`); with `honor_cooldown`,
+    /// refused while the group's cooldown runs.
+    AsgSetDesired {
+        group: String,
+        desired_capacity: u32,
+        honor_cooldown: bool,
+    },
+    /// Terminate an instance of a group (`terminate-instance-in-auto-scaling-group`):
+    /// replaced, unless `decrement` lowers the desired capacity instead.
+    AsgTerminateInstance { instance: String, decrement: bool },
+    /// Protect instances of a group from scale-in, or not (`set-instance-protection`).
+    AsgSetProtection {
+        group: String,
+        instances: Vec<String>,
+        protected: bool,
+    },
 }
 
 impl Request {
@@ -117,6 +140,19 @@ impl Request {
                 | Self::ConfigApply { .. }
                 | Self::Reload
                 | Self::Detach
+        )
+    }
+
+    /// Whether the auto scaling groups answer it (not the writer, nor the snapshot).
+    pub fn is_scaling(&self) -> bool {
+        matches!(
+            self,
+            Self::AsgList
+                | Self::AsgDescribe { .. }
+                | Self::AsgActivities { .. }
+                | Self::AsgSetDesired { .. }
+                | Self::AsgTerminateInstance { .. }
+                | Self::AsgSetProtection { .. }
         )
     }
 }
@@ -215,6 +251,12 @@ pub enum Answer {
     ConfigFile(ConfigFile),
     Validation(Validation),
     Detached(Detached),
+    AutoScalingGroups(Vec<scaling::AsgView>),
+    AutoScalingGroup(Box<scaling::AsgView>),
+    Activities(Vec<scaling::ActivityView>),
+    DesiredCapacitySet(scaling::DesiredCapacitySet),
+    InstanceTerminating(scaling::InstanceTerminating),
+    ProtectionSet(scaling::ProtectionSet),
 }
 
 impl Answer {
@@ -240,6 +282,12 @@ impl Answer {
             Self::ConfigFile(a) => serde_json::to_vec(a),
             Self::Validation(a) => serde_json::to_vec(a),
             Self::Detached(a) => serde_json::to_vec(a),
+            Self::AutoScalingGroups(a) => serde_json::to_vec(a),
+            Self::AutoScalingGroup(a) => serde_json::to_vec(a),
+            Self::Activities(a) => serde_json::to_vec(a),
+            Self::DesiredCapacitySet(a) => serde_json::to_vec(a),
+            Self::InstanceTerminating(a) => serde_json::to_vec(a),
+            Self::ProtectionSet(a) => serde_json::to_vec(a),
         }
     }
 
@@ -270,6 +318,18 @@ impl Answer {
             Request::ConfigGet => Self::ConfigFile(serde_json::from_slice(json)?),
             Request::ConfigValidate { .. } => Self::Validation(serde_json::from_slice(json)?),
             Request::Detach => Self::Detached(serde_json::from_slice(json)?),
+            Request::AsgList => Self::AutoScalingGroups(serde_json::from_slice(json)?),
+            Request::AsgDescribe { .. } => {
+                Self::AutoScalingGroup(Box::new(serde_json::from_slice(json)?))
+            }
+            Request::AsgActivities { .. } => Self::Activities(serde_json::from_slice(json)?),
+            Request::AsgSetDesired { .. } => {
+                Self::DesiredCapacitySet(serde_json::from_slice(json)?)
+            }
+            Request::AsgTerminateInstance { .. } => {
+                Self::InstanceTerminating(serde_json::from_slice(json)?)
+            }
+            Request::AsgSetProtection { .. } => Self::ProtectionSet(serde_json::from_slice(json)?),
         })
     }
 }

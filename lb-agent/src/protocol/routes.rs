@@ -33,6 +33,12 @@ pub enum Kind {
     ConfigApply,
     Reload,
     Detach,
+    AsgList,
+    AsgDescribe,
+    AsgActivities,
+    AsgSetDesired,
+    AsgTerminateInstance,
+    AsgSetProtection,
     /// Prometheus text, not a JSON answer.
     Metrics,
     /// This API's OpenAPI document.
@@ -98,6 +104,28 @@ pub const ROUTES: &[Route] = &[
     route("PUT", "/v1/config", Kind::ConfigApply),
     route("POST", "/v1/reload", Kind::Reload),
     route("POST", "/v1/detach", Kind::Detach),
+    route("GET", "/v1/auto-scaling-groups", Kind::AsgList),
+    route("GET", "/v1/auto-scaling-groups/{group}", Kind::AsgDescribe),
+    route(
+        "GET",
+        "/v1/auto-scaling-groups/{group}/activities",
+        Kind::AsgActivities,
+    ),
+    route(
+        "PUT",
+        "/v1/auto-scaling-groups/{group}/desired-capacity",
+        Kind::AsgSetDesired,
+    ),
+    route(
+        "PUT",
+        "/v1/auto-scaling-groups/{group}/instance-protection",
+        Kind::AsgSetProtection,
+    ),
+    route(
+        "POST",
+        "/v1/instances/{instance}/terminate",
+        Kind::AsgTerminateInstance,
+    ),
     route("GET", "/metrics", Kind::Metrics),
     route("GET", "/openapi.json", Kind::OpenApi),
 ];
@@ -139,6 +167,31 @@ struct TargetChange {
     weight: u32,
 }
 
+/// The body of `asg set-desired`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct NewDesiredCapacity {
+    desired_capacity: u32,
+    #[serde(default)]
+    honor_cooldown: bool,
+}
+
+/// The body of `asg terminate-instance`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Termination {
+    #[serde(default)]
+    decrement: bool,
+}
+
+/// The body of `asg set-protection`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Protection {
+    instances: Vec<String>,
+    protected: bool,
+}
+
 /// The body of `rules set-priority`.
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +224,12 @@ impl Request {
             Self::ConfigValidate { .. } => Kind::ConfigValidate,
             Self::ConfigApply { .. } => Kind::ConfigApply,
             Self::Detach => Kind::Detach,
+            Self::AsgList => Kind::AsgList,
+            Self::AsgDescribe { .. } => Kind::AsgDescribe,
+            Self::AsgActivities { .. } => Kind::AsgActivities,
+            Self::AsgSetDesired { .. } => Kind::AsgSetDesired,
+            Self::AsgTerminateInstance { .. } => Kind::AsgTerminateInstance,
+            Self::AsgSetProtection { .. } => Kind::AsgSetProtection,
         }
     }
 
@@ -250,7 +309,42 @@ impl Request {
             Self::ConfigValidate { text } | Self::ConfigApply { text } => {
                 body = text.clone().into_bytes();
             }
-            Self::Groups
+            Self::AsgDescribe { group } | Self::AsgActivities { group } => {
+                params.push(("group", group.clone()));
+            }
+            Self::AsgSetDesired {
+                group,
+                desired_capacity,
+                honor_cooldown,
+            } => {
+                params.push(("group", group.clone()));
+                body = serde_json::to_vec(&NewDesiredCapacity {
+                    desired_capacity: *desired_capacity,
+                    honor_cooldown: *honor_cooldown,
+                })?;
+            }
+            Self::AsgTerminateInstance {
+                instance,
+                decrement,
+            } => {
+                params.push(("instance", instance.clone()));
+                body = serde_json::to_vec(&Termination {
+                    decrement: *decrement,
+                })?;
+            }
+            Self::AsgSetProtection {
+                group,
+                instances,
+                protected,
+            } => {
+                params.push(("group", group.clone()));
+                body = serde_json::to_vec(&Protection {
+                    instances: instances.clone(),
+                    protected: *protected,
+                })?;
+            }
+            Self::AsgList
+            | Self::Groups
             | Self::Stats
             | Self::Reload
             | Self::Status
@@ -388,6 +482,37 @@ impl Endpoint {
             Kind::ConfigApply => Request::ConfigApply { text: text(body)? },
             Kind::Reload => Request::Reload,
             Kind::Detach => Request::Detach,
+            Kind::AsgList => Request::AsgList,
+            Kind::AsgDescribe => Request::AsgDescribe {
+                group: param("group"),
+            },
+            Kind::AsgActivities => Request::AsgActivities {
+                group: param("group"),
+            },
+            Kind::AsgSetDesired => {
+                let b: NewDesiredCapacity = json(body)?;
+                Request::AsgSetDesired {
+                    group: param("group"),
+                    desired_capacity: b.desired_capacity,
+                    honor_cooldown: b.honor_cooldown,
+                }
+            }
+            Kind::AsgTerminateInstance => Request::AsgTerminateInstance {
+                instance: param("instance"),
+                decrement: if body.is_empty() {
+                    false
+                } else {
+                    json::<Termination>(body)?.decrement
+                },
+            },
+            Kind::AsgSetProtection => {
+                let b: Protection = json(body)?;
+                Request::AsgSetProtection {
+                    group: param("group"),
+                    instances: b.instances,
+                    protected: b.protected,
+                }
+            }
         };
         Ok(Self::Agent(request))
     }
@@ -572,6 +697,27 @@ mod tests {
             },
             Request::Reload,
             Request::Detach,
+            Request::AsgList,
+            Request::AsgDescribe {
+                group: "web asg".into(),
+            },
+            Request::AsgActivities {
+                group: "web".into(),
+            },
+            Request::AsgSetDesired {
+                group: "web".into(),
+                desired_capacity: 3,
+                honor_cooldown: true,
+            },
+            Request::AsgTerminateInstance {
+                instance: "i-0123456789abcdef0".into(),
+                decrement: true,
+            },
+            Request::AsgSetProtection {
+                group: "web".into(),
+                instances: vec!["i-0123456789abcdef0".into()],
+                protected: false,
+            },
         ]
     }
 

@@ -64,6 +64,19 @@ impl ActivityStatus {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Successful | Self::Failed | Self::Cancelled)
     }
+
+    /// The status `as_str` names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::InProgress,
+            Self::WaitingForInstanceWarmup,
+            Self::Successful,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
 }
 
 /// One launch or termination.
@@ -173,6 +186,25 @@ impl ActivityLog {
     pub fn starting_at(next_id: u64) -> Self {
         Self {
             activities: VecDeque::new(),
+            next_id,
+        }
+    }
+
+    /// A log kept across a restart: these activities (oldest first; the newest
+    /// `KEPT_PER_GROUP` are kept), the next one numbered `next_id`.
+    pub fn restored(activities: impl IntoIterator<Item = Activity>, next_id: u64) -> Self {
+        let mut activities: VecDeque<Activity> = activities.into_iter().collect();
+        while activities.len() > KEPT_PER_GROUP {
+            activities.pop_front();
+        }
+        let next_id = activities
+            .iter()
+            .map(|a| a.id + 1)
+            .max()
+            .unwrap_or(0)
+            .max(next_id);
+        Self {
+            activities,
             next_id,
         }
     }

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 
 use super::{
     activity::{self, ActivityLog, ActivityStatus, OutOfService},
-    capacity::GroupCapacity,
+    capacity::{CapacityChange, Cause, GroupCapacity},
     termination::{self, Candidate, CurrentLaunch, LaunchSource, TerminationPolicy},
 };
 use crate::config::HealthCheckType;
@@ -63,6 +63,54 @@ pub struct Instance {
     activity: Option<u64>,
 }
 
+impl Instance {
+    /// An instance a restarted agent takes over, as it was when the agent stopped.
+    pub fn adopted(
+        id: String,
+        address: IpAddr,
+        launched_from: LaunchSource,
+        launched_at: Duration,
+        phase: Phase,
+        protected_from_scale_in: bool,
+    ) -> Self {
+        Self {
+            id,
+            address,
+            launched_from,
+            launched_at,
+            phase,
+            protected_from_scale_in,
+            activity: None,
+        }
+    }
+
+    /// Its lifecycle state in EC2 Auto Scaling's words (`describe-auto-scaling-instances`).
+    pub fn lifecycle_state(&self) -> &'static str {
+        match self.phase {
+            Phase::Pending => "Pending",
+            Phase::InService => "InService",
+            Phase::Draining { .. } => "Terminating",
+            Phase::Stopping => "Terminating:Proceed",
+        }
+    }
+}
+
+/// Why a user's request on a group was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("instance {instance} is not in auto scaling group {group}")]
+    NoInstance { group: String, instance: String },
+    #[error("instance {instance} is already terminating")]
+    Terminating { instance: String },
+    /// EC2's ValidationError for `terminate-instance-in-auto-scaling-group
+    /// --should-decrement-desired-capacity` at the minimum size.
+    #[error(
+        "currently, desired capacity equals min size ({min}): terminating instance {instance} \
+         without replacement would violate the group's min size constraint"
+    )]
+    BelowMin { instance: String, min: u32 },
+}
+
 /// What the engine is to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -98,6 +146,9 @@ pub struct Group {
     /// Launches asked for and not yet reported (counted toward the capacity).
     launching: u32,
     activities: ActivityLog,
+    /// Why the desired capacity last changed (EC2's sentence), until the group reaches it:
+    /// the launches and terminations it causes start their cause with it, as EC2's do.
+    capacity_cause: Option<String>,
 }
 
 impl Group {
@@ -108,7 +159,107 @@ impl Group {
             instances: Vec::new(),
             launching: 0,
             activities: ActivityLog::default(),
+            capacity_cause: None,
         }
+    }
+
+    /// The group with a restored history (after an agent restart).
+    #[must_use]
+    pub fn with_activities(mut self, activities: ActivityLog) -> Self {
+        self.activities = activities;
+        self
+    }
+
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
+    }
+
+    /// New settings (a reload); instances keep their phases.
+    pub fn set_settings(&mut self, settings: GroupSettings) {
+        self.settings = settings;
+    }
+
+    /// Takes over an instance launched before an agent restart.
+    pub fn adopt(&mut self, instance: Instance) {
+        if !self.instances.iter().any(|i| i.id == instance.id) {
+            self.instances.push(instance);
+        }
+    }
+
+    /// A change of the desired capacity (a policy, a scheduled action, `set-desired`, a
+    /// config change): the next steps launch or terminate to reach it, their activities'
+    /// causes starting with the change's.
+    pub fn change_capacity(
+        &mut self,
+        capacity: GroupCapacity,
+        change: &CapacityChange,
+        now: Duration,
+    ) {
+        self.capacity = capacity;
+        if change.from != change.to {
+            self.capacity_cause = Some(activity::capacity_cause(time(now), change));
+        }
+    }
+
+    /// `terminate-instance-in-auto-scaling-group`: `id` drains and stops; with `decrement`
+    /// the desired capacity drops by one (refused at the minimum size), without it a
+    /// replacement is launched.
+    pub fn terminate_instance(
+        &mut self,
+        id: &str,
+        decrement: bool,
+        now: Duration,
+    ) -> Result<Vec<Action>, GroupError> {
+        let Some(instance) = self.instances.iter().find(|i| i.id == id) else {
+            return Err(GroupError::NoInstance {
+                group: self.settings.name.clone(),
+                instance: id.to_owned(),
+            });
+        };
+        if !matches!(instance.phase, Phase::Pending | Phase::InService) {
+            return Err(GroupError::Terminating {
+                instance: id.to_owned(),
+            });
+        }
+        if decrement {
+            let desired = self.capacity.desired();
+            if desired <= self.capacity.min() {
+                return Err(GroupError::BelowMin {
+                    instance: id.to_owned(),
+                    min: self.capacity.min(),
+                });
+            }
+            let change = CapacityChange {
+                from: desired,
+                to: desired - 1,
+                cause: Cause::UserTerminateWithDecrement {
+                    instance: id.to_owned(),
+                },
+            };
+            self.capacity = self.capacity.apply(&change);
+        }
+        let mut actions = Vec::new();
+        self.take_out_of_service(id, &OutOfService::UserRequest, now, &mut actions);
+        Ok(actions)
+    }
+
+    /// `set-instance-protection`: protects (or not) these instances from scale-in.
+    pub fn set_protection(&mut self, ids: &[String], protected: bool) -> Result<(), GroupError> {
+        if let Some(missing) = ids
+            .iter()
+            .find(|id| !self.instances.iter().any(|i| &i.id == *id))
+        {
+            return Err(GroupError::NoInstance {
+                group: self.settings.name.clone(),
+                instance: missing.clone(),
+            });
+        }
+        for instance in &mut self.instances {
+            if ids.contains(&instance.id) {
+                instance.protected_from_scale_in = protected;
+            }
+        }
+        Ok(())
     }
 
     pub fn capacity(&self) -> GroupCapacity {
@@ -151,10 +302,11 @@ impl Group {
     ) {
         self.launching = self.launching.saturating_sub(1);
         let before = self.current_capacity();
+        let cause = self.with_capacity_cause(activity::launch_cause(time(now), before, before + 1));
         let activity = self.activities.start(
             &self.settings.name,
             activity::launch_description(id),
-            activity::launch_cause(time(now), before, before + 1),
+            cause,
             time(now),
         );
         self.instances.push(Instance {
@@ -285,8 +437,18 @@ impl Group {
             let count = desired - current;
             self.launching += count;
             actions.push(Action::Launch { count });
+        } else if self.launching == 0 {
+            self.capacity_cause = None;
         }
         actions
+    }
+
+    /// `cause`, after the capacity change that led to it if there is one.
+    fn with_capacity_cause(&self, cause: String) -> String {
+        match &self.capacity_cause {
+            Some(first) => format!("{first}  {cause}"),
+            None => cause,
+        }
     }
 
     /// Starts `id`'s termination: it drains if it was registered, else stops at once.
@@ -314,10 +476,16 @@ impl Group {
             );
         }
         let after = before.saturating_sub(1);
+        let mut cause = activity::termination_cause(time(now), id, why, before, after);
+        if *why == OutOfService::Shrinking
+            && let Some(first) = &self.capacity_cause
+        {
+            cause = format!("{first}  {cause}");
+        }
         instance.activity = Some(self.activities.start(
             &self.settings.name,
             activity::termination_description(id),
-            activity::termination_cause(time(now), id, why, before, after),
+            cause,
             time(now),
         ));
         if was == Phase::InService {

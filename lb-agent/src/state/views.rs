@@ -37,6 +37,23 @@ impl State {
             .collect()
     }
 
+    /// Each group's registered targets (draining ones too) and the state `targets list`
+    /// shows for them, without the data plane's counters: what the auto scaling groups look
+    /// at for their instances' health and draining.
+    pub fn target_states(&self) -> BTreeMap<String, BTreeMap<SocketAddr, TargetState>> {
+        self.groups
+            .iter()
+            .map(|(name, g)| {
+                let states = g
+                    .targets
+                    .iter()
+                    .map(|t| (t.address, g.shown_state(t).0))
+                    .collect();
+                (name.clone(), states)
+            })
+            .collect()
+    }
+
     /// Every target group's settings and how many of its targets serve.
     pub fn groups(&self) -> Vec<GroupView> {
         self.groups

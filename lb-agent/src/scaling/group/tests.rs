@@ -246,3 +246,100 @@ fn a_failed_launch_is_an_activity_and_is_asked_for_again() {
     );
     assert_eq!(g.step(at(2), &seen(2, &[])), [Action::Launch { count: 1 }]);
 }
+
+#[test]
+fn terminating_an_instance_replaces_it_unless_decremented_and_never_below_min() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    g.set_capacity(GroupCapacity::new(1, 2, 4).unwrap());
+    // Without decrement: it drains, and the next step launches its replacement.
+    let actions = g.terminate_instance("i-a", false, at(30)).unwrap();
+    assert_eq!(
+        actions,
+        [Action::Deregister {
+            instance: "i-a".into()
+        }]
+    );
+    assert_eq!(g.capacity().desired(), 2);
+    assert_eq!(
+        g.step(at(31), &seen(31, &["i-a", "i-b"])),
+        [Action::Launch { count: 1 }]
+    );
+    // Terminating it again is refused: it is already on its way.
+    assert_eq!(
+        g.terminate_instance("i-a", false, at(32)),
+        Err(GroupError::Terminating {
+            instance: "i-a".into()
+        })
+    );
+    // With decrement: desired drops to 1 (the minimum)...
+    g.launched("i-c", address(9), from_v1(), at(33));
+    g.step(at(34), &seen(34, &["i-a", "i-b", "i-c"]));
+    g.terminate_instance("i-b", true, at(35)).unwrap();
+    assert_eq!(g.capacity().desired(), 1);
+    // ...and no further: EC2 refuses to go below the minimum size.
+    let refused = g.terminate_instance("i-c", true, at(36)).unwrap_err();
+    assert_eq!(
+        refused,
+        GroupError::BelowMin {
+            instance: "i-c".into(),
+            min: 1
+        }
+    );
+    assert!(refused.to_string().contains("min size"), "{refused}");
+    assert!(matches!(
+        g.terminate_instance("i-zzz", false, at(36)),
+        Err(GroupError::NoInstance { .. })
+    ));
+}
+
+#[test]
+fn a_launch_caused_by_a_capacity_change_says_so_first_as_ec2_does() {
+    let mut g = in_service(&["i-a"]);
+    let change = CapacityChange {
+        from: 1,
+        to: 2,
+        cause: Cause::UserRequest,
+    };
+    let capacity = g.capacity().apply(&change);
+    g.change_capacity(capacity, &change, at(50));
+    assert_eq!(
+        g.step(at(50), &seen(50, &["i-a"])),
+        [Action::Launch { count: 1 }]
+    );
+    g.launched("i-b", address(9), from_v1(), at(51));
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(
+        cause.starts_with("At 2025-12-01T10:00:50Z a user request explicitly set group desired capacity changing the desired capacity from 1 to 2.  At 2025-12-01T10:00:51Z an instance was started in response to a difference between desired and actual capacity, increasing the capacity from 1 to 2."),
+        "{cause}"
+    );
+    // Once the group is at its capacity, later launches (a replacement) stand alone.
+    g.step(at(60), &seen(60, &["i-a", "i-b"]));
+    g.step(at(70), &seen(70, &["i-b"]));
+    g.launched("i-c", address(10), from_v1(), at(71));
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(
+        cause.starts_with("At 2025-12-01T10:01:11Z an instance was started"),
+        "{cause}"
+    );
+}
+
+#[test]
+fn protection_is_set_on_named_instances_only_and_unknown_ones_are_refused_whole() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    assert!(
+        g.set_protection(&["i-a".into(), "i-nope".into()], true)
+            .is_err()
+    );
+    assert!(
+        g.instances().iter().all(|i| !i.protected_from_scale_in),
+        "nothing half-applied"
+    );
+    g.set_protection(&["i-a".into()], true).unwrap();
+    let protected: Vec<&str> = g
+        .instances()
+        .iter()
+        .filter(|i| i.protected_from_scale_in)
+        .map(|i| i.id.as_str())
+        .collect();
+    assert_eq!(protected, ["i-a"]);
+}

@@ -1,0 +1,1101 @@
+//! The auto scaling groups at work: a task that keeps each group of the config at its desired
+//! capacity. Once a second it asks the providers which instances run, reads the targets'
+//! health and draining from the writer's snapshot, lets each `scaling::group::Group` decide,
+//! and carries out what it says: launches and terminations on the provider (on blocking
+//! threads, reported back as events, so a slow launch holds up nothing), registrations and
+//! deregistrations through the writer (the API's own `targets add` and `targets remove`, so
+//! they are kept in the state file and drained like any target's).
+//!
+//! The API's `asg` requests come here: reads from the views published after each step,
+//! changes as commands answered in order with the steps. What a restart must not lose (sizes
+//! set at run time, instances, history) is kept in `NAME.scaling.json` (`saved`); a restarted
+//! agent adopts the instances still running instead of launching new ones.
+
+mod launch;
+mod saved;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::Handle;
+use crate::{
+    config::{AutoScalingGroup, Config, ProviderKind, TemplateVersion},
+    health::TargetState,
+    protocol::{
+        Answer, ApiError, Request,
+        scaling::{
+            ActivityView, AsgInstanceView, AsgView, DesiredCapacitySet, InstanceTerminating,
+            ProtectionSet,
+        },
+    },
+    scaling::{
+        addressing,
+        capacity::{CapacityChange, Cause, Cooldown, GroupCapacity},
+        group::{Action, Group, Observation, Phase},
+        provider::{
+            InstanceRecord, InstanceStatus, Provider,
+            exec::{ExecConfig, ExecProvider},
+            local::{LinkHook, LocalConfig, LocalProvider},
+        },
+        termination::LaunchSource,
+    },
+};
+pub use saved::Saved;
+
+/// How often the groups look at their instances.
+const STEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long an `exec` hook may take to answer.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long after a failed terminate it is tried again.
+const STOP_RETRY: Duration = Duration::from_secs(10);
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the groups' state is kept (`None`: nowhere, for tests).
+    pub saved: Option<PathBuf>,
+    /// The `local` provider's settings.
+    pub local: LocalConfig,
+    /// What the agent does to each `local` instance's veth (XDP on it).
+    pub link_hook: Option<LinkHook>,
+}
+
+/// The API's side of the groups: cheap to clone.
+#[derive(Clone)]
+pub struct ScalingHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    views: watch::Receiver<Arc<Views>>,
+}
+
+/// What the groups look like after the last step.
+#[derive(Debug, Default)]
+pub struct Views {
+    pub groups: Vec<AsgView>,
+    pub activities: BTreeMap<String, Vec<ActivityView>>,
+}
+
+/// A change asked through the API, answered once done.
+pub enum Command {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<Answer, ApiError>>,
+    },
+}
+
+impl ScalingHandle {
+    /// Answers an `asg` request: reads from the last views, changes through the engine.
+    pub async fn call(&self, request: Request) -> Result<Answer, ApiError> {
+        let views = self.views.borrow().clone();
+        match request {
+            Request::AsgList => return Ok(Answer::AutoScalingGroups(views.groups.clone())),
+            Request::AsgDescribe { group } => {
+                return views
+                    .groups
+                    .iter()
+                    .find(|g| g.name == group)
+                    .map(|g| Answer::AutoScalingGroup(Box::new(g.clone())))
+                    .ok_or_else(|| no_group(&group));
+            }
+            Request::AsgActivities { group } => {
+                return views
+                    .activities
+                    .get(&group)
+                    .map(|a| Answer::Activities(a.clone()))
+                    .ok_or_else(|| no_group(&group));
+            }
+            _ => {}
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Request { request, reply })
+            .map_err(|_| stopping())?;
+        answer.await.unwrap_or_else(|_| Err(stopping()))
+    }
+}
+
+fn no_group(name: &str) -> ApiError {
+    ApiError::new(404, format!("no auto scaling group `{name}`"))
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(503, "the agent is stopping")
+}
+
+/// A background provider call's outcome.
+enum Event {
+    Launched {
+        group: String,
+        source: LaunchSource,
+        address: IpAddr,
+        result: Result<Box<InstanceRecord>, String>,
+    },
+    Stopped {
+        group: String,
+        instance: String,
+        result: Result<(), String>,
+    },
+}
+
+/// One group as the engine runs it.
+struct Running {
+    config: AutoScalingGroup,
+    group: Group,
+    provider: Arc<dyn Provider>,
+    records: BTreeMap<String, InstanceRecord>,
+    /// Instances whose terminate runs now, or failed and waits to be tried again (until).
+    stopping: HashMap<String, Option<Duration>>,
+    /// Instances a target group reported unhealthy, as EC2 Auto Scaling shows them.
+    unhealthy: BTreeSet<String>,
+    /// Ends `honor_cooldown` set-desired requests wait for.
+    cooldown: Cooldown,
+    /// Removed from the config: scaled to 0, then forgotten.
+    deleting: bool,
+}
+
+/// The engine: every group, the providers, the events of background calls.
+pub struct Engine {
+    agent: Handle,
+    options: Options,
+    config: Arc<Config>,
+    local: Option<Arc<LocalProvider>>,
+    exec: BTreeMap<PathBuf, Arc<ExecProvider>>,
+    groups: BTreeMap<String, Running>,
+    /// Addresses of launches under way.
+    reserved: HashSet<IpAddr>,
+    /// The providers' last word on each instance.
+    statuses: HashMap<String, InstanceStatus>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Taken by `run`.
+    received: Option<(
+        mpsc::UnboundedReceiver<Event>,
+        mpsc::UnboundedReceiver<Command>,
+    )>,
+    views: watch::Sender<Arc<Views>>,
+    last_saved: Option<Saved>,
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    crate::scaling::provider::unix_now()
+}
+
+fn now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl Engine {
+    /// An engine for the config `agent` runs, adopting the instances `options.saved` keeps;
+    /// and the API's handle on it. Errors if a provider cannot be set up or the kept state
+    /// cannot be read.
+    pub async fn start(agent: Handle, options: Options) -> Result<(Engine, ScalingHandle), String> {
+        let config = agent.snapshot().config.clone();
+        let (views, views_rx) = watch::channel(Arc::new(Views::default()));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let mut engine = Engine {
+            agent,
+            options,
+            config: config.clone(),
+            local: None,
+            exec: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            reserved: HashSet::new(),
+            statuses: HashMap::new(),
+            events,
+            received: Some((events_rx, commands_rx)),
+            views,
+            last_saved: None,
+        };
+        let saved = match &engine.options.saved {
+            Some(path) => Saved::load(path).map_err(|e| e.to_string())?,
+            None => Saved::default(),
+        };
+        for group in &config.auto_scaling_groups {
+            engine
+                .add_group(group.clone(), saved.groups.get(&group.name))
+                .await?;
+        }
+        // Groups kept but gone from the config: their instances are terminated.
+        for (name, kept) in &saved.groups {
+            if !engine.groups.contains_key(name) && !kept.instances.is_empty() {
+                tracing::warn!(
+                    group = name,
+                    "an auto scaling group the config no longer has still has instances: terminating them"
+                );
+                let mut orphan = saved_group_config(name, kept);
+                orphan.provider = if kept.instances.iter().any(|i| {
+                    matches!(
+                        i.record.detail,
+                        crate::scaling::provider::ProviderDetail::Exec { .. }
+                    )
+                }) {
+                    ProviderKind::Exec
+                } else {
+                    ProviderKind::Local
+                };
+                engine.add_group(orphan, Some(kept)).await?;
+                if let Some(running) = engine.groups.get_mut(name) {
+                    running.deleting = true;
+                }
+            }
+        }
+        engine.publish();
+        let handle = ScalingHandle {
+            commands,
+            views: views_rx,
+        };
+        Ok((engine, handle))
+    }
+
+    /// Runs the groups until `shutdown`; instances keep running after it (a restarted agent
+    /// adopts them).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let Some((mut events, mut commands)) = self.received.take() else {
+            return;
+        };
+        let mut snapshots = self.agent.snapshots.clone();
+        let mut tick = tokio::time::interval(STEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.step().await,
+                Some(event) = events.recv() => self.event(event),
+                Some(Command::Request { request, reply }) = commands.recv() => {
+                    let answer = self.request(request).await;
+                    let _ = reply.send(answer);
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() { break; }
+                    let config = snapshots.borrow_and_update().config.clone();
+                    if !Arc::ptr_eq(&config, &self.config) {
+                        self.reconfigure(config).await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+            self.publish();
+            self.save();
+        }
+        self.save();
+    }
+
+    /// The provider a group of `group`'s kind runs on (made at first use).
+    fn provider(&mut self, group: &AutoScalingGroup) -> Result<Arc<dyn Provider>, String> {
+        Ok(match group.provider {
+            ProviderKind::Local => {
+                if self.local.is_none() {
+                    let mut provider = LocalProvider::new(self.options.local.clone())
+                        .map_err(|e| format!("the local provider: {e}"))?;
+                    if let Some(hook) = &self.options.link_hook {
+                        provider = provider.with_link_hook(hook.clone());
+                    }
+                    self.local = Some(Arc::new(provider));
+                }
+                self.local
+                    .clone()
+                    .map(|p| p as Arc<dyn Provider>)
+                    .ok_or("no local provider")?
+            }
+            ProviderKind::Exec => {
+                let hook = group.exec_hook.clone().ok_or_else(|| {
+                    format!("group {}: provider exec names no exec_hook", group.name)
+                })?;
+                self.exec
+                    .entry(hook.clone())
+                    .or_insert_with(|| {
+                        Arc::new(ExecProvider::new(ExecConfig {
+                            hook: vec![hook.display().to_string()],
+                            timeout: EXEC_TIMEOUT,
+                        }))
+                    })
+                    .clone()
+            }
+        })
+    }
+
+    /// Starts running `config`'s group: its kept sizes and history, its kept instances
+    /// adopted (and those the local provider still has a record of, should the agent have
+    /// stopped between a launch and keeping it).
+    async fn add_group(
+        &mut self,
+        config: AutoScalingGroup,
+        kept: Option<&saved::SavedGroup>,
+    ) -> Result<(), String> {
+        let provider = self.provider(&config)?;
+        let settings = launch::settings(&config, &self.config);
+        let file_capacity =
+            launch::capacity(&config).map_err(|e| format!("group {}: {e}", config.name))?;
+        let file_sizes = (config.min_size, config.desired_capacity, config.max_size);
+        let capacity = match kept {
+            Some(k) if k.config_sizes == file_sizes => {
+                GroupCapacity::new(k.min_size, k.desired_capacity, k.max_size)
+                    .unwrap_or(file_capacity)
+            }
+            _ => file_capacity,
+        };
+        let mut group = Group::new(settings, capacity);
+        let mut records = BTreeMap::new();
+        if let Some(k) = kept {
+            group = group.with_activities(saved::activity_log(
+                &config.name,
+                &k.activities,
+                k.next_activity_id,
+            ));
+            for instance in &k.instances {
+                records.insert(instance.record.instance_id.clone(), instance.record.clone());
+                group.adopt(instance.instance());
+            }
+        }
+        if let Some(local) = &self.local
+            && config.provider == ProviderKind::Local
+        {
+            let on_disk = local.saved_records().map_err(|e| e.to_string())?;
+            for record in on_disk.into_iter().filter(|r| r.group == config.name) {
+                if records.contains_key(&record.instance_id) {
+                    continue;
+                }
+                tracing::info!(
+                    group = config.name,
+                    instance = record.instance_id,
+                    "adopting an instance launched just before the agent stopped"
+                );
+                let kept = saved::SavedInstance {
+                    record: record.clone(),
+                    phase: "pending".into(),
+                    protected_from_scale_in: config.new_instances_protected_from_scale_in,
+                    from_launch_configuration: config.launch_template.is_none(),
+                };
+                group.adopt(kept.instance());
+                records.insert(record.instance_id.clone(), record);
+            }
+        }
+        if !records.is_empty() {
+            let list: Vec<InstanceRecord> = records.values().cloned().collect();
+            let adopter = provider.clone();
+            let adopted = tokio::task::spawn_blocking(move || adopter.adopt(&list))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("group {}: adopting its instances: {e}", config.name))?;
+            tracing::info!(
+                group = config.name,
+                instances = adopted.len(),
+                running = adopted.iter().filter(|s| s.running).count(),
+                "adopted the group's instances"
+            );
+            for status in adopted {
+                self.statuses.insert(status.instance_id.clone(), status);
+            }
+        }
+        self.groups.insert(
+            config.name.clone(),
+            Running {
+                config,
+                group,
+                provider,
+                records,
+                stopping: HashMap::new(),
+                unhealthy: BTreeSet::new(),
+                cooldown: Cooldown::none(),
+                deleting: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// A new config (reload, API): groups added start, removed ones scale to 0 and go, the
+    /// others take the new settings, and new sizes if the file's changed.
+    async fn reconfigure(&mut self, config: Arc<Config>) {
+        let old = std::mem::replace(&mut self.config, config.clone());
+        for group in &config.auto_scaling_groups {
+            let Some(running) = self.groups.get_mut(&group.name) else {
+                if let Err(e) = self.add_group(group.clone(), None).await {
+                    tracing::error!(group = group.name, error = %e, "could not start the auto scaling group");
+                }
+                continue;
+            };
+            running.group.set_settings(launch::settings(group, &config));
+            running.deleting = false;
+            let before = old
+                .auto_scaling_groups
+                .iter()
+                .find(|g| g.name == group.name);
+            let sizes_changed = before.is_none_or(|b| {
+                (b.min_size, b.desired_capacity, b.max_size)
+                    != (group.min_size, group.desired_capacity, group.max_size)
+            });
+            if sizes_changed && let Ok(capacity) = launch::capacity(group) {
+                let change = CapacityChange {
+                    from: running.group.capacity().desired(),
+                    to: capacity.desired(),
+                    cause: Cause::UserUpdate {
+                        min: capacity.min(),
+                        max: capacity.max(),
+                        desired: capacity.desired(),
+                    },
+                };
+                running.group.change_capacity(capacity, &change, now());
+            }
+            running.config = group.clone();
+        }
+        for (name, running) in &mut self.groups {
+            if !config.auto_scaling_groups.iter().any(|g| &g.name == name) && !running.deleting {
+                tracing::info!(
+                    group = name,
+                    "auto scaling group removed from the config: terminating its instances"
+                );
+                running.deleting = true;
+                if let Ok(zero) = GroupCapacity::new(0, 0, 0) {
+                    let change = CapacityChange {
+                        from: running.group.capacity().desired(),
+                        to: 0,
+                        cause: Cause::UserUpdate {
+                            min: 0,
+                            max: 0,
+                            desired: 0,
+                        },
+                    };
+                    running.group.change_capacity(zero, &change, now());
+                }
+            }
+        }
+    }
+
+    /// One look at every group, and what it decides done.
+    async fn step(&mut self) {
+        let taken_at = now();
+        // One describe per provider; a provider that cannot answer leaves its groups alone
+        // this time (rather than taking every instance for dead).
+        let mut answered: HashSet<usize> = HashSet::new();
+        let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+        for running in self.groups.values() {
+            let key = provider_key(&running.provider);
+            if !providers.iter().any(|p| provider_key(p) == key) {
+                providers.push(running.provider.clone());
+            }
+        }
+        for provider in providers {
+            let key = provider_key(&provider);
+            match tokio::task::spawn_blocking(move || provider.describe()).await {
+                Ok(Ok(statuses)) => {
+                    answered.insert(key);
+                    for status in statuses {
+                        self.statuses.insert(status.instance_id.clone(), status);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "a provider's describe failed: its groups wait")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a provider's describe failed: its groups wait")
+                }
+            }
+        }
+        let snapshot = self.agent.snapshot();
+        let targets = snapshot.state.target_states();
+        let now = now();
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            let Some(running) = self.groups.get_mut(&name) else {
+                continue;
+            };
+            if !answered.contains(&provider_key(&running.provider)) {
+                continue;
+            }
+            let mut seen = Observation {
+                taken_at,
+                ..Observation::default()
+            };
+            running.unhealthy.clear();
+            for instance in running.group.instances() {
+                if self.statuses.get(&instance.id).is_some_and(|s| s.running) {
+                    seen.running.insert(instance.id.clone());
+                }
+                let registrations = registrations(
+                    &self.config,
+                    &running.config,
+                    instance.address,
+                    &instance.launched_from,
+                );
+                let states: Vec<Option<&TargetState>> = registrations
+                    .iter()
+                    .map(|(tg, address)| targets.get(tg).and_then(|t| t.get(address)))
+                    .collect();
+                if states.contains(&Some(&TargetState::Unhealthy)) {
+                    seen.unhealthy_in_target_groups.insert(instance.id.clone());
+                    running.unhealthy.insert(instance.id.clone());
+                }
+                if matches!(instance.phase, Phase::Draining { .. })
+                    && states.iter().all(Option::is_none)
+                {
+                    seen.drained.insert(instance.id.clone());
+                }
+            }
+            let actions = running.group.step(now, &seen);
+            // Terminations that failed before are tried again.
+            let retry: Vec<String> = running
+                .group
+                .instances()
+                .iter()
+                .filter(|i| i.phase == Phase::Stopping)
+                .filter(|i| match running.stopping.get(&i.id) {
+                    None => true,
+                    Some(Some(at)) => now >= *at,
+                    Some(None) => false,
+                })
+                .map(|i| i.id.clone())
+                .collect();
+            for action in actions {
+                self.act(&name, action).await;
+            }
+            for instance in retry {
+                if self.groups.get(&name).is_some_and(|r| {
+                    !r.stopping.contains_key(&instance)
+                        || r.stopping.get(&instance).is_some_and(Option::is_some)
+                }) {
+                    self.act(&name, Action::Stop { instance }).await;
+                }
+            }
+        }
+        // A removed group goes once it has no instance left.
+        self.groups.retain(|_, r| {
+            !(r.deleting && r.group.instances().is_empty() && r.group.current_capacity() == 0)
+        });
+    }
+
+    /// Carries out one of a group's actions.
+    async fn act(&mut self, name: &str, action: Action) {
+        let Some(running) = self.groups.get_mut(name) else {
+            return;
+        };
+        match action {
+            Action::Launch { count } => {
+                for _ in 0..count {
+                    self.launch(name);
+                }
+            }
+            Action::Register { instance } => {
+                let Some(i) = running.group.instances().iter().find(|i| i.id == instance) else {
+                    return;
+                };
+                for (group, target) in
+                    registrations(&self.config, &running.config, i.address, &i.launched_from)
+                {
+                    let request = Request::TargetsAdd {
+                        group: group.clone(),
+                        address: target.ip(),
+                        port: Some(target.port()),
+                        weight: 1,
+                    };
+                    match self.agent.call(request, None).await {
+                        Ok(_) => {
+                            tracing::info!(group = name, instance, target_group = group, %target, "instance registered")
+                        }
+                        Err(e) => {
+                            tracing::error!(group = name, instance, target_group = group, %target, error = %e, "registering the instance failed")
+                        }
+                    }
+                }
+            }
+            Action::Deregister { instance } => {
+                let Some(i) = running.group.instances().iter().find(|i| i.id == instance) else {
+                    return;
+                };
+                for (group, target) in
+                    registrations(&self.config, &running.config, i.address, &i.launched_from)
+                {
+                    let request = Request::TargetsRemove {
+                        group: group.clone(),
+                        address: target.ip(),
+                        port: Some(target.port()),
+                    };
+                    match self.agent.call(request, None).await {
+                        Ok(_) => {
+                            tracing::info!(group = name, instance, target_group = group, %target, "instance deregistered: draining")
+                        }
+                        // Never registered (it failed before), or already gone.
+                        Err(e) => {
+                            tracing::debug!(group = name, instance, target_group = group, error = %e, "deregistering the instance")
+                        }
+                    }
+                }
+            }
+            Action::Stop { instance } => {
+                let stop_timeout = running
+                    .group
+                    .instances()
+                    .iter()
+                    .find(|i| i.id == instance)
+                    .and_then(|i| definition(&self.config, &running.config, &i.launched_from))
+                    .map_or(Duration::from_secs(30), |d| d.stop_timeout);
+                running.stopping.insert(instance.clone(), None);
+                let provider = running.provider.clone();
+                let events = self.events.clone();
+                let group = name.to_owned();
+                tokio::spawn(async move {
+                    let id = instance.clone();
+                    let result =
+                        tokio::task::spawn_blocking(move || provider.terminate(&id, stop_timeout))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()));
+                    let _ = events.send(Event::Stopped {
+                        group,
+                        instance,
+                        result,
+                    });
+                });
+            }
+        }
+    }
+
+    /// Starts one launch of group `name` on a blocking thread.
+    fn launch(&mut self, name: &str) {
+        let Some(running) = self.groups.get(name) else {
+            return;
+        };
+        let now = now();
+        let resolved = launch::resolve(&running.config, &self.config)
+            .map(|(source, definition)| (source, definition.clone()));
+        let (source, definition) = match resolved {
+            Ok(r) => r,
+            Err(why) => {
+                if let Some(running) = self.groups.get_mut(name) {
+                    running.group.launch_failed(&why, now);
+                }
+                return;
+            }
+        };
+        let address = match launch::subnet(&running.config, &definition) {
+            Some(subnet) => {
+                let mut taken: HashSet<IpAddr> = self.reserved.clone();
+                for r in self.groups.values() {
+                    taken.extend(r.group.instances().iter().map(|i| i.address));
+                }
+                match addressing::free_address(&subnet, &taken) {
+                    Some(a) => a,
+                    None => {
+                        if let Some(running) = self.groups.get_mut(name) {
+                            running
+                                .group
+                                .launch_failed(&format!("no free address left in {subnet}"), now);
+                        }
+                        return;
+                    }
+                }
+            }
+            // An exec hook that chooses addresses itself.
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let id = addressing::new_instance_id(random_u128());
+        let spec = launch::instance_spec(
+            &running.config,
+            &self.config,
+            &source,
+            &definition,
+            &id,
+            address,
+        );
+        self.reserved.insert(address);
+        let provider = running.provider.clone();
+        let events = self.events.clone();
+        let group = name.to_owned();
+        tracing::info!(group, instance = id, %address, "launching an instance");
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || provider.launch(&spec))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map(Box::new).map_err(|e| e.to_string()));
+            let _ = events.send(Event::Launched {
+                group,
+                source,
+                address,
+                result,
+            });
+        });
+    }
+
+    /// A background call ended.
+    fn event(&mut self, event: Event) {
+        let now = now();
+        match event {
+            Event::Launched {
+                group,
+                source,
+                address,
+                result,
+            } => {
+                self.reserved.remove(&address);
+                let Some(running) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                match result {
+                    Ok(record) => {
+                        tracing::info!(group, instance = record.instance_id, address = %record.address, "instance launched");
+                        running
+                            .group
+                            .launched(&record.instance_id, record.address, source, now);
+                        running.records.insert(record.instance_id.clone(), *record);
+                    }
+                    Err(why) => {
+                        tracing::error!(group, error = %why, "launching an instance failed");
+                        running.group.launch_failed(&why, now);
+                    }
+                }
+            }
+            Event::Stopped {
+                group,
+                instance,
+                result,
+            } => {
+                let Some(running) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(group, instance, "instance terminated");
+                        running.group.stopped(&instance, now);
+                        running.records.remove(&instance);
+                        running.stopping.remove(&instance);
+                        self.statuses.remove(&instance);
+                    }
+                    Err(why) => {
+                        tracing::error!(group, instance, error = %why, "terminating the instance failed: trying again");
+                        running.stopping.insert(instance, Some(now + STOP_RETRY));
+                    }
+                }
+            }
+        }
+    }
+
+    /// An `asg` change.
+    async fn request(&mut self, request: Request) -> Result<Answer, ApiError> {
+        let now = now();
+        match request {
+            Request::AsgSetDesired {
+                group,
+                desired_capacity,
+                honor_cooldown,
+            } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                let capacity = running.group.capacity();
+                let change = capacity
+                    .set_desired(desired_capacity, honor_cooldown, &running.cooldown, now)
+                    .map_err(|e| ApiError::new(422, format!("group {group}: {e}")))?;
+                let previous = capacity.desired();
+                running
+                    .group
+                    .change_capacity(capacity.apply(&change), &change, now);
+                running.cooldown = Cooldown::started(now, running.config.default_cooldown);
+                tracing::info!(
+                    group,
+                    from = previous,
+                    to = desired_capacity,
+                    "desired capacity set"
+                );
+                Ok(Answer::DesiredCapacitySet(DesiredCapacitySet {
+                    group,
+                    previous_desired_capacity: previous,
+                    desired_capacity,
+                }))
+            }
+            Request::AsgTerminateInstance {
+                instance,
+                decrement,
+            } => {
+                let (name, running) = self
+                    .groups
+                    .iter_mut()
+                    .find(|(_, r)| r.group.instances().iter().any(|i| i.id == instance))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            format!("no instance {instance} in any auto scaling group"),
+                        )
+                    })?;
+                let name = name.clone();
+                let actions = running
+                    .group
+                    .terminate_instance(&instance, decrement, now)
+                    .map_err(|e| ApiError::new(422, e.to_string()))?;
+                let desired_capacity = running.group.capacity().desired();
+                for action in actions {
+                    self.act(&name, action).await;
+                }
+                Ok(Answer::InstanceTerminating(InstanceTerminating {
+                    group: name,
+                    instance_id: instance,
+                    decremented: decrement,
+                    desired_capacity,
+                }))
+            }
+            Request::AsgSetProtection {
+                group,
+                instances,
+                protected,
+            } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                running
+                    .group
+                    .set_protection(&instances, protected)
+                    .map_err(|e| ApiError::new(404, e.to_string()))?;
+                Ok(Answer::ProtectionSet(ProtectionSet {
+                    group,
+                    instances,
+                    protected_from_scale_in: protected,
+                }))
+            }
+            other => Err(ApiError::new(
+                500,
+                format!("not an auto scaling change: {other:?}"),
+            )),
+        }
+    }
+
+    /// Publishes the groups as the API shows them.
+    fn publish(&self) {
+        let mut views = Views::default();
+        for (name, running) in &self.groups {
+            views.groups.push(self.view(running));
+            views.activities.insert(
+                name.clone(),
+                running
+                    .group
+                    .activities()
+                    .newest_first()
+                    .map(activity_view)
+                    .collect(),
+            );
+        }
+        self.views.send_replace(Arc::new(views));
+    }
+
+    fn view(&self, running: &Running) -> AsgView {
+        let config = &running.config;
+        let capacity = running.group.capacity();
+        AsgView {
+            name: config.name.clone(),
+            min_size: capacity.min(),
+            desired_capacity: capacity.desired(),
+            max_size: capacity.max(),
+            launch_template: config.launch_template.as_ref().map(|t| {
+                let version = match t.version {
+                    TemplateVersion::Default => "$Default".to_owned(),
+                    TemplateVersion::Latest => "$Latest".to_owned(),
+                    TemplateVersion::Number(n) => n.to_string(),
+                };
+                format!("{} {version}", t.name)
+            }),
+            launch_configuration: config.launch_configuration.clone(),
+            provider: match config.provider {
+                ProviderKind::Local => "local",
+                ProviderKind::Exec => "exec",
+            }
+            .to_owned(),
+            target_groups: config.target_groups.clone(),
+            health_check_type: format!("{:?}", config.health_check_type).to_uppercase(),
+            health_check_grace_period_seconds: config.health_check_grace_period.as_secs(),
+            default_cooldown_seconds: config.default_cooldown.as_secs(),
+            termination_policies: config
+                .termination_policies
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect(),
+            new_instances_protected_from_scale_in: config.new_instances_protected_from_scale_in,
+            suspended_processes: config
+                .suspended_processes
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect(),
+            instances: running
+                .group
+                .instances()
+                .iter()
+                .map(|i| {
+                    let status = self.statuses.get(&i.id);
+                    let (template, version, configuration) = match &i.launched_from {
+                        LaunchSource::LaunchTemplate { name, version } => {
+                            (Some(name.clone()), Some(*version), None)
+                        }
+                        LaunchSource::LaunchConfiguration { name } => {
+                            (None, None, Some(name.clone()))
+                        }
+                    };
+                    AsgInstanceView {
+                        instance_id: i.id.clone(),
+                        address: i.address,
+                        lifecycle_state: i.lifecycle_state().to_owned(),
+                        health_status: if running.unhealthy.contains(&i.id)
+                            || (i.phase != Phase::Pending && status.is_some_and(|s| !s.running))
+                        {
+                            "Unhealthy"
+                        } else {
+                            "Healthy"
+                        }
+                        .to_owned(),
+                        launch_template: template,
+                        launch_template_version: version,
+                        launch_configuration: configuration,
+                        protected_from_scale_in: i.protected_from_scale_in,
+                        launched_at: rfc3339(i.launched_at),
+                        cpu_utilization: status.and_then(|s| s.cpu_utilization),
+                        pid: status.and_then(|s| s.pid),
+                    }
+                })
+                .collect(),
+            deleting: running.deleting,
+        }
+    }
+
+    /// Keeps what a restart needs, when it changed.
+    fn save(&mut self) {
+        let Some(path) = self.options.saved.clone() else {
+            return;
+        };
+        let mut kept = Saved::default();
+        for (name, running) in &self.groups {
+            let capacity = running.group.capacity();
+            let config = &running.config;
+            kept.groups.insert(
+                name.clone(),
+                saved::SavedGroup {
+                    min_size: capacity.min(),
+                    desired_capacity: capacity.desired(),
+                    max_size: capacity.max(),
+                    config_sizes: (config.min_size, config.desired_capacity, config.max_size),
+                    instances: running
+                        .group
+                        .instances()
+                        .iter()
+                        .filter_map(|i| {
+                            let record = running.records.get(&i.id)?;
+                            Some(saved::SavedInstance {
+                                record: record.clone(),
+                                phase: saved::phase_name(i.phase).to_owned(),
+                                protected_from_scale_in: i.protected_from_scale_in,
+                                from_launch_configuration: matches!(
+                                    i.launched_from,
+                                    LaunchSource::LaunchConfiguration { .. }
+                                ),
+                            })
+                        })
+                        .collect(),
+                    next_activity_id: running.group.activities().next_id(),
+                    activities: saved::activities(&running.group),
+                },
+            );
+        }
+        if self.last_saved.as_ref() == Some(&kept) {
+            return;
+        }
+        match kept.save(&path) {
+            Ok(()) => self.last_saved = Some(kept),
+            Err(e) => {
+                tracing::error!(error = %e, "keeping the auto scaling groups' state failed (a restart may not adopt new instances)")
+            }
+        }
+    }
+}
+
+/// The definition an instance was launched from, if the config still has it.
+fn definition<'a>(
+    config: &'a Config,
+    group: &AutoScalingGroup,
+    source: &LaunchSource,
+) -> Option<&'a crate::config::InstanceDefinition> {
+    match source {
+        LaunchSource::LaunchTemplate { name, version } => config
+            .launch_templates
+            .iter()
+            .find(|t| &t.name == name)?
+            .version(*version),
+        LaunchSource::LaunchConfiguration { name } => config
+            .launch_configurations
+            .iter()
+            .find(|c| &c.name == name)
+            .map(|c| &c.definition),
+    }
+    .or_else(|| launch::resolve(group, config).ok().map(|(_, d)| d))
+}
+
+/// Where an instance at `address` is registered: each target group of its group, on the
+/// port `launch::registration_port` says.
+fn registrations(
+    config: &Config,
+    group: &AutoScalingGroup,
+    address: IpAddr,
+    source: &LaunchSource,
+) -> Vec<(String, SocketAddr)> {
+    let Some(definition) = definition(config, group, source) else {
+        return Vec::new();
+    };
+    launch::target_groups(group, config)
+        .filter_map(|tg| {
+            let port = launch::registration_port(tg, definition)?;
+            Some((tg.name.clone(), SocketAddr::new(address, port)))
+        })
+        .collect()
+}
+
+/// A kept group the config no longer has, as a config good enough to terminate its
+/// instances: sizes 0.
+fn saved_group_config(name: &str, _kept: &saved::SavedGroup) -> AutoScalingGroup {
+    AutoScalingGroup {
+        name: name.to_owned(),
+        ..AutoScalingGroup::default()
+    }
+}
+
+fn activity_view(a: &crate::scaling::activity::Activity) -> ActivityView {
+    ActivityView {
+        activity_id: a.id,
+        group: a.group.clone(),
+        description: a.description.clone(),
+        cause: a.cause.clone(),
+        status: a.status.as_str().to_owned(),
+        status_message: a.status_message.clone(),
+        start_time: a.start.to_string(),
+        end_time: a.end.map(|e| e.to_string()),
+        progress: a.progress,
+    }
+}
+
+fn rfc3339(since_epoch: Duration) -> String {
+    Timestamp::from_second(i64::try_from(since_epoch.as_secs()).unwrap_or(0))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Tells providers apart (groups share one provider per kind and hook).
+fn provider_key(provider: &Arc<dyn Provider>) -> usize {
+    Arc::as_ptr(provider).cast::<()>() as usize
+}
+
+/// 128 random bits, for an instance id.
+fn random_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // Unique enough without the system's randomness: the time and a counter.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return now().as_nanos() ^ (u128::from(count) << 64);
+    }
+    u128::from_le_bytes(bytes)
+}

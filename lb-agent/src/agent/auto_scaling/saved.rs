@@ -1,0 +1,189 @@
+//! What the groups keep across agent restarts, in a JSON file beside the config
+//! (`NAME.scaling.json`): each group's sizes as set at run time, its instances (the provider's
+//! record, the phase, protection) and its activity history. A restarted agent adopts the
+//! instances from their records instead of launching new ones.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::scaling::{
+    activity::{Activity, ActivityLog, ActivityStatus},
+    group::{Group, Instance, Phase},
+    provider::InstanceRecord,
+    termination::LaunchSource,
+};
+
+/// Every group's kept state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    #[serde(default)]
+    pub groups: BTreeMap<String, SavedGroup>,
+}
+
+/// One group's kept state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedGroup {
+    /// The sizes in force (`set-desired` and policies change them).
+    pub min_size: u32,
+    pub desired_capacity: u32,
+    pub max_size: u32,
+    /// The sizes the config file wrote when these were kept: a file that writes others since
+    /// wins over the kept ones (the file's update is the newer request).
+    pub config_sizes: (u32, Option<u32>, u32),
+    pub instances: Vec<SavedInstance>,
+    pub next_activity_id: u64,
+    #[serde(default)]
+    pub activities: Vec<SavedActivity>,
+}
+
+/// One instance of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedInstance {
+    pub record: InstanceRecord,
+    /// `pending`, `in_service`, `draining` or `stopping`.
+    pub phase: String,
+    pub protected_from_scale_in: bool,
+    /// Launched from a launch configuration (the record's template is then its name).
+    #[serde(default)]
+    pub from_launch_configuration: bool,
+}
+
+/// One activity of the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedActivity {
+    pub id: u64,
+    pub description: String,
+    pub cause: String,
+    pub status: String,
+    pub status_message: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub start: i64,
+    pub end: Option<i64>,
+    pub progress: u8,
+}
+
+/// Why the file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SavedError {
+    #[error(
+        "auto scaling state file {path}: {message}; fix or remove it (its groups' instances are then not adopted)"
+    )]
+    Read { path: PathBuf, message: String },
+    #[error("writing the auto scaling state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Saved {
+    /// `NAME.scaling.json` beside `NAME.toml`.
+    pub fn path_beside(config: &Path) -> PathBuf {
+        let stem = config
+            .file_stem()
+            .map_or_else(|| "lb-agent".into(), |s| s.to_string_lossy().into_owned());
+        config.with_file_name(format!("{stem}.scaling.json"))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, SavedError> {
+        crate::json_file::load(path).map_err(|message| SavedError::Read {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), SavedError> {
+        crate::json_file::save(self, path).map_err(|source| SavedError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+impl SavedInstance {
+    /// The instance as its group takes it back.
+    pub fn instance(&self) -> Instance {
+        let record = &self.record;
+        let launched_from = if self.from_launch_configuration {
+            LaunchSource::LaunchConfiguration {
+                name: record.template.clone(),
+            }
+        } else {
+            LaunchSource::LaunchTemplate {
+                name: record.template.clone(),
+                version: record.template_version,
+            }
+        };
+        let phase = match self.phase.as_str() {
+            "in_service" => Phase::InService,
+            // The drain restarts its clock: the agent cannot tell how long it was away.
+            "draining" => Phase::Draining {
+                since: Duration::from_secs(super::unix_now()),
+            },
+            "stopping" => Phase::Stopping,
+            _ => Phase::Pending,
+        };
+        Instance::adopted(
+            record.instance_id.clone(),
+            record.address,
+            launched_from,
+            Duration::from_secs(record.launched_at),
+            phase,
+            self.protected_from_scale_in,
+        )
+    }
+}
+
+/// The words a phase is kept as.
+pub fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "pending",
+        Phase::InService => "in_service",
+        Phase::Draining { .. } => "draining",
+        Phase::Stopping => "stopping",
+    }
+}
+
+/// `group`'s history as kept.
+pub fn activities(group: &Group) -> Vec<SavedActivity> {
+    let mut kept: Vec<SavedActivity> = group
+        .activities()
+        .newest_first()
+        .map(|a| SavedActivity {
+            id: a.id,
+            description: a.description.clone(),
+            cause: a.cause.clone(),
+            status: a.status.as_str().to_owned(),
+            status_message: a.status_message.clone(),
+            start: a.start.as_second(),
+            end: a.end.map(Timestamp::as_second),
+            progress: a.progress,
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
+/// A history as kept, back as the group's log. An activity left in progress by the agent
+/// that stopped is kept as it was (the group moves it on if it can).
+pub fn activity_log(group: &str, kept: &[SavedActivity], next_id: u64) -> ActivityLog {
+    let activities = kept.iter().map(|a| Activity {
+        id: a.id,
+        group: group.to_owned(),
+        description: a.description.clone(),
+        cause: a.cause.clone(),
+        status: ActivityStatus::from_name(&a.status).unwrap_or(ActivityStatus::InProgress),
+        status_message: a.status_message.clone(),
+        start: Timestamp::from_second(a.start).unwrap_or(Timestamp::UNIX_EPOCH),
+        end: a.end.and_then(|s| Timestamp::from_second(s).ok()),
+        progress: a.progress,
+    });
+    ActivityLog::restored(activities, next_id)
+}

@@ -1,0 +1,287 @@
+//! `lb-agent asg`: the auto scaling groups of a running agent, with EC2 Auto Scaling's verbs
+//! (`describe-auto-scaling-groups`, `set-desired-capacity`,
+//! `terminate-instance-in-auto-scaling-group`, `set-instance-protection`,
+//! `describe-scaling-activities`).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use lb_agent::{
+    client::Client,
+    protocol::{
+        Answer, Request,
+        scaling::{ActivityView, AsgView},
+    },
+};
+
+use super::{
+    args::DEFAULT_SOCKET,
+    commands::{print_json, unexpected},
+};
+
+#[derive(Subcommand)]
+pub enum AsgCommand {
+    /// Every group: sizes, instances in service, launch template.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// One group and each of its instances: lifecycle state, health, template version,
+    /// protection, CPU.
+    Describe {
+        group: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Set a group's desired capacity (within min and max); instances launch or drain and
+    /// stop to reach it.
+    SetDesired {
+        group: String,
+        desired_capacity: u32,
+        /// Refuse while the group's cooldown runs (EC2's `--honor-cooldown`).
+        #[arg(long)]
+        honor_cooldown: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Terminate an instance: it drains from its target groups, then stops; a replacement is
+    /// launched unless `--decrement` lowers the desired capacity instead.
+    TerminateInstance {
+        instance: String,
+        #[arg(long)]
+        decrement: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Protect instances from scale-in (`--off`: remove the protection).
+    SetProtection {
+        group: String,
+        #[arg(required = true)]
+        instances: Vec<String>,
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// A group's launches and terminations, newest first, with their causes.
+    Activities {
+        group: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+/// Sends `request`; its answer, which must be of the variant given.
+macro_rules! call {
+    ($socket:expr, $request:expr, $variant:ident) => {{
+        match Client::new($socket).call(&$request)? {
+            Answer::$variant(answer) => answer,
+            other => return Err(unexpected(&other)),
+        }
+    }};
+}
+
+pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
+    match command {
+        AsgCommand::List { json, socket } => {
+            let groups = call!(&socket, Request::AsgList, AutoScalingGroups);
+            if json {
+                return print_json(&groups);
+            }
+            for g in &groups {
+                print_group_line(g);
+            }
+        }
+        AsgCommand::Describe {
+            group,
+            json,
+            socket,
+        } => {
+            let g = call!(&socket, Request::AsgDescribe { group }, AutoScalingGroup);
+            if json {
+                return print_json(&g);
+            }
+            describe(&g);
+        }
+        AsgCommand::SetDesired {
+            group,
+            desired_capacity,
+            honor_cooldown,
+            json,
+            socket,
+        } => {
+            let request = Request::AsgSetDesired {
+                group,
+                desired_capacity,
+                honor_cooldown,
+            };
+            let r = call!(&socket, request, DesiredCapacitySet);
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{}: desired capacity {} -> {}",
+                r.group, r.previous_desired_capacity, r.desired_capacity
+            );
+        }
+        AsgCommand::TerminateInstance {
+            instance,
+            decrement,
+            json,
+            socket,
+        } => {
+            let request = Request::AsgTerminateInstance {
+                instance,
+                decrement,
+            };
+            let r = call!(&socket, request, InstanceTerminating);
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{}: terminating {} ({}; desired capacity {})",
+                r.group,
+                r.instance_id,
+                if r.decremented {
+                    "not replaced"
+                } else {
+                    "a replacement launches"
+                },
+                r.desired_capacity
+            );
+        }
+        AsgCommand::SetProtection {
+            group,
+            instances,
+            off,
+            json,
+            socket,
+        } => {
+            let request = Request::AsgSetProtection {
+                group,
+                instances,
+                protected: !off,
+            };
+            let r = call!(&socket, request, ProtectionSet);
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{}: {} {} from scale-in",
+                r.group,
+                r.instances.join(", "),
+                if r.protected_from_scale_in {
+                    "protected"
+                } else {
+                    "no longer protected"
+                }
+            );
+        }
+        AsgCommand::Activities {
+            group,
+            limit,
+            json,
+            socket,
+        } => {
+            let mut list = call!(&socket, Request::AsgActivities { group }, Activities);
+            list.truncate(limit);
+            if json {
+                return print_json(&list);
+            }
+            for a in &list {
+                print_activity(a);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_group_line(g: &AsgView) {
+    let in_service = g
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle_state == "InService")
+        .count();
+    println!(
+        "{}  min {} desired {} max {}  {} in service of {} instances  {}{}",
+        g.name,
+        g.min_size,
+        g.desired_capacity,
+        g.max_size,
+        in_service,
+        g.instances.len(),
+        g.launch_template
+            .as_deref()
+            .or(g.launch_configuration.as_deref())
+            .unwrap_or("-"),
+        if g.deleting { "  (deleting)" } else { "" },
+    );
+}
+
+fn describe(g: &AsgView) {
+    print_group_line(g);
+    println!(
+        "    provider {}, target groups [{}], health check {} (grace {}s), cooldown {}s, termination policies [{}]{}",
+        g.provider,
+        g.target_groups.join(", "),
+        g.health_check_type,
+        g.health_check_grace_period_seconds,
+        g.default_cooldown_seconds,
+        g.termination_policies.join(", "),
+        if g.suspended_processes.is_empty() {
+            String::new()
+        } else {
+            format!(", suspended [{}]", g.suspended_processes.join(", "))
+        }
+    );
+    for i in &g.instances {
+        let source = match (&i.launch_template, i.launch_template_version) {
+            (Some(t), Some(v)) => format!("{t} v{v}"),
+            _ => i.launch_configuration.clone().unwrap_or_default(),
+        };
+        println!(
+            "    {}  {}  {}  {}  {}{}{}  launched {}",
+            i.instance_id,
+            i.address,
+            i.lifecycle_state,
+            i.health_status,
+            source,
+            i.cpu_utilization
+                .map_or(String::new(), |c| format!("  cpu {c:.0}%")),
+            if i.protected_from_scale_in {
+                "  protected"
+            } else {
+                ""
+            },
+            i.launched_at
+        );
+    }
+}
+
+fn print_activity(a: &ActivityView) {
+    println!(
+        "{}  {}  {}{}",
+        a.start_time,
+        a.status,
+        a.description,
+        a.status_message
+            .as_ref()
+            .map_or(String::new(), |m| format!(" ({m})"))
+    );
+    println!("    {}", a.cause);
+}
