@@ -176,6 +176,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             cgroup_parent: None,
         },
         link_hook: None,
+        in_flight: None,
     };
     let source = ConfigSource {
         path: config_path,
@@ -239,6 +240,11 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             servers.push(tokio::spawn(api::serve(tcp, agent.clone(), api::Access::MetricsOnly, limits, shutdown.clone())));
         }
         let monitor = tokio::spawn(monitor::run(agent.clone(), shutdown.subscribe()));
+        let proxy = Proxy::new(sticky_key, proxy_metrics, PROXY_WORKERS)?;
+        let scaling_options = auto_scaling::Options {
+            in_flight: Some(proxy.in_flight()),
+            ..scaling_options
+        };
         // The groups start once the data plane and the API run: their first registrations go
         // through the writer like any `targets add`.
         let (engine, scaling) = auto_scaling::Engine::start(agent.clone(), scaling_options)
@@ -247,7 +253,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         agent.serve_scaling(scaling);
         let scaling = tokio::spawn(engine.run(shutdown.subscribe()));
         let proxy = tokio::spawn(run_proxy(
-            Proxy::new(sticky_key, proxy_metrics, PROXY_WORKERS)?,
+            proxy,
             proxy_snapshots,
             shutdown.subscribe(),
         ));

@@ -17,7 +17,7 @@ use std::{
     collections::{BinaryHeap, HashMap},
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicU32, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -324,12 +324,68 @@ pub struct LoadRegistry {
     /// Which build we are at; an entry holds the last build that asked for it.
     build: u64,
     groups: HashMap<String, HashMap<SocketAddr, (u64, Arc<TargetLoad>)>>,
+    /// Every load handed out that is still alive, kept and forgotten ones alike.
+    in_flight: Arc<InFlight>,
+}
+
+/// The requests in progress on each (group, target), read from outside the proxy: those on
+/// targets the plans still serve and those on targets they no longer do (deregistered,
+/// draining), whose requests run on until they end. The auto scaling groups stop an instance
+/// only once nothing is in progress on it.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    loads: Mutex<HashMap<(String, SocketAddr), Vec<Weak<TargetLoad>>>>,
+}
+
+impl InFlight {
+    /// Requests in progress on `target` of `group` now.
+    pub fn requests(&self, group: &str, target: SocketAddr) -> u32 {
+        let loads = self
+            .loads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loads.get(&(group.to_owned(), target)).map_or(0, |list| {
+            list.iter()
+                .filter_map(Weak::upgrade)
+                .map(|l| l.outstanding())
+                .sum()
+        })
+    }
+
+    /// Remembers a load handed out for `target` of `group`.
+    fn record(&self, group: &str, target: SocketAddr, load: &Arc<TargetLoad>) {
+        let mut loads = self
+            .loads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loads
+            .entry((group.to_owned(), target))
+            .or_default()
+            .push(Arc::downgrade(load));
+    }
+
+    /// Forgets loads nothing holds any more (their requests have all ended).
+    fn prune(&self) {
+        let mut loads = self
+            .loads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loads.retain(|_, list| {
+            list.retain(|w| w.strong_count() > 0);
+            !list.is_empty()
+        });
+    }
 }
 
 impl LoadRegistry {
     /// Nothing kept yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The requests in progress per (group, target), for readers outside the proxy.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        Arc::clone(&self.in_flight)
     }
 
     /// Starts a plan build.
@@ -363,9 +419,12 @@ impl LoadBuild<'_> {
             Some(targets) => targets,
             None => self.registry.groups.entry(group.to_owned()).or_default(),
         };
-        let (asked, load) = targets
-            .entry(address)
-            .or_insert_with(|| (build, TargetLoad::new()));
+        let in_flight = &self.registry.in_flight;
+        let (asked, load) = targets.entry(address).or_insert_with(|| {
+            let load = TargetLoad::new();
+            in_flight.record(group, address, &load);
+            (build, load)
+        });
         *asked = build;
         Arc::clone(load)
     }
@@ -378,6 +437,7 @@ impl Drop for LoadBuild<'_> {
             targets.retain(|_, (asked, _)| *asked == build);
             !targets.is_empty()
         });
+        self.registry.in_flight.prune();
     }
 }
 

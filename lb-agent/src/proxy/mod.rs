@@ -108,6 +108,12 @@ impl Proxy {
         })
     }
 
+    /// The requests in progress on each (group, target), targets no longer served included:
+    /// what an instance must finish before it stops.
+    pub fn in_flight(&self) -> Arc<balance::InFlight> {
+        self.builder.in_flight()
+    }
+
     /// Serves `config` with `serving` (each group's targets in service): a new plan, the
     /// access log reopened if its settings changed, listeners started and stopped. Must run
     /// inside the tokio runtime.

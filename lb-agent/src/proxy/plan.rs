@@ -140,6 +140,11 @@ impl PlanBuilder {
         }
     }
 
+    /// The requests in progress per (group, target).
+    pub fn in_flight(&self) -> Arc<super::balance::InFlight> {
+        self.loads.in_flight()
+    }
+
     /// The plan for `config` with `serving` (each group's targets in service, with weights).
     /// A listener whose TLS set-up fails now (a certificate file gone since the config was
     /// checked) keeps its previous plan, and the failure is logged.

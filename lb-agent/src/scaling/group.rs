@@ -145,6 +145,11 @@ pub struct Group {
     instances: Vec<Instance>,
     /// Launches asked for and not yet reported (counted toward the capacity).
     launching: u32,
+    /// The capacity before and after the launches under way, as their causes say it (EC2
+    /// words a batch of launches "increasing the capacity from 0 to 2" in each).
+    launch_batch: (u32, u32),
+    /// The same for the instances a scale-in takes out together.
+    shrink_batch: Option<(u32, u32)>,
     activities: ActivityLog,
     /// Why the desired capacity last changed (EC2's sentence), until the group reaches it:
     /// the launches and terminations it causes start their cause with it, as EC2's do.
@@ -158,6 +163,8 @@ impl Group {
             capacity,
             instances: Vec::new(),
             launching: 0,
+            launch_batch: (0, 0),
+            shrink_batch: None,
             activities: ActivityLog::default(),
             capacity_cause: None,
         }
@@ -301,8 +308,8 @@ impl Group {
         now: Duration,
     ) {
         self.launching = self.launching.saturating_sub(1);
-        let before = self.current_capacity();
-        let cause = self.with_capacity_cause(activity::launch_cause(time(now), before, before + 1));
+        let (from, to) = self.launch_batch;
+        let cause = self.with_capacity_cause(activity::launch_cause(time(now), from, to));
         let activity = self.activities.start(
             &self.settings.name,
             activity::launch_description(id),
@@ -323,11 +330,11 @@ impl Group {
     /// One launch the engine was asked for failed (the next step asks again).
     pub fn launch_failed(&mut self, why: &str, now: Duration) {
         self.launching = self.launching.saturating_sub(1);
-        let before = self.current_capacity();
+        let (from, to) = self.launch_batch;
         let id = self.activities.start(
             &self.settings.name,
             "Launching a new instance.  Status Reason: the launch failed".to_owned(),
-            activity::launch_cause(time(now), before, before + 1),
+            self.with_capacity_cause(activity::launch_cause(time(now), from, to)),
             time(now),
         );
         self.activities
@@ -430,11 +437,14 @@ impl Group {
                 &self.settings.termination_policies,
                 &self.settings.current_launch,
             );
+            self.shrink_batch = Some((current, desired));
             for id in chosen {
                 self.take_out_of_service(&id, &OutOfService::Shrinking, now, &mut actions);
             }
+            self.shrink_batch = None;
         } else if current < desired {
             let count = desired - current;
+            self.launch_batch = (current, desired);
             self.launching += count;
             actions.push(Action::Launch { count });
         } else if self.launching == 0 {
@@ -475,7 +485,9 @@ impl Group {
                 time(now),
             );
         }
-        let after = before.saturating_sub(1);
+        let (before, after) = self
+            .shrink_batch
+            .unwrap_or((before, before.saturating_sub(1)));
         let mut cause = activity::termination_cause(time(now), id, why, before, after);
         if *why == OutOfService::Shrinking
             && let Some(first) = &self.capacity_cause

@@ -174,7 +174,7 @@ pub fn instance_spec(
                         protocol,
                         from_port: port,
                         to_port: port,
-                        sources: rule.sources.clone(),
+                        sources: or_anywhere(&rule.sources),
                     })
                 })
             })
@@ -187,7 +187,7 @@ pub fn instance_spec(
                     protocol,
                     from_port: port,
                     to_port: port,
-                    sources: Vec::new(),
+                    sources: anywhere(),
                 })
             })
             .collect(),
@@ -210,6 +210,23 @@ pub fn instance_spec(
         inbound_rules,
         stop_timeout: definition.stop_timeout,
     }
+}
+
+/// Sources written, or anywhere when none are (the config's rule: none written, any).
+fn or_anywhere(sources: &[Cidr]) -> Vec<Cidr> {
+    if sources.is_empty() {
+        anywhere()
+    } else {
+        sources.to_vec()
+    }
+}
+
+/// Every IPv4 and IPv6 source (AWS's `0.0.0.0/0` and `::/0`).
+fn anywhere() -> Vec<Cidr> {
+    ["0.0.0.0/0", "::/0"]
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect()
 }
 
 /// The port an instance launched from `definition` is registered on in `target_group`: the
@@ -317,7 +334,7 @@ target_groups = ["web", "api"]
         assert!(
             spec.inbound_rules
                 .iter()
-                .all(|r| r.from_port == 8080 && r.sources.is_empty())
+                .all(|r| r.from_port == 8080 && r.sources == anywhere() && r.sources.len() == 2)
         );
 
         let config = with_version("2");

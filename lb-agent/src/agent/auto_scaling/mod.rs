@@ -36,6 +36,7 @@ use crate::{
             ProtectionSet,
         },
     },
+    proxy::balance::InFlight,
     scaling::{
         addressing,
         capacity::{CapacityChange, Cause, Cooldown, GroupCapacity},
@@ -68,6 +69,9 @@ pub struct Options {
     pub local: LocalConfig,
     /// What the agent does to each `local` instance's veth (XDP on it).
     pub link_hook: Option<LinkHook>,
+    /// The L7 proxy's requests in progress per target: a draining instance stops only once
+    /// none is left (or its deregistration delay is over).
+    pub in_flight: Option<Arc<InFlight>>,
 }
 
 /// The API's side of the groups: cheap to clone.
@@ -271,10 +275,15 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.step().await,
-                Some(event) = events.recv() => self.event(event),
+                Some(event) = events.recv() => {
+                    self.event(event);
+                    // A launch or a stop moves the group on: look again now, not at the tick.
+                    self.step().await;
+                }
                 Some(Command::Request { request, reply }) = commands.recv() => {
                     let answer = self.request(request).await;
                     let _ = reply.send(answer);
+                    self.step().await;
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { break; }

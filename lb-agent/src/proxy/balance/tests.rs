@@ -246,3 +246,29 @@ fn registry_keeps_loads_across_builds_and_forgets_targets_gone() {
         "target 0 was not asked for by that build"
     );
 }
+
+#[test]
+fn requests_in_flight_are_counted_on_targets_the_plans_no_longer_serve_until_they_end() {
+    let mut registry = LoadRegistry::new();
+    let in_flight = registry.in_flight();
+    let load = registry.build().load("web", address(1));
+    let first = load.start();
+    let second = load.start();
+    assert_eq!(in_flight.requests("web", address(1)), 2);
+    assert_eq!(in_flight.requests("api", address(1)), 0, "per group");
+    // Deregistered: the next plan serves only target 0; the old plan is gone too.
+    drop(registry.build().load("web", address(0)));
+    drop(load);
+    assert_eq!(
+        in_flight.requests("web", address(1)),
+        2,
+        "its requests still run"
+    );
+    drop(first);
+    assert_eq!(in_flight.requests("web", address(1)), 1);
+    drop(second);
+    assert_eq!(in_flight.requests("web", address(1)), 0);
+    // Once the last request ended, nothing of it is kept.
+    drop(registry.build().load("web", address(0)));
+    assert_eq!(in_flight.requests("web", address(1)), 0);
+}

@@ -198,7 +198,8 @@ fn scale_in_drains_the_chosen_instance_until_its_flows_end_or_the_delay_passes()
     );
     let cause = &g.activities().newest_first().next().unwrap().cause;
     assert!(
-        cause.contains("shrinking the capacity from 2 to 1")
+        // Both leave in one scale-in: each says the batch's from and to, as EC2 does.
+        cause.contains("shrinking the capacity from 3 to 1")
             && cause.contains("instance i-b was selected for termination"),
         "{cause}"
     );
@@ -290,6 +291,21 @@ fn terminating_an_instance_replaces_it_unless_decremented_and_never_below_min() 
         g.terminate_instance("i-zzz", false, at(36)),
         Err(GroupError::NoInstance { .. })
     ));
+}
+
+#[test]
+fn launches_asked_for_together_each_say_the_whole_change_as_ec2_does() {
+    let mut g = group(0, 2, 4);
+    assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 2 }]);
+    g.launched("i-a", address(2), from_v1(), at(1));
+    g.launched("i-b", address(3), from_v1(), at(1));
+    for a in g.activities().newest_first() {
+        assert!(
+            a.cause.ends_with("increasing the capacity from 0 to 2."),
+            "{}",
+            a.cause
+        );
+    }
 }
 
 #[test]

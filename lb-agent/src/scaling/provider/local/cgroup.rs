@@ -61,8 +61,12 @@ impl Layout {
         let read = |path: &str| {
             fs::read_to_string(path).map_err(|e| LocalError::Cgroup(format!("reading {path}: {e}")))
         };
-        let mountinfo = read("/proc/self/mountinfo")?;
         let own = read("/proc/self/cgroup")?;
+        let mut mountinfo = read("/proc/self/mountinfo")?;
+        if !hidden_hierarchies(&mountinfo, &own).is_empty() {
+            mount_hidden(&mountinfo, &own)?;
+            mountinfo = read("/proc/self/mountinfo")?;
+        }
         let v2_controllers = v2_mount(&mountinfo)
             .map(|m| fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default())
             .unwrap_or_default();
@@ -176,6 +180,85 @@ fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
             .then(|| PathBuf::from(before.split_whitespace().nth(4).unwrap_or("")))
             .filter(|p| !p.as_os_str().is_empty())
     })
+}
+
+/// Where cgroup hierarchies are mounted on a usual system.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The v1 hierarchies the process is in (`/proc/self/cgroup`), with a controller instances
+/// need, that are mounted nowhere in this mount namespace (their controller lists, as the
+/// mount option they are mounted with). `ip netns exec` remounts `/sys` and so hides the
+/// host's cgroup mounts from an agent run in a network namespace.
+fn hidden_hierarchies(mountinfo: &str, own: &str) -> Vec<String> {
+    own.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(1))
+        .filter(|list| {
+            !list.is_empty()
+                && !list.starts_with("name=")
+                && list.split(',').any(|c| NEEDED.contains(&c))
+                && list.split(',').all(|c| v1_mount(mountinfo, c).is_none())
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Mounts the hierarchies `hidden_hierarchies` finds under `/sys/fs/cgroup` (on a tmpfs of
+/// its own when nothing is mounted there), as systemd mounts them; and the v2 hierarchy at
+/// `/sys/fs/cgroup/unified` if it is hidden too. The same hierarchy mounted again is the same
+/// hierarchy: limits set here are the host's.
+fn mount_hidden(mountinfo: &str, own: &str) -> Result<(), LocalError> {
+    let root = Path::new(CGROUP_ROOT);
+    let mounted_at_root = mountinfo.lines().any(|line| {
+        line.split_once(" - ")
+            .and_then(|(before, _)| before.split_whitespace().nth(4))
+            == Some(CGROUP_ROOT)
+    });
+    if !mounted_at_root {
+        mount("tmpfs", root, "tmpfs", Some("mode=755"))?;
+    }
+    for list in hidden_hierarchies(mountinfo, own) {
+        let at = root.join(&list);
+        fs::create_dir_all(&at)
+            .map_err(|e| LocalError::Cgroup(format!("making {}: {e}", at.display())))?;
+        mount("cgroup", &at, "cgroup", Some(&list))?;
+        tracing::info!(at = %at.display(), controllers = list, "mounted a cgroup hierarchy this mount namespace did not show (ip netns exec hides the host's)");
+    }
+    if v2_mount(mountinfo).is_none() && own.lines().any(|l| l.starts_with("0::")) {
+        let at = root.join("unified");
+        fs::create_dir_all(&at)
+            .map_err(|e| LocalError::Cgroup(format!("making {}: {e}", at.display())))?;
+        mount("cgroup2", &at, "cgroup2", None)?;
+    }
+    Ok(())
+}
+
+/// `mount -t fstype source at -o options`.
+fn mount(source: &str, at: &Path, fstype: &str, options: Option<&str>) -> Result<(), LocalError> {
+    let c = |s: &str| {
+        std::ffi::CString::new(s).map_err(|e| LocalError::Cgroup(format!("mounting {source}: {e}")))
+    };
+    let (source_c, fstype_c) = (c(source)?, c(fstype)?);
+    let target = c(&at.to_string_lossy())?;
+    let data = options.map(c).transpose()?;
+    // SAFETY: NUL-terminated strings that outlive the call; data is a string or null.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target.as_ptr(),
+            fstype_c.as_ptr(),
+            0,
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>()),
+        )
+    };
+    if rc != 0 {
+        return Err(LocalError::Cgroup(format!(
+            "mounting {fstype} on {}: {}",
+            at.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }
 
 /// The path in `/proc/self/cgroup` of the line whose controller list `matches`.
@@ -335,6 +418,16 @@ mod tests {
 1:cpu:/
 0::/
 ";
+
+    #[test]
+    fn hierarchies_hidden_by_a_remounted_sys_are_found_with_their_mount_options() {
+        // `ip netns exec` remounted /sys: no cgroup mount is left.
+        let bare = "22 1 0:5 / /sys rw,relatime - sysfs sysfs rw\n";
+        let own = "5:cpu,cpuacct:/\n4:memory:/m\n3:pids:/\n1:name=systemd:/\n0::/\n";
+        assert_eq!(hidden_hierarchies(bare, own), ["cpu,cpuacct", "memory"]);
+        // Nothing hidden where they are mounted.
+        assert!(hidden_hierarchies(HYBRID_MOUNTS, HYBRID_OWN).is_empty());
+    }
 
     #[test]
     fn a_hybrid_machine_takes_every_controller_from_v1() {
