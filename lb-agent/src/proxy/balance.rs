@@ -334,8 +334,11 @@ pub struct LoadRegistry {
 /// only once nothing is in progress on it.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    loads: Mutex<HashMap<(String, SocketAddr), Vec<Weak<TargetLoad>>>>,
+    loads: Mutex<HashMap<GroupTarget, Vec<Weak<TargetLoad>>>>,
 }
+
+/// A target of a group: (group name, target).
+type GroupTarget = (String, SocketAddr);
 
 impl InFlight {
     /// Requests in progress on `target` of `group` now.

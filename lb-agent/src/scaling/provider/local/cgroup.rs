@@ -191,7 +191,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// host's cgroup mounts from an agent run in a network namespace.
 fn hidden_hierarchies(mountinfo: &str, own: &str) -> Vec<String> {
     own.lines()
-        .filter_map(|line| line.splitn(3, ':').nth(1))
+        .filter_map(|line| line.split(':').nth(1))
         .filter(|list| {
             !list.is_empty()
                 && !list.starts_with("name=")
