@@ -2,6 +2,7 @@
 //! XDP program with BPF_PROG_TEST_RUN, its maps filled by the agent's own code.
 
 pub mod agent_views;
+pub mod auto_scaling_lab;
 pub mod bed_config;
 pub mod decode;
 pub mod flood;

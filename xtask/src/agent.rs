@@ -36,6 +36,23 @@ impl LabAgent {
         config: &Path,
         ifaces: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with(lab, binary, config, ifaces, false)
+    }
+
+    /// As `start`, in the machine's mount namespace (`Lab::spawn_in_host_mounts`): the
+    /// auto scaling groups' `local` instances (their `ip netns` names, cgroups) are then the
+    /// machine's, and a restarted agent finds them.
+    pub fn start_in_host_mounts(lab: &Lab, binary: &Path, config: &Path) -> anyhow::Result<Self> {
+        Self::start_with(lab, binary, config, &["eth0"], true)
+    }
+
+    fn start_with(
+        lab: &Lab,
+        binary: &Path,
+        config: &Path,
+        ifaces: &[&str],
+        host_mounts: bool,
+    ) -> anyhow::Result<Self> {
         // In the lab's directory, which goes with the lab.
         let socket = lab.log_dir().join("agent.sock");
         let _ = std::fs::remove_file(&socket);
@@ -56,7 +73,11 @@ impl LabAgent {
         for iface in ifaces {
             args.extend(["--iface", iface]);
         }
-        let pid = lab.spawn(lab.lb(), &args)?;
+        let pid = if host_mounts {
+            lab.spawn_in_host_mounts(lab.lb(), &args)?
+        } else {
+            lab.spawn(lab.lb(), &args)?
+        };
         let agent = Self {
             binary: binary.to_owned(),
             socket,

@@ -81,6 +81,26 @@ impl Lab {
     /// Starts `args` in `host` in the background with stdout and stderr to a log file (read
     /// with `log`); the process is killed on drop. Returns its pid.
     pub fn spawn(&self, host: &Host, args: &[&str]) -> anyhow::Result<u32> {
+        self.spawn_as(host, args, self.cmd(host, args.first().copied().unwrap_or_default()))
+    }
+
+    /// Kills and reaps every process `spawn` started (the lab does it when it goes).
+    pub fn stop_processes(&self) {
+        self.processes.kill_all(&self.name);
+    }
+
+    /// As `spawn`, in `host`'s network namespace only (`nsenter --net`): the process keeps
+    /// the machine's mount namespace, so what it mounts or names (`ip netns add`, cgroups,
+    /// bpffs) is the machine's, as for an agent run by a service manager; `ip netns exec`
+    /// gives each process a mount namespace of its own instead.
+    pub fn spawn_in_host_mounts(&self, host: &Host, args: &[&str]) -> anyhow::Result<u32> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", host.ns));
+        cmd.arg(args.first().copied().unwrap_or_default());
+        self.spawn_as(host, args, cmd)
+    }
+
+    fn spawn_as(&self, host: &Host, args: &[&str], mut cmd: Command) -> anyhow::Result<u32> {
         let (program, rest) = args.split_first().context("an empty command")?;
         let mut processes = self.processes.lock()?;
         let base = Path::new(program)
@@ -90,7 +110,6 @@ impl Lab {
             .log_dir
             .join(format!("{:02}-{}-{base}.log", processes.len(), host.role));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = self.cmd(host, program);
         cmd.args(rest)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

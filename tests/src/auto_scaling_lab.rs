@@ -1,0 +1,275 @@
+//! The auto scaling lab: a lab whose agent runs an auto scaling group of `local` instances
+//! (the `instance-server` binary) behind a VIP, in the machine's mount namespace as a service
+//! manager would run it (`LabAgent::start_in_host_mounts`), so that the instances' namespaces
+//! and cgroups are the machine's and a restarted agent finds them.
+//!
+//! Instances outlive their agent by design: on drop, the lab terminates every instance the
+//! agent's `local` provider left (through the provider itself, from its records), before the
+//! lab's namespaces go.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use lb_agent::{
+    protocol::scaling::{ActivityView, AsgView},
+    scaling::provider::{
+        Provider as _,
+        local::{LocalConfig, LocalProvider},
+    },
+};
+use xtask::{
+    agent::LabAgent,
+    lab::{Lab, VIP4},
+};
+
+use crate::lab_traffic::{agent_binary, config_path, lab_up, write_config};
+
+/// The subnet the lab's groups take addresses from.
+pub const SUBNET: &str = "198.18.8.0/24";
+
+/// A lab with an agent running an auto scaling group.
+pub struct AsgLab {
+    agent: Option<LabAgent>,
+    pub lab: Lab,
+}
+
+impl AsgLab {
+    /// A lab (no backends) whose agent runs `config` (see `config`).
+    pub fn up(tag: &str, config: &str) -> Self {
+        let lab = lab_up(tag, 0);
+        write_config(&lab, config);
+        let agent = start(&lab);
+        Self {
+            agent: Some(agent),
+            lab,
+        }
+    }
+
+    pub fn agent(&self) -> &LabAgent {
+        self.agent.as_ref().expect("an agent runs")
+    }
+
+    /// Stops the agent (SIGTERM, as a service manager does) and starts a new one on the same
+    /// config and state.
+    pub fn restart_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            // SAFETY: a plain kill(2) of the agent's pid.
+            unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.lab.is_running(agent.pid()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                !self.lab.is_running(agent.pid()),
+                "the agent did not stop on SIGTERM"
+            );
+        }
+        self.agent = Some(start(&self.lab));
+    }
+
+    /// `asg describe GROUP --json`.
+    pub fn group(&self, name: &str) -> AsgView {
+        read(self.agent(), &["asg", "describe", name, "--json"])
+    }
+
+    /// `asg activities GROUP --json`, newest first.
+    pub fn activities(&self, name: &str) -> Vec<ActivityView> {
+        read(
+            self.agent(),
+            &["asg", "activities", name, "--limit", "1000", "--json"],
+        )
+    }
+
+    /// `lb-agent ARGS` against the agent.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.agent()
+            .cli(args)
+            .unwrap_or_else(|e| panic!("lb-agent {}: {e:#}", args.join(" ")))
+    }
+
+    /// Polls `asg describe` every 100 ms until `done` holds, for at most `within`; the group
+    /// then and how long it took.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&AsgView) -> bool,
+    ) -> (AsgView, Duration) {
+        let start = Instant::now();
+        loop {
+            let group = self.group(name);
+            if done(&group) {
+                return (group, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < within,
+                "{name}: not {what} within {within:?}: {group:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `count` requests to `http://VIP/` from the client, one connection each; how many each
+    /// instance answered (failures count under `"failed"`).
+    pub fn answers(&self, count: usize) -> BTreeMap<String, usize> {
+        let script = format!(
+            "import urllib.request\n\
+             for i in range({count}):\n\
+             \x20   try:\n\
+             \x20       print(urllib.request.urlopen('http://{VIP4}/', timeout=2).read().decode().strip(), flush=True)\n\
+             \x20   except Exception:\n\
+             \x20       print('failed', flush=True)\n"
+        );
+        let out = self
+            .lab
+            .run(self.lab.client(), &["python3", "-c", &script])
+            .expect("requests from the client");
+        let mut answers = BTreeMap::new();
+        for line in out.lines() {
+            *answers.entry(line.to_owned()).or_insert(0) += 1;
+        }
+        answers
+    }
+
+    /// Polls the VIP (8 requests every 100 ms) until `instance` answers, for at most
+    /// `within`; how long that took.
+    pub fn wait_until_serving(&self, instance: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.answers(8).contains_key(instance) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{instance} did not answer through the VIP within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for AsgLab {
+    fn drop(&mut self) {
+        // The agent first, so that it launches nothing more; then every instance it left.
+        drop(self.agent.take());
+        self.lab.stop_processes();
+        terminate_instances(&instances_dir(&self.lab));
+    }
+}
+
+/// Starts the agent on the lab's config, in the machine's mount namespace.
+fn start(lab: &Lab) -> LabAgent {
+    LabAgent::start_in_host_mounts(lab, &agent_binary(), &config_path(lab))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Where the agent's `local` provider keeps its instances (`NAME.instances` beside the
+/// config).
+pub fn instances_dir(lab: &Lab) -> PathBuf {
+    config_path(lab).with_extension("instances")
+}
+
+/// Terminates every instance recorded in `dir` (SIGTERM, 1 s, SIGKILL), with its namespace,
+/// veth and cgroups.
+pub fn terminate_instances(dir: &std::path::Path) {
+    if !dir.exists() {
+        return;
+    }
+    let provider = match LocalProvider::new(LocalConfig {
+        state_dir: dir.to_owned(),
+        lb_namespace: None,
+        cgroup_parent: None,
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cleaning up instances in {}: {e}", dir.display());
+            return;
+        }
+    };
+    let records = provider.saved_records().unwrap_or_default();
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = provider.adopt(&records) {
+        eprintln!("cleaning up instances in {}: {e}", dir.display());
+    }
+    for record in records {
+        if let Err(e) = provider.terminate(&record.instance_id, Duration::from_secs(1)) {
+            eprintln!("terminating {}: {e}", record.instance_id);
+        }
+    }
+}
+
+/// `lb-agent ARGS` read as JSON.
+fn read<T: serde::de::DeserializeOwned>(agent: &LabAgent, args: &[&str]) -> T {
+    let out = agent
+        .cli(args)
+        .unwrap_or_else(|e| panic!("lb-agent {}: {e:#}", args.join(" ")));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
+}
+
+/// The instances of `group` in `state` (`InService`, `Pending`, ...).
+pub fn in_state<'a>(group: &'a AsgView, state: &str) -> Vec<&'a str> {
+    group
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle_state == state)
+        .map(|i| i.instance_id.as_str())
+        .collect()
+}
+
+/// An agent config: an http listener on VIP:80 forwarding to target group `web` (port 8080,
+/// health checks on `/health` every 5 s, `deregistration_delay`), and auto scaling group
+/// `web-asg` of `instance-server` (at `server`) instances with `min`/`desired`/`max`, and
+/// `extra` lines appended to the group (policies, alarms...).
+pub fn config(
+    server: &str,
+    (min, desired, max): (u32, u32, u32),
+    deregistration_delay: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"[agent]
+interface = "eth0"
+
+[[target_group]]
+name = "web"
+protocol = "http"
+port = 8080
+deregistration_delay = "{deregistration_delay}"
+health_check = {{ protocol = "http", path = "/health", interval = "5s", timeout = "2s", healthy_threshold = 2, unhealthy_threshold = 2 }}
+
+[[listener]]
+name = "site"
+address = "{VIP4}"
+port = 80
+protocol = "http"
+default_action = {{ forward = "web" }}
+
+[instance_types]
+small = {{ cpu = 0.5, memory = "256MiB" }}
+
+[[launch_template]]
+name = "web"
+[[launch_template.version]]
+command = ["{server}", "--port", "8080"]
+instance_type = "small"
+ports = [8080]
+stop_timeout = "1s"
+
+[[auto_scaling_group]]
+name = "web-asg"
+launch_template = {{ name = "web" }}
+subnet = "{SUBNET}"
+min_size = {min}
+desired_capacity = {desired}
+max_size = {max}
+target_groups = ["web"]
+{extra}
+"#
+    )
+}
