@@ -37,9 +37,9 @@ pub struct AsgLab {
 }
 
 impl AsgLab {
-    /// A lab (no backends) whose agent runs `config` (see `config`).
+    /// A lab (one idle backend, the least a lab has) whose agent runs `config` (see `config`).
     pub fn up(tag: &str, config: &str) -> Self {
-        let lab = lab_up(tag, 0);
+        let lab = lab_up(tag, 1);
         write_config(&lab, config);
         let agent = start(&lab);
         Self {

@@ -81,7 +81,11 @@ impl Lab {
     /// Starts `args` in `host` in the background with stdout and stderr to a log file (read
     /// with `log`); the process is killed on drop. Returns its pid.
     pub fn spawn(&self, host: &Host, args: &[&str]) -> anyhow::Result<u32> {
-        self.spawn_as(host, args, self.cmd(host, args.first().copied().unwrap_or_default()))
+        self.spawn_as(
+            host,
+            args,
+            self.cmd(host, args.first().copied().unwrap_or_default()),
+        )
     }
 
     /// Kills and reaps every process `spawn` started (the lab does it when it goes).

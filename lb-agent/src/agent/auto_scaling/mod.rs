@@ -545,8 +545,18 @@ impl Engine {
                     seen.unhealthy_in_target_groups.insert(instance.id.clone());
                     running.unhealthy.insert(instance.id.clone());
                 }
+                // Drained: gone from every target group (the writer ends a target's draining
+                // once no flow is left, or at the delay), and no request of the proxy's in
+                // progress on it (the proxy's requests are no flows of the data plane).
+                let requests = |(tg, address): &(String, SocketAddr)| {
+                    self.options
+                        .in_flight
+                        .as_ref()
+                        .map_or(0, |f| f.requests(tg, *address))
+                };
                 if matches!(instance.phase, Phase::Draining { .. })
                     && states.iter().all(Option::is_none)
+                    && registrations.iter().all(|r| requests(r) == 0)
                 {
                     seen.drained.insert(instance.id.clone());
                 }

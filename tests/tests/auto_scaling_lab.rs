@@ -1,0 +1,266 @@
+//! Auto scaling groups with real processes and real XDP: a group of `local` instances
+//! (`instance-server`) behind a VIP in the namespace lab. Each test prints what it measured
+//! (`measured: ...`), the figures the issue asks for.
+//!
+//! Needs root (namespaces, cgroups, XDP): skipped otherwise, like the other lab tests.
+
+use std::{
+    collections::BTreeSet,
+    io::Read as _,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tests::auto_scaling_lab::{AsgLab, config, in_state};
+use xtask::lab::VIP4;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_instance-server");
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+#[test]
+fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
+    if !root() {
+        return;
+    }
+    let lab = AsgLab::up("asg-heal", &config(SERVER, (1, 2, 4), "5s", ""));
+    let (group, took) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
+        in_state(g, "InService").len() == 2
+    });
+    println!("measured: 2 instances in service {took:?} after the agent started");
+    let ids: Vec<String> = group
+        .instances
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    for id in &ids {
+        lab.wait_until_serving(id, Duration::from_secs(30));
+    }
+    // Every request is answered, by both instances.
+    let answers = lab.answers(20);
+    assert_eq!(answers.get("failed"), None, "{answers:?}");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+
+    // kill -9 one instance: the group replaces it, and the new one serves.
+    let victim = &group.instances[0];
+    let pid = victim.pid.expect("a local instance's pid");
+    let killed_at = Instant::now();
+    // SAFETY: a plain kill(2).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let (after, _) = lab.wait_for("web-asg", Duration::from_secs(30), "healed", |g| {
+        g.instances
+            .iter()
+            .all(|i| i.instance_id != victim.instance_id)
+            && in_state(g, "InService").len() == 2
+    });
+    let new: Vec<&str> = in_state(&after, "InService")
+        .into_iter()
+        .filter(|id| !ids.iter().any(|old| old == id))
+        .collect();
+    assert_eq!(new.len(), 1, "one replacement: {after:#?}");
+    lab.wait_until_serving(new[0], Duration::from_secs(30));
+    let replaced_in = killed_at.elapsed();
+    println!(
+        "measured: a killed instance's replacement served through the VIP {replaced_in:?} after the kill"
+    );
+    let answers = lab.answers(20);
+    assert!(!answers.contains_key(&victim.instance_id), "{answers:?}");
+    // The history says why, in EC2's words.
+    let activities = lab.activities("web-asg");
+    let termination = activities
+        .iter()
+        .find(|a| a.description == format!("Terminating instance: {}", victim.instance_id))
+        .expect("the dead instance's termination is an activity");
+    assert!(
+        termination.cause.contains("EC2 health check"),
+        "{termination:?}"
+    );
+    assert_eq!(termination.status, "Successful");
+
+    // set-desired 3: the time until the new instance serves through the VIP.
+    let asked = Instant::now();
+    lab.cli(&["asg", "set-desired", "web-asg", "3"]);
+    let (grown, _) = lab.wait_for("web-asg", Duration::from_secs(30), "3 in service", |g| {
+        in_state(g, "InService").len() == 3
+    });
+    let before: BTreeSet<&str> = in_state(&after, "InService").into_iter().collect();
+    let third = in_state(&grown, "InService")
+        .into_iter()
+        .find(|id| !before.contains(id))
+        .expect("a new instance")
+        .to_owned();
+    lab.wait_until_serving(&third, Duration::from_secs(30));
+    println!(
+        "measured: set-desired 2 -> 3: the new instance served through the VIP {:?} after the request",
+        asked.elapsed()
+    );
+    let launch = lab
+        .activities("web-asg")
+        .into_iter()
+        .find(|a| a.description.ends_with(&third))
+        .expect("its launch");
+    assert!(
+        launch
+            .cause
+            .contains("a user request explicitly set group desired capacity changing the desired capacity from 2 to 3"),
+        "{launch:?}"
+    );
+}
+
+#[test]
+fn scale_in_drains_a_long_download_to_its_last_byte_and_then_stops_the_instance() {
+    if !root() {
+        return;
+    }
+    // A long deregistration delay: the instance must stop when its download ends, not then.
+    let lab = AsgLab::up("asg-drain", &config(SERVER, (1, 2, 2), "120s", ""));
+    let (group, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
+        in_state(g, "InService").len() == 2
+    });
+    for i in &group.instances {
+        lab.wait_until_serving(&i.instance_id, Duration::from_secs(30));
+    }
+    // Two downloads of 8 s, one connection each: round robin gives each instance one, so
+    // whichever the scale-in chooses has a download in flight.
+    let (seconds, rate) = (8, 50_000);
+    let mut downloads: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            lab.lab
+                .cmd(lab.lab.client(), "curl")
+                .args([
+                    "-sS",
+                    "-N",
+                    "-D",
+                    "-",
+                    &format!("http://{VIP4}/stream?seconds={seconds}&bytes_per_second={rate}"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    // Both under way before the scale-in.
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    lab.cli(&["asg", "set-desired", "web-asg", "1"]);
+    let (shrunk, _) = lab.wait_for("web-asg", Duration::from_secs(5), "draining one", |g| {
+        in_state(g, "Terminating").len() + in_state(g, "Terminating:Proceed").len() == 1
+    });
+    let leaving = shrunk
+        .instances
+        .iter()
+        .find(|i| i.lifecycle_state.starts_with("Terminating"))
+        .expect("one leaves")
+        .instance_id
+        .clone();
+    // New requests no longer reach it while it drains.
+    let answers = lab.answers(10);
+    assert!(!answers.contains_key(&leaving), "{answers:?}");
+    assert_eq!(answers.get("failed"), None, "{answers:?}");
+
+    let mut served_by = Vec::new();
+    for mut download in downloads.drain(..) {
+        let mut out = Vec::new();
+        download
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_end(&mut out)
+            .expect("read the download");
+        let status = download.wait().expect("curl ends");
+        let mut err = String::new();
+        download
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("stderr");
+        assert!(status.success(), "curl: {status}: {err}");
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+        let instance = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-instance-id: "))
+            .expect("x-instance-id")
+            .trim()
+            .to_owned();
+        // Every byte, and the right bytes.
+        assert_eq!(body.len(), seconds * rate, "{instance}: {head}");
+        assert!(
+            body.bytes()
+                .enumerate()
+                .all(|(k, b)| b == b'a' + (k % 26) as u8),
+            "{instance}: the body is not the pattern"
+        );
+        served_by.push(instance);
+    }
+    assert!(
+        served_by.contains(&leaving),
+        "the download to the leaving instance: {served_by:?} (leaving {leaving})"
+    );
+    // It stops once its download ended: long before the 120 s delay.
+    let (_, _) = lab.wait_for(
+        "web-asg",
+        Duration::from_secs(30),
+        "the leaving instance gone",
+        |g| g.instances.iter().all(|i| i.instance_id != leaving),
+    );
+    let gone_after = asked.elapsed();
+    assert!(
+        gone_after < Duration::from_secs(seconds as u64 + 20),
+        "stopped {gone_after:?} after the scale-in"
+    );
+    println!(
+        "measured: scale-in 2 -> 1 with a {seconds} s download in flight on the leaving instance: 0 bytes lost, instance stopped {gone_after:?} after the request"
+    );
+}
+
+#[test]
+fn an_agent_restart_keeps_every_instance_running_and_adopts_them() {
+    if !root() {
+        return;
+    }
+    let mut lab = AsgLab::up("asg-adopt", &config(SERVER, (2, 2, 3), "5s", ""));
+    let (before, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
+        in_state(g, "InService").len() == 2
+    });
+    let launches = lab.activities("web-asg").len();
+    // A probe through the VIP while the agent restarts: the data plane and the instances
+    // keep serving; the proxy is the agent's, so requests fail only while it is down.
+    lab.restart_agent();
+    let after = lab.group("web-asg");
+    let pids = |g: &lb_agent::protocol::scaling::AsgView| -> Vec<(String, Option<u32>)> {
+        let mut v: Vec<_> = g
+            .instances
+            .iter()
+            .map(|i| (i.instance_id.clone(), i.pid))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        pids(&after),
+        pids(&before),
+        "the same instances, the same processes"
+    );
+    assert_eq!(in_state(&after, "InService").len(), 2, "{after:#?}");
+    // Nothing launched or terminated over the next seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(pids(&lab.group("web-asg")), pids(&before));
+    assert_eq!(lab.activities("web-asg").len(), launches, "no new activity");
+    for i in &before.instances {
+        lab.wait_until_serving(&i.instance_id, Duration::from_secs(30));
+    }
+    println!(
+        "measured: agent restart: {} instances adopted, 0 launched",
+        before.instances.len()
+    );
+}
