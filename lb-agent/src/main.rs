@@ -59,6 +59,9 @@ fn main() -> ExitCode {
         Command::Groups { command } => commands::groups(command).map(|()| None),
         Command::Listeners { command } => cli::rules::listeners(command).map(|()| None),
         Command::Rules { command } => cli::rules::rules(command).map(|()| None),
+        Command::LaunchTemplates { command } => {
+            cli::launch_templates::launch_templates(command).map(|()| None)
+        }
         Command::Stats { json, socket } => commands::stats(&socket, json).map(|()| None),
         Command::Flows {
             json,

@@ -19,7 +19,7 @@ use crate::{
     dataplane::MapReader,
     protocol::{
         Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, ListenerSettings, Request,
-        RulesView, StatusView, Validation,
+        RulesView, StatusView, Validation, launch_templates,
     },
     proxy::metrics::ProxyMetrics,
 };
@@ -221,6 +221,12 @@ fn read(
             &listener,
         )?),
         Request::OverridesList => Answer::Overrides(snapshot.overrides.clone()),
+        Request::LaunchTemplatesList => {
+            Answer::LaunchTemplates(launch_templates::list(&snapshot.config))
+        }
+        Request::LaunchTemplatesDescribe { name } => {
+            Answer::LaunchTemplate(launch_templates::describe(&snapshot.config, &name)?)
+        }
         Request::Status => {
             let mut stats = state.stats(reader).map_err(internal)?;
             ListenerSettings::fill(&mut stats.listeners, &snapshot.config);

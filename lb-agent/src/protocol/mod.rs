@@ -3,6 +3,7 @@
 //! (`client`) use to turn a request into HTTP and back. Answer bodies are JSON; an error is
 //! `{"error": "..."}` with the HTTP status that says how the request failed.
 
+pub mod launch_templates;
 pub mod routes;
 pub mod rules;
 pub mod views;
@@ -15,6 +16,7 @@ use crate::{
     config::{HealthCheck, Rule},
     overrides::Overrides,
 };
+pub use launch_templates::{LaunchTemplateSummary, LaunchTemplateView};
 pub use routes::{HttpRequest, ROUTES, Route, parse_target};
 pub use rules::{RuleAdded, RuleMoved, RuleRemoved, RuleSource, RuleView, RulesView};
 pub use views::{
@@ -99,6 +101,10 @@ pub enum Request {
     ConfigApply { text: String },
     /// Detach the XDP program and stop the agent.
     Detach,
+    /// Every launch template (default and latest version) and launch configuration.
+    LaunchTemplatesList,
+    /// One launch template's versions (or a launch configuration's definition).
+    LaunchTemplatesDescribe { name: String },
 }
 
 impl Request {
@@ -215,6 +221,8 @@ pub enum Answer {
     ConfigFile(ConfigFile),
     Validation(Validation),
     Detached(Detached),
+    LaunchTemplates(Vec<LaunchTemplateSummary>),
+    LaunchTemplate(LaunchTemplateView),
 }
 
 impl Answer {
@@ -240,6 +248,8 @@ impl Answer {
             Self::ConfigFile(a) => serde_json::to_vec(a),
             Self::Validation(a) => serde_json::to_vec(a),
             Self::Detached(a) => serde_json::to_vec(a),
+            Self::LaunchTemplates(a) => serde_json::to_vec(a),
+            Self::LaunchTemplate(a) => serde_json::to_vec(a),
         }
     }
 
@@ -270,6 +280,10 @@ impl Answer {
             Request::ConfigGet => Self::ConfigFile(serde_json::from_slice(json)?),
             Request::ConfigValidate { .. } => Self::Validation(serde_json::from_slice(json)?),
             Request::Detach => Self::Detached(serde_json::from_slice(json)?),
+            Request::LaunchTemplatesList => Self::LaunchTemplates(serde_json::from_slice(json)?),
+            Request::LaunchTemplatesDescribe { .. } => {
+                Self::LaunchTemplate(serde_json::from_slice(json)?)
+            }
         })
     }
 }

@@ -33,6 +33,8 @@ pub enum Kind {
     ConfigApply,
     Reload,
     Detach,
+    LaunchTemplatesList,
+    LaunchTemplatesDescribe,
     /// Prometheus text, not a JSON answer.
     Metrics,
     /// This API's OpenAPI document.
@@ -98,6 +100,12 @@ pub const ROUTES: &[Route] = &[
     route("PUT", "/v1/config", Kind::ConfigApply),
     route("POST", "/v1/reload", Kind::Reload),
     route("POST", "/v1/detach", Kind::Detach),
+    route("GET", "/v1/launch-templates", Kind::LaunchTemplatesList),
+    route(
+        "GET",
+        "/v1/launch-templates/{name}",
+        Kind::LaunchTemplatesDescribe,
+    ),
     route("GET", "/metrics", Kind::Metrics),
     route("GET", "/openapi.json", Kind::OpenApi),
 ];
@@ -171,6 +179,8 @@ impl Request {
             Self::ConfigValidate { .. } => Kind::ConfigValidate,
             Self::ConfigApply { .. } => Kind::ConfigApply,
             Self::Detach => Kind::Detach,
+            Self::LaunchTemplatesList => Kind::LaunchTemplatesList,
+            Self::LaunchTemplatesDescribe { .. } => Kind::LaunchTemplatesDescribe,
         }
     }
 
@@ -246,6 +256,7 @@ impl Request {
                 params.push(("group", group.clone()));
                 body = serde_json::to_vec(health_check)?;
             }
+            Self::LaunchTemplatesDescribe { name } => params.push(("name", name.clone())),
             Self::Flows { limit } => query.extend(limit.iter().map(|l| ("limit", l.to_string()))),
             Self::ConfigValidate { text } | Self::ConfigApply { text } => {
                 body = text.clone().into_bytes();
@@ -257,7 +268,8 @@ impl Request {
             | Self::OverridesList
             | Self::Listeners
             | Self::ConfigGet
-            | Self::Detach => {}
+            | Self::Detach
+            | Self::LaunchTemplatesList => {}
         }
         let mut path_and_query = fill(route.path, &params);
         for (i, (key, value)) in query.iter().enumerate() {
@@ -388,6 +400,10 @@ impl Endpoint {
             Kind::ConfigApply => Request::ConfigApply { text: text(body)? },
             Kind::Reload => Request::Reload,
             Kind::Detach => Request::Detach,
+            Kind::LaunchTemplatesList => Request::LaunchTemplatesList,
+            Kind::LaunchTemplatesDescribe => Request::LaunchTemplatesDescribe {
+                name: param("name"),
+            },
         };
         Ok(Self::Agent(request))
     }
@@ -572,6 +588,10 @@ mod tests {
             },
             Request::Reload,
             Request::Detach,
+            Request::LaunchTemplatesList,
+            Request::LaunchTemplatesDescribe {
+                name: "web v2/x".into(),
+            },
         ]
     }
 
@@ -612,6 +632,9 @@ mod tests {
         );
         assert_eq!(status("DELETE", "/v1/listeners/site/rules/ten", b""), 400);
         assert_eq!(status("PATCH", "/v1/listeners/site/rules", b""), 405);
+        // Launch templates are read-only here: the config file changes them.
+        assert_eq!(status("DELETE", "/v1/launch-templates/web", b""), 405);
+        assert_eq!(status("POST", "/v1/launch-templates", b""), 405);
     }
 
     #[test]
