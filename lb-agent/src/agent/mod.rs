@@ -423,6 +423,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn launch_templates_are_read_from_the_config_in_force() {
+        let (snapshot, maps) = with_flows(0);
+        let agent = handle(snapshot, maps);
+        match agent.call(Request::LaunchTemplatesList, None).await {
+            Ok(Answer::LaunchTemplates(list)) => assert!(list.is_empty(), "{list:?}"),
+            other => panic!("{other:?}"),
+        }
+        let missing = Request::LaunchTemplatesDescribe { name: "web".into() };
+        let e = agent.call(missing, None).await.expect_err("no template");
+        assert_eq!(e.status, 404, "{}", e.message);
+    }
+
+    #[tokio::test]
     async fn metrics_without_a_proxy_show_no_proxy_series() {
         let (snapshot, maps) = with_flows(0);
         let text = handle(snapshot, maps).metrics().await.expect("metrics");

@@ -440,4 +440,38 @@ max_size = 1
             e.message
         );
     }
+
+    /// The schema's property names, sorted.
+    fn documented(schema: &str) -> Vec<String> {
+        // The file the API serves (`api::OPENAPI`), read here directly: the protocol does
+        // not depend on its server.
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+        let properties = doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {schema}"));
+        let mut names: Vec<String> = properties.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The JSON object's keys, sorted.
+    fn keys(value: &serde_json::Value) -> Vec<String> {
+        let mut names: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_field_the_answers_carry() {
+        let config = config();
+        let summary = serde_json::to_value(&list(&config)[0]).unwrap();
+        assert_eq!(keys(&summary), documented("LaunchTemplateSummary"));
+        let view = serde_json::to_value(describe(&config, "web").unwrap()).unwrap();
+        assert_eq!(keys(&view), documented("LaunchTemplate"));
+        assert_eq!(
+            keys(&view["versions"][1]),
+            documented("LaunchTemplateVersion")
+        );
+    }
 }
