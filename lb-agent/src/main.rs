@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         Command::Listeners { command } => cli::rules::listeners(command).map(|()| None),
         Command::Rules { command } => cli::rules::rules(command).map(|()| None),
         Command::Asg { command } => cli::scaling::asg(command).map(|()| None),
+        Command::LaunchTemplates { command } => {
+            cli::launch_templates::launch_templates(command).map(|()| None)
+        }
         Command::Stats { json, socket } => commands::stats(&socket, json).map(|()| None),
         Command::Flows {
             json,

@@ -20,7 +20,7 @@ use crate::{
     dataplane::MapReader,
     protocol::{
         Answer, ApiError, ConfigFile, ConfigProblem, InterfaceView, ListenerSettings, Request,
-        RulesView, StatusView, Validation,
+        RulesView, StatusView, Validation, launch_templates,
     },
     proxy::metrics::ProxyMetrics,
 };
@@ -240,6 +240,12 @@ fn read(
             &listener,
         )?),
         Request::OverridesList => Answer::Overrides(snapshot.overrides.clone()),
+        Request::LaunchTemplatesList => {
+            Answer::LaunchTemplates(launch_templates::list(&snapshot.config))
+        }
+        Request::LaunchTemplatesDescribe { name } => {
+            Answer::LaunchTemplate(launch_templates::describe(&snapshot.config, &name)?)
+        }
         Request::Status => {
             let mut stats = state.stats(reader).map_err(internal)?;
             ListenerSettings::fill(&mut stats.listeners, &snapshot.config);
@@ -433,6 +439,19 @@ mod tests {
                 .any(|l| l == r#"lb_http_requests_total{listener="web",rule="10"} 2"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn launch_templates_are_read_from_the_config_in_force() {
+        let (snapshot, maps) = with_flows(0);
+        let agent = handle(snapshot, maps);
+        match agent.call(Request::LaunchTemplatesList, None).await {
+            Ok(Answer::LaunchTemplates(list)) => assert!(list.is_empty(), "{list:?}"),
+            other => panic!("{other:?}"),
+        }
+        let missing = Request::LaunchTemplatesDescribe { name: "web".into() };
+        let e = agent.call(missing, None).await.expect_err("no template");
+        assert_eq!(e.status, 404, "{}", e.message);
     }
 
     #[tokio::test]

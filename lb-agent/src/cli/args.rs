@@ -89,6 +89,12 @@ pub enum Command {
         #[command(subcommand)]
         command: super::scaling::AsgCommand,
     },
+    /// The running config's launch templates (and launch configurations): list them, or
+    /// describe every version of one, as EC2's describe-launch-template-versions does.
+    LaunchTemplates {
+        #[command(subcommand)]
+        command: LaunchTemplatesCommand,
+    },
     /// Counters of listeners, targets and data-plane verdicts.
     Stats {
         #[arg(long)]
@@ -306,6 +312,29 @@ pub enum ListenersCommand {
 }
 
 #[derive(Subcommand)]
+pub enum LaunchTemplatesCommand {
+    /// Each launch template: default and latest version, how many versions, the groups
+    /// launching from it; then the launch configurations, marked as such.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Every version of a launch template (or a launch configuration's one definition): its
+    /// command, directory, instance type and limits, ports, subnet, inbound rules, stop
+    /// timeout, environment names and user data size; `$Default` and `$Latest` marked.
+    Describe {
+        /// The launch template's (or launch configuration's) name.
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum RulesCommand {
     /// A listener's rules, lowest priority (tried first) first, then its default action.
     List {
@@ -408,4 +437,42 @@ pub struct RuleArgs {
     pub json: Option<String>,
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn launch_templates_list_and_describe_parse_with_json_and_a_socket() {
+        let cli = Cli::try_parse_from(["lb-agent", "launch-templates", "list", "--json"])
+            .expect("list parses");
+        assert!(matches!(
+            cli.command,
+            Command::LaunchTemplates {
+                command: LaunchTemplatesCommand::List { json: true, ref socket }
+            } if socket.as_os_str() == DEFAULT_SOCKET
+        ));
+        let cli = Cli::try_parse_from([
+            "lb-agent",
+            "launch-templates",
+            "describe",
+            "web",
+            "--socket",
+            "/tmp/a.sock",
+        ])
+        .expect("describe parses");
+        assert!(matches!(
+            cli.command,
+            Command::LaunchTemplates {
+                command: LaunchTemplatesCommand::Describe { ref name, json: false, ref socket }
+            } if name == "web" && socket.as_os_str() == "/tmp/a.sock"
+        ));
+        assert!(
+            Cli::try_parse_from(["lb-agent", "launch-templates", "describe"]).is_err(),
+            "describe needs a name"
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! The CLI: arguments (`args`), the commands that talk to a running agent (`commands`;
-//! listeners and rules in `rules`), how answers are printed (`print`), and the daemon's
-//! start-up (`run`).
+//! listeners and rules in `rules`; launch templates, with their printing, in
+//! `launch_templates`), how answers are printed (`print`), and the daemon's start-up (`run`).
 
 pub mod args;
 pub mod commands;
+pub mod launch_templates;
 pub mod print;
 pub mod rules;
 pub mod run;

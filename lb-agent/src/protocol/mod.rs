@@ -3,6 +3,7 @@
 //! (`client`) use to turn a request into HTTP and back. Answer bodies are JSON; an error is
 //! `{"error": "..."}` with the HTTP status that says how the request failed.
 
+pub mod launch_templates;
 pub mod routes;
 pub mod rules;
 pub mod scaling;
@@ -16,6 +17,7 @@ use crate::{
     config::{HealthCheck, Rule},
     overrides::Overrides,
 };
+pub use launch_templates::{LaunchTemplateSummary, LaunchTemplateView};
 pub use routes::{HttpRequest, ROUTES, Route, parse_target};
 pub use rules::{RuleAdded, RuleMoved, RuleRemoved, RuleSource, RuleView, RulesView};
 pub use views::{
@@ -122,6 +124,10 @@ pub enum Request {
         instances: Vec<String>,
         protected: bool,
     },
+    /// Every launch template (default and latest version) and launch configuration.
+    LaunchTemplatesList,
+    /// One launch template's versions (or a launch configuration's definition).
+    LaunchTemplatesDescribe { name: String },
 }
 
 impl Request {
@@ -257,6 +263,8 @@ pub enum Answer {
     DesiredCapacitySet(scaling::DesiredCapacitySet),
     InstanceTerminating(scaling::InstanceTerminating),
     ProtectionSet(scaling::ProtectionSet),
+    LaunchTemplates(Vec<LaunchTemplateSummary>),
+    LaunchTemplate(LaunchTemplateView),
 }
 
 impl Answer {
@@ -288,6 +296,8 @@ impl Answer {
             Self::DesiredCapacitySet(a) => serde_json::to_vec(a),
             Self::InstanceTerminating(a) => serde_json::to_vec(a),
             Self::ProtectionSet(a) => serde_json::to_vec(a),
+            Self::LaunchTemplates(a) => serde_json::to_vec(a),
+            Self::LaunchTemplate(a) => serde_json::to_vec(a),
         }
     }
 
@@ -330,6 +340,10 @@ impl Answer {
                 Self::InstanceTerminating(serde_json::from_slice(json)?)
             }
             Request::AsgSetProtection { .. } => Self::ProtectionSet(serde_json::from_slice(json)?),
+            Request::LaunchTemplatesList => Self::LaunchTemplates(serde_json::from_slice(json)?),
+            Request::LaunchTemplatesDescribe { .. } => {
+                Self::LaunchTemplate(serde_json::from_slice(json)?)
+            }
         })
     }
 }

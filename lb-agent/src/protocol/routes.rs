@@ -39,6 +39,8 @@ pub enum Kind {
     AsgSetDesired,
     AsgTerminateInstance,
     AsgSetProtection,
+    LaunchTemplatesList,
+    LaunchTemplatesDescribe,
     /// Prometheus text, not a JSON answer.
     Metrics,
     /// This API's OpenAPI document.
@@ -125,6 +127,12 @@ pub const ROUTES: &[Route] = &[
         "POST",
         "/v1/instances/{instance}/terminate",
         Kind::AsgTerminateInstance,
+    ),
+    route("GET", "/v1/launch-templates", Kind::LaunchTemplatesList),
+    route(
+        "GET",
+        "/v1/launch-templates/{name}",
+        Kind::LaunchTemplatesDescribe,
     ),
     route("GET", "/metrics", Kind::Metrics),
     route("GET", "/openapi.json", Kind::OpenApi),
@@ -230,6 +238,8 @@ impl Request {
             Self::AsgSetDesired { .. } => Kind::AsgSetDesired,
             Self::AsgTerminateInstance { .. } => Kind::AsgTerminateInstance,
             Self::AsgSetProtection { .. } => Kind::AsgSetProtection,
+            Self::LaunchTemplatesList => Kind::LaunchTemplatesList,
+            Self::LaunchTemplatesDescribe { .. } => Kind::LaunchTemplatesDescribe,
         }
     }
 
@@ -305,6 +315,7 @@ impl Request {
                 params.push(("group", group.clone()));
                 body = serde_json::to_vec(health_check)?;
             }
+            Self::LaunchTemplatesDescribe { name } => params.push(("name", name.clone())),
             Self::Flows { limit } => query.extend(limit.iter().map(|l| ("limit", l.to_string()))),
             Self::ConfigValidate { text } | Self::ConfigApply { text } => {
                 body = text.clone().into_bytes();
@@ -351,7 +362,8 @@ impl Request {
             | Self::OverridesList
             | Self::Listeners
             | Self::ConfigGet
-            | Self::Detach => {}
+            | Self::Detach
+            | Self::LaunchTemplatesList => {}
         }
         let mut path_and_query = fill(route.path, &params);
         for (i, (key, value)) in query.iter().enumerate() {
@@ -513,6 +525,10 @@ impl Endpoint {
                     protected: b.protected,
                 }
             }
+            Kind::LaunchTemplatesList => Request::LaunchTemplatesList,
+            Kind::LaunchTemplatesDescribe => Request::LaunchTemplatesDescribe {
+                name: param("name"),
+            },
         };
         Ok(Self::Agent(request))
     }
@@ -718,6 +734,10 @@ mod tests {
                 instances: vec!["i-0123456789abcdef0".into()],
                 protected: false,
             },
+            Request::LaunchTemplatesList,
+            Request::LaunchTemplatesDescribe {
+                name: "web v2/x".into(),
+            },
         ]
     }
 
@@ -758,6 +778,9 @@ mod tests {
         );
         assert_eq!(status("DELETE", "/v1/listeners/site/rules/ten", b""), 400);
         assert_eq!(status("PATCH", "/v1/listeners/site/rules", b""), 405);
+        // Launch templates are read-only here: the config file changes them.
+        assert_eq!(status("DELETE", "/v1/launch-templates/web", b""), 405);
+        assert_eq!(status("POST", "/v1/launch-templates", b""), 405);
     }
 
     #[test]

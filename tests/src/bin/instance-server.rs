@@ -14,7 +14,8 @@
 //! On SIGTERM it stops accepting, lets requests in flight finish (at most 30 s), and exits 0,
 //! as a well-behaved instance does when its group terminates it after draining.
 //!
-//! Every request is logged to stdout as one line: `INSTANCE PEER "METHOD PATH" STATUS MSms`.
+//! Every request is logged to stdout as one line, `INSTANCE PEER "METHOD PATH" STATUS MSms`,
+//! when its head is sent (MS: the time to the head; a stream's body is still to come).
 //! At start, each bound address is printed as `listening on ADDR` (with `--port 0`, the port
 //! the kernel chose), which is how a test finds it.
 
