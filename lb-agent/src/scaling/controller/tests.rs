@@ -659,3 +659,67 @@ fn a_short_target_tracking_period_reacts_in_three_of_its_periods() {
     );
     assert!(Controller::with_target_tracking_period(&group, Duration::from_secs(45)).is_err());
 }
+
+#[test]
+fn a_scale_out_wins_over_a_simultaneous_scale_in() {
+    let mut c = controller(&format!(
+        r#"{SIMPLE}
+[[auto_scaling_group.alarm]]
+name = "quiet"
+metric = "requests_per_target"
+evaluation_periods = 1
+comparison = "LessThanThreshold"
+threshold = 1.0
+[[auto_scaling_group.policy]]
+name = "remove-one"
+type = "simple"
+alarm = "quiet"
+adjustment_type = "ChangeInCapacity"
+adjustment = -1
+"#
+    ));
+    // Busy CPU and no requests: both alarms go to ALARM at the same minute; the largest
+    // capacity, the scale-out's, wins.
+    let decisions = run(
+        &mut c,
+        &state(2),
+        Duration::ZERO,
+        MINUTE + TICK,
+        &all_at(2, 90.0),
+    );
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert_eq!(decisions[0].1.capacity.desired(), 3);
+    assert!(
+        sentence(&decisions[0].1).contains("policy add-one"),
+        "{decisions:#?}"
+    );
+}
+
+#[test]
+fn a_recurrence_runs_at_its_start_time_and_stops_after_its_end_time() {
+    let mut c = controller(
+        r#"
+[[auto_scaling_group.scheduled_action]]
+name = "hourly"
+recurrence = "0 * * * *"
+start_time = "2026-12-01T10:30:00Z"
+end_time = "2026-12-01T12:00:00Z"
+desired_capacity = 4
+"#,
+    );
+    let start = at("2026-12-01T10:00:00Z");
+    let times: Vec<Duration> = (0..=21).map(|i| start + 10 * MINUTE * i).collect();
+    let fired: Vec<Duration> = decide_at(&mut c, &times)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    // The start time is a run; one exactly at the end time still runs; none after.
+    assert_eq!(
+        fired,
+        [
+            at("2026-12-01T10:30:00Z"),
+            at("2026-12-01T11:00:00Z"),
+            at("2026-12-01T12:00:00Z")
+        ]
+    );
+}
