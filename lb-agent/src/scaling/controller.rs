@@ -29,36 +29,40 @@
 //!   desired capacity raises it to the minimum, a new maximum below it lowers it to the
 //!   maximum, when the action sets no desired capacity.
 
+mod alarms;
 mod metrics;
+mod scheduled;
 
 #[cfg(test)]
 mod tests;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
-pub use self::metrics::{CounterBaselines, InstanceReading, InstanceSample, counter_increase};
+pub use self::{
+    alarms::AlarmView,
+    metrics::{CounterBaselines, InstanceReading, InstanceSample, counter_increase},
+};
+use self::{
+    alarms::{TrackedTarget, WatchedAlarm, tracked_target},
+    scheduled::Schedule,
+};
 use super::{
-    alarm::{AlarmSpec, AlarmSpecError, AlarmState, ComparisonOperator, MetricAlarm, Statistic},
-    capacity::{CapacityChange, CapacityError, Cause, Cooldown, GroupCapacity},
+    alarm::{AlarmSpecError, AlarmState},
+    capacity::{CapacityChange, Cooldown, GroupCapacity},
     from_config,
     policy::{
         GroupView, PolicyError, SimpleScalingPolicy, StepAdjustment, StepScalingPolicy,
         TargetTrackingPolicy, Vote, combine, instance_warmup, is_warmed_up,
-        target_tracking::{SCALE_IN_DATAPOINTS, SCALE_IN_THRESHOLD_RATIO, SCALE_OUT_DATAPOINTS},
     },
-    schedule::{ScheduleError, ScheduledAction},
+    schedule::ScheduleError,
 };
-use crate::config::{self, PolicyKind, ScalingMetric, ScalingProcess, TreatMissingData};
+use crate::config::{self, PolicyKind, ScalingProcess};
 
 /// The period of a target tracking policy's alarms: one datapoint a minute, as AWS's
 /// target tracking alarms take (the metric at 1-minute granularity).
 pub const TARGET_TRACKING_PERIOD: Duration = Duration::from_secs(60);
-
-/// At most this many past occurrences of one scheduled action are walked through when the
-/// engine was late; the loop's bound (a minutely action missed for about a week).
-const MAX_MISSED_OCCURRENCES: usize = 10_000;
 
 /// Why a group's scaling configuration cannot be run (the configuration's side; `lb-agent
 /// check` reports the same problems through the config's validation).
@@ -161,104 +165,6 @@ impl Decision {
     }
 }
 
-/// One alarm as `asg describe` and the Prometheus gauges show it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlarmView {
-    /// The alarm's name (a target tracking policy's: AWS's `TargetTracking-...` pattern).
-    pub name: String,
-    /// The metric it watches.
-    pub metric: ScalingMetric,
-    /// OK, ALARM or INSUFFICIENT_DATA.
-    pub state: AlarmState,
-    /// Why, in CloudWatch's words.
-    pub reason: String,
-    /// The newest datapoint's value (the alarm's statistic over its period), if any.
-    pub last_value: Option<f64>,
-    /// The value the datapoints are compared with.
-    pub threshold: f64,
-}
-
-/// An alarm fed from the group's instances.
-#[derive(Debug, Clone)]
-struct WatchedAlarm {
-    name: String,
-    metric: ScalingMetric,
-    alarm: MetricAlarm,
-    /// Instances count toward its metric once warmed up for this long.
-    warmup: Duration,
-    /// The newest ended period its policies were invoked for.
-    invoked_for: Option<i64>,
-    last_value: Option<f64>,
-}
-
-impl WatchedAlarm {
-    fn new(
-        name: String,
-        metric: ScalingMetric,
-        spec: AlarmSpec,
-        warmup: Duration,
-    ) -> Result<Self, ControllerError> {
-        let alarm = MetricAlarm::new(spec).map_err(|source| ControllerError::Alarm {
-            alarm: name.clone(),
-            source,
-        })?;
-        Ok(Self {
-            name,
-            metric,
-            alarm,
-            warmup,
-            invoked_for: None,
-            last_value: None,
-        })
-    }
-
-    fn record(&mut self, at: Timestamp, now: Duration, readings: &[InstanceReading]) {
-        // A rate covers the interval ending at `at`: it belongs to the period that interval
-        // ends in, so a sample at a period's first instant counts for the period before (the
-        // period's requests are then exactly those of the intervals ending in it).
-        let at = if is_rate(self.metric) {
-            at.checked_sub(SignedDuration::from_nanos(1)).unwrap_or(at)
-        } else {
-            at
-        };
-        for reading in readings.iter().filter(|r| r.counts(self.warmup, now)) {
-            if let Some(value) = reading.value(self.metric) {
-                // Values are finite and `at` only moves forward, so nothing is refused; a
-                // clock stepped back loses that sample only.
-                let _ = self.alarm.record(at, value);
-            }
-        }
-    }
-
-    fn evaluate(&mut self, at: Timestamp) {
-        self.alarm.evaluate(at);
-        self.last_value = self.alarm.datapoints(at).last().map(|&(_, value)| value);
-    }
-
-    /// Whether a period ended since the policies were last invoked (and marks it invoked):
-    /// an alarm invokes its policies once per period.
-    fn take_new_period(&mut self, at: Timestamp) -> bool {
-        let period = self.alarm.spec().period.as_secs().max(1) as i64;
-        let ended = at.as_second().div_euclid(period) - 1;
-        if self.invoked_for.is_some_and(|done| done >= ended) {
-            return false;
-        }
-        self.invoked_for = Some(ended);
-        true
-    }
-
-    fn view(&self) -> AlarmView {
-        AlarmView {
-            name: self.name.clone(),
-            metric: self.metric,
-            state: self.alarm.state(),
-            reason: self.alarm.reason().to_owned(),
-            last_value: self.last_value,
-            threshold: self.alarm.spec().threshold,
-        }
-    }
-}
-
 /// A simple or step policy and the alarm (an index into the controller's) invoking it.
 #[derive(Debug, Clone)]
 enum AlarmPolicy {
@@ -273,44 +179,6 @@ enum AlarmPolicy {
     },
 }
 
-/// A target tracking policy with the two alarms AWS creates for it.
-#[derive(Debug, Clone)]
-struct TrackedTarget {
-    policy: TargetTrackingPolicy,
-    warmup: Duration,
-    high: WatchedAlarm,
-    /// None when scale-in is disabled (AWS then creates no low alarm).
-    low: Option<WatchedAlarm>,
-}
-
-impl TrackedTarget {
-    fn alarms_mut(&mut self) -> impl Iterator<Item = &mut WatchedAlarm> {
-        std::iter::once(&mut self.high).chain(self.low.as_mut())
-    }
-
-    /// The metric's datapoints the policy decides on, oldest first: the newest run of
-    /// consecutive periods with data, ending with the period that just ended. A period without
-    /// data (no instance counted) breaks the run, so "3 datapoints out of 3" are three periods
-    /// in a row.
-    fn datapoints(&self, at: Timestamp) -> Vec<f64> {
-        let longest = self.low.as_ref().unwrap_or(&self.high);
-        let period = longest.alarm.spec().period.as_secs().max(1) as i64;
-        let points = longest.alarm.datapoints(at);
-        let newest_ended = at.as_second().div_euclid(period) - 1;
-        let Some((newest, _)) = points.last() else {
-            return Vec::new();
-        };
-        if newest.as_second().div_euclid(period) != newest_ended {
-            return Vec::new();
-        }
-        let mut start = points.len() - 1;
-        while start > 0 && points[start].0.as_second() - points[start - 1].0.as_second() == period {
-            start -= 1;
-        }
-        points[start..].iter().map(|&(_, value)| value).collect()
-    }
-}
-
 /// One group's scaling controller.
 #[derive(Debug, Clone)]
 pub struct Controller {
@@ -320,9 +188,7 @@ pub struct Controller {
     alarms: Vec<WatchedAlarm>,
     alarm_policies: Vec<AlarmPolicy>,
     targets: Vec<TrackedTarget>,
-    scheduled: Vec<ScheduledAction>,
-    /// Scheduled occurrences at or before this were handled (set by the first `decide`).
-    schedule_checked_until: Option<Timestamp>,
+    schedule: Schedule,
     /// The cooldown the latest change decided here starts once its activity ends.
     cooldown_after_last_change: Duration,
 }
@@ -466,8 +332,7 @@ impl Controller {
             alarms,
             alarm_policies,
             targets,
-            scheduled,
-            schedule_checked_until: None,
+            schedule: Schedule::new(scheduled),
             cooldown_after_last_change: default_cooldown,
         })
     }
@@ -496,7 +361,7 @@ impl Controller {
         let Some(at) = timestamp(now) else {
             return Vec::new();
         };
-        let mut decisions = self.scheduled_decisions(at, group);
+        let mut decisions = self.schedule.due(&self.group, at, group);
         let capacity = decisions.last().map_or(group.capacity, |d| d.capacity);
         if let Some(decision) = self.dynamic_decision(now, at, group, capacity) {
             decisions.push(decision);
@@ -522,55 +387,6 @@ impl Controller {
         self.alarms
             .iter_mut()
             .chain(self.targets.iter_mut().flat_map(TrackedTarget::alarms_mut))
-    }
-
-    /// The scheduled actions due in (last check, `at`], oldest first, each on the capacity
-    /// the one before left. The first call only starts the clock: what was due before the
-    /// controller ran is not run (AWS runs an action at its time, not after the fact).
-    fn scheduled_decisions(&mut self, at: Timestamp, group: &GroupState) -> Vec<Decision> {
-        let Some(since) = self.schedule_checked_until.replace(at) else {
-            return Vec::new();
-        };
-        if since >= at || group.suspended.contains(&ScalingProcess::ScheduledActions) {
-            return Vec::new();
-        }
-        let mut due: Vec<(Timestamp, usize)> = self
-            .scheduled
-            .iter()
-            .enumerate()
-            .filter_map(|(i, action)| latest_occurrence(action, since, at).map(|t| (t, i)))
-            .collect();
-        due.sort();
-        let mut capacity = group.capacity;
-        let mut decisions = Vec::new();
-        for (_, index) in due {
-            let action = &self.scheduled[index];
-            match scheduled_capacity(action, capacity) {
-                Ok(next) if next != capacity => {
-                    decisions.push(Decision {
-                        capacity: next,
-                        change: CapacityChange {
-                            from: capacity.desired(),
-                            to: next.desired(),
-                            cause: Cause::Scheduled {
-                                min: next.min(),
-                                max: next.max(),
-                                desired: next.desired(),
-                            },
-                        },
-                    });
-                    capacity = next;
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(
-                    group = %self.group,
-                    action = %action.name,
-                    %error,
-                    "scheduled action not run: the sizes it sets do not fit the group's"
-                ),
-            }
-        }
-        decisions
     }
 
     /// The dynamic policies' change at `now`, if any: every alarm is evaluated, and those
@@ -682,105 +498,6 @@ fn largest(votes: &[(Vote, Duration)], out: bool) -> Option<(CapacityChange, Dur
             },
         )
         .map(|(change, cooldown)| (change.clone(), cooldown))
-}
-
-/// A target tracking policy's two alarms, as AWS creates them: high, the metric above the
-/// target for 3 periods of 3; low, below 90% of the target for 15 of 15 (none with scale-in
-/// disabled). Both take the metric's average over the counted instances.
-fn tracked_target(
-    policy: TargetTrackingPolicy,
-    disable_scale_in: bool,
-    metric: ScalingMetric,
-    period: Duration,
-    warmup: Duration,
-) -> Result<TrackedTarget, ControllerError> {
-    let spec = |datapoints: usize, comparison_operator, threshold| AlarmSpec {
-        period,
-        statistic: Statistic::Average,
-        evaluation_periods: datapoints as u32,
-        datapoints_to_alarm: datapoints as u32,
-        comparison_operator,
-        threshold,
-        treat_missing_data: TreatMissingData::Missing,
-    };
-    let high = WatchedAlarm::new(
-        policy.alarm_high(),
-        metric,
-        spec(
-            SCALE_OUT_DATAPOINTS,
-            ComparisonOperator::GreaterThanThreshold,
-            policy.target(),
-        ),
-        warmup,
-    )?;
-    let low = if disable_scale_in {
-        None
-    } else {
-        Some(WatchedAlarm::new(
-            policy.alarm_low(),
-            metric,
-            spec(
-                SCALE_IN_DATAPOINTS,
-                ComparisonOperator::LessThanThreshold,
-                policy.target() * SCALE_IN_THRESHOLD_RATIO,
-            ),
-            warmup,
-        )?)
-    };
-    Ok(TrackedTarget {
-        policy,
-        warmup,
-        high,
-        low,
-    })
-}
-
-/// The newest occurrence of `action` in (`after`, `until`]: when the engine was late past
-/// several, only the newest runs (the sizes are absolute: it is what the schedule says now).
-fn latest_occurrence(
-    action: &ScheduledAction,
-    after: Timestamp,
-    until: Timestamp,
-) -> Option<Timestamp> {
-    let mut latest = None;
-    let mut cursor = after;
-    for _ in 0..MAX_MISSED_OCCURRENCES {
-        match action.next_after(cursor) {
-            Some(next) if next <= until => {
-                latest = Some(next);
-                cursor = next;
-            }
-            _ => break,
-        }
-    }
-    latest
-}
-
-/// The group's capacity after `action`, as `UpdateAutoScalingGroup` sets it; refused when the
-/// result breaks min <= desired <= max.
-fn scheduled_capacity(
-    action: &ScheduledAction,
-    current: GroupCapacity,
-) -> Result<GroupCapacity, CapacityError> {
-    let min = action.min_size.unwrap_or(current.min());
-    let max = action.max_size.unwrap_or(current.max());
-    // Without a desired capacity, the current one is pulled inside the new bounds (written
-    // without `clamp`, which panics when min > max; `new` refuses that case).
-    let desired = action
-        .desired_capacity
-        .unwrap_or_else(|| current.desired().max(min).min(max));
-    GroupCapacity::new(min, desired, max)
-}
-
-/// Whether the metric is a rate over the interval since an instance's previous sample (else
-/// a gauge read at the sample's time).
-fn is_rate(metric: ScalingMetric) -> bool {
-    match metric {
-        ScalingMetric::CpuUtilization | ScalingMetric::ActiveFlowsPerTarget => false,
-        ScalingMetric::NewFlowsPerTarget
-        | ScalingMetric::BytesPerTarget
-        | ScalingMetric::RequestsPerTarget => true,
-    }
 }
 
 /// `now` (since the Unix epoch) as a timestamp; `None` past the year 9999.

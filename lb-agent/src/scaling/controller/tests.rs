@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 use jiff::Timestamp;
 
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, ScalingMetric};
 
 const BASE: &str = r#"
 [[target_group]]
