@@ -362,6 +362,10 @@ impl Controller {
             return Vec::new();
         };
         let mut decisions = self.schedule.due(&self.group, at, group);
+        if decisions.iter().any(Decision::changes_desired) {
+            // Its activity starts the group's default cooldown for simple policies.
+            self.cooldown_after_last_change = self.default_cooldown;
+        }
         let capacity = decisions.last().map_or(group.capacity, |d| d.capacity);
         if let Some(decision) = self.dynamic_decision(now, at, group, capacity) {
             decisions.push(decision);
@@ -432,8 +436,9 @@ impl Controller {
                     warmup,
                 } if invoked[*alarm] => {
                     let watched = &self.alarms[*alarm];
-                    // An alarm in ALARM without a datapoint (missing data read as breaching)
-                    // gives no breach to pick a step with.
+                    // The breach is read from the newest datapoint the alarm holds (the period
+                    // that just ended, unless it had no data); an alarm in ALARM without any
+                    // (missing data read as breaching) gives no breach to pick a step with.
                     let Some(metric) = watched.last_value else {
                         continue;
                     };

@@ -723,3 +723,28 @@ desired_capacity = 4
         ]
     );
 }
+
+#[test]
+fn disabled_scale_in_has_no_low_alarm_and_never_scales_in() {
+    let mut c = controller(&format!("{CPU50}disable_scale_in = true\n"));
+    let names: Vec<String> = c.alarms().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["TargetTracking-web-asg-AlarmHigh-cpu50"]);
+    let idle = run(
+        &mut c,
+        &state(4),
+        Duration::ZERO,
+        20 * MINUTE,
+        &all_at(4, 10.0),
+    );
+    assert!(idle.is_empty(), "{idle:#?}");
+    // It still scales out.
+    let busy = run(
+        &mut c,
+        &state(4),
+        20 * MINUTE,
+        23 * MINUTE + TICK,
+        &all_at(4, 90.0),
+    );
+    assert_eq!(busy.len(), 1, "{busy:#?}");
+    assert_eq!(busy[0].1.capacity.desired(), 6);
+}
