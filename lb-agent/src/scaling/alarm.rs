@@ -383,6 +383,21 @@ impl MetricAlarm {
         }
     }
 
+    /// The values of the periods that ended before the period `now` falls in and are still
+    /// held (at most the evaluation range), oldest first, each with its period's start: the
+    /// "last value" a describe shows, and the metric a step scaling policy reads its breach
+    /// from.
+    pub fn datapoints(&self, now: Timestamp) -> Vec<(Timestamp, f64)> {
+        let last = self.period_index(now) - 1;
+        self.periods
+            .range(..=last)
+            .filter_map(|(&index, samples)| {
+                let start = Timestamp::from_second(index.saturating_mul(self.period_seconds()));
+                start.ok().map(|t| (t, samples.value(self.spec.statistic)))
+            })
+            .collect()
+    }
+
     /// `ALARM` when at least M of the evaluated datapoints breach, `OK` otherwise, with
     /// CloudWatch's reason listing the datapoints that decided it, newest first.
     fn decide(&self, evaluated: &[Evaluated], n: usize, m: usize) -> (AlarmState, String) {

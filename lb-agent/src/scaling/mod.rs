@@ -12,6 +12,7 @@ pub mod activity;
 pub mod addressing;
 pub mod alarm;
 pub mod capacity;
+pub mod controller;
 mod from_config;
 pub mod group;
 pub mod lifecycle;
