@@ -2,6 +2,7 @@
 //! (in order, on a channel), reads are answered from the last published snapshot and the data
 //! plane's counters, without waiting for the writer. `monitor` runs the health checks.
 
+pub mod instance_links;
 pub mod monitor;
 pub mod reply_watch;
 pub mod sweeper;
