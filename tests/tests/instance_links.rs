@@ -180,7 +180,10 @@ fn an_instance_veth_gets_both_programs_pinned_apart_from_the_nics_taken_over_by_
     // A start-up on other NICs drops the NICs' links it does not serve, not the instances'.
     let dropped = dataplane.drop_other_links(&["lbt-none".into()]).unwrap();
     assert!(dropped.is_empty(), "{dropped:?}");
-    assert_eq!(dataplane.instance_links(), [bed.veth.lb_interface.clone()]);
+    assert_eq!(
+        dataplane.instance_links(),
+        std::slice::from_ref(&bed.veth.lb_interface)
+    );
 
     // The agent stops: the pins keep both programs attached; the next agent takes them over,
     // its program replacing the old one in place.
@@ -201,8 +204,8 @@ fn an_instance_veth_gets_both_programs_pinned_apart_from_the_nics_taken_over_by_
     assert!(dataplane.adopted());
     assert_eq!(
         dataplane.instance_links(),
-        [bed.veth.lb_interface.clone()],
-        "the pinned link is not listed before it is taken over"
+        std::slice::from_ref(&bed.veth.lb_interface),
+        "the link the earlier agent pinned is listed before it is taken over"
     );
     let again = dataplane.attach_instance(&bed.veth).expect("taken over");
     assert!(again.taken_over, "{again:?}");
@@ -274,7 +277,7 @@ fn a_veth_deleted_under_the_data_plane_is_detached_without_error() {
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert_eq!(
         dataplane.retain_instances(&[]).unwrap(),
-        [bed.veth.lb_interface.clone()]
+        std::slice::from_ref(&bed.veth.lb_interface)
     );
     assert!(dataplane.instance_links().is_empty());
     lb_agent::dataplane::Detach::detach(&mut dataplane).expect("detached");

@@ -15,7 +15,10 @@ use tokio::sync::mpsc;
 use super::writer::{Change, InstanceLinkReply};
 use crate::{
     dataplane::{DataplaneError, InstanceAttached, InstanceVeth},
-    scaling::provider::local::{InstanceLink, LinkHook, lb_interface_name},
+    scaling::provider::{
+        InstanceRecord, ProviderDetail,
+        local::{InstanceLink, LinkHook, lb_interface_name},
+    },
 };
 
 /// How long the hook waits for the writer: it answers within milliseconds unless a reload
@@ -120,7 +123,9 @@ pub fn attach(
 
 /// Detaches the data plane from the veth of `local` instance `instance_id` (on terminate);
 /// blocks until the writer answers, `timeout` at most. Whether it was attached; a veth
-/// already deleted is fine.
+/// already deleted is fine. Call it once the instance's processes are gone (after the
+/// provider's terminate): until then the LB end must keep rewriting the replies of the flows
+/// still draining.
 pub fn detach(
     changes: &mpsc::UnboundedSender<Change>,
     instance_id: &str,
@@ -158,6 +163,57 @@ pub fn retain(
         "detaching the data plane from the veths of instances gone",
         timeout,
     )
+}
+
+/// What `adopt` did.
+#[derive(Debug, Default)]
+pub struct AdoptedLinks {
+    /// The LB ends whose links an earlier agent pinned and this one took over, or attached
+    /// afresh (none was pinned).
+    pub attached: Vec<String>,
+    /// The LB ends of veths of instances no longer there, detached from.
+    pub dropped: Vec<String>,
+    /// Instances whose veth could not be attached to, and why (they serve no L4 traffic).
+    pub failed: Vec<(String, InstanceLinkError)>,
+}
+
+/// After a restart, once the provider adopted the instances of `records`: takes over the
+/// links an earlier agent pinned on their veths (or attaches afresh), and detaches from the
+/// veths of instances no longer there. Records of other providers are skipped.
+pub fn adopt(
+    changes: &mpsc::UnboundedSender<Change>,
+    records: &[InstanceRecord],
+    timeout: Duration,
+) -> Result<AdoptedLinks, InstanceLinkError> {
+    let mut adopted = AdoptedLinks::default();
+    let mut keep = Vec::new();
+    for record in records {
+        let ProviderDetail::Local(detail) = &record.detail else {
+            continue;
+        };
+        keep.push(detail.lb_interface.clone());
+        let veth = InstanceVeth {
+            instance_id: record.instance_id.clone(),
+            lb_interface: detail.lb_interface.clone(),
+            namespace: detail.namespace.clone(),
+            interface: "eth0".into(),
+        };
+        match attach(changes, veth, timeout) {
+            Ok(_) => adopted.attached.push(detail.lb_interface.clone()),
+            Err(e @ InstanceLinkError::Dataplane { .. }) => {
+                adopted.failed.push((record.instance_id.clone(), e));
+            }
+            // The writer is gone or stuck: the next ones would fare no better.
+            Err(e) => return Err(e),
+        }
+    }
+    adopted.dropped = ask(
+        changes,
+        |reply| Change::RetainInstanceLinks { keep, reply },
+        "detaching the data plane from the veths of instances gone",
+        timeout,
+    )?;
+    Ok(adopted)
 }
 
 /// Sends the change `make` builds around a reply channel; the writer's answer, `timeout` at
@@ -333,6 +389,58 @@ default_action = { forward = "web" }
             matches!(receiver.try_recv(), Ok(Change::DetachInstanceLink { lb_interface, .. }) if lb_interface == lb),
             "no detach follows the attach"
         );
+    }
+
+    /// A `local` record of instance `id`, as the provider writes it.
+    fn record(id: &str) -> InstanceRecord {
+        let detail = crate::scaling::provider::local::LocalDetail {
+            pid: 1,
+            start_time: 1,
+            namespace: format!("lbi-{id}"),
+            lb_namespace: None,
+            lb_interface: lb_interface_name(id),
+            cgroups: Vec::new(),
+            cpu: 0.5,
+            directory: std::path::PathBuf::from("/nonexistent"),
+        };
+        InstanceRecord {
+            instance_id: id.into(),
+            group: "web-asg".into(),
+            template: "web".into(),
+            template_version: 1,
+            address: "198.18.8.10".parse().unwrap(),
+            launched_at: 0,
+            detail: ProviderDetail::Local(detail),
+        }
+    }
+
+    #[test]
+    fn adopting_takes_over_the_adopted_instances_links_reports_failures_and_drops_the_rest() {
+        let (changes, writer) = running_writer(maps());
+        let hook = link_hook(changes);
+        for id in ["i-0a", "i-0b", "i-0c"] {
+            call_hook(&hook, id, None).expect("attached");
+        }
+        drop(hook);
+        let mut pinned = writer.join().expect("ran").adopt();
+        // i-0b's veth went away while no agent ran.
+        pinned.absent_interfaces.insert(lb_interface_name("i-0b"));
+
+        let (changes, writer) = running_writer(pinned);
+        let adopted = adopt(&changes, &[record("i-0a"), record("i-0b")], WRITER_TIMEOUT)
+            .expect("the writer answered");
+        assert_eq!(adopted.attached, [lb_interface_name("i-0a")]);
+        assert_eq!(adopted.failed.len(), 1, "{adopted:?}");
+        assert_eq!(adopted.failed[0].0, "i-0b");
+        assert!(
+            adopted.failed[0].1.to_string().contains("does not exist"),
+            "{adopted:?}"
+        );
+        assert_eq!(adopted.dropped, [lb_interface_name("i-0c")]);
+        drop(changes);
+        let maps = writer.join().expect("ran");
+        assert_eq!(maps.instance_veths.len(), 1);
+        assert!(maps.instance_veths.contains_key(&lb_interface_name("i-0a")));
     }
 
     #[test]
