@@ -342,14 +342,23 @@ fn mac(ns: &NetNs, dev: &str) -> String {
 
 /// `GET /` to `addr` from namespace `ns`, one attempt; the status line.
 fn http_get(ns: &str, addr: SocketAddr) -> Result<String, String> {
+    http_get_path(ns, addr, "/").map(|(line, _)| line)
+}
+
+/// `GET path` to `addr` from namespace `ns`, one attempt (1 s to connect, 5 s between
+/// reads); the status line and the whole response's length.
+fn http_get_path(ns: &str, addr: SocketAddr, path: &str) -> Result<(String, usize), String> {
     run_inside(ns, || {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        Ok(text.lines().next().unwrap_or_default().to_owned())
+        let text = String::from_utf8_lossy(&response[..response.len().min(200)]).into_owned();
+        Ok((
+            text.lines().next().unwrap_or_default().to_owned(),
+            response.len(),
+        ))
     })
     .map_err(|e| format!("{e:#}"))
 }
@@ -523,6 +532,23 @@ fn a_vip_balances_to_a_local_instance_through_the_veth_the_link_hook_attached_to
         }
     };
     assert!(line.contains(" 200 "), "{line}");
+
+    // A response of many segments: the instance sends no segmentation-offloaded frames (TX
+    // checksum offload off takes TSO with it), each one is rewritten and gets through whole.
+    let big = vec![b'x'; 4 << 20];
+    std::fs::write(provider.0.instance_dir(&id).join("big"), &big).expect("a file to serve");
+    let (line, length) = http_get_path(site.client.name(), vip, "/big").expect("GET /big");
+    assert!(line.contains(" 200 "), "{line}");
+    assert!(
+        length > big.len(),
+        "{length} bytes of more than {}",
+        big.len()
+    );
+
+    // The agent's own traffic to the instance (its health checks) passes both programs.
+    let direct = http_get(site.lb.name(), "198.18.8.10:8080".parse().unwrap())
+        .expect("the instance answers the load balancer's namespace");
+    assert!(direct.contains(" 200 "), "{direct}");
 
     // Terminated (the veth goes with it), then detached: no error, nothing left.
     provider
