@@ -80,14 +80,14 @@ impl InstanceLinks for Dataplane {
             .map(|p| p.instance_link(&format!("{lb}{PEER_PIN_SUFFIX}")));
         let (lb_end, mode, lb_taken) = self.attach_lb_end(lb, ifindex, lb_pin)?;
         let peer = match self.attach_peer(veth, peer_pin) {
-            Ok(peer) => peer,
+            Ok((peer, _taken_over)) => peer,
             Err(e) => {
-                // Not half attached: the LB end goes again (its error is not the one to tell).
+                // Never half attached (redirected frames would be dropped on a bare peer): the
+                // LB end goes again; its own error, if any, is not the one to tell.
                 let _ = self.release(lb_end);
                 return Err(e);
             }
         };
-        let (peer, _) = peer;
         if let Err(e) = self.tx_ports()?.insert(ifindex, ifindex, None, 0) {
             let _ = self.release(lb_end);
             let _ = self.release(peer);
