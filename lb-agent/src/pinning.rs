@@ -1,7 +1,8 @@
 //! The data plane's objects pinned in a BPF filesystem, so that they outlive the agent.
 //!
-//! A pin directory holds `maps/NAME` for every map and `links/IFACE` for every XDP
-//! attachment. While the pins exist the program stays attached and keeps forwarding with the
+//! A pin directory holds `maps/NAME` for every map, `links/IFACE` for every XDP
+//! attachment to a NIC, and `instances/LINK` for the attachments to the veths of `local`
+//! instances (both ends; apart from the NICs', which a start-up with other NICs drops). While the pins exist the program stays attached and keeps forwarding with the
 //! maps' last contents, whatever happens to the agent (even SIGKILL); a new agent on the same
 //! directory adopts them. The agent that owns a directory holds an exclusive `flock` on it,
 //! which the kernel drops when the process dies, so a second agent is refused while the first
@@ -118,7 +119,7 @@ impl PinDir {
         if !is_bpffs(dir) {
             return Err(PinError::NotBpffs(dir.to_owned()));
         }
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "instances"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(io_at(&path))?;
         }
@@ -151,6 +152,11 @@ impl PinDir {
     /// Where the attachment to `iface` is pinned.
     pub fn link(&self, iface: &str) -> PathBuf {
         self.dir.join("links").join(iface)
+    }
+
+    /// Where the attachment to an instance's veth end called `name` is pinned.
+    pub fn instance_link(&self, name: &str) -> PathBuf {
+        self.dir.join("instances").join(name)
     }
 
     /// Whether a data plane is pinned here already (its connection table exists).
@@ -215,7 +221,7 @@ impl PinDir {
 
 /// Removes the pins below `dir` and the directory itself.
 pub fn remove_pins(dir: &Path) -> Result<(), PinError> {
-    for sub in ["links", "maps"] {
+    for sub in ["links", "instances", "maps"] {
         let path = dir.join(sub);
         let Ok(entries) = std::fs::read_dir(&path) else {
             continue;

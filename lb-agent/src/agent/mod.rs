@@ -3,6 +3,7 @@
 //! plane's counters, without waiting for the writer. `monitor` runs the health checks.
 
 pub mod auto_scaling;
+pub mod instance_links;
 pub mod monitor;
 pub mod reply_watch;
 pub mod sweeper;

@@ -1,7 +1,8 @@
 //! The one writer: a thread that owns the `State` and the data plane's maps and applies every
 //! change in the order it arrives on its channel: API writes, reloads, health-check results and
-//! the lifecycle clock (draining, slow start). After each change it publishes a `Snapshot`
-//! that readers use without ever waiting for it.
+//! the lifecycle clock (draining, slow start), and the data plane's attachments to the veths
+//! of `local` instances (`agent::instance_links`). After each change it publishes a
+//! `Snapshot` that readers use without ever waiting for it.
 //!
 //! Every change is checked as the whole config it produces (the file, the API's overrides and
 //! this change) before anything is applied or saved, and an `If-Match` version is compared in
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     config::{Config, Listener, ListenerProtocol, Rule},
-    dataplane::{Detach, Maps},
+    dataplane::{DataplaneError, Detach, InstanceAttached, InstanceLinks, InstanceVeth, Maps},
     health::probe::ProbeResult,
     overrides::{Overrides, TargetOverride},
     protocol::{
@@ -65,7 +66,27 @@ pub enum Change {
     },
     /// Time passed: end draining, move slow starts along.
     Tick,
+    /// Attach the data plane to a new instance's veth (`InstanceLinks::attach_instance`).
+    AttachInstanceLink {
+        veth: InstanceVeth,
+        reply: InstanceLinkReply<InstanceAttached>,
+    },
+    /// Detach it from an instance's veth, by LB end (`InstanceLinks::detach_instance`).
+    DetachInstanceLink {
+        lb_interface: String,
+        reply: InstanceLinkReply<bool>,
+    },
+    /// Detach it from every instance veth but these, by LB end
+    /// (`InstanceLinks::retain_instances`).
+    RetainInstanceLinks {
+        keep: Vec<String>,
+        reply: InstanceLinkReply<Vec<String>>,
+    },
 }
+
+/// Where the writer answers an instance-link change: a channel a blocking caller (the
+/// provider's link hook) can wait on with a timeout. A caller that gave up is no error.
+pub type InstanceLinkReply<T> = std::sync::mpsc::SyncSender<Result<T, DataplaneError>>;
 
 /// The full-NAT source addresses a config gets on a node.
 pub type SnatAddresses = Box<dyn Fn(&Config) -> Result<Vec<IpAddr>, String> + Send>;
@@ -105,7 +126,7 @@ pub struct Writer<M> {
     snapshots: watch::Sender<Arc<Snapshot>>,
 }
 
-impl<M: Maps + Detach> Writer<M> {
+impl<M: Maps + Detach + InstanceLinks> Writer<M> {
     /// A writer of `state` (built from `file` with `overrides`) on `maps`; and the receiver of
     /// its snapshots.
     pub fn new(
@@ -175,6 +196,22 @@ impl<M: Maps + Detach> Writer<M> {
                 if let Err(e) = self.state.tick(&mut self.maps, now) {
                     tracing::error!(error = %e, "target lifecycle step failed");
                 }
+            }
+            // The state does not change: nothing new to publish.
+            Change::AttachInstanceLink { veth, reply } => {
+                let _ = reply.send(self.maps.attach_instance(&veth));
+                return;
+            }
+            Change::DetachInstanceLink {
+                lb_interface,
+                reply,
+            } => {
+                let _ = reply.send(self.maps.detach_instance(&lb_interface));
+                return;
+            }
+            Change::RetainInstanceLinks { keep, reply } => {
+                let _ = reply.send(self.maps.retain_instances(&keep));
+                return;
             }
         }
         self.publish();

@@ -3,16 +3,20 @@
 //!
 //! It holds what the kernel maps would hold, counts the writes made, can be told to refuse a
 //! write (as the kernel may, e.g. with ENOMEM), and lets a test put flows into the connection
-//! table and move the data plane's clock.
+//! table and move the data plane's clock. It records the instance veths it is attached to
+//! (`InstanceLinks`), and those an earlier agent left pinned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
     Backend, Counters, Flow, FlowKey, GroupInfo, ListenerInfo, ListenerKey, ReverseFlow, Settings,
     VipKey, map_names,
 };
 
-use super::{DataplaneError, MapReader, Maps, Result, Verdicts, refused};
+use super::{
+    AttachMode, DataplaneError, InstanceAttached, InstanceLinks, InstanceVeth, MapReader, Maps,
+    Result, Verdicts, refused,
+};
 
 /// The maps, in memory.
 #[derive(Debug, Clone)]
@@ -44,6 +48,12 @@ pub struct MemoryMaps {
     refuse_after: Option<usize>,
     /// `Detach::detach` was called.
     pub detached: bool,
+    /// The instance veths attached, by LB end.
+    pub instance_veths: BTreeMap<String, InstanceVeth>,
+    /// Instance veths an earlier agent left attached (pinned), not yet taken over, by LB end.
+    pub pinned_instances: BTreeSet<String>,
+    /// Interfaces that do not exist: attaching to one fails as the kernel's would.
+    pub absent_interfaces: BTreeSet<String>,
 }
 
 impl MemoryMaps {
@@ -69,13 +79,19 @@ impl MemoryMaps {
             writes: 0,
             refuse_after: None,
             detached: false,
+            instance_veths: BTreeMap::new(),
+            pinned_instances: BTreeSet::new(),
+            absent_interfaces: BTreeSet::new(),
         }
     }
 
-    /// These maps as a restarted agent finds them pinned: contents kept, marked adopted.
+    /// These maps as a restarted agent finds them pinned: contents kept, marked adopted; the
+    /// instance veths stay attached through their pins, for the new agent to take over.
     pub fn adopt(mut self) -> Self {
         self.adopted = true;
         self.writes = 0;
+        let veths = std::mem::take(&mut self.instance_veths);
+        self.pinned_instances.extend(veths.into_keys());
         self
     }
 
@@ -132,7 +148,58 @@ impl MemoryMaps {
 impl super::Detach for MemoryMaps {
     fn detach(&mut self) -> Result<()> {
         self.detached = true;
+        self.instance_veths.clear();
+        self.pinned_instances.clear();
         Ok(())
+    }
+}
+
+impl InstanceLinks for MemoryMaps {
+    fn attach_instance(&mut self, veth: &InstanceVeth) -> Result<InstanceAttached> {
+        let attached = |taken_over| InstanceAttached {
+            mode: AttachMode::Native,
+            taken_over,
+        };
+        if self.instance_veths.contains_key(&veth.lb_interface) {
+            return Ok(attached(false));
+        }
+        for iface in [&veth.lb_interface, &veth.interface] {
+            if self.absent_interfaces.contains(iface) {
+                return Err(DataplaneError::NoInterface(iface.clone()));
+            }
+        }
+        // The LB end goes into the redirect map: a map write, which may be refused.
+        self.write(map_names::TX_PORTS)?;
+        let taken_over = self.pinned_instances.remove(&veth.lb_interface);
+        self.instance_veths
+            .insert(veth.lb_interface.clone(), veth.clone());
+        Ok(attached(taken_over))
+    }
+
+    fn detach_instance(&mut self, lb_interface: &str) -> Result<bool> {
+        let attached = self.instance_veths.remove(lb_interface).is_some();
+        let pinned = self.pinned_instances.remove(lb_interface);
+        Ok(attached || pinned)
+    }
+
+    fn retain_instances(&mut self, keep: &[String]) -> Result<Vec<String>> {
+        let dropped: Vec<String> = self
+            .instance_links()
+            .into_iter()
+            .filter(|l| !keep.contains(l))
+            .collect();
+        for lb_interface in &dropped {
+            self.detach_instance(lb_interface)?;
+        }
+        Ok(dropped)
+    }
+
+    fn instance_links(&self) -> Vec<String> {
+        let mut links: Vec<String> = self.instance_veths.keys().cloned().collect();
+        links.extend(self.pinned_instances.iter().cloned());
+        links.sort_unstable();
+        links.dedup();
+        links
     }
 }
 

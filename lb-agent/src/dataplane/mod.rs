@@ -3,7 +3,8 @@
 //! an in-memory twin (`memory::MemoryMaps`) in plain unit tests.
 //!
 //! `MapReader` is what readers need (counters, the connection table, the data plane's clock);
-//! `Maps` adds every write, and is only ever used by the agent's one writer.
+//! `Maps` adds every write, and is only ever used by the agent's one writer. `InstanceLinks`
+//! puts the data plane on the veths of `local` instances, also only from the writer.
 
 pub mod kernel;
 pub mod memory;
@@ -103,4 +104,49 @@ pub fn refused(name: &'static str, call: &'static str, errno: i32) -> DataplaneE
 pub trait Detach {
     /// Detaches the program from every NIC and removes every pin.
     fn detach(&mut self) -> Result<()>;
+}
+
+/// One `local` instance's veth pair, as the data plane attaches to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceVeth {
+    /// The instance (for messages and logs).
+    pub instance_id: String,
+    /// The load balancer's end, in the agent's namespace: it gets the load balancer itself,
+    /// which rewrites the instance's replies.
+    pub lb_interface: String,
+    /// The instance's namespace (`/run/netns/NAME`).
+    pub namespace: String,
+    /// The instance's end, in its namespace: it gets the pass program.
+    pub interface: String,
+}
+
+/// How the data plane ended up on an instance's veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceAttached {
+    /// The load balancer's mode on the LB end.
+    pub mode: AttachMode,
+    /// The attachments were pinned by an earlier agent and taken over (the program replaced
+    /// in place, without a gap), not made afresh.
+    pub taken_over: bool,
+}
+
+/// Putting the data plane on the veths of `local` instances, which it forwards to like NICs.
+///
+/// Full NAT sends the instance's replies back through the load balancer, so the LB end of the
+/// veth runs it (and is a redirect target); and frames XDP redirects into a veth are dropped
+/// unless the peer runs an XDP program (DESIGN.md, "The lab"), so the instance's end runs the
+/// pass program. Pinned like the NICs' attachments, they outlive the agent and are taken over
+/// by the next one.
+pub trait InstanceLinks {
+    /// Attaches to `veth` (both ends); attaching again to one attached is a no-op, and one an
+    /// earlier agent pinned is taken over.
+    fn attach_instance(&mut self, veth: &InstanceVeth) -> Result<InstanceAttached>;
+    /// Detaches from the veth whose LB end is `lb_interface` and removes its pins; an
+    /// interface already gone is fine. Whether there was anything to detach.
+    fn detach_instance(&mut self, lb_interface: &str) -> Result<bool>;
+    /// Detaches from every instance veth (attached or pinned) whose LB end is not in `keep`
+    /// (instances an earlier agent left that no longer exist); their LB ends.
+    fn retain_instances(&mut self, keep: &[String]) -> Result<Vec<String>>;
+    /// The LB ends of the instance veths attached or pinned, sorted.
+    fn instance_links(&self) -> Vec<String>;
 }

@@ -164,8 +164,10 @@ impl Dataplane {
         })
     }
 
-    /// Detaches the program from every NIC and removes every pin: nothing is left behind.
+    /// Detaches the program from every NIC and every instance veth and removes every pin:
+    /// nothing is left behind.
     pub(super) fn detach_all(&mut self) -> Result<()> {
+        self.detach_instances()?;
         while let Some(attachment) = self.attachments.pop() {
             match attachment.link {
                 AttachmentLink::Owned(id) => {
@@ -224,7 +226,7 @@ impl Dataplane {
 }
 
 /// The XDP program attached to `iface`, described (`id 42, lb`), if any.
-fn attached_program(iface: &str) -> Option<String> {
+pub(super) fn attached_program(iface: &str) -> Option<String> {
     let attached = XdpAttachment::read(None, iface).ok()??;
     Some(format!(
         "id {}, {}",
@@ -236,7 +238,7 @@ fn attached_program(iface: &str) -> Option<String> {
 }
 
 /// How the program on `iface` is attached, if one is.
-fn attached_mode(iface: &str) -> Option<AttachMode> {
+pub(super) fn attached_mode(iface: &str) -> Option<AttachMode> {
     Some(XdpAttachment::read(None, iface).ok()??.mode)
 }
 

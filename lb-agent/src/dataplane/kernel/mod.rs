@@ -1,10 +1,11 @@
 //! The kernel's data plane: load the XDP object, and read and write its maps (`Maps`,
 //! `MapReader`) with aya; layouts are `lb-common`'s. Attaching it to NICs (and pinning the
-//! attachments) is `attach`; the batched map system calls are `batch`; the next hops the
-//! program could not resolve are `next_hops`.
+//! attachments) is `attach`; to the veths of `local` instances, `instance`; the batched map
+//! system calls are `batch`; the next hops the program could not resolve are `next_hops`.
 
 mod attach;
 mod batch;
+mod instance;
 mod next_hops;
 mod sweep;
 
@@ -107,6 +108,8 @@ pub struct Dataplane {
     adopted: bool,
     /// Every NIC the program is attached to.
     attachments: Vec<Attachment>,
+    /// Every instance veth it is attached to, by LB end.
+    instances: instance::InstanceAttachments,
     /// The counters and the connection table, read through handles of their own.
     reader: DataplaneReader,
 }
@@ -193,6 +196,7 @@ impl Dataplane {
             pins,
             adopted,
             attachments: Vec::new(),
+            instances: instance::InstanceAttachments::new(),
             reader,
         };
         dataplane.program(program_names::LB)?;
