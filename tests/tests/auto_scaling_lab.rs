@@ -264,3 +264,201 @@ fn an_agent_restart_keeps_every_instance_running_and_adopts_them() {
         before.instances.len()
     );
 }
+
+/// Starts `count` downloads of `seconds` s from the VIP (`/stream`), one connection each.
+fn start_downloads(
+    lab: &AsgLab,
+    count: usize,
+    seconds: u64,
+    rate: u64,
+) -> Vec<std::process::Child> {
+    (0..count)
+        .map(|_| {
+            lab.lab
+                .cmd(lab.lab.client(), "curl")
+                .args([
+                    "-sS",
+                    "-N",
+                    "-D",
+                    "-",
+                    &format!("http://{VIP4}/stream?seconds={seconds}&bytes_per_second={rate}"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect()
+}
+
+/// Waits for each download; the instance that served it, after checking every byte arrived.
+fn finish_downloads(downloads: Vec<std::process::Child>, bytes: usize) -> Vec<String> {
+    downloads
+        .into_iter()
+        .map(|mut download| {
+            let mut out = Vec::new();
+            download
+                .stdout
+                .take()
+                .expect("stdout")
+                .read_to_end(&mut out)
+                .expect("read the download");
+            let status = download.wait().expect("curl ends");
+            let mut err = String::new();
+            download
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("stderr");
+            assert!(status.success(), "curl: {status}: {err}");
+            let text = String::from_utf8_lossy(&out);
+            let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+            let instance = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-instance-id: "))
+                .expect("x-instance-id")
+                .trim()
+                .to_owned();
+            assert_eq!(body.len(), bytes, "{instance}: {head}");
+            assert!(
+                body.bytes()
+                    .enumerate()
+                    .all(|(k, b)| b == b'a' + (k % 26) as u8),
+                "{instance}: the body is not the pattern"
+            );
+            instance
+        })
+        .collect()
+}
+
+#[test]
+fn cpu_load_scales_out_under_target_tracking_and_its_end_scales_in_with_drain() {
+    if !root() {
+        return;
+    }
+    // Target tracking on CPU at 40% with 10 s datapoints (AWS's high-resolution period):
+    // 3 high ones scale out, 15 low ones scale in.
+    let policy = r#"default_instance_warmup = "10s"
+[[auto_scaling_group.policy]]
+name = "cpu40"
+type = "target_tracking"
+metric = "cpu_utilization"
+target = 40.0
+period = "10s"
+"#;
+    let lab = AsgLab::up("asg-cpu", &config(SERVER, (1, 1, 3), "300s", policy));
+    let (group, _) = lab.wait_for("web-asg", Duration::from_secs(60), "1 in service", |g| {
+        in_state(g, "InService").len() == 1
+    });
+    lab.wait_until_serving(&group.instances[0].instance_id, Duration::from_secs(30));
+    // Load: 4 clients asking for 200 ms of CPU each, back to back, on an instance of half a
+    // core: it runs at its limit. Bounded: at most 180 s, stopped once the group has grown.
+    let stop = lab.lab.log_dir().join("stop-load");
+    let load = format!(
+        "import threading, time, os, urllib.request\n\
+         def run():\n\
+         \x20   end = time.time() + 180\n\
+         \x20   while time.time() < end and not os.path.exists('{stop}'):\n\
+         \x20       try: urllib.request.urlopen('http://{VIP4}/burn?ms=200', timeout=10).read()\n\
+         \x20       except Exception: time.sleep(0.1)\n\
+         ts = [threading.Thread(target=run) for _ in range(4)]\n\
+         [t.start() for t in ts]\n\
+         [t.join() for t in ts]\n",
+        stop = stop.display()
+    );
+    let mut loader = lab
+        .lab
+        .cmd(lab.lab.client(), "python3")
+        .args(["-c", &load])
+        .spawn()
+        .expect("the load");
+    let loaded = Instant::now();
+    let (grown, _) = lab.wait_for("web-asg", Duration::from_secs(150), "scaled out", |g| {
+        g.desired_capacity > 1
+    });
+    let reaction = loaded.elapsed();
+    println!(
+        "measured: CPU load -> scale-out decided {reaction:?} after the load began (desired {} -> {}); alarms: {:?}",
+        group.desired_capacity,
+        grown.desired_capacity,
+        grown
+            .alarms
+            .iter()
+            .map(|a| (&a.name, &a.state, a.last_value))
+            .collect::<Vec<_>>()
+    );
+    let (grown, _) = lab.wait_for(
+        "web-asg",
+        Duration::from_secs(60),
+        "the new instances in service",
+        |g| in_state(g, "InService").len() as u32 == g.desired_capacity,
+    );
+    // The launches say why, in EC2's words.
+    let cause = lab
+        .activities("web-asg")
+        .into_iter()
+        .find(|a| a.description.starts_with("Launching"))
+        .map(|a| a.cause)
+        .unwrap_or_default();
+    assert!(
+        cause.contains(
+            "TargetTracking-web-asg-AlarmHigh-cpu40 in state ALARM triggered policy cpu40"
+        ),
+        "{cause}"
+    );
+    for i in &grown.instances {
+        lab.wait_until_serving(&i.instance_id, Duration::from_secs(30));
+    }
+    println!(
+        "measured: scale-out under load: {} instances serving {:?} after the load began",
+        grown.instances.len(),
+        loaded.elapsed()
+    );
+    // The load ends; long downloads run across the scale-in that follows (15 low datapoints
+    // of 10 s), one to each instance or more.
+    std::fs::write(&stop, b"").expect("stop the load");
+    let _ = loader.wait();
+    let ended = Instant::now();
+    let (seconds, rate) = (240, 1000);
+    let downloads = start_downloads(&lab, 3 * grown.instances.len(), seconds, rate);
+    let (shrunk, _) = lab.wait_for("web-asg", Duration::from_secs(230), "scaled in", |g| {
+        g.desired_capacity < grown.desired_capacity
+    });
+    println!(
+        "measured: scale-in decided {:?} after the load ended (desired {} -> {})",
+        ended.elapsed(),
+        grown.desired_capacity,
+        shrunk.desired_capacity
+    );
+    let leaving: BTreeSet<String> = lab
+        .group("web-asg")
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle_state.starts_with("Terminating"))
+        .map(|i| i.instance_id.clone())
+        .collect();
+    assert!(!leaving.is_empty(), "{shrunk:#?}");
+    let served_by = finish_downloads(downloads, (seconds * rate) as usize);
+    let cut = 0; // every download was checked whole above
+    let on_leaving = served_by.iter().filter(|i| leaving.contains(*i)).count();
+    assert!(
+        on_leaving > 0,
+        "no download on a leaving instance: {served_by:?} {leaving:?}"
+    );
+    // Drained, the leaving instances go (long before the 300 s delay).
+    lab.wait_for(
+        "web-asg",
+        Duration::from_secs(30),
+        "the leaving instances gone",
+        |g| {
+            g.instances
+                .iter()
+                .all(|i| !leaving.contains(&i.instance_id))
+        },
+    );
+    println!(
+        "measured: scale-in with drain: {on_leaving} downloads on {} leaving instances, {cut} connections broken",
+        leaving.len()
+    );
+}

@@ -175,8 +175,9 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
             lb_namespace: None,
             cgroup_parent: None,
         },
-        link_hook: None,
+        writer: None,
         in_flight: None,
+        proxy_metrics: None,
     };
     let source = ConfigSource {
         path: config_path,
@@ -198,12 +199,18 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
     let (writer, snapshots) = Writer::new(state, dataplane, file, Some(source), overrides, node);
     let proxy_snapshots = snapshots.clone();
     let (changes, received) = tokio::sync::mpsc::unbounded_channel();
+    // The groups' local instances get the data plane on their veths through the writer.
+    let scaling_options = auto_scaling::Options {
+        writer: Some(changes.clone()),
+        ..scaling_options
+    };
     // The one writer: a thread of its own (map writes are system calls), fed in order.
     let writer_thread = std::thread::Builder::new()
         .name("lb-writer".into())
         .spawn(move || writer.run(received))
         .context("starting the writer")?;
     let proxy_metrics = ProxyMetrics::new();
+    let agent_proxy_metrics = proxy_metrics.clone();
     let agent =
         Handle::new(changes, snapshots, reader, info).with_proxy_metrics(proxy_metrics.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -243,6 +250,7 @@ pub fn run(file: Config, options: RunOptions) -> anyhow::Result<()> {
         let proxy = Proxy::new(sticky_key, proxy_metrics, PROXY_WORKERS)?;
         let scaling_options = auto_scaling::Options {
             in_flight: Some(proxy.in_flight()),
+            proxy_metrics: Some(agent_proxy_metrics.clone()),
             ..scaling_options
         };
         // The groups start once the data plane and the API run: their first registrations go

@@ -249,6 +249,17 @@ fn describe(g: &AsgView) {
             format!(", suspended [{}]", g.suspended_processes.join(", "))
         }
     );
+    for a in &g.alarms {
+        println!(
+            "    alarm {}  {}  {} (threshold {}, last {})  {}",
+            a.name,
+            a.state,
+            a.metric,
+            a.threshold,
+            a.last_value.map_or("-".to_owned(), |v| format!("{v:.1}")),
+            a.reason
+        );
+    }
     for i in &g.instances {
         let source = match (&i.launch_template, i.launch_template_version) {
             (Some(t), Some(v)) => format!("{t} v{v}"),

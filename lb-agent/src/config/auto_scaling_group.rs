@@ -310,6 +310,19 @@ pub enum ScalingMetric {
     RequestsPerTarget,
 }
 
+impl ScalingMetric {
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CpuUtilization => "cpu_utilization",
+            Self::ActiveFlowsPerTarget => "active_flows_per_target",
+            Self::NewFlowsPerTarget => "new_flows_per_target",
+            Self::BytesPerTarget => "bytes_per_target",
+            Self::RequestsPerTarget => "requests_per_target",
+        }
+    }
+}
+
 /// `[[auto_scaling_group.policy]]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ScalingPolicy {
@@ -330,6 +343,10 @@ pub enum PolicyKind {
         disable_scale_in: bool,
         #[serde(default, deserialize_with = "duration::deserialize_optional")]
         estimated_instance_warmup: Option<Duration>,
+        /// The period of the metric's datapoints (default 60 s; 10, 20 or 30 s read it at
+        /// high resolution, as AWS's target tracking on high-resolution metrics does).
+        #[serde(default, deserialize_with = "duration::deserialize_optional")]
+        period: Option<Duration>,
     },
     /// Adjusts by the step the alarm's breach falls in.
     Step {

@@ -394,7 +394,28 @@ fn check_unique<'a>(p: &mut Problems, at: &str, what: &str, names: impl Iterator
 
 fn check_policy(p: &mut Problems, at: &str, kind: &PolicyKind, g: &AutoScalingGroup) {
     match kind {
-        PolicyKind::TargetTracking { metric, target, .. } => {
+        PolicyKind::TargetTracking {
+            metric,
+            target,
+            period,
+            ..
+        } => {
+            // AWS's metric periods for target tracking: 10, 20, 30 s (high resolution) or
+            // a multiple of 60 s.
+            if let Some(period) = period {
+                let s = period.as_secs();
+                if period.subsec_nanos() != 0
+                    || !(matches!(s, 10 | 20 | 30) || (s > 0 && s % 60 == 0 && s <= 86_400))
+                {
+                    p.add(
+                        format!("{at}.period"),
+                        format!(
+                            "{}: a target tracking period is 10s, 20s, 30s or a multiple of 60s",
+                            crate::config::duration_text(*period)
+                        ),
+                    );
+                }
+            }
             let cpu = *metric == super::ScalingMetric::CpuUtilization;
             let positive = target.is_finite() && *target > 0.0;
             if !positive || (cpu && *target > 100.0) {

@@ -28,8 +28,25 @@ pub struct AsgView {
     pub new_instances_protected_from_scale_in: bool,
     pub suspended_processes: Vec<String>,
     pub instances: Vec<AsgInstanceView>,
+    /// Its alarms, named ones and those of its target tracking policies.
+    pub alarms: Vec<AlarmView>,
     /// Removed from the config: its instances are terminating, then it goes.
     pub deleting: bool,
+}
+
+/// One alarm of a group (CloudWatch's `describe-alarms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmView {
+    pub name: String,
+    /// The metric it watches (the config's name).
+    pub metric: String,
+    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+    pub state: String,
+    /// Why, in CloudWatch's words.
+    pub reason: String,
+    /// The newest datapoint.
+    pub last_value: Option<f64>,
+    pub threshold: f64,
 }
 
 /// One instance of a group.

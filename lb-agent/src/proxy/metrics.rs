@@ -206,6 +206,16 @@ impl ProxyMetrics {
             .clone()
     }
 
+    /// Requests sent to `target` as a member of `group` so far (0 for a target never sent
+    /// one); read without making a series. The auto scaling groups' requests-per-target
+    /// metric.
+    pub fn target_requests(&self, group: &str, target: SocketAddr) -> u64 {
+        self.series()
+            .targets
+            .get(&(group.to_owned(), target))
+            .map_or(0, |m| m.requests.sum())
+    }
+
     /// After a reload: forgets the series of the listeners, rules and group targets not given
     /// (draining targets should be given while they drain), but keeps a listener's series
     /// while connections to it are open. `Arc`s handed out stay valid; they are just no longer

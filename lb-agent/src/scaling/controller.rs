@@ -272,6 +272,7 @@ impl Controller {
                     target,
                     disable_scale_in,
                     estimated_instance_warmup,
+                    period: own_period,
                 } => {
                     let policy = TargetTrackingPolicy::new(&group.name, name, *target)?
                         .with_disable_scale_in(*disable_scale_in);
@@ -279,7 +280,7 @@ impl Controller {
                         policy,
                         *disable_scale_in,
                         *metric,
-                        period,
+                        own_period.unwrap_or(period),
                         warmup_of(*estimated_instance_warmup),
                     )?);
                 }

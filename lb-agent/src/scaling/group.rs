@@ -59,6 +59,8 @@ pub struct Instance {
     pub launched_at: Duration,
     pub phase: Phase,
     pub protected_from_scale_in: bool,
+    /// When it went into service (its warmup counts from then).
+    pub in_service_since: Option<Duration>,
     /// The activity that launches or terminates it, until that ends.
     activity: Option<u64>,
 }
@@ -78,6 +80,9 @@ impl Instance {
             address,
             launched_from,
             launched_at,
+            // The agent cannot tell when an adopted instance went into service: from its
+            // launch, so that a restart does not make every instance warm up again.
+            in_service_since: (phase != Phase::Pending).then_some(launched_at),
             phase,
             protected_from_scale_in,
             activity: None,
@@ -278,6 +283,11 @@ impl Group {
         self.capacity = capacity;
     }
 
+    /// Launches asked for and not yet reported.
+    pub fn launches_under_way(&self) -> u32 {
+        self.launching
+    }
+
     pub fn instances(&self) -> &[Instance] {
         &self.instances
     }
@@ -323,6 +333,7 @@ impl Group {
             launched_at: now,
             phase: Phase::Pending,
             protected_from_scale_in: self.settings.new_instances_protected_from_scale_in,
+            in_service_since: None,
             activity: Some(activity),
         });
     }
@@ -364,6 +375,7 @@ impl Group {
             match instance.phase {
                 Phase::Pending if running => {
                     instance.phase = Phase::InService;
+                    instance.in_service_since = Some(now);
                     actions.push(Action::Register {
                         instance: instance.id.clone(),
                     });

@@ -12,6 +12,7 @@
 //! agent adopts the instances still running instead of launching new ones.
 
 mod launch;
+mod policies;
 mod saved;
 
 use std::{
@@ -25,26 +26,27 @@ use std::{
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Handle;
+use super::{Handle, instance_links};
 use crate::{
     config::{AutoScalingGroup, Config, ProviderKind, TemplateVersion},
     health::TargetState,
     protocol::{
         Answer, ApiError, Request,
         scaling::{
-            ActivityView, AsgInstanceView, AsgView, DesiredCapacitySet, InstanceTerminating,
-            ProtectionSet,
+            ActivityView, AlarmView, AsgInstanceView, AsgView, DesiredCapacitySet,
+            InstanceTerminating, ProtectionSet,
         },
     },
-    proxy::balance::InFlight,
+    proxy::{balance::InFlight, metrics::ProxyMetrics},
     scaling::{
         addressing,
         capacity::{CapacityChange, Cause, Cooldown, GroupCapacity},
+        controller::Controller,
         group::{Action, Group, Observation, Phase},
         provider::{
             InstanceRecord, InstanceStatus, Provider,
             exec::{ExecConfig, ExecProvider},
-            local::{LinkHook, LocalConfig, LocalProvider},
+            local::{LocalConfig, LocalProvider},
         },
         termination::LaunchSource,
     },
@@ -67,8 +69,12 @@ pub struct Options {
     pub saved: Option<PathBuf>,
     /// The `local` provider's settings.
     pub local: LocalConfig,
-    /// What the agent does to each `local` instance's veth (XDP on it).
-    pub link_hook: Option<LinkHook>,
+    /// The writer, which attaches the data plane to each `local` instance's veth (so that
+    /// L4 listeners reach instances) and detaches it once the instance is gone; none: no
+    /// XDP on instance veths (tests).
+    pub writer: Option<mpsc::UnboundedSender<super::Change>>,
+    /// The L7 proxy's counters: requests per target for the policies.
+    pub proxy_metrics: Option<Arc<ProxyMetrics>>,
     /// The L7 proxy's requests in progress per target: a draining instance stops only once
     /// none is left (or its deregistration delay is over).
     pub in_flight: Option<Arc<InFlight>>,
@@ -164,6 +170,11 @@ struct Running {
     cooldown: Cooldown,
     /// Removed from the config: scaled to 0, then forgotten.
     deleting: bool,
+    /// Its alarms, policies and scheduled actions at work (none if they cannot be built:
+    /// the config's checks refuse that first).
+    controller: Option<Controller>,
+    /// What the controller was built from, to rebuild it only when that changes.
+    controller_source: String,
 }
 
 /// The engine: every group, the providers, the events of background calls.
@@ -255,6 +266,7 @@ impl Engine {
                 }
             }
         }
+        engine.adopt_links().await;
         engine.publish();
         let handle = ScalingHandle {
             commands,
@@ -274,7 +286,10 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.step().await,
+                _ = tick.tick() => {
+                    self.scale().await;
+                    self.step().await;
+                }
                 Some(event) = events.recv() => {
                     self.event(event);
                     // A launch or a stop moves the group on: look again now, not at the tick.
@@ -307,8 +322,9 @@ impl Engine {
                 if self.local.is_none() {
                     let mut provider = LocalProvider::new(self.options.local.clone())
                         .map_err(|e| format!("the local provider: {e}"))?;
-                    if let Some(hook) = &self.options.link_hook {
-                        provider = provider.with_link_hook(hook.clone());
+                    if let Some(writer) = &self.options.writer {
+                        provider =
+                            provider.with_link_hook(instance_links::link_hook(writer.clone()));
                     }
                     self.local = Some(Arc::new(provider));
                 }
@@ -407,6 +423,7 @@ impl Engine {
                 self.statuses.insert(status.instance_id.clone(), status);
             }
         }
+        let name = config.name.clone();
         self.groups.insert(
             config.name.clone(),
             Running {
@@ -418,9 +435,69 @@ impl Engine {
                 unhealthy: BTreeSet::new(),
                 cooldown: Cooldown::none(),
                 deleting: false,
+                controller: None,
+                controller_source: String::new(),
             },
         );
+        self.rebuild_controller(&name);
         Ok(())
+    }
+
+    /// (Re)builds group `name`'s controller if its alarms, policies or scheduled actions
+    /// changed (a rebuild starts their history afresh).
+    fn rebuild_controller(&mut self, name: &str) {
+        let Some(running) = self.groups.get_mut(name) else {
+            return;
+        };
+        let config = &running.config;
+        let source = format!(
+            "{:?}",
+            (&config.policies, &config.alarms, &config.scheduled_actions)
+        );
+        if running.controller.is_some() && source == running.controller_source {
+            return;
+        }
+        running.controller = match Controller::new(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(group = name, error = %e, "the group's scaling policies cannot run");
+                None
+            }
+        };
+        running.controller_source = source;
+    }
+
+    /// Takes over the data plane's links on the veths of the adopted `local` instances (an
+    /// earlier agent pinned them), attaches where none was pinned, and drops the links of
+    /// instances gone.
+    async fn adopt_links(&self) {
+        let Some(writer) = self.options.writer.clone() else {
+            return;
+        };
+        let records: Vec<InstanceRecord> = self
+            .groups
+            .values()
+            .filter(|r| r.config.provider == ProviderKind::Local)
+            .flat_map(|r| r.records.values().cloned())
+            .collect();
+        let adopted = tokio::task::spawn_blocking(move || {
+            instance_links::adopt(&writer, &records, instance_links::WRITER_TIMEOUT)
+        })
+        .await;
+        match adopted {
+            Ok(Ok(links)) => {
+                for (id, e) in &links.failed {
+                    tracing::warn!(instance = id, error = %e, "an adopted instance's veth has no XDP: it gets no L4 traffic");
+                }
+                if !links.attached.is_empty() || !links.dropped.is_empty() {
+                    tracing::info!(attached = ?links.attached, dropped = ?links.dropped, "took over the instances' veth links");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "taking over the instances' veth links failed");
+            }
+            Err(e) => tracing::warn!(error = %e, "taking over the instances' veth links failed"),
+        }
     }
 
     /// A new config (reload, API): groups added start, removed ones scale to 0 and go, the
@@ -457,6 +534,7 @@ impl Engine {
                 running.group.change_capacity(capacity, &change, now());
             }
             running.config = group.clone();
+            self.rebuild_controller(&group.name);
         }
         for (name, running) in &mut self.groups {
             if !config.auto_scaling_groups.iter().any(|g| &g.name == name) && !running.deleting {
@@ -477,6 +555,54 @@ impl Engine {
                     };
                     running.group.change_capacity(zero, &change, now());
                 }
+            }
+        }
+    }
+
+    /// Once a tick, before the step: each group's controller is fed its instances' readings
+    /// and says whether the capacity changes (alarms, policies, scheduled actions).
+    async fn scale(&mut self) {
+        let now = now();
+        let mut targets = HashMap::new();
+        if self
+            .groups
+            .values()
+            .any(|r| r.controller.is_some() && policies::reads_data_plane(&r.config))
+        {
+            match self
+                .agent
+                .call(Request::TargetsList { group: None }, None)
+                .await
+            {
+                Ok(Answer::Targets(list)) => {
+                    targets = list
+                        .into_iter()
+                        .map(|t| ((t.group.clone(), t.address), t))
+                        .collect();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the targets' counters failed"),
+            }
+        }
+        let config = self.config.clone();
+        for (name, running) in &mut self.groups {
+            let Some(controller) = running.controller.as_mut() else {
+                continue;
+            };
+            let samples = policies::samples(
+                &running.group,
+                &self.statuses,
+                |i| registrations(&config, &running.config, i.address, &i.launched_from),
+                self.options.proxy_metrics.as_deref(),
+                &targets,
+            );
+            controller.record(now, &samples);
+            let state = policies::group_state(&running.group, &running.config);
+            for decision in controller.decide(now, &state) {
+                tracing::info!(group = name, cause = %decision.change, "scaling");
+                running
+                    .group
+                    .change_capacity(decision.capacity, &decision.change, now);
             }
         }
     }
@@ -662,13 +788,29 @@ impl Engine {
                 let provider = running.provider.clone();
                 let events = self.events.clone();
                 let group = name.to_owned();
+                let writer = (running.config.provider == ProviderKind::Local)
+                    .then(|| self.options.writer.clone())
+                    .flatten();
                 tokio::spawn(async move {
                     let id = instance.clone();
-                    let result =
-                        tokio::task::spawn_blocking(move || provider.terminate(&id, stop_timeout))
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r.map_err(|e| e.to_string()));
+                    let result = tokio::task::spawn_blocking(move || {
+                        provider.terminate(&id, stop_timeout)?;
+                        // After the instance is gone, not before: the replies of flows still
+                        // draining pass the LB end's program until then.
+                        if let Some(writer) = writer
+                            && let Err(e) = instance_links::detach(
+                                &writer,
+                                &id,
+                                instance_links::WRITER_TIMEOUT,
+                            )
+                        {
+                            tracing::warn!(instance = id, error = %e, "detaching from the instance's veth failed");
+                        }
+                        Ok::<(), crate::scaling::provider::ProviderError>(())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
                     let _ = events.send(Event::Stopped {
                         group,
                         instance,
@@ -979,6 +1121,23 @@ impl Engine {
                     }
                 })
                 .collect(),
+            alarms: running
+                .controller
+                .as_ref()
+                .map(|c| {
+                    c.alarms()
+                        .into_iter()
+                        .map(|a| AlarmView {
+                            name: a.name,
+                            metric: a.metric.as_str().to_owned(),
+                            state: a.state.to_string(),
+                            reason: a.reason,
+                            last_value: a.last_value,
+                            threshold: a.threshold,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             deleting: running.deleting,
         }
     }
