@@ -13,7 +13,11 @@
 
 mod launch;
 mod policies;
+mod requests;
 mod saved;
+mod views;
+
+pub use requests::{Command, ScalingHandle};
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -23,19 +27,15 @@ use std::{
     time::Duration,
 };
 
-use jiff::Timestamp;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{Handle, instance_links};
 use crate::{
-    config::{AutoScalingGroup, Config, ProviderKind, TemplateVersion},
+    config::{AutoScalingGroup, Config, ProviderKind},
     health::TargetState,
     protocol::{
-        Answer, ApiError, Request,
-        scaling::{
-            ActivityView, AlarmView, AsgInstanceView, AsgView, DesiredCapacitySet,
-            InstanceTerminating, ProtectionSet,
-        },
+        Answer, Request,
+        scaling::{ActivityView, AsgView},
     },
     proxy::{balance::InFlight, metrics::ProxyMetrics},
     scaling::{
@@ -80,65 +80,11 @@ pub struct Options {
     pub in_flight: Option<Arc<InFlight>>,
 }
 
-/// The API's side of the groups: cheap to clone.
-#[derive(Clone)]
-pub struct ScalingHandle {
-    commands: mpsc::UnboundedSender<Command>,
-    views: watch::Receiver<Arc<Views>>,
-}
-
 /// What the groups look like after the last step.
 #[derive(Debug, Default)]
 pub struct Views {
     pub groups: Vec<AsgView>,
     pub activities: BTreeMap<String, Vec<ActivityView>>,
-}
-
-/// A change asked through the API, answered once done.
-pub enum Command {
-    Request {
-        request: Request,
-        reply: oneshot::Sender<Result<Answer, ApiError>>,
-    },
-}
-
-impl ScalingHandle {
-    /// Answers an `asg` request: reads from the last views, changes through the engine.
-    pub async fn call(&self, request: Request) -> Result<Answer, ApiError> {
-        let views = self.views.borrow().clone();
-        match request {
-            Request::AsgList => return Ok(Answer::AutoScalingGroups(views.groups.clone())),
-            Request::AsgDescribe { group } => {
-                return views
-                    .groups
-                    .iter()
-                    .find(|g| g.name == group)
-                    .map(|g| Answer::AutoScalingGroup(Box::new(g.clone())))
-                    .ok_or_else(|| no_group(&group));
-            }
-            Request::AsgActivities { group } => {
-                return views
-                    .activities
-                    .get(&group)
-                    .map(|a| Answer::Activities(a.clone()))
-                    .ok_or_else(|| no_group(&group));
-            }
-            _ => {}
-        }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Request { request, reply })
-            .map_err(|_| stopping())?;
-        answer.await.unwrap_or_else(|_| Err(stopping()))
-    }
-}
-
-fn no_group(name: &str) -> ApiError {
-    ApiError::new(404, format!("no auto scaling group `{name}`"))
-}
-
-fn stopping() -> ApiError {
-    ApiError::new(503, "the agent is stopping")
 }
 
 /// A background provider call's outcome.
@@ -939,257 +885,6 @@ impl Engine {
             }
         }
     }
-
-    /// An `asg` change.
-    async fn request(&mut self, request: Request) -> Result<Answer, ApiError> {
-        let now = now();
-        match request {
-            Request::AsgSetDesired {
-                group,
-                desired_capacity,
-                honor_cooldown,
-            } => {
-                let running = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or_else(|| no_group(&group))?;
-                let capacity = running.group.capacity();
-                let change = capacity
-                    .set_desired(desired_capacity, honor_cooldown, &running.cooldown, now)
-                    .map_err(|e| ApiError::new(422, format!("group {group}: {e}")))?;
-                let previous = capacity.desired();
-                running
-                    .group
-                    .change_capacity(capacity.apply(&change), &change, now);
-                running.cooldown = Cooldown::started(now, running.config.default_cooldown);
-                tracing::info!(
-                    group,
-                    from = previous,
-                    to = desired_capacity,
-                    "desired capacity set"
-                );
-                Ok(Answer::DesiredCapacitySet(DesiredCapacitySet {
-                    group,
-                    previous_desired_capacity: previous,
-                    desired_capacity,
-                }))
-            }
-            Request::AsgTerminateInstance {
-                instance,
-                decrement,
-            } => {
-                let (name, running) = self
-                    .groups
-                    .iter_mut()
-                    .find(|(_, r)| r.group.instances().iter().any(|i| i.id == instance))
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            404,
-                            format!("no instance {instance} in any auto scaling group"),
-                        )
-                    })?;
-                let name = name.clone();
-                let actions = running
-                    .group
-                    .terminate_instance(&instance, decrement, now)
-                    .map_err(|e| ApiError::new(422, e.to_string()))?;
-                let desired_capacity = running.group.capacity().desired();
-                for action in actions {
-                    self.act(&name, action).await;
-                }
-                Ok(Answer::InstanceTerminating(InstanceTerminating {
-                    group: name,
-                    instance_id: instance,
-                    decremented: decrement,
-                    desired_capacity,
-                }))
-            }
-            Request::AsgSetProtection {
-                group,
-                instances,
-                protected,
-            } => {
-                let running = self
-                    .groups
-                    .get_mut(&group)
-                    .ok_or_else(|| no_group(&group))?;
-                running
-                    .group
-                    .set_protection(&instances, protected)
-                    .map_err(|e| ApiError::new(404, e.to_string()))?;
-                Ok(Answer::ProtectionSet(ProtectionSet {
-                    group,
-                    instances,
-                    protected_from_scale_in: protected,
-                }))
-            }
-            other => Err(ApiError::new(
-                500,
-                format!("not an auto scaling change: {other:?}"),
-            )),
-        }
-    }
-
-    /// Publishes the groups as the API shows them.
-    fn publish(&self) {
-        let mut views = Views::default();
-        for (name, running) in &self.groups {
-            views.groups.push(self.view(running));
-            views.activities.insert(
-                name.clone(),
-                running
-                    .group
-                    .activities()
-                    .newest_first()
-                    .map(activity_view)
-                    .collect(),
-            );
-        }
-        self.views.send_replace(Arc::new(views));
-    }
-
-    fn view(&self, running: &Running) -> AsgView {
-        let config = &running.config;
-        let capacity = running.group.capacity();
-        AsgView {
-            name: config.name.clone(),
-            min_size: capacity.min(),
-            desired_capacity: capacity.desired(),
-            max_size: capacity.max(),
-            launch_template: config.launch_template.as_ref().map(|t| {
-                let version = match t.version {
-                    TemplateVersion::Default => "$Default".to_owned(),
-                    TemplateVersion::Latest => "$Latest".to_owned(),
-                    TemplateVersion::Number(n) => n.to_string(),
-                };
-                format!("{} {version}", t.name)
-            }),
-            launch_configuration: config.launch_configuration.clone(),
-            provider: match config.provider {
-                ProviderKind::Local => "local",
-                ProviderKind::Exec => "exec",
-            }
-            .to_owned(),
-            target_groups: config.target_groups.clone(),
-            health_check_type: format!("{:?}", config.health_check_type).to_uppercase(),
-            health_check_grace_period_seconds: config.health_check_grace_period.as_secs(),
-            default_cooldown_seconds: config.default_cooldown.as_secs(),
-            termination_policies: config
-                .termination_policies
-                .iter()
-                .map(|p| format!("{p:?}"))
-                .collect(),
-            new_instances_protected_from_scale_in: config.new_instances_protected_from_scale_in,
-            suspended_processes: config
-                .suspended_processes
-                .iter()
-                .map(|p| format!("{p:?}"))
-                .collect(),
-            instances: running
-                .group
-                .instances()
-                .iter()
-                .map(|i| {
-                    let status = self.statuses.get(&i.id);
-                    let (template, version, configuration) = match &i.launched_from {
-                        LaunchSource::LaunchTemplate { name, version } => {
-                            (Some(name.clone()), Some(*version), None)
-                        }
-                        LaunchSource::LaunchConfiguration { name } => {
-                            (None, None, Some(name.clone()))
-                        }
-                    };
-                    AsgInstanceView {
-                        instance_id: i.id.clone(),
-                        address: i.address,
-                        lifecycle_state: i.lifecycle_state().to_owned(),
-                        health_status: if running.unhealthy.contains(&i.id)
-                            || (i.phase != Phase::Pending && status.is_some_and(|s| !s.running))
-                        {
-                            "Unhealthy"
-                        } else {
-                            "Healthy"
-                        }
-                        .to_owned(),
-                        launch_template: template,
-                        launch_template_version: version,
-                        launch_configuration: configuration,
-                        protected_from_scale_in: i.protected_from_scale_in,
-                        launched_at: rfc3339(i.launched_at),
-                        cpu_utilization: status.and_then(|s| s.cpu_utilization),
-                        pid: status.and_then(|s| s.pid),
-                    }
-                })
-                .collect(),
-            alarms: running
-                .controller
-                .as_ref()
-                .map(|c| {
-                    c.alarms()
-                        .into_iter()
-                        .map(|a| AlarmView {
-                            name: a.name,
-                            metric: a.metric.as_str().to_owned(),
-                            state: a.state.to_string(),
-                            reason: a.reason,
-                            last_value: a.last_value,
-                            threshold: a.threshold,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            deleting: running.deleting,
-        }
-    }
-
-    /// Keeps what a restart needs, when it changed.
-    fn save(&mut self) {
-        let Some(path) = self.options.saved.clone() else {
-            return;
-        };
-        let mut kept = Saved::default();
-        for (name, running) in &self.groups {
-            let capacity = running.group.capacity();
-            let config = &running.config;
-            kept.groups.insert(
-                name.clone(),
-                saved::SavedGroup {
-                    min_size: capacity.min(),
-                    desired_capacity: capacity.desired(),
-                    max_size: capacity.max(),
-                    config_sizes: (config.min_size, config.desired_capacity, config.max_size),
-                    instances: running
-                        .group
-                        .instances()
-                        .iter()
-                        .filter_map(|i| {
-                            let record = running.records.get(&i.id)?;
-                            Some(saved::SavedInstance {
-                                record: record.clone(),
-                                phase: saved::phase_name(i.phase).to_owned(),
-                                protected_from_scale_in: i.protected_from_scale_in,
-                                from_launch_configuration: matches!(
-                                    i.launched_from,
-                                    LaunchSource::LaunchConfiguration { .. }
-                                ),
-                            })
-                        })
-                        .collect(),
-                    next_activity_id: running.group.activities().next_id(),
-                    activities: saved::activities(&running.group),
-                },
-            );
-        }
-        if self.last_saved.as_ref() == Some(&kept) {
-            return;
-        }
-        match kept.save(&path) {
-            Ok(()) => self.last_saved = Some(kept),
-            Err(e) => {
-                tracing::error!(error = %e, "keeping the auto scaling groups' state failed (a restart may not adopt new instances)")
-            }
-        }
-    }
 }
 
 /// The definition an instance was launched from, if the config still has it.
@@ -1239,26 +934,6 @@ fn saved_group_config(name: &str, _kept: &saved::SavedGroup) -> AutoScalingGroup
         name: name.to_owned(),
         ..AutoScalingGroup::default()
     }
-}
-
-fn activity_view(a: &crate::scaling::activity::Activity) -> ActivityView {
-    ActivityView {
-        activity_id: a.id,
-        group: a.group.clone(),
-        description: a.description.clone(),
-        cause: a.cause.clone(),
-        status: a.status.as_str().to_owned(),
-        status_message: a.status_message.clone(),
-        start_time: a.start.to_string(),
-        end_time: a.end.map(|e| e.to_string()),
-        progress: a.progress,
-    }
-}
-
-fn rfc3339(since_epoch: Duration) -> String {
-    Timestamp::from_second(i64::try_from(since_epoch.as_secs()).unwrap_or(0))
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 /// Tells providers apart (groups share one provider per kind and hook).

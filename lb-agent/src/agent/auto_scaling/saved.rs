@@ -187,3 +187,54 @@ pub fn activity_log(group: &str, kept: &[SavedActivity], next_id: u64) -> Activi
     });
     ActivityLog::restored(activities, next_id)
 }
+
+impl super::Engine {
+    /// Keeps what a restart needs, when it changed.
+    pub(super) fn save(&mut self) {
+        let Some(path) = self.options.saved.clone() else {
+            return;
+        };
+        let mut kept = Saved::default();
+        for (name, running) in &self.groups {
+            let capacity = running.group.capacity();
+            let config = &running.config;
+            kept.groups.insert(
+                name.clone(),
+                SavedGroup {
+                    min_size: capacity.min(),
+                    desired_capacity: capacity.desired(),
+                    max_size: capacity.max(),
+                    config_sizes: (config.min_size, config.desired_capacity, config.max_size),
+                    instances: running
+                        .group
+                        .instances()
+                        .iter()
+                        .filter_map(|i| {
+                            let record = running.records.get(&i.id)?;
+                            Some(SavedInstance {
+                                record: record.clone(),
+                                phase: phase_name(i.phase).to_owned(),
+                                protected_from_scale_in: i.protected_from_scale_in,
+                                from_launch_configuration: matches!(
+                                    i.launched_from,
+                                    LaunchSource::LaunchConfiguration { .. }
+                                ),
+                            })
+                        })
+                        .collect(),
+                    next_activity_id: running.group.activities().next_id(),
+                    activities: activities(&running.group),
+                },
+            );
+        }
+        if self.last_saved.as_ref() == Some(&kept) {
+            return;
+        }
+        match kept.save(&path) {
+            Ok(()) => self.last_saved = Some(kept),
+            Err(e) => {
+                tracing::error!(error = %e, "keeping the auto scaling groups' state failed (a restart may not adopt new instances)")
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The API's `asg` requests: reads answered from the published views, changes (set-desired,
+//! terminate-instance, set-protection) handed to the engine and answered once made.
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Engine, Views, now};
+use crate::{
+    protocol::{
+        Answer, ApiError, Request,
+        scaling::{DesiredCapacitySet, InstanceTerminating, ProtectionSet},
+    },
+    scaling::capacity::Cooldown,
+};
+use std::sync::Arc;
+
+/// The API's side of the groups: cheap to clone.
+#[derive(Clone)]
+pub struct ScalingHandle {
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) views: watch::Receiver<Arc<Views>>,
+}
+
+impl ScalingHandle {
+    /// Answers an `asg` request: reads from the last views, changes through the engine.
+    pub async fn call(&self, request: Request) -> Result<Answer, ApiError> {
+        let views = self.views.borrow().clone();
+        match request {
+            Request::AsgList => return Ok(Answer::AutoScalingGroups(views.groups.clone())),
+            Request::AsgDescribe { group } => {
+                return views
+                    .groups
+                    .iter()
+                    .find(|g| g.name == group)
+                    .map(|g| Answer::AutoScalingGroup(Box::new(g.clone())))
+                    .ok_or_else(|| no_group(&group));
+            }
+            Request::AsgActivities { group } => {
+                return views
+                    .activities
+                    .get(&group)
+                    .map(|a| Answer::Activities(a.clone()))
+                    .ok_or_else(|| no_group(&group));
+            }
+            _ => {}
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Request { request, reply })
+            .map_err(|_| stopping())?;
+        answer.await.unwrap_or_else(|_| Err(stopping()))
+    }
+}
+
+fn no_group(name: &str) -> ApiError {
+    ApiError::new(404, format!("no auto scaling group `{name}`"))
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(503, "the agent is stopping")
+}
+
+/// A change asked through the API, answered once done.
+pub enum Command {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<Answer, ApiError>>,
+    },
+}
+
+impl Engine {
+    /// An `asg` change.
+    pub(super) async fn request(&mut self, request: Request) -> Result<Answer, ApiError> {
+        let now = now();
+        match request {
+            Request::AsgSetDesired {
+                group,
+                desired_capacity,
+                honor_cooldown,
+            } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                let capacity = running.group.capacity();
+                let change = capacity
+                    .set_desired(desired_capacity, honor_cooldown, &running.cooldown, now)
+                    .map_err(|e| ApiError::new(422, format!("group {group}: {e}")))?;
+                let previous = capacity.desired();
+                running
+                    .group
+                    .change_capacity(capacity.apply(&change), &change, now);
+                running.cooldown = Cooldown::started(now, running.config.default_cooldown);
+                tracing::info!(
+                    group,
+                    from = previous,
+                    to = desired_capacity,
+                    "desired capacity set"
+                );
+                Ok(Answer::DesiredCapacitySet(DesiredCapacitySet {
+                    group,
+                    previous_desired_capacity: previous,
+                    desired_capacity,
+                }))
+            }
+            Request::AsgTerminateInstance {
+                instance,
+                decrement,
+            } => {
+                let (name, running) = self
+                    .groups
+                    .iter_mut()
+                    .find(|(_, r)| r.group.instances().iter().any(|i| i.id == instance))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            format!("no instance {instance} in any auto scaling group"),
+                        )
+                    })?;
+                let name = name.clone();
+                let actions = running
+                    .group
+                    .terminate_instance(&instance, decrement, now)
+                    .map_err(|e| ApiError::new(422, e.to_string()))?;
+                let desired_capacity = running.group.capacity().desired();
+                for action in actions {
+                    self.act(&name, action).await;
+                }
+                Ok(Answer::InstanceTerminating(InstanceTerminating {
+                    group: name,
+                    instance_id: instance,
+                    decremented: decrement,
+                    desired_capacity,
+                }))
+            }
+            Request::AsgSetProtection {
+                group,
+                instances,
+                protected,
+            } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                running
+                    .group
+                    .set_protection(&instances, protected)
+                    .map_err(|e| ApiError::new(404, e.to_string()))?;
+                Ok(Answer::ProtectionSet(ProtectionSet {
+                    group,
+                    instances,
+                    protected_from_scale_in: protected,
+                }))
+            }
+            other => Err(ApiError::new(
+                500,
+                format!("not an auto scaling change: {other:?}"),
+            )),
+        }
+    }
+}
