@@ -70,6 +70,11 @@ impl AsgLab {
         self.agent = Some(start(&self.lab));
     }
 
+    /// Replaces the lab's config file (the agent reads it on `reload`).
+    pub fn write_config(&self, config: &str) {
+        write_config(&self.lab, config);
+    }
+
     /// `asg describe GROUP --json`.
     pub fn group(&self, name: &str) -> AsgView {
         read(self.agent(), &["asg", "describe", name, "--json"])

@@ -462,3 +462,97 @@ period = "10s"
         leaving.len()
     );
 }
+
+#[test]
+fn an_instance_refresh_to_version_2_keeps_a_probe_loop_through_the_vip_error_free() {
+    if !root() {
+        return;
+    }
+    let v1 = config(SERVER, (2, 2, 2), "5s", "").replace(
+        r#"launch_template = { name = "web" }"#,
+        r#"launch_template = { name = "web", version = "$Latest" }"#,
+    );
+    let mut lab = AsgLab::up("asg-refresh", &v1);
+    let (before, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
+        in_state(g, "InService").len() == 2
+    });
+    for i in &before.instances {
+        lab.wait_until_serving(&i.instance_id, Duration::from_secs(30));
+        assert_eq!(i.launch_template_version, Some(1));
+    }
+    // Version 2 of the template (a changed environment), the group on `$Latest`.
+    let version_2 = "\n[[launch_template.version]]\ncommand = [\"SERVER\", \"--port\", \"8080\"]\ninstance_type = \"small\"\nports = [8080]\nstop_timeout = \"1s\"\nenvironment = { RELEASE = \"2\" }\n"
+        .replace("SERVER", SERVER);
+    let v2 = v1.replacen(
+        "\n[[auto_scaling_group]]",
+        &format!("{version_2}\n[[auto_scaling_group]]"),
+        1,
+    );
+    lab.write_config(&v2);
+    lab.cli(&["reload"]);
+    // A probe loop through the VIP for the whole refresh: a request every 50 ms.
+    let stop = lab.lab.log_dir().join("stop-probe");
+    let probe = format!(
+        "import time, os, urllib.request\n\
+         ok = failed = 0\n\
+         end = time.time() + 240\n\
+         while time.time() < end and not os.path.exists('{stop}'):\n\
+         \x20   try:\n\
+         \x20       urllib.request.urlopen('http://{VIP4}/', timeout=2).read(); ok += 1\n\
+         \x20   except Exception as e:\n\
+         \x20       failed += 1; print('failed:', e, flush=True)\n\
+         \x20   time.sleep(0.05)\n\
+         print('ok', ok, 'failed', failed, flush=True)\n",
+        stop = stop.display()
+    );
+    let prober = lab
+        .lab
+        .cmd(lab.lab.client(), "python3")
+        .args(["-c", &probe])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the probe loop");
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    lab.cli(&[
+        "asg",
+        "start-refresh",
+        "web-asg",
+        "--min-healthy-percentage",
+        "50",
+        "--instance-warmup",
+        "3",
+    ]);
+    let (after, took) = lab.wait_for("web-asg", Duration::from_secs(120), "refreshed", |g| {
+        g.instance_refresh
+            .as_ref()
+            .is_some_and(|r| r.status == "Successful")
+            && in_state(g, "InService").len() == 2
+            && g.instances.len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, b"").expect("stop the probe");
+    let out = prober.wait_with_output().expect("the probe loop ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default().to_owned();
+    println!("measured: instance refresh 1 -> 2 of 2 instances: {took:?}; probe loop: {last}");
+    assert!(
+        after
+            .instances
+            .iter()
+            .all(|i| i.launch_template_version == Some(2)
+                && !before
+                    .instances
+                    .iter()
+                    .any(|b| b.instance_id == i.instance_id)),
+        "{after:#?}"
+    );
+    assert!(last.ends_with("failed 0"), "{text}");
+    let ok: usize = last
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ok > 20, "the probe ran: {text}");
+    assert!(started.elapsed() < Duration::from_secs(120));
+}

@@ -10,7 +10,7 @@ use lb_agent::{
     client::Client,
     protocol::{
         Answer, Request,
-        scaling::{ActivityView, AsgView},
+        scaling::{ActivityView, AsgView, ProcessesSet, RefreshView},
     },
 };
 
@@ -68,6 +68,49 @@ pub enum AsgCommand {
         instances: Vec<String>,
         #[arg(long)]
         off: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Replace every instance of a group (to its launch template as it resolves now, a new
+    /// version say), in batches that keep `--min-healthy-percentage` in service.
+    StartRefresh {
+        group: String,
+        /// The share of the desired capacity kept in service (EC2's default 90).
+        #[arg(long)]
+        min_healthy_percentage: Option<u32>,
+        /// Seconds a replacement warms up before the next batch (default: the group's
+        /// default instance warmup, else its health check grace period).
+        #[arg(long)]
+        instance_warmup: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Cancel the group's instance refresh: the batch under way finishes, no other starts.
+    CancelRefresh {
+        group: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Suspend processes of a group (Launch, Terminate, HealthCheck, ReplaceUnhealthy,
+    /// AlarmNotification, ScheduledActions, AddToLoadBalancer, InstanceRefresh); none: all.
+    Suspend {
+        group: String,
+        processes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Resume processes of a group; none named: all.
+    Resume {
+        group: String,
+        processes: Vec<String>,
         #[arg(long)]
         json: bool,
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -192,6 +235,65 @@ pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
                 }
             );
         }
+        AsgCommand::StartRefresh {
+            group,
+            min_healthy_percentage,
+            instance_warmup,
+            json,
+            socket,
+        } => {
+            let request = Request::AsgStartRefresh {
+                group,
+                min_healthy_percentage,
+                instance_warmup_seconds: instance_warmup,
+            };
+            let r = call!(&socket, request, InstanceRefresh);
+            if json {
+                return print_json(&r);
+            }
+            print_refresh(&r);
+        }
+        AsgCommand::CancelRefresh {
+            group,
+            json,
+            socket,
+        } => {
+            let r = call!(
+                &socket,
+                Request::AsgCancelRefresh { group },
+                InstanceRefresh
+            );
+            if json {
+                return print_json(&r);
+            }
+            print_refresh(&r);
+        }
+        AsgCommand::Suspend {
+            group,
+            processes,
+            json,
+            socket,
+        } => {
+            let r = call!(
+                &socket,
+                Request::AsgSuspend { group, processes },
+                ProcessesSet
+            );
+            print_processes(&r, json)?;
+        }
+        AsgCommand::Resume {
+            group,
+            processes,
+            json,
+            socket,
+        } => {
+            let r = call!(
+                &socket,
+                Request::AsgResume { group, processes },
+                ProcessesSet
+            );
+            print_processes(&r, json)?;
+        }
         AsgCommand::Activities {
             group,
             limit,
@@ -208,6 +310,35 @@ pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn print_refresh(r: &RefreshView) {
+    println!(
+        "{}: instance refresh {} {}  {}% complete, {} to update, min healthy {}%, warmup {}s, started {}{}",
+        r.group,
+        r.instance_refresh_id,
+        r.status,
+        r.percentage_complete,
+        r.instances_to_update,
+        r.min_healthy_percentage,
+        r.instance_warmup_seconds,
+        r.start_time,
+        r.end_time
+            .as_ref()
+            .map_or(String::new(), |e| format!(", ended {e}"))
+    );
+}
+
+fn print_processes(r: &ProcessesSet, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!(
+        "{}: suspended [{}]",
+        r.group,
+        r.suspended_processes.join(", ")
+    );
     Ok(())
 }
 
@@ -249,6 +380,10 @@ fn describe(g: &AsgView) {
             format!(", suspended [{}]", g.suspended_processes.join(", "))
         }
     );
+    if let Some(r) = &g.instance_refresh {
+        print!("    ");
+        print_refresh(r);
+    }
     for a in &g.alarms {
         println!(
             "    alarm {}  {}  {} (threshold {}, last {})  {}",

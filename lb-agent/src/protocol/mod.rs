@@ -124,6 +124,24 @@ pub enum Request {
         instances: Vec<String>,
         protected: bool,
     },
+    /// Start an instance refresh of a group (`start-instance-refresh`).
+    AsgStartRefresh {
+        group: String,
+        min_healthy_percentage: Option<u32>,
+        instance_warmup_seconds: Option<u64>,
+    },
+    /// Cancel a group's instance refresh in progress.
+    AsgCancelRefresh { group: String },
+    /// Suspend processes of a group (all when none named: `suspend-processes`).
+    AsgSuspend {
+        group: String,
+        processes: Vec<String>,
+    },
+    /// Resume processes of a group (all when none named).
+    AsgResume {
+        group: String,
+        processes: Vec<String>,
+    },
     /// Every launch template (default and latest version) and launch configuration.
     LaunchTemplatesList,
     /// One launch template's versions (or a launch configuration's definition).
@@ -159,6 +177,10 @@ impl Request {
                 | Self::AsgSetDesired { .. }
                 | Self::AsgTerminateInstance { .. }
                 | Self::AsgSetProtection { .. }
+                | Self::AsgStartRefresh { .. }
+                | Self::AsgCancelRefresh { .. }
+                | Self::AsgSuspend { .. }
+                | Self::AsgResume { .. }
         )
     }
 }
@@ -263,6 +285,8 @@ pub enum Answer {
     DesiredCapacitySet(scaling::DesiredCapacitySet),
     InstanceTerminating(scaling::InstanceTerminating),
     ProtectionSet(scaling::ProtectionSet),
+    InstanceRefresh(scaling::RefreshView),
+    ProcessesSet(scaling::ProcessesSet),
     LaunchTemplates(Vec<LaunchTemplateSummary>),
     LaunchTemplate(LaunchTemplateView),
 }
@@ -296,6 +320,8 @@ impl Answer {
             Self::DesiredCapacitySet(a) => serde_json::to_vec(a),
             Self::InstanceTerminating(a) => serde_json::to_vec(a),
             Self::ProtectionSet(a) => serde_json::to_vec(a),
+            Self::InstanceRefresh(a) => serde_json::to_vec(a),
+            Self::ProcessesSet(a) => serde_json::to_vec(a),
             Self::LaunchTemplates(a) => serde_json::to_vec(a),
             Self::LaunchTemplate(a) => serde_json::to_vec(a),
         }
@@ -340,6 +366,12 @@ impl Answer {
                 Self::InstanceTerminating(serde_json::from_slice(json)?)
             }
             Request::AsgSetProtection { .. } => Self::ProtectionSet(serde_json::from_slice(json)?),
+            Request::AsgStartRefresh { .. } | Request::AsgCancelRefresh { .. } => {
+                Self::InstanceRefresh(serde_json::from_slice(json)?)
+            }
+            Request::AsgSuspend { .. } | Request::AsgResume { .. } => {
+                Self::ProcessesSet(serde_json::from_slice(json)?)
+            }
             Request::LaunchTemplatesList => Self::LaunchTemplates(serde_json::from_slice(json)?),
             Request::LaunchTemplatesDescribe { .. } => {
                 Self::LaunchTemplate(serde_json::from_slice(json)?)

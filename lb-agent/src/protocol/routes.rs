@@ -39,6 +39,10 @@ pub enum Kind {
     AsgSetDesired,
     AsgTerminateInstance,
     AsgSetProtection,
+    AsgStartRefresh,
+    AsgCancelRefresh,
+    AsgSuspend,
+    AsgResume,
     LaunchTemplatesList,
     LaunchTemplatesDescribe,
     /// Prometheus text, not a JSON answer.
@@ -128,6 +132,26 @@ pub const ROUTES: &[Route] = &[
         "/v1/instances/{instance}/terminate",
         Kind::AsgTerminateInstance,
     ),
+    route(
+        "POST",
+        "/v1/auto-scaling-groups/{group}/instance-refresh",
+        Kind::AsgStartRefresh,
+    ),
+    route(
+        "DELETE",
+        "/v1/auto-scaling-groups/{group}/instance-refresh",
+        Kind::AsgCancelRefresh,
+    ),
+    route(
+        "POST",
+        "/v1/auto-scaling-groups/{group}/suspended-processes",
+        Kind::AsgSuspend,
+    ),
+    route(
+        "DELETE",
+        "/v1/auto-scaling-groups/{group}/suspended-processes",
+        Kind::AsgResume,
+    ),
     route("GET", "/v1/launch-templates", Kind::LaunchTemplatesList),
     route(
         "GET",
@@ -192,6 +216,22 @@ struct Termination {
     decrement: bool,
 }
 
+/// The body of `asg start-refresh`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshPreferences {
+    min_healthy_percentage: Option<u32>,
+    instance_warmup_seconds: Option<u64>,
+}
+
+/// The body of `asg suspend` and `asg resume`.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Processes {
+    #[serde(default)]
+    processes: Vec<String>,
+}
+
 /// The body of `asg set-protection`.
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +278,10 @@ impl Request {
             Self::AsgSetDesired { .. } => Kind::AsgSetDesired,
             Self::AsgTerminateInstance { .. } => Kind::AsgTerminateInstance,
             Self::AsgSetProtection { .. } => Kind::AsgSetProtection,
+            Self::AsgStartRefresh { .. } => Kind::AsgStartRefresh,
+            Self::AsgCancelRefresh { .. } => Kind::AsgCancelRefresh,
+            Self::AsgSuspend { .. } => Kind::AsgSuspend,
+            Self::AsgResume { .. } => Kind::AsgResume,
             Self::LaunchTemplatesList => Kind::LaunchTemplatesList,
             Self::LaunchTemplatesDescribe { .. } => Kind::LaunchTemplatesDescribe,
         }
@@ -352,6 +396,24 @@ impl Request {
                 body = serde_json::to_vec(&Protection {
                     instances: instances.clone(),
                     protected: *protected,
+                })?;
+            }
+            Self::AsgStartRefresh {
+                group,
+                min_healthy_percentage,
+                instance_warmup_seconds,
+            } => {
+                params.push(("group", group.clone()));
+                body = serde_json::to_vec(&RefreshPreferences {
+                    min_healthy_percentage: *min_healthy_percentage,
+                    instance_warmup_seconds: *instance_warmup_seconds,
+                })?;
+            }
+            Self::AsgCancelRefresh { group } => params.push(("group", group.clone())),
+            Self::AsgSuspend { group, processes } | Self::AsgResume { group, processes } => {
+                params.push(("group", group.clone()));
+                body = serde_json::to_vec(&Processes {
+                    processes: processes.clone(),
                 })?;
             }
             Self::AsgList
@@ -517,6 +579,37 @@ impl Endpoint {
                     json::<Termination>(body)?.decrement
                 },
             },
+            Kind::AsgStartRefresh => {
+                let b: RefreshPreferences = if body.is_empty() {
+                    RefreshPreferences {
+                        min_healthy_percentage: None,
+                        instance_warmup_seconds: None,
+                    }
+                } else {
+                    json(body)?
+                };
+                Request::AsgStartRefresh {
+                    group: param("group"),
+                    min_healthy_percentage: b.min_healthy_percentage,
+                    instance_warmup_seconds: b.instance_warmup_seconds,
+                }
+            }
+            Kind::AsgCancelRefresh => Request::AsgCancelRefresh {
+                group: param("group"),
+            },
+            Kind::AsgSuspend | Kind::AsgResume => {
+                let processes = if body.is_empty() {
+                    Vec::new()
+                } else {
+                    json::<Processes>(body)?.processes
+                };
+                let group = param("group");
+                if kind == Kind::AsgSuspend {
+                    Request::AsgSuspend { group, processes }
+                } else {
+                    Request::AsgResume { group, processes }
+                }
+            }
             Kind::AsgSetProtection => {
                 let b: Protection = json(body)?;
                 Request::AsgSetProtection {
@@ -733,6 +826,22 @@ mod tests {
                 group: "web".into(),
                 instances: vec!["i-0123456789abcdef0".into()],
                 protected: false,
+            },
+            Request::AsgStartRefresh {
+                group: "web".into(),
+                min_healthy_percentage: Some(50),
+                instance_warmup_seconds: None,
+            },
+            Request::AsgCancelRefresh {
+                group: "web".into(),
+            },
+            Request::AsgSuspend {
+                group: "web".into(),
+                processes: vec!["Launch".into(), "AZRebalance".into()],
+            },
+            Request::AsgResume {
+                group: "web".into(),
+                processes: vec![],
             },
             Request::LaunchTemplatesList,
             Request::LaunchTemplatesDescribe {

@@ -30,8 +30,33 @@ pub struct AsgView {
     pub instances: Vec<AsgInstanceView>,
     /// Its alarms, named ones and those of its target tracking policies.
     pub alarms: Vec<AlarmView>,
+    /// Its latest instance refresh.
+    pub instance_refresh: Option<RefreshView>,
     /// Removed from the config: its instances are terminating, then it goes.
     pub deleting: bool,
+}
+
+/// An instance refresh (`describe-instance-refreshes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshView {
+    pub group: String,
+    pub instance_refresh_id: u64,
+    /// `InProgress`, `Successful` or `Cancelled`.
+    pub status: String,
+    pub percentage_complete: u32,
+    pub instances_to_update: u32,
+    pub min_healthy_percentage: u32,
+    pub instance_warmup_seconds: u64,
+    /// RFC 3339.
+    pub start_time: String,
+    pub end_time: Option<String>,
+}
+
+/// A group's suspended processes after `suspend` or `resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessesSet {
+    pub group: String,
+    pub suspended_processes: Vec<String>,
 }
 
 /// One alarm of a group (CloudWatch's `describe-alarms`).

@@ -11,11 +11,14 @@
 
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
+pub use crate::config::ScalingProcess;
+
 use jiff::Timestamp;
 
 use super::{
     activity::{self, ActivityLog, ActivityStatus, OutOfService},
     capacity::{CapacityChange, Cause, GroupCapacity},
+    refresh::{Refresh, RefreshError, RefreshStatus},
     termination::{self, Candidate, CurrentLaunch, LaunchSource, TerminationPolicy},
 };
 use crate::config::HealthCheckType;
@@ -155,6 +158,10 @@ pub struct Group {
     launch_batch: (u32, u32),
     /// The same for the instances a scale-in takes out together.
     shrink_batch: Option<(u32, u32)>,
+    /// Processes suspended (`suspend`): each stops its part of `step`.
+    suspended: BTreeSet<ScalingProcess>,
+    /// The latest instance refresh, if any.
+    refresh: Option<Refresh>,
     activities: ActivityLog,
     /// Why the desired capacity last changed (EC2's sentence), until the group reaches it:
     /// the launches and terminations it causes start their cause with it, as EC2's do.
@@ -170,6 +177,8 @@ impl Group {
             launching: 0,
             launch_batch: (0, 0),
             shrink_batch: None,
+            suspended: BTreeSet::new(),
+            refresh: None,
             activities: ActivityLog::default(),
             capacity_cause: None,
         }
@@ -283,6 +292,71 @@ impl Group {
         self.capacity = capacity;
     }
 
+    /// The processes suspended.
+    pub fn suspended(&self) -> &BTreeSet<ScalingProcess> {
+        &self.suspended
+    }
+
+    /// Suspends (or, `false`, resumes) `processes` (EC2's `suspend-processes` and
+    /// `resume-processes`).
+    pub fn set_suspended(&mut self, processes: &[ScalingProcess], suspended: bool) {
+        for p in processes {
+            if suspended {
+                self.suspended.insert(*p);
+            } else {
+                self.suspended.remove(p);
+            }
+        }
+    }
+
+    /// The latest instance refresh, in progress or ended.
+    pub fn refresh(&self) -> Option<&Refresh> {
+        self.refresh.as_ref()
+    }
+
+    /// `start-instance-refresh`: replaces every instance running now, in batches that keep
+    /// `min_healthy_percentage` of the desired capacity in service, `instance_warmup` apart.
+    pub fn start_refresh(
+        &mut self,
+        min_healthy_percentage: u32,
+        instance_warmup: Duration,
+        now: Duration,
+    ) -> Result<&Refresh, RefreshError> {
+        if self.refresh.as_ref().is_some_and(Refresh::is_in_progress) {
+            return Err(RefreshError::InProgress {
+                group: self.settings.name.clone(),
+            });
+        }
+        let to_replace = self
+            .instances
+            .iter()
+            .filter(|i| matches!(i.phase, Phase::Pending | Phase::InService))
+            .count();
+        let id = self.refresh.as_ref().map_or(1, |r| r.id + 1);
+        let refresh = Refresh::new(
+            id,
+            min_healthy_percentage,
+            instance_warmup,
+            u32::try_from(to_replace).unwrap_or(u32::MAX),
+            now,
+        )?;
+        Ok(self.refresh.insert(refresh))
+    }
+
+    /// `cancel-instance-refresh`: the batch under way finishes, no other starts.
+    pub fn cancel_refresh(&mut self, now: Duration) -> Result<&Refresh, RefreshError> {
+        match self.refresh.as_mut() {
+            Some(r) if r.is_in_progress() => {
+                r.status = RefreshStatus::Cancelled;
+                r.ended_at = Some(now);
+                Ok(r)
+            }
+            _ => Err(RefreshError::NoneInProgress {
+                group: self.settings.name.clone(),
+            }),
+        }
+    }
+
     /// Launches asked for and not yet reported.
     pub fn launches_under_way(&self) -> u32 {
         self.launching
@@ -376,9 +450,13 @@ impl Group {
                 Phase::Pending if running => {
                     instance.phase = Phase::InService;
                     instance.in_service_since = Some(now);
-                    actions.push(Action::Register {
-                        instance: instance.id.clone(),
-                    });
+                    // Suspended AddToLoadBalancer: in service, not registered (EC2's rule:
+                    // register it by hand after resuming).
+                    if !self.suspended.contains(&ScalingProcess::AddToLoadBalancer) {
+                        actions.push(Action::Register {
+                            instance: instance.id.clone(),
+                        });
+                    }
                     if let Some(activity) = instance.activity.take() {
                         self.activities.update(
                             activity,
@@ -425,12 +503,22 @@ impl Group {
                 Phase::Pending | Phase::Stopping => {}
             }
         }
-        for (id, why) in out_of_service {
-            self.take_out_of_service(&id, &why, now, &mut actions);
+        // Suspended HealthCheck or ReplaceUnhealthy: nothing is replaced for its health;
+        // suspended Terminate: nothing is terminated at all.
+        let replaces = !self.suspended.contains(&ScalingProcess::HealthCheck)
+            && !self.suspended.contains(&ScalingProcess::ReplaceUnhealthy)
+            && !self.suspended.contains(&ScalingProcess::Terminate);
+        if replaces {
+            for (id, why) in out_of_service {
+                self.take_out_of_service(&id, &why, now, &mut actions);
+            }
         }
+        self.refresh_step(now, &mut actions);
         let desired = self.capacity.desired();
         let current = self.current_capacity();
-        if current > desired && self.launching == 0 {
+        let terminates = !self.suspended.contains(&ScalingProcess::Terminate);
+        let launches = !self.suspended.contains(&ScalingProcess::Launch);
+        if current > desired && self.launching == 0 && terminates {
             let candidates: Vec<Candidate> = self
                 .instances
                 .iter()
@@ -454,7 +542,7 @@ impl Group {
                 self.take_out_of_service(&id, &OutOfService::Shrinking, now, &mut actions);
             }
             self.shrink_batch = None;
-        } else if current < desired {
+        } else if current < desired && launches {
             let count = desired - current;
             self.launch_batch = (current, desired);
             self.launching += count;
@@ -463,6 +551,59 @@ impl Group {
             self.capacity_cause = None;
         }
         actions
+    }
+
+    /// Moves an instance refresh on: once the batch under way is gone and its replacements
+    /// are in service and warmed up, the next batch of instances launched before the refresh
+    /// drains (protected ones are left, as AWS's default `ScaleInProtectedInstances`
+    /// `Ignore`); none left: the refresh has succeeded.
+    fn refresh_step(&mut self, now: Duration, actions: &mut Vec<Action>) {
+        if self.suspended.contains(&ScalingProcess::InstanceRefresh)
+            || self.suspended.contains(&ScalingProcess::Terminate)
+        {
+            return;
+        }
+        let current = self.current_capacity();
+        let Some(refresh) = self.refresh.as_mut() else {
+            return;
+        };
+        let instances = &self.instances;
+        refresh
+            .batch
+            .retain(|id| instances.iter().any(|i| &i.id == id));
+        if !refresh.batch.is_empty() || refresh.status != RefreshStatus::InProgress {
+            return;
+        }
+        let settled = self.launching == 0
+            && self.instances.iter().all(|i| i.phase == Phase::InService)
+            && current >= self.capacity.desired()
+            && self.instances.iter().all(|i| {
+                i.launched_at < refresh.started_at
+                    || i.in_service_since
+                        .is_some_and(|since| now >= since + refresh.instance_warmup)
+            });
+        if !settled {
+            return;
+        }
+        let mut old: Vec<(Duration, String)> = self
+            .instances
+            .iter()
+            .filter(|i| i.launched_at < refresh.started_at && !i.protected_from_scale_in)
+            .map(|i| (i.launched_at, i.id.clone()))
+            .collect();
+        if old.is_empty() {
+            refresh.status = RefreshStatus::Successful;
+            refresh.ended_at = Some(now);
+            return;
+        }
+        old.sort();
+        let size = refresh.batch_size(self.capacity.desired()) as usize;
+        let batch: Vec<String> = old.into_iter().take(size).map(|(_, id)| id).collect();
+        refresh.replaced += u32::try_from(batch.len()).unwrap_or(0);
+        refresh.batch.clone_from(&batch);
+        for id in batch {
+            self.take_out_of_service(&id, &OutOfService::InstanceRefresh, now, actions);
+        }
     }
 
     /// `cause`, after the capacity change that led to it if there is one.

@@ -18,6 +18,7 @@ pub mod group;
 pub mod lifecycle;
 pub mod policy;
 pub mod provider;
+pub mod refresh;
 pub mod schedule;
 pub mod termination;
 

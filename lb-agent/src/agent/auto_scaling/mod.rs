@@ -42,7 +42,7 @@ use crate::{
         addressing,
         capacity::{CapacityChange, Cause, Cooldown, GroupCapacity},
         controller::Controller,
-        group::{Action, Group, Observation, Phase},
+        group::{Action, Group, Observation, Phase, ScalingProcess},
         provider::{
             InstanceRecord, InstanceStatus, Provider,
             exec::{ExecConfig, ExecProvider},
@@ -317,6 +317,7 @@ impl Engine {
             _ => file_capacity,
         };
         let mut group = Group::new(settings, capacity);
+        group.set_suspended(&config.suspended_processes, true);
         let mut records = BTreeMap::new();
         if let Some(k) = kept {
             group = group.with_activities(saved::activity_log(
@@ -324,6 +325,14 @@ impl Engine {
                 &k.activities,
                 k.next_activity_id,
             ));
+            // Suspended through the API before the restart, the config's own suspensions
+            // (applied above) kept too.
+            let kept_suspended: Vec<ScalingProcess> = k
+                .suspended
+                .iter()
+                .filter_map(|p| serde_json::from_value(serde_json::Value::String(p.clone())).ok())
+                .collect();
+            group.set_suspended(&kept_suspended, true);
             for instance in &k.instances {
                 records.insert(instance.record.instance_id.clone(), instance.record.clone());
                 group.adopt(instance.instance());
@@ -458,6 +467,24 @@ impl Engine {
                 continue;
             };
             running.group.set_settings(launch::settings(group, &config));
+            // The file's suspensions changed: those it no longer names resume, new ones
+            // are suspended (suspensions made through the API stay otherwise).
+            if let Some(before) = old
+                .auto_scaling_groups
+                .iter()
+                .find(|g| g.name == group.name)
+            {
+                let resumed: Vec<ScalingProcess> = before
+                    .suspended_processes
+                    .iter()
+                    .filter(|p| !group.suspended_processes.contains(p))
+                    .copied()
+                    .collect();
+                running.group.set_suspended(&resumed, false);
+            }
+            running
+                .group
+                .set_suspended(&group.suspended_processes, true);
             running.deleting = false;
             let before = old
                 .auto_scaling_groups
@@ -543,7 +570,7 @@ impl Engine {
                 &targets,
             );
             controller.record(now, &samples);
-            let state = policies::group_state(&running.group, &running.config);
+            let state = policies::group_state(&running.group);
             for decision in controller.decide(now, &state) {
                 tracing::info!(group = name, cause = %decision.change, "scaling");
                 running

@@ -2,11 +2,7 @@
 //! reading (CPU from its provider, requests from the L7 proxy's counters, flows and bytes
 //! from the data plane's) and where each instance is, once a second.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use crate::{
     config::{AutoScalingGroup, PolicyKind, ScalingMetric},
@@ -78,7 +74,7 @@ pub fn samples(
 
 /// `group` as its controller sees it: sizes, where each instance is (launches under way
 /// pending), whether an activity runs and when the last one ended.
-pub fn group_state(group: &Group, config: &AutoScalingGroup) -> GroupState {
+pub fn group_state(group: &Group) -> GroupState {
     let mut instances: Vec<InstancePhase> = group
         .instances()
         .iter()
@@ -101,10 +97,6 @@ pub fn group_state(group: &Group, config: &AutoScalingGroup) -> GroupState {
             .filter_map(|a| a.end)
             .max()
             .map(|end| Duration::from_secs(u64::try_from(end.as_second()).unwrap_or(0))),
-        suspended: config
-            .suspended_processes
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>(),
+        suspended: group.suspended().clone(),
     }
 }

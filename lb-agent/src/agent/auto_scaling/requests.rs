@@ -3,13 +3,20 @@
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Engine, Views, now};
+use super::{
+    Engine, Views, now,
+    views::{process_names, refresh_view},
+};
 use crate::{
     protocol::{
         Answer, ApiError, Request,
-        scaling::{DesiredCapacitySet, InstanceTerminating, ProtectionSet},
+        scaling::{DesiredCapacitySet, InstanceTerminating, ProcessesSet, ProtectionSet},
     },
-    scaling::capacity::Cooldown,
+    scaling::{
+        capacity::Cooldown,
+        group::ScalingProcess,
+        refresh::{DEFAULT_MIN_HEALTHY_PERCENTAGE, RefreshError},
+    },
 };
 use std::sync::Arc;
 
@@ -71,6 +78,7 @@ impl Engine {
     /// An `asg` change.
     pub(super) async fn request(&mut self, request: Request) -> Result<Answer, ApiError> {
         let now = now();
+        let suspend = matches!(request, Request::AsgSuspend { .. });
         match request {
             Request::AsgSetDesired {
                 group,
@@ -132,6 +140,66 @@ impl Engine {
                     desired_capacity,
                 }))
             }
+            Request::AsgStartRefresh {
+                group,
+                min_healthy_percentage,
+                instance_warmup_seconds,
+            } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                // AWS's defaults: 90%, and the group's default instance warmup, else its
+                // health check grace period.
+                let warmup = instance_warmup_seconds.map_or(
+                    running
+                        .config
+                        .default_instance_warmup
+                        .unwrap_or(running.config.health_check_grace_period),
+                    std::time::Duration::from_secs,
+                );
+                let refresh = running
+                    .group
+                    .start_refresh(
+                        min_healthy_percentage.unwrap_or(DEFAULT_MIN_HEALTHY_PERCENTAGE),
+                        warmup,
+                        now,
+                    )
+                    .map_err(|e| match e {
+                        RefreshError::InProgress { .. } => ApiError::new(409, e.to_string()),
+                        e => ApiError::new(422, e.to_string()),
+                    })?;
+                tracing::info!(
+                    group,
+                    id = refresh.id,
+                    to_replace = refresh.to_replace,
+                    "instance refresh started"
+                );
+                Ok(Answer::InstanceRefresh(refresh_view(&group, refresh)))
+            }
+            Request::AsgCancelRefresh { group } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                let refresh = running
+                    .group
+                    .cancel_refresh(now)
+                    .map_err(|e| ApiError::new(404, e.to_string()))?;
+                Ok(Answer::InstanceRefresh(refresh_view(&group, refresh)))
+            }
+            Request::AsgSuspend { group, processes } | Request::AsgResume { group, processes } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                let processes = parse_processes(&processes)?;
+                running.group.set_suspended(&processes, suspend);
+                Ok(Answer::ProcessesSet(ProcessesSet {
+                    suspended_processes: process_names(running.group.suspended()),
+                    group,
+                }))
+            }
             Request::AsgSetProtection {
                 group,
                 instances,
@@ -157,4 +225,31 @@ impl Engine {
             )),
         }
     }
+}
+
+/// EC2's process names (`Launch`, `AZRebalance`...); none named: every process.
+fn parse_processes(names: &[String]) -> Result<Vec<ScalingProcess>, ApiError> {
+    const ALL: [&str; 9] = [
+        "Launch",
+        "Terminate",
+        "HealthCheck",
+        "ReplaceUnhealthy",
+        "AlarmNotification",
+        "ScheduledActions",
+        "AddToLoadBalancer",
+        "InstanceRefresh",
+        "AZRebalance",
+    ];
+    let names: Vec<&str> = if names.is_empty() {
+        ALL.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            serde_json::from_value(serde_json::Value::String(name.to_owned()))
+                .map_err(|_| ApiError::bad(format!("`{name}` is no process: {}", ALL.join(", "))))
+        })
+        .collect()
 }

@@ -40,6 +40,9 @@ pub struct SavedGroup {
     pub next_activity_id: u64,
     #[serde(default)]
     pub activities: Vec<SavedActivity>,
+    /// Processes suspended (EC2's names).
+    #[serde(default)]
+    pub suspended: Vec<String>,
 }
 
 /// One instance of a group.
@@ -224,6 +227,7 @@ impl super::Engine {
                         .collect(),
                     next_activity_id: running.group.activities().next_id(),
                     activities: activities(&running.group),
+                    suspended: super::views::process_names(running.group.suspended()),
                 },
             );
         }

@@ -1,15 +1,19 @@
 //! The groups as the API shows them: published after each change for `asg list`,
 //! `asg describe` and `asg activities` (read without waiting for the engine).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 
 use super::{Engine, Running, Views};
 use crate::{
     config::{ProviderKind, TemplateVersion},
-    protocol::scaling::{ActivityView, AlarmView, AsgInstanceView, AsgView},
-    scaling::{group::Phase, termination::LaunchSource},
+    protocol::scaling::{ActivityView, AlarmView, AsgInstanceView, AsgView, RefreshView},
+    scaling::{
+        group::{Phase, ScalingProcess},
+        refresh::Refresh,
+        termination::LaunchSource,
+    },
 };
 
 impl Engine {
@@ -63,11 +67,11 @@ impl Engine {
                 .map(|p| format!("{p:?}"))
                 .collect(),
             new_instances_protected_from_scale_in: config.new_instances_protected_from_scale_in,
-            suspended_processes: config
-                .suspended_processes
-                .iter()
-                .map(|p| format!("{p:?}"))
-                .collect(),
+            suspended_processes: process_names(running.group.suspended()),
+            instance_refresh: running
+                .group
+                .refresh()
+                .map(|r| refresh_view(&config.name, r)),
             instances: running
                 .group
                 .instances()
@@ -138,6 +142,33 @@ fn activity_view(a: &crate::scaling::activity::Activity) -> ActivityView {
         end_time: a.end.map(|e| e.to_string()),
         progress: a.progress,
     }
+}
+
+/// A refresh as the API shows it.
+pub(super) fn refresh_view(group: &str, r: &Refresh) -> RefreshView {
+    RefreshView {
+        group: group.to_owned(),
+        instance_refresh_id: r.id,
+        status: r.status.as_str().to_owned(),
+        percentage_complete: r.percentage_complete(),
+        instances_to_update: r.to_replace.saturating_sub(r.replaced)
+            + u32::try_from(r.batch.len()).unwrap_or(0),
+        min_healthy_percentage: r.min_healthy_percentage,
+        instance_warmup_seconds: r.instance_warmup.as_secs(),
+        start_time: rfc3339(r.started_at),
+        end_time: r.ended_at.map(rfc3339),
+    }
+}
+
+/// Processes by EC2's names (`AZRebalance` as EC2 spells it).
+pub(super) fn process_names(processes: &BTreeSet<ScalingProcess>) -> Vec<String> {
+    processes
+        .iter()
+        .map(|p| match p {
+            ScalingProcess::AzRebalance => "AZRebalance".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
 }
 
 fn rfc3339(since_epoch: Duration) -> String {

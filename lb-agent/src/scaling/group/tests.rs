@@ -1,6 +1,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use super::*;
+use crate::scaling::refresh::RefreshStatus;
 
 const T0: Duration = Duration::from_secs(1_764_583_200); // 2025-12-01T10:00:00Z
 
@@ -358,4 +359,130 @@ fn protection_is_set_on_named_instances_only_and_unknown_ones_are_refused_whole(
         .map(|i| i.id.as_str())
         .collect();
     assert_eq!(protected, ["i-a"]);
+}
+
+fn from_v2() -> LaunchSource {
+    LaunchSource::LaunchTemplate {
+        name: "web".into(),
+        version: 2,
+    }
+}
+
+#[test]
+fn an_instance_refresh_replaces_one_at_a_time_after_warmup_and_then_succeeds() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    let started = g
+        .start_refresh(90, Duration::from_secs(10), at(100))
+        .unwrap()
+        .clone();
+    assert_eq!(started.to_replace, 2);
+    assert!(
+        g.start_refresh(90, Duration::ZERO, at(100)).is_err(),
+        "one at a time"
+    );
+    // 90% of 2 keeps 2 healthy: one at a time, the oldest first; its replacement launches.
+    let actions = g.step(at(101), &seen(101, &["i-a", "i-b"]));
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    g.launched("i-c", address(9), from_v2(), at(102));
+    // i-a drained and stops; i-c goes into service.
+    let mut drained = seen(103, &["i-a", "i-b", "i-c"]);
+    drained.drained.insert("i-a".into());
+    let actions = g.step(at(103), &drained);
+    assert!(
+        actions.contains(&Action::Stop {
+            instance: "i-a".into()
+        }),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&Action::Register {
+            instance: "i-c".into()
+        }),
+        "{actions:?}"
+    );
+    g.stopped("i-a", at(104));
+    // Not before i-c has warmed up (10 s from 103).
+    assert_eq!(g.step(at(110), &seen(110, &["i-b", "i-c"])), []);
+    assert_eq!(g.refresh().unwrap().percentage_complete(), 50);
+    assert_eq!(
+        g.step(at(113), &seen(113, &["i-b", "i-c"])),
+        [
+            Action::Deregister {
+                instance: "i-b".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    g.launched("i-d", address(10), from_v2(), at(114));
+    let mut drained = seen(115, &["i-b", "i-c", "i-d"]);
+    drained.drained.insert("i-b".into());
+    g.step(at(115), &drained);
+    g.stopped("i-b", at(116));
+    g.step(at(130), &seen(130, &["i-c", "i-d"]));
+    let done = g.refresh().unwrap();
+    assert_eq!(done.status, RefreshStatus::Successful);
+    assert_eq!(done.percentage_complete(), 100);
+    // The terminations say why.
+    assert!(
+        g.activities()
+            .newest_first()
+            .any(|a| a.description.ends_with("i-b") && a.cause.contains("instance refresh")),
+    );
+}
+
+#[test]
+fn a_cancelled_refresh_starts_no_further_batch() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    g.start_refresh(90, Duration::ZERO, at(100)).unwrap();
+    g.step(at(101), &seen(101, &["i-a", "i-b"]));
+    g.cancel_refresh(at(102)).unwrap();
+    assert!(
+        g.cancel_refresh(at(102)).is_err(),
+        "nothing in progress any more"
+    );
+    g.launched("i-c", address(9), from_v2(), at(103));
+    let mut drained = seen(104, &["i-a", "i-b", "i-c"]);
+    drained.drained.insert("i-a".into());
+    g.step(at(104), &drained);
+    g.stopped("i-a", at(105));
+    // i-b stays: the refresh was cancelled.
+    assert_eq!(g.step(at(200), &seen(200, &["i-b", "i-c"])), []);
+    assert_eq!(g.refresh().unwrap().status, RefreshStatus::Cancelled);
+}
+
+#[test]
+fn suspended_processes_stop_their_part_of_the_group() {
+    let mut g = in_service(&["i-a", "i-b"]);
+    // Launch suspended: a dead instance is taken out, but nothing replaces it.
+    g.set_suspended(&[ScalingProcess::Launch], true);
+    let actions = g.step(at(40), &seen(40, &["i-b"]));
+    assert_eq!(
+        actions,
+        [Action::Deregister {
+            instance: "i-a".into()
+        }]
+    );
+    // Resumed: the replacement launches.
+    g.set_suspended(&[ScalingProcess::Launch], false);
+    assert_eq!(
+        g.step(at(41), &seen(41, &["i-b"])),
+        [Action::Launch { count: 1 }]
+    );
+    // HealthCheck suspended: a dead instance stays.
+    let mut g = in_service(&["i-a", "i-b"]);
+    g.set_suspended(&[ScalingProcess::HealthCheck], true);
+    assert_eq!(g.step(at(40), &seen(40, &["i-b"])), []);
+    // Terminate suspended: a lower desired capacity terminates nothing.
+    let mut g = in_service(&["i-a", "i-b"]);
+    g.set_suspended(&[ScalingProcess::Terminate], true);
+    g.set_capacity(GroupCapacity::new(0, 1, 4).unwrap());
+    assert_eq!(g.step(at(40), &seen(40, &["i-a", "i-b"])), []);
 }
