@@ -472,7 +472,7 @@ fn an_instance_refresh_to_version_2_keeps_a_probe_loop_through_the_vip_error_fre
         r#"launch_template = { name = "web" }"#,
         r#"launch_template = { name = "web", version = "$Latest" }"#,
     );
-    let mut lab = AsgLab::up("asg-refresh", &v1);
+    let lab = AsgLab::up("asg-refresh", &v1);
     let (before, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
         in_state(g, "InService").len() == 2
     });
