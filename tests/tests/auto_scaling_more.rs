@@ -476,18 +476,31 @@ fn a_one_off_scheduled_action_grows_the_group_at_its_time() {
         "desired 2 at {seen}, before the action's time {at}"
     );
     assert_eq!((grown.min_size, grown.max_size), (1, 3), "{grown:#?}");
-    let launch = lab
-        .activities("web-asg")
-        .into_iter()
-        .find(|a| {
+    // The launch's activity is kept once the provider's launch returns (a moment after the
+    // capacity changed): polled for, 10 s at most.
+    let polled = Instant::now();
+    let launch = loop {
+        let activities = lab.activities("web-asg");
+        let found = activities.into_iter().find(|a| {
             a.description.starts_with("Launching")
                 && a.cause
                     .contains("a scheduled action update of AutoScalingGroup constraints")
-        })
-        .expect("a launch for the scheduled action");
+        });
+        if let Some(launch) = found {
+            break launch;
+        }
+        assert!(
+            polled.elapsed() < Duration::from_secs(10),
+            "no launch for the scheduled action: {:#?}",
+            lab.activities("web-asg")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         launch.cause.contains(
             "a scheduled action update of AutoScalingGroup constraints to min: 1, max: 3, desired: 2 changing the desired capacity from 1 to 2"
+        ) && launch.cause.contains(
+            "an instance was started in response to a difference between desired and actual capacity, increasing the capacity from 1 to 2"
         ),
         "{launch:?}"
     );
