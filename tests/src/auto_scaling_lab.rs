@@ -278,3 +278,77 @@ target_groups = ["web"]
 "#
     )
 }
+
+/// The TCP port of the L4 listener `l4_config` writes.
+pub const L4_PORT: u16 = 9000;
+
+/// As `config`, but behind an L4 listener only: a `tcp` listener on VIP:`L4_PORT` forwarding
+/// to `tcp` target group `l4` (port 8080, HTTP health checks on `/health`), whose targets are
+/// the group's instances. Nothing but the XDP program carries a request to an instance.
+///
+/// The data plane counts a closed flow as live for the agent's `closed_timeout` (60 s by
+/// default, its TIME_WAIT), so a target that served one drains that long at least; 5 s here,
+/// so that draining ends within the test soon after the last flow closes.
+pub fn l4_config(
+    server: &str,
+    sizes: (u32, u32, u32),
+    deregistration_delay: &str,
+    extra: &str,
+) -> String {
+    config(server, sizes, deregistration_delay, extra)
+        .replace(
+            "interface = \"eth0\"\n",
+            "interface = \"eth0\"\nclosed_timeout = \"5s\"\n",
+        )
+        .replace(
+            "[[listener]]\nname = \"site\"",
+            &format!(
+                "[[target_group]]\nname = \"l4\"\nprotocol = \"tcp\"\nport = 8080\n\
+                 deregistration_delay = \"{deregistration_delay}\"\n\
+                 health_check = {{ protocol = \"http\", path = \"/health\", interval = \"5s\", timeout = \"2s\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\n\
+                 [[listener]]\nname = \"l4\"\naddress = \"{VIP4}\"\nport = {L4_PORT}\n\
+                 protocol = \"tcp\"\ndefault_action = {{ forward = \"l4\" }}\n\n\
+                 [[listener]]\nname = \"site\""
+            ),
+        )
+        .replace("target_groups = [\"web\"]", "target_groups = [\"l4\"]")
+}
+
+impl AsgLab {
+    /// `count` requests to `http://VIP:port/` from the client, one connection each; how many
+    /// each instance answered (failures count under `"failed"`).
+    pub fn answers_on(&self, port: u16, count: usize) -> BTreeMap<String, usize> {
+        let script = format!(
+            "import urllib.request\n\
+             for i in range({count}):\n\
+             \x20   try:\n\
+             \x20       print(urllib.request.urlopen('http://{VIP4}:{port}/', timeout=2).read().decode().strip(), flush=True)\n\
+             \x20   except Exception:\n\
+             \x20       print('failed', flush=True)\n"
+        );
+        let out = self
+            .lab
+            .run(self.lab.client(), &["python3", "-c", &script])
+            .expect("requests from the client");
+        let mut answers = BTreeMap::new();
+        for line in out.lines() {
+            *answers.entry(line.to_owned()).or_insert(0) += 1;
+        }
+        answers
+    }
+
+    /// As `wait_until_serving`, through VIP:`port`.
+    pub fn wait_until_serving_on(&self, port: u16, instance: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.answers_on(port, 8).contains_key(instance) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{instance} did not answer through VIP:{port} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
