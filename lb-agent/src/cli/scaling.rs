@@ -116,6 +116,29 @@ pub enum AsgCommand {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// End an instance's wait on a lifecycle hook: CONTINUE (into service, or on to
+    /// terminate) or ABANDON (a launch is terminated and replaced).
+    CompleteLifecycleAction {
+        group: String,
+        hook: String,
+        instance: String,
+        #[arg(long)]
+        result: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Restart the timeout of an instance's wait on a lifecycle hook.
+    RecordHeartbeat {
+        group: String,
+        hook: String,
+        instance: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// A group's launches and terminations, newest first, with their causes.
     Activities {
         group: String,
@@ -293,6 +316,56 @@ pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
                 ProcessesSet
             );
             print_processes(&r, json)?;
+        }
+        AsgCommand::CompleteLifecycleAction {
+            group,
+            hook,
+            instance,
+            result,
+            json,
+            socket,
+        } => {
+            let request = Request::AsgCompleteLifecycleAction {
+                group,
+                hook,
+                instance,
+                result,
+            };
+            let r = call!(&socket, request, LifecycleAction);
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{}: {} completed {} for {}",
+                r.group,
+                r.hook,
+                r.result.as_deref().unwrap_or("-"),
+                r.instance_id
+            );
+        }
+        AsgCommand::RecordHeartbeat {
+            group,
+            hook,
+            instance,
+            json,
+            socket,
+        } => {
+            let request = Request::AsgRecordHeartbeat {
+                group,
+                hook,
+                instance,
+            };
+            let r = call!(&socket, request, LifecycleAction);
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{}: {} for {} now times out at {}",
+                r.group,
+                r.hook,
+                r.instance_id,
+                r.timeout_at.as_deref().unwrap_or("-")
+            );
         }
         AsgCommand::Activities {
             group,

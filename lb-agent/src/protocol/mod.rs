@@ -142,6 +142,21 @@ pub enum Request {
         group: String,
         processes: Vec<String>,
     },
+    /// End an instance's wait on a lifecycle hook (`complete-lifecycle-action`).
+    AsgCompleteLifecycleAction {
+        group: String,
+        hook: String,
+        instance: String,
+        /// `CONTINUE` or `ABANDON`.
+        result: String,
+    },
+    /// Restart the timeout of an instance's wait on a lifecycle hook
+    /// (`record-lifecycle-action-heartbeat`).
+    AsgRecordHeartbeat {
+        group: String,
+        hook: String,
+        instance: String,
+    },
     /// Every launch template (default and latest version) and launch configuration.
     LaunchTemplatesList,
     /// One launch template's versions (or a launch configuration's definition).
@@ -181,6 +196,8 @@ impl Request {
                 | Self::AsgCancelRefresh { .. }
                 | Self::AsgSuspend { .. }
                 | Self::AsgResume { .. }
+                | Self::AsgCompleteLifecycleAction { .. }
+                | Self::AsgRecordHeartbeat { .. }
         )
     }
 }
@@ -287,6 +304,7 @@ pub enum Answer {
     ProtectionSet(scaling::ProtectionSet),
     InstanceRefresh(scaling::RefreshView),
     ProcessesSet(scaling::ProcessesSet),
+    LifecycleAction(scaling::LifecycleActionView),
     LaunchTemplates(Vec<LaunchTemplateSummary>),
     LaunchTemplate(LaunchTemplateView),
 }
@@ -322,6 +340,7 @@ impl Answer {
             Self::ProtectionSet(a) => serde_json::to_vec(a),
             Self::InstanceRefresh(a) => serde_json::to_vec(a),
             Self::ProcessesSet(a) => serde_json::to_vec(a),
+            Self::LifecycleAction(a) => serde_json::to_vec(a),
             Self::LaunchTemplates(a) => serde_json::to_vec(a),
             Self::LaunchTemplate(a) => serde_json::to_vec(a),
         }
@@ -368,6 +387,9 @@ impl Answer {
             Request::AsgSetProtection { .. } => Self::ProtectionSet(serde_json::from_slice(json)?),
             Request::AsgStartRefresh { .. } | Request::AsgCancelRefresh { .. } => {
                 Self::InstanceRefresh(serde_json::from_slice(json)?)
+            }
+            Request::AsgCompleteLifecycleAction { .. } | Request::AsgRecordHeartbeat { .. } => {
+                Self::LifecycleAction(serde_json::from_slice(json)?)
             }
             Request::AsgSuspend { .. } | Request::AsgResume { .. } => {
                 Self::ProcessesSet(serde_json::from_slice(json)?)

@@ -43,6 +43,8 @@ pub enum Kind {
     AsgCancelRefresh,
     AsgSuspend,
     AsgResume,
+    AsgCompleteLifecycleAction,
+    AsgRecordHeartbeat,
     LaunchTemplatesList,
     LaunchTemplatesDescribe,
     /// Prometheus text, not a JSON answer.
@@ -152,6 +154,16 @@ pub const ROUTES: &[Route] = &[
         "/v1/auto-scaling-groups/{group}/suspended-processes",
         Kind::AsgResume,
     ),
+    route(
+        "POST",
+        "/v1/auto-scaling-groups/{group}/lifecycle-hooks/{hook}/complete",
+        Kind::AsgCompleteLifecycleAction,
+    ),
+    route(
+        "POST",
+        "/v1/auto-scaling-groups/{group}/lifecycle-hooks/{hook}/heartbeat",
+        Kind::AsgRecordHeartbeat,
+    ),
     route("GET", "/v1/launch-templates", Kind::LaunchTemplatesList),
     route(
         "GET",
@@ -232,6 +244,15 @@ struct Processes {
     processes: Vec<String>,
 }
 
+/// The body of `asg complete-lifecycle-action` (and, without a result, `record-heartbeat`).
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleActionBody {
+    instance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+}
+
 /// The body of `asg set-protection`.
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +303,8 @@ impl Request {
             Self::AsgCancelRefresh { .. } => Kind::AsgCancelRefresh,
             Self::AsgSuspend { .. } => Kind::AsgSuspend,
             Self::AsgResume { .. } => Kind::AsgResume,
+            Self::AsgCompleteLifecycleAction { .. } => Kind::AsgCompleteLifecycleAction,
+            Self::AsgRecordHeartbeat { .. } => Kind::AsgRecordHeartbeat,
             Self::LaunchTemplatesList => Kind::LaunchTemplatesList,
             Self::LaunchTemplatesDescribe { .. } => Kind::LaunchTemplatesDescribe,
         }
@@ -410,6 +433,31 @@ impl Request {
                 })?;
             }
             Self::AsgCancelRefresh { group } => params.push(("group", group.clone())),
+            Self::AsgCompleteLifecycleAction {
+                group,
+                hook,
+                instance,
+                result,
+            } => {
+                params.push(("group", group.clone()));
+                params.push(("hook", hook.clone()));
+                body = serde_json::to_vec(&LifecycleActionBody {
+                    instance: instance.clone(),
+                    result: Some(result.clone()),
+                })?;
+            }
+            Self::AsgRecordHeartbeat {
+                group,
+                hook,
+                instance,
+            } => {
+                params.push(("group", group.clone()));
+                params.push(("hook", hook.clone()));
+                body = serde_json::to_vec(&LifecycleActionBody {
+                    instance: instance.clone(),
+                    result: None,
+                })?;
+            }
             Self::AsgSuspend { group, processes } | Self::AsgResume { group, processes } => {
                 params.push(("group", group.clone()));
                 body = serde_json::to_vec(&Processes {
@@ -592,6 +640,28 @@ impl Endpoint {
                     group: param("group"),
                     min_healthy_percentage: b.min_healthy_percentage,
                     instance_warmup_seconds: b.instance_warmup_seconds,
+                }
+            }
+            Kind::AsgCompleteLifecycleAction => {
+                let b: LifecycleActionBody = json(body)?;
+                Request::AsgCompleteLifecycleAction {
+                    group: param("group"),
+                    hook: param("hook"),
+                    instance: b.instance,
+                    result: b.result.ok_or_else(|| {
+                        ApiError::bad("a `result` is needed: CONTINUE or ABANDON")
+                    })?,
+                }
+            }
+            Kind::AsgRecordHeartbeat => {
+                let b: LifecycleActionBody = json(body)?;
+                if b.result.is_some() {
+                    return Err(ApiError::bad("a heartbeat takes no `result`"));
+                }
+                Request::AsgRecordHeartbeat {
+                    group: param("group"),
+                    hook: param("hook"),
+                    instance: b.instance,
                 }
             }
             Kind::AsgCancelRefresh => Request::AsgCancelRefresh {
@@ -834,6 +904,17 @@ mod tests {
             },
             Request::AsgCancelRefresh {
                 group: "web".into(),
+            },
+            Request::AsgCompleteLifecycleAction {
+                group: "web".into(),
+                hook: "warm".into(),
+                instance: "i-0123456789abcdef0".into(),
+                result: "CONTINUE".into(),
+            },
+            Request::AsgRecordHeartbeat {
+                group: "web".into(),
+                hook: "warm".into(),
+                instance: "i-0123456789abcdef0".into(),
             },
             Request::AsgSuspend {
                 group: "web".into(),

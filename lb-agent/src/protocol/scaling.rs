@@ -59,6 +59,18 @@ pub struct ProcessesSet {
     pub suspended_processes: Vec<String>,
 }
 
+/// A lifecycle action completed, or its heartbeat recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleActionView {
+    pub group: String,
+    pub hook: String,
+    pub instance_id: String,
+    /// `CONTINUE` or `ABANDON` (a completion).
+    pub result: Option<String>,
+    /// When the wait now times out (a heartbeat), RFC 3339.
+    pub timeout_at: Option<String>,
+}
+
 /// One alarm of a group (CloudWatch's `describe-alarms`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmView {

@@ -18,6 +18,7 @@ use jiff::Timestamp;
 use super::{
     activity::{self, ActivityLog, ActivityStatus, OutOfService},
     capacity::{CapacityChange, Cause, GroupCapacity},
+    lifecycle::{GroupLifecycle, LifecycleEvent, LifecycleHook, LifecycleTransition},
     refresh::{Refresh, RefreshError, RefreshStatus},
     termination::{self, Candidate, CurrentLaunch, LaunchSource, TerminationPolicy},
 };
@@ -38,6 +39,9 @@ pub struct GroupSettings {
     pub max_instance_lifetime: Option<Duration>,
     /// What the group launches from now.
     pub current_launch: CurrentLaunch,
+    /// Its lifecycle hooks: launching instances wait on those of `Launching` before they go
+    /// into service, terminating ones (once drained) on those of `Terminating`.
+    pub lifecycle_hooks: Vec<LifecycleHook>,
 }
 
 /// Where an instance is in its life.
@@ -45,8 +49,12 @@ pub struct GroupSettings {
 pub enum Phase {
     /// Launched, not yet seen running.
     Pending,
+    /// Running, waiting on its launch lifecycle hooks (`Pending:Wait`).
+    PendingWait,
     /// Running and registered in the group's target groups.
     InService,
+    /// Drained, waiting on its terminate lifecycle hooks (`Terminating:Wait`).
+    TerminatingWait,
     /// Deregistered, its flows finishing (since then).
     Draining { since: Duration },
     /// Asked to stop (SIGTERM, then the stop timeout); gone once the provider says so.
@@ -96,6 +104,8 @@ impl Instance {
     pub fn lifecycle_state(&self) -> &'static str {
         match self.phase {
             Phase::Pending => "Pending",
+            Phase::PendingWait => "Pending:Wait",
+            Phase::TerminatingWait => "Terminating:Wait",
             Phase::InService => "InService",
             Phase::Draining { .. } => "Terminating",
             Phase::Stopping => "Terminating:Proceed",
@@ -130,6 +140,11 @@ pub enum Action {
     Deregister { instance: String },
     /// Stop the instance (the provider's terminate).
     Stop { instance: String },
+    /// The instance waits on the lifecycle hooks of `transition` (their commands run).
+    HookWaiting {
+        instance: String,
+        transition: LifecycleTransition,
+    },
 }
 
 /// What the engine saw since the last step.
@@ -162,6 +177,8 @@ pub struct Group {
     suspended: BTreeSet<ScalingProcess>,
     /// The latest instance refresh, if any.
     refresh: Option<Refresh>,
+    /// Where each instance is in its lifecycle hooks.
+    lifecycle: GroupLifecycle,
     activities: ActivityLog,
     /// Why the desired capacity last changed (EC2's sentence), until the group reaches it:
     /// the launches and terminations it causes start their cause with it, as EC2's do.
@@ -170,6 +187,8 @@ pub struct Group {
 
 impl Group {
     pub fn new(settings: GroupSettings, capacity: GroupCapacity) -> Self {
+        // The config's checks refuse two hooks of one name first.
+        let lifecycle = GroupLifecycle::new(settings.lifecycle_hooks.clone()).unwrap_or_default();
         Self {
             settings,
             capacity,
@@ -179,6 +198,7 @@ impl Group {
             shrink_batch: None,
             suspended: BTreeSet::new(),
             refresh: None,
+            lifecycle,
             activities: ActivityLog::default(),
             capacity_cause: None,
         }
@@ -197,11 +217,31 @@ impl Group {
 
     /// New settings (a reload); instances keep their phases.
     pub fn set_settings(&mut self, settings: GroupSettings) {
+        if settings.lifecycle_hooks != self.settings.lifecycle_hooks {
+            // New hooks: waits under way start again on them.
+            self.lifecycle =
+                GroupLifecycle::new(settings.lifecycle_hooks.clone()).unwrap_or_default();
+            for instance in &mut self.instances {
+                match instance.phase {
+                    Phase::InService => self.lifecycle.adopt_in_service(&instance.id),
+                    Phase::PendingWait => instance.phase = Phase::Pending,
+                    Phase::TerminatingWait => {
+                        instance.phase = Phase::Draining {
+                            since: Duration::ZERO,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
         self.settings = settings;
     }
 
     /// Takes over an instance launched before an agent restart.
     pub fn adopt(&mut self, instance: Instance) {
+        if instance.phase == Phase::InService {
+            self.lifecycle.adopt_in_service(&instance.id);
+        }
         if !self.instances.iter().any(|i| i.id == instance.id) {
             self.instances.push(instance);
         }
@@ -376,7 +416,12 @@ impl Group {
         let counted = self
             .instances
             .iter()
-            .filter(|i| matches!(i.phase, Phase::Pending | Phase::InService))
+            .filter(|i| {
+                matches!(
+                    i.phase,
+                    Phase::Pending | Phase::PendingWait | Phase::InService
+                )
+            })
             .count();
         u32::try_from(counted)
             .unwrap_or(u32::MAX)
@@ -428,6 +473,7 @@ impl Group {
 
     /// The provider has stopped `id`: it leaves the group, its activity done.
     pub fn stopped(&mut self, id: &str, now: Duration) {
+        self.lifecycle.forget(id);
         if let Some(at) = self.instances.iter().position(|i| i.id == id) {
             let instance = self.instances.remove(at);
             if let Some(activity) = instance.activity {
@@ -444,29 +490,22 @@ impl Group {
     pub fn step(&mut self, now: Duration, seen: &Observation) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut out_of_service: Vec<(String, OutOfService)> = Vec::new();
+        let mut events: Vec<(String, LifecycleEvent)> = Vec::new();
         for instance in &mut self.instances {
             let running = seen.running.contains(&instance.id);
             match instance.phase {
                 Phase::Pending if running => {
-                    instance.phase = Phase::InService;
-                    instance.in_service_since = Some(now);
-                    // Suspended AddToLoadBalancer: in service, not registered (EC2's rule:
-                    // register it by hand after resuming).
-                    if !self.suspended.contains(&ScalingProcess::AddToLoadBalancer) {
-                        actions.push(Action::Register {
+                    // Pending:Wait on the launch hooks; none: on into service at once.
+                    instance.phase = Phase::PendingWait;
+                    match self.lifecycle.launch(&instance.id, now) {
+                        Some(event) => events.push((instance.id.clone(), event)),
+                        None => actions.push(Action::HookWaiting {
                             instance: instance.id.clone(),
-                        });
-                    }
-                    if let Some(activity) = instance.activity.take() {
-                        self.activities.update(
-                            activity,
-                            ActivityStatus::Successful,
-                            None,
-                            time(now),
-                        );
+                            transition: LifecycleTransition::Launching,
+                        }),
                     }
                 }
-                Phase::Pending | Phase::InService
+                Phase::Pending | Phase::PendingWait | Phase::InService
                     if !running && instance.launched_at < seen.taken_at =>
                 {
                     // The process is gone: EC2's check, no grace period (AWS applies the
@@ -494,14 +533,27 @@ impl Group {
                     if seen.drained.contains(&instance.id)
                         || now >= since + self.settings.deregistration_delay
                     {
-                        instance.phase = Phase::Stopping;
-                        actions.push(Action::Stop {
-                            instance: instance.id.clone(),
-                        });
+                        // Drained: Terminating:Wait on the terminate hooks (AWS runs them
+                        // after connection draining), or on to stop.
+                        instance.phase = Phase::TerminatingWait;
+                        match self.lifecycle.begin_termination(&instance.id, now) {
+                            Ok(None) => actions.push(Action::HookWaiting {
+                                instance: instance.id.clone(),
+                                transition: LifecycleTransition::Terminating,
+                            }),
+                            Ok(Some(event)) => events.push((instance.id.clone(), event)),
+                            // Not tracked (launched before a hook existed): no hook to wait on.
+                            Err(_) => events
+                                .push((instance.id.clone(), LifecycleEvent::TerminationProceeds)),
+                        }
                     }
                 }
-                Phase::Pending | Phase::Stopping => {}
+                Phase::Pending | Phase::PendingWait | Phase::TerminatingWait | Phase::Stopping => {}
             }
+        }
+        events.extend(self.lifecycle.expire(now));
+        for (id, event) in events {
+            self.lifecycle_event(&id, event, now, &mut actions, &mut out_of_service);
         }
         // Suspended HealthCheck or ReplaceUnhealthy: nothing is replaced for its health;
         // suspended Terminate: nothing is terminated at all.
@@ -627,7 +679,7 @@ impl Group {
             return;
         };
         let was = instance.phase;
-        if !matches!(was, Phase::Pending | Phase::InService) {
+        if !matches!(was, Phase::Pending | Phase::PendingWait | Phase::InService) {
             return;
         }
         if let Some(launch) = instance.activity.take() {
@@ -658,11 +710,25 @@ impl Group {
             actions.push(Action::Deregister {
                 instance: id.to_owned(),
             });
-        } else {
-            instance.phase = Phase::Stopping;
-            actions.push(Action::Stop {
+            return;
+        }
+        // Never registered: nothing to drain; the terminate hooks, or a stop.
+        instance.phase = Phase::TerminatingWait;
+        match self.lifecycle.begin_termination(id, now) {
+            Ok(None) => actions.push(Action::HookWaiting {
                 instance: id.to_owned(),
-            });
+                transition: LifecycleTransition::Terminating,
+            }),
+            Ok(Some(_)) | Err(_) => {
+                let mut ignored = Vec::new();
+                self.lifecycle_event(
+                    id,
+                    LifecycleEvent::TerminationProceeds,
+                    now,
+                    actions,
+                    &mut ignored,
+                );
+            }
         }
     }
 }
@@ -674,5 +740,6 @@ fn time(now: Duration) -> Timestamp {
     Timestamp::new(seconds, nanos).unwrap_or(Timestamp::MAX)
 }
 
+mod hooks;
 #[cfg(test)]
 mod tests;

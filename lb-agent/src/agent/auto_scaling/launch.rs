@@ -10,6 +10,7 @@ use crate::{
         addressing,
         capacity::{CapacityError, GroupCapacity},
         group::GroupSettings,
+        lifecycle::LifecycleHook,
         provider::{Image, InboundRule, InstanceSpec, InstanceType, RuleProtocol},
         termination::{CurrentLaunch, LaunchSource},
     },
@@ -38,6 +39,20 @@ pub fn settings(group: &AutoScalingGroup, config: &Config) -> GroupSettings {
         new_instances_protected_from_scale_in: group.new_instances_protected_from_scale_in,
         max_instance_lifetime: group.max_instance_lifetime,
         current_launch: current_launch(group),
+        // The config's checks refuse hooks these cannot build first.
+        lifecycle_hooks: group
+            .lifecycle_hooks
+            .iter()
+            .filter_map(|h| {
+                LifecycleHook::new(
+                    &h.name,
+                    h.transition,
+                    Some(h.heartbeat_timeout),
+                    Some(h.default_result),
+                )
+                .ok()
+            })
+            .collect(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! set at run time, instances, history) is kept in `NAME.scaling.json` (`saved`); a restarted
 //! agent adopts the instances still running instead of launching new ones.
 
+mod hooks;
 mod launch;
 mod policies;
 mod requests;
@@ -746,6 +747,34 @@ impl Engine {
                         Err(e) => {
                             tracing::debug!(group = name, instance, target_group = group, error = %e, "deregistering the instance")
                         }
+                    }
+                }
+            }
+            Action::HookWaiting {
+                instance,
+                transition,
+            } => {
+                let address = running
+                    .group
+                    .instances()
+                    .iter()
+                    .find(|i| i.id == instance)
+                    .map(|i| i.address.to_string())
+                    .unwrap_or_default();
+                for hook in running
+                    .config
+                    .lifecycle_hooks
+                    .iter()
+                    .filter(|h| h.transition == transition)
+                {
+                    tracing::info!(
+                        group = name,
+                        instance,
+                        hook = hook.name,
+                        "waiting on a lifecycle hook"
+                    );
+                    if let Some(command) = &hook.command {
+                        hooks::run(command, name, &hook.name, transition, &instance, &address);
                     }
                 }
             }

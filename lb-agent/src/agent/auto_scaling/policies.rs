@@ -79,11 +79,13 @@ pub fn group_state(group: &Group) -> GroupState {
         .instances()
         .iter()
         .map(|i| match i.phase {
-            Phase::Pending => InstancePhase::Pending,
+            Phase::Pending | Phase::PendingWait => InstancePhase::Pending,
             Phase::InService => InstancePhase::InService {
                 since: i.in_service_since.unwrap_or(i.launched_at),
             },
-            Phase::Draining { .. } | Phase::Stopping => InstancePhase::Terminating,
+            Phase::Draining { .. } | Phase::TerminatingWait | Phase::Stopping => {
+                InstancePhase::Terminating
+            }
         })
         .collect();
     instances.extend((0..group.launches_under_way()).map(|_| InstancePhase::Pending));

@@ -10,11 +10,15 @@ use super::{
 use crate::{
     protocol::{
         Answer, ApiError, Request,
-        scaling::{DesiredCapacitySet, InstanceTerminating, ProcessesSet, ProtectionSet},
+        scaling::{
+            DesiredCapacitySet, InstanceTerminating, LifecycleActionView, ProcessesSet,
+            ProtectionSet,
+        },
     },
     scaling::{
         capacity::Cooldown,
         group::ScalingProcess,
+        lifecycle::{LifecycleActionResult, LifecycleError},
         refresh::{DEFAULT_MIN_HEALTHY_PERCENTAGE, RefreshError},
     },
 };
@@ -200,6 +204,56 @@ impl Engine {
                     group,
                 }))
             }
+            Request::AsgCompleteLifecycleAction {
+                group,
+                hook,
+                instance,
+                result,
+            } => {
+                let parsed: LifecycleActionResult = result
+                    .parse()
+                    .map_err(|e: LifecycleError| ApiError::bad(e.to_string()))?;
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                let actions = running
+                    .group
+                    .complete_lifecycle_action(&instance, &hook, parsed, now)
+                    .map_err(lifecycle_refusal)?;
+                tracing::info!(group, hook, instance, result, "lifecycle action completed");
+                for action in actions {
+                    self.act(&group, action).await;
+                }
+                Ok(Answer::LifecycleAction(LifecycleActionView {
+                    group,
+                    hook,
+                    instance_id: instance,
+                    result: Some(result),
+                    timeout_at: None,
+                }))
+            }
+            Request::AsgRecordHeartbeat {
+                group,
+                hook,
+                instance,
+            } => {
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .ok_or_else(|| no_group(&group))?;
+                let deadline = running
+                    .group
+                    .record_heartbeat(&instance, &hook, now)
+                    .map_err(lifecycle_refusal)?;
+                Ok(Answer::LifecycleAction(LifecycleActionView {
+                    group,
+                    hook,
+                    instance_id: instance,
+                    result: None,
+                    timeout_at: Some(super::views::rfc3339(deadline)),
+                }))
+            }
             Request::AsgSetProtection {
                 group,
                 instances,
@@ -252,4 +306,13 @@ fn parse_processes(names: &[String]) -> Result<Vec<ScalingProcess>, ApiError> {
                 .map_err(|_| ApiError::bad(format!("`{name}` is no process: {}", ALL.join(", "))))
         })
         .collect()
+}
+
+/// A refused lifecycle request: 404 for an unknown hook or instance, 422 for one not waiting.
+fn lifecycle_refusal(e: LifecycleError) -> ApiError {
+    let status = match e {
+        LifecycleError::UnknownHook { .. } | LifecycleError::UnknownInstance { .. } => 404,
+        _ => 422,
+    };
+    ApiError::new(status, e.to_string())
 }

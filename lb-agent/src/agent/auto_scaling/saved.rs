@@ -147,9 +147,10 @@ impl SavedInstance {
 /// The words a phase is kept as.
 pub fn phase_name(phase: Phase) -> &'static str {
     match phase {
-        Phase::Pending => "pending",
+        // A wait on lifecycle hooks starts again after a restart.
+        Phase::Pending | Phase::PendingWait => "pending",
         Phase::InService => "in_service",
-        Phase::Draining { .. } => "draining",
+        Phase::Draining { .. } | Phase::TerminatingWait => "draining",
         Phase::Stopping => "stopping",
     }
 }

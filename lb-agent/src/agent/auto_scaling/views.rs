@@ -171,7 +171,7 @@ pub(super) fn process_names(processes: &BTreeSet<ScalingProcess>) -> Vec<String>
         .collect()
 }
 
-fn rfc3339(since_epoch: Duration) -> String {
+pub(super) fn rfc3339(since_epoch: Duration) -> String {
     Timestamp::from_second(i64::try_from(since_epoch.as_secs()).unwrap_or(0))
         .map(|t| t.to_string())
         .unwrap_or_default()

@@ -1,7 +1,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use super::*;
-use crate::scaling::refresh::RefreshStatus;
+use crate::scaling::{lifecycle::LifecycleTransition, refresh::RefreshStatus};
 
 const T0: Duration = Duration::from_secs(1_764_583_200); // 2025-12-01T10:00:00Z
 
@@ -15,6 +15,7 @@ fn settings() -> GroupSettings {
         new_instances_protected_from_scale_in: false,
         max_instance_lifetime: None,
         current_launch: CurrentLaunch::LaunchTemplate { name: "web".into() },
+        lifecycle_hooks: Vec::new(),
     }
 }
 
@@ -485,4 +486,123 @@ fn suspended_processes_stop_their_part_of_the_group() {
     g.set_suspended(&[ScalingProcess::Terminate], true);
     g.set_capacity(GroupCapacity::new(0, 1, 4).unwrap());
     assert_eq!(g.step(at(40), &seen(40, &["i-a", "i-b"])), []);
+}
+
+fn with_hooks(hooks: Vec<crate::scaling::lifecycle::LifecycleHook>) -> Group {
+    let mut s = settings();
+    s.lifecycle_hooks = hooks;
+    Group::new(s, GroupCapacity::new(0, 1, 4).unwrap())
+}
+
+fn hook(
+    name: &str,
+    transition: LifecycleTransition,
+    result: crate::scaling::lifecycle::LifecycleActionResult,
+) -> crate::scaling::lifecycle::LifecycleHook {
+    crate::scaling::lifecycle::LifecycleHook::new(
+        name,
+        transition,
+        Some(Duration::from_secs(60)),
+        Some(result),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_launch_hook_holds_the_instance_in_pending_wait_until_completed() {
+    use crate::scaling::lifecycle::LifecycleActionResult::{Abandon, Continue};
+    let mut g = with_hooks(vec![hook("warm", LifecycleTransition::Launching, Abandon)]);
+    g.step(at(0), &seen(0, &[]));
+    g.launched("i-a", address(2), from_v1(), at(1));
+    assert_eq!(
+        g.step(at(2), &seen(2, &["i-a"])),
+        [Action::HookWaiting {
+            instance: "i-a".into(),
+            transition: LifecycleTransition::Launching
+        }]
+    );
+    assert_eq!(g.instances()[0].lifecycle_state(), "Pending:Wait");
+    // Counted toward the capacity while it waits: no second launch.
+    assert_eq!(g.step(at(3), &seen(3, &["i-a"])), []);
+    let actions = g
+        .complete_lifecycle_action("i-a", "warm", Continue, at(4))
+        .unwrap();
+    assert_eq!(
+        actions,
+        [Action::Register {
+            instance: "i-a".into()
+        }]
+    );
+    assert_eq!(phase(&g, "i-a"), Some(Phase::InService));
+    // Not waiting any more: AWS's "No active Lifecycle Action found".
+    let refused = g
+        .complete_lifecycle_action("i-a", "warm", Continue, at(5))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("No active Lifecycle Action"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_launch_hook_that_times_out_with_abandon_terminates_and_replaces_the_instance() {
+    use crate::scaling::lifecycle::LifecycleActionResult::Abandon;
+    let mut g = with_hooks(vec![hook("warm", LifecycleTransition::Launching, Abandon)]);
+    g.step(at(0), &seen(0, &[]));
+    g.launched("i-a", address(2), from_v1(), at(1));
+    g.step(at(2), &seen(2, &["i-a"]));
+    // A heartbeat at 30 s moves the deadline to 90 s.
+    assert_eq!(g.record_heartbeat("i-a", "warm", at(30)).unwrap(), at(90));
+    assert_eq!(g.step(at(89), &seen(89, &["i-a"])), []);
+    // Timed out: ABANDON, the default result. Never registered: it stops at once, and a
+    // replacement launches.
+    let actions = g.step(at(90), &seen(90, &["i-a"]));
+    assert_eq!(
+        actions,
+        [
+            Action::Stop {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(
+        cause.contains("lifecycle action that ended with ABANDON"),
+        "{cause}"
+    );
+}
+
+#[test]
+fn a_terminate_hook_waits_after_the_drain_and_continue_stops_the_instance() {
+    use crate::scaling::lifecycle::LifecycleActionResult::Continue;
+    let mut s = settings();
+    s.lifecycle_hooks = vec![hook("backup", LifecycleTransition::Terminating, Continue)];
+    let mut g = in_service(&["i-a", "i-b"]);
+    g.set_settings(s);
+    g.set_capacity(GroupCapacity::new(0, 1, 4).unwrap());
+    let out = g.step(at(30), &seen(30, &["i-a", "i-b"]));
+    assert_eq!(
+        out,
+        [Action::Deregister {
+            instance: "i-a".into()
+        }]
+    );
+    let mut drained = seen(31, &["i-a", "i-b"]);
+    drained.drained.insert("i-a".into());
+    assert_eq!(
+        g.step(at(31), &drained),
+        [Action::HookWaiting {
+            instance: "i-a".into(),
+            transition: LifecycleTransition::Terminating
+        }]
+    );
+    assert_eq!(phase(&g, "i-a"), Some(Phase::TerminatingWait));
+    assert_eq!(
+        g.complete_lifecycle_action("i-a", "backup", Continue, at(40))
+            .unwrap(),
+        [Action::Stop {
+            instance: "i-a".into()
+        }]
+    );
 }

@@ -555,6 +555,11 @@ impl GroupLifecycle {
             .min()
     }
 
+    /// The instance is gone: its lifecycle is forgotten.
+    pub fn forget(&mut self, instance_id: &str) {
+        self.instances.remove(instance_id);
+    }
+
     /// The group has put the instance in service.
     pub fn mark_in_service(&mut self, instance_id: &str) -> Result<(), LifecycleError> {
         Self::lookup(&mut self.instances, instance_id)?.mark_in_service()
