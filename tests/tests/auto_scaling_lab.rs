@@ -101,6 +101,14 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
         "measured: set-desired 2 -> 3: the new instance served through the VIP {:?} after the request",
         asked.elapsed()
     );
+    // Prometheus sees the group too.
+    let metrics = lab.cli(&["metrics"]);
+    for line in [
+        "lb_asg_desired_capacity{group=\"web-asg\"} 3",
+        "lb_asg_instances{group=\"web-asg\",lifecycle_state=\"InService\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics");
+    }
     let launch = lab
         .activities("web-asg")
         .into_iter()

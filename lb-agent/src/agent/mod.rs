@@ -138,6 +138,7 @@ impl Handle {
     pub async fn metrics(&self) -> Result<String, ApiError> {
         let (snapshot, reader, info) = (self.snapshot(), self.reader.clone(), self.info.clone());
         let proxy = self.proxy_metrics.clone();
+        let scaling = self.scaling.get().map(auto_scaling::ScalingHandle::views);
         tokio::task::spawn_blocking(move || {
             let stats = snapshot.state.stats(reader.as_ref()).map_err(internal)?;
             let groups = snapshot.state.groups();
@@ -150,6 +151,10 @@ impl Handle {
             .map_err(internal)?;
             if let Some(proxy) = proxy {
                 append_proxy_metrics(&mut text, &proxy).map_err(internal)?;
+            }
+            if let Some(views) = scaling {
+                append_before_eof(&mut text, |t| auto_scaling::metrics::render(views, t))
+                    .map_err(internal)?;
             }
             Ok(text)
         })
@@ -182,12 +187,20 @@ fn append_proxy_metrics(
     text: &mut String,
     proxy: &ProxyMetrics,
 ) -> Result<(), crate::metrics::MetricsError> {
+    append_before_eof(text, |t| proxy.render(t))
+}
+
+/// Appends what `render` writes to `text`, before its end marker if it has one.
+fn append_before_eof(
+    text: &mut String,
+    render: impl FnOnce(&mut String) -> Result<(), crate::metrics::MetricsError>,
+) -> Result<(), crate::metrics::MetricsError> {
     const EOF: &str = "# EOF\n";
     let ended = text.ends_with(EOF);
     if ended {
         text.truncate(text.len() - EOF.len());
     }
-    proxy.render(text)?;
+    render(text)?;
     if ended {
         text.push_str(EOF);
     }

@@ -13,6 +13,7 @@
 
 mod hooks;
 mod launch;
+pub mod metrics;
 mod policies;
 mod requests;
 mod saved;
@@ -507,7 +508,31 @@ impl Engine {
                 };
                 running.group.change_capacity(capacity, &change, now());
             }
+            let provider_changed = (running.config.provider, &running.config.exec_hook)
+                != (group.provider, &group.exec_hook);
+            let has_instances = !running.group.instances().is_empty();
             running.config = group.clone();
+            if provider_changed {
+                if has_instances {
+                    // Its instances run where they were launched: the old provider keeps
+                    // looking after them.
+                    tracing::error!(
+                        group = group.name,
+                        "the group's provider changed while it has instances: set its capacity to 0 first; the old provider still runs its instances"
+                    );
+                } else {
+                    match self.provider(group) {
+                        Ok(provider) => {
+                            if let Some(running) = self.groups.get_mut(&group.name) {
+                                running.provider = provider;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(group = group.name, error = %e, "the group's new provider cannot run");
+                        }
+                    }
+                }
+            }
             self.rebuild_controller(&group.name);
         }
         for (name, running) in &mut self.groups {

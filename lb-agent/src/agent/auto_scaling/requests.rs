@@ -32,6 +32,11 @@ pub struct ScalingHandle {
 }
 
 impl ScalingHandle {
+    /// The groups as the last step left them.
+    pub fn views(&self) -> Arc<Views> {
+        self.views.borrow().clone()
+    }
+
     /// Answers an `asg` request: reads from the last views, changes through the engine.
     pub async fn call(&self, request: Request) -> Result<Answer, ApiError> {
         let views = self.views.borrow().clone();
