@@ -166,10 +166,20 @@ impl Drop for AsgLab {
     }
 }
 
-/// Starts the agent on the lab's config, in the machine's mount namespace.
+/// Starts the agent on the lab's config, in the machine's mount namespace, and waits (at most
+/// 30 s) until its groups run: they start once the API serves, after adopting instances.
 fn start(lab: &Lab) -> LabAgent {
-    LabAgent::start_in_host_mounts(lab, &agent_binary(), &config_path(lab))
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    let agent = LabAgent::start_in_host_mounts(lab, &agent_binary(), &config_path(lab))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = agent.cli(&["asg", "list", "--json"]) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's auto scaling groups did not start within 30 s: {e:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent
 }
 
 /// Where the agent's `local` provider keeps its instances (`NAME.instances` beside the
