@@ -9,7 +9,9 @@
 
 use std::{
     collections::BTreeMap,
+    io::Read as _,
     path::PathBuf,
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -26,6 +28,16 @@ use xtask::{
 };
 
 use crate::lab_traffic::{agent_binary, config_path, lab_up, write_config};
+
+/// Whether the tests run as root (namespaces, cgroups, XDP); says it skips when not.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
 
 /// The subnet the lab's groups take addresses from.
 pub const SUBNET: &str = "198.18.8.0/24";
@@ -68,6 +80,32 @@ impl AsgLab {
             );
         }
         self.agent = Some(start(&self.lab));
+    }
+
+    /// Kills process `pid` of instance `victim` of `group` (SIGKILL) and waits (at most
+    /// 30 s) until the group has replaced it: `in_service` instances again, none of them it;
+    /// the replacement's id (not in `before`) and when the kill was.
+    pub fn kill_and_wait_for_replacement(
+        &self,
+        group: &str,
+        victim: &str,
+        pid: u32,
+        before: &[String],
+        in_service: usize,
+    ) -> (String, Instant) {
+        let killed = Instant::now();
+        // SAFETY: a plain kill(2).
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        let (healed, _) = self.wait_for(group, Duration::from_secs(30), "healed", |g| {
+            g.instances.iter().all(|i| i.instance_id != victim)
+                && in_state(g, "InService").len() == in_service
+        });
+        let new: Vec<&str> = in_state(&healed, "InService")
+            .into_iter()
+            .filter(|id| !before.iter().any(|old| old == id))
+            .collect();
+        assert_eq!(new.len(), 1, "one replacement: {healed:#?}");
+        (new[0].to_owned(), killed)
     }
 
     /// Replaces the lab's config file (the agent reads it on `reload`).
@@ -121,39 +159,13 @@ impl AsgLab {
     /// `count` requests to `http://VIP/` from the client, one connection each; how many each
     /// instance answered (failures count under `"failed"`).
     pub fn answers(&self, count: usize) -> BTreeMap<String, usize> {
-        let script = format!(
-            "import urllib.request\n\
-             for i in range({count}):\n\
-             \x20   try:\n\
-             \x20       print(urllib.request.urlopen('http://{VIP4}/', timeout=2).read().decode().strip(), flush=True)\n\
-             \x20   except Exception:\n\
-             \x20       print('failed', flush=True)\n"
-        );
-        let out = self
-            .lab
-            .run(self.lab.client(), &["python3", "-c", &script])
-            .expect("requests from the client");
-        let mut answers = BTreeMap::new();
-        for line in out.lines() {
-            *answers.entry(line.to_owned()).or_insert(0) += 1;
-        }
-        answers
+        self.answers_on(80, count)
     }
 
     /// Polls the VIP (8 requests every 100 ms) until `instance` answers, for at most
     /// `within`; how long that took.
     pub fn wait_until_serving(&self, instance: &str, within: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            if self.answers(8).contains_key(instance) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < within,
-                "{instance} did not answer through the VIP within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_until_serving_on(80, instance, within)
     }
 }
 
@@ -361,4 +373,70 @@ impl AsgLab {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Starts `count` downloads of `seconds` s from VIP:`port` (`/stream`), one connection each.
+pub fn start_downloads(
+    lab: &AsgLab,
+    port: u16,
+    count: usize,
+    seconds: u64,
+    rate: u64,
+) -> Vec<std::process::Child> {
+    (0..count)
+        .map(|_| {
+            lab.lab
+                .cmd(lab.lab.client(), "curl")
+                .args([
+                    "-sS",
+                    "-N",
+                    "-D",
+                    "-",
+                    "--max-time",
+                    &(seconds + 30).to_string(),
+                    &format!(
+                        "http://{VIP4}:{port}/stream?seconds={seconds}&bytes_per_second={rate}"
+                    ),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect()
+}
+
+/// Waits for each download; the instance that served it and whether every byte (the right
+/// ones) arrived.
+pub fn finish_downloads(downloads: Vec<std::process::Child>, bytes: usize) -> Vec<(String, bool)> {
+    downloads
+        .into_iter()
+        .map(|mut download| {
+            let mut out = Vec::new();
+            download
+                .stdout
+                .take()
+                .expect("stdout")
+                .read_to_end(&mut out)
+                .expect("read the download");
+            let status = download.wait().expect("curl ends");
+            let text = String::from_utf8_lossy(&out);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                return ("no answer".to_owned(), false);
+            };
+            let instance = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-instance-id: "))
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned();
+            let whole = status.success()
+                && body.len() == bytes
+                && body
+                    .bytes()
+                    .enumerate()
+                    .all(|(k, b)| b == b'a' + (k % 26) as u8);
+            (instance, whole)
+        })
+        .collect()
 }

@@ -6,28 +6,20 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use tests::auto_scaling_lab::{AsgLab, config, in_state};
+use tests::auto_scaling_lab::{
+    AsgLab, config, finish_downloads, in_state, running_as_root, start_downloads,
+};
 use xtask::lab::VIP4;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_instance-server");
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
-
 #[test]
 fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     let lab = AsgLab::up("asg-heal", &config(SERVER, (1, 2, 4), "5s", ""));
@@ -51,21 +43,9 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
     // kill -9 one instance: the group replaces it, and the new one serves.
     let victim = &group.instances[0];
     let pid = victim.pid.expect("a local instance's pid");
-    let killed_at = Instant::now();
-    // SAFETY: a plain kill(2).
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let (after, _) = lab.wait_for("web-asg", Duration::from_secs(30), "healed", |g| {
-        g.instances
-            .iter()
-            .all(|i| i.instance_id != victim.instance_id)
-            && in_state(g, "InService").len() == 2
-    });
-    let new: Vec<&str> = in_state(&after, "InService")
-        .into_iter()
-        .filter(|id| !ids.iter().any(|old| old == id))
-        .collect();
-    assert_eq!(new.len(), 1, "one replacement: {after:#?}");
-    lab.wait_until_serving(new[0], Duration::from_secs(30));
+    let (new, killed_at) =
+        lab.kill_and_wait_for_replacement("web-asg", &victim.instance_id, pid, &ids, 2);
+    lab.wait_until_serving(&new, Duration::from_secs(30));
     let replaced_in = killed_at.elapsed();
     println!(
         "measured: a killed instance's replacement served through the VIP {replaced_in:?} after the kill"
@@ -85,6 +65,7 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
     assert_eq!(termination.status, "Successful");
 
     // set-desired 3: the time until the new instance serves through the VIP.
+    let after = lab.group("web-asg");
     let asked = Instant::now();
     lab.cli(&["asg", "set-desired", "web-asg", "3"]);
     let (grown, _) = lab.wait_for("web-asg", Duration::from_secs(30), "3 in service", |g| {
@@ -124,7 +105,7 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
 
 #[test]
 fn scale_in_drains_a_long_download_to_its_last_byte_and_then_stops_the_instance() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     // A long deregistration delay: the instance must stop when its download ends, not then.
@@ -138,23 +119,7 @@ fn scale_in_drains_a_long_download_to_its_last_byte_and_then_stops_the_instance(
     // Two downloads of 8 s, one connection each: round robin gives each instance one, so
     // whichever the scale-in chooses has a download in flight.
     let (seconds, rate) = (8, 50_000);
-    let mut downloads: Vec<std::process::Child> = (0..2)
-        .map(|_| {
-            lab.lab
-                .cmd(lab.lab.client(), "curl")
-                .args([
-                    "-sS",
-                    "-N",
-                    "-D",
-                    "-",
-                    &format!("http://{VIP4}/stream?seconds={seconds}&bytes_per_second={rate}"),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("curl")
-        })
-        .collect();
+    let downloads = start_downloads(&lab, 80, 2, seconds as u64, rate as u64);
     // Both under way before the scale-in.
     std::thread::sleep(Duration::from_secs(2));
     let asked = Instant::now();
@@ -174,42 +139,10 @@ fn scale_in_drains_a_long_download_to_its_last_byte_and_then_stops_the_instance(
     assert!(!answers.contains_key(&leaving), "{answers:?}");
     assert_eq!(answers.get("failed"), None, "{answers:?}");
 
-    let mut served_by = Vec::new();
-    for mut download in downloads.drain(..) {
-        let mut out = Vec::new();
-        download
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_end(&mut out)
-            .expect("read the download");
-        let status = download.wait().expect("curl ends");
-        let mut err = String::new();
-        download
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut err)
-            .expect("stderr");
-        assert!(status.success(), "curl: {status}: {err}");
-        let text = String::from_utf8_lossy(&out);
-        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-        let instance = head
-            .lines()
-            .find_map(|l| l.strip_prefix("x-instance-id: "))
-            .expect("x-instance-id")
-            .trim()
-            .to_owned();
-        // Every byte, and the right bytes.
-        assert_eq!(body.len(), seconds * rate, "{instance}: {head}");
-        assert!(
-            body.bytes()
-                .enumerate()
-                .all(|(k, b)| b == b'a' + (k % 26) as u8),
-            "{instance}: the body is not the pattern"
-        );
-        served_by.push(instance);
-    }
+    let served: Vec<(String, bool)> = finish_downloads(downloads, seconds * rate);
+    // Every byte, and the right bytes.
+    assert!(served.iter().all(|(_, whole)| *whole), "{served:?}");
+    let served_by: Vec<String> = served.into_iter().map(|(instance, _)| instance).collect();
     assert!(
         served_by.contains(&leaving),
         "the download to the leaving instance: {served_by:?} (leaving {leaving})"
@@ -233,7 +166,7 @@ fn scale_in_drains_a_long_download_to_its_last_byte_and_then_stops_the_instance(
 
 #[test]
 fn an_agent_restart_keeps_every_instance_running_and_adopts_them() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     let mut lab = AsgLab::up("asg-adopt", &config(SERVER, (2, 2, 3), "5s", ""));
@@ -273,76 +206,9 @@ fn an_agent_restart_keeps_every_instance_running_and_adopts_them() {
     );
 }
 
-/// Starts `count` downloads of `seconds` s from the VIP (`/stream`), one connection each.
-fn start_downloads(
-    lab: &AsgLab,
-    count: usize,
-    seconds: u64,
-    rate: u64,
-) -> Vec<std::process::Child> {
-    (0..count)
-        .map(|_| {
-            lab.lab
-                .cmd(lab.lab.client(), "curl")
-                .args([
-                    "-sS",
-                    "-N",
-                    "-D",
-                    "-",
-                    &format!("http://{VIP4}/stream?seconds={seconds}&bytes_per_second={rate}"),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("curl")
-        })
-        .collect()
-}
-
-/// Waits for each download; the instance that served it, after checking every byte arrived.
-fn finish_downloads(downloads: Vec<std::process::Child>, bytes: usize) -> Vec<String> {
-    downloads
-        .into_iter()
-        .map(|mut download| {
-            let mut out = Vec::new();
-            download
-                .stdout
-                .take()
-                .expect("stdout")
-                .read_to_end(&mut out)
-                .expect("read the download");
-            let status = download.wait().expect("curl ends");
-            let mut err = String::new();
-            download
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut err)
-                .expect("stderr");
-            assert!(status.success(), "curl: {status}: {err}");
-            let text = String::from_utf8_lossy(&out);
-            let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-            let instance = head
-                .lines()
-                .find_map(|l| l.strip_prefix("x-instance-id: "))
-                .expect("x-instance-id")
-                .trim()
-                .to_owned();
-            assert_eq!(body.len(), bytes, "{instance}: {head}");
-            assert!(
-                body.bytes()
-                    .enumerate()
-                    .all(|(k, b)| b == b'a' + (k % 26) as u8),
-                "{instance}: the body is not the pattern"
-            );
-            instance
-        })
-        .collect()
-}
-
 #[test]
 fn cpu_load_scales_out_under_target_tracking_and_its_end_scales_in_with_drain() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     // Target tracking on CPU at 40% with 10 s datapoints (AWS's high-resolution period):
@@ -429,7 +295,7 @@ period = "10s"
     let _ = loader.wait();
     let ended = Instant::now();
     let (seconds, rate) = (240, 1000);
-    let downloads = start_downloads(&lab, 3 * grown.instances.len(), seconds, rate);
+    let downloads = start_downloads(&lab, 80, 3 * grown.instances.len(), seconds, rate);
     let (shrunk, _) = lab.wait_for("web-asg", Duration::from_secs(230), "scaled in", |g| {
         g.desired_capacity < grown.desired_capacity
     });
@@ -447,7 +313,9 @@ period = "10s"
         .map(|i| i.instance_id.clone())
         .collect();
     assert!(!leaving.is_empty(), "{shrunk:#?}");
-    let served_by = finish_downloads(downloads, (seconds * rate) as usize);
+    let served = finish_downloads(downloads, (seconds * rate) as usize);
+    assert!(served.iter().all(|(_, whole)| *whole), "{served:?}");
+    let served_by: Vec<String> = served.into_iter().map(|(instance, _)| instance).collect();
     let cut = 0; // every download was checked whole above
     let on_leaving = served_by.iter().filter(|i| leaving.contains(*i)).count();
     assert!(
@@ -473,7 +341,7 @@ period = "10s"
 
 #[test]
 fn an_instance_refresh_to_version_2_keeps_a_probe_loop_through_the_vip_error_free() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     let v1 = config(SERVER, (2, 2, 2), "5s", "").replace(

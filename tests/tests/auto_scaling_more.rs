@@ -7,95 +7,20 @@
 
 use std::{
     collections::BTreeSet,
-    io::Read as _,
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use tests::auto_scaling_lab::{AsgLab, L4_PORT, config, in_state, l4_config};
-use xtask::lab::VIP4;
+use tests::auto_scaling_lab::{
+    AsgLab, L4_PORT, config, finish_downloads, in_state, l4_config, running_as_root,
+    start_downloads,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_instance-server");
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
-
-/// Starts `count` downloads of `seconds` s from VIP:`port` (`/stream`), one connection each.
-fn start_downloads(
-    lab: &AsgLab,
-    port: u16,
-    count: usize,
-    seconds: u64,
-    rate: u64,
-) -> Vec<std::process::Child> {
-    (0..count)
-        .map(|_| {
-            lab.lab
-                .cmd(lab.lab.client(), "curl")
-                .args([
-                    "-sS",
-                    "-N",
-                    "-D",
-                    "-",
-                    "--max-time",
-                    &(seconds + 30).to_string(),
-                    &format!(
-                        "http://{VIP4}:{port}/stream?seconds={seconds}&bytes_per_second={rate}"
-                    ),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("curl")
-        })
-        .collect()
-}
-
-/// Waits for each download; the instance that served it and whether every byte (the right
-/// ones) arrived.
-fn finish_downloads(downloads: Vec<std::process::Child>, bytes: usize) -> Vec<(String, bool)> {
-    downloads
-        .into_iter()
-        .map(|mut download| {
-            let mut out = Vec::new();
-            download
-                .stdout
-                .take()
-                .expect("stdout")
-                .read_to_end(&mut out)
-                .expect("read the download");
-            let status = download.wait().expect("curl ends");
-            let text = String::from_utf8_lossy(&out);
-            let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                return ("no answer".to_owned(), false);
-            };
-            let instance = head
-                .lines()
-                .find_map(|l| l.strip_prefix("x-instance-id: "))
-                .unwrap_or("unknown")
-                .trim()
-                .to_owned();
-            let whole = status.success()
-                && body.len() == bytes
-                && body
-                    .bytes()
-                    .enumerate()
-                    .all(|(k, b)| b == b'a' + (k % 26) as u8);
-            (instance, whole)
-        })
-        .collect()
-}
-
 #[test]
 fn instances_behind_an_l4_listener_get_traffic_heal_and_drain_on_scale_in() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     let lab = AsgLab::up("asg-l4", &l4_config(SERVER, (1, 2, 2), "60s", ""));
@@ -120,21 +45,9 @@ fn instances_behind_an_l4_listener_get_traffic_heal_and_drain_on_scale_in() {
     // kill -9 one instance: its replacement gets L4 traffic.
     let victim = &group.instances[0];
     let pid = victim.pid.expect("a local instance's pid");
-    let killed_at = Instant::now();
-    // SAFETY: a plain kill(2).
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let (after, _) = lab.wait_for("web-asg", Duration::from_secs(30), "healed", |g| {
-        g.instances
-            .iter()
-            .all(|i| i.instance_id != victim.instance_id)
-            && in_state(g, "InService").len() == 2
-    });
-    let new: Vec<&str> = in_state(&after, "InService")
-        .into_iter()
-        .filter(|id| !ids.iter().any(|old| old == id))
-        .collect();
-    assert_eq!(new.len(), 1, "one replacement: {after:#?}");
-    lab.wait_until_serving_on(L4_PORT, new[0], Duration::from_secs(30));
+    let (new, killed_at) =
+        lab.kill_and_wait_for_replacement("web-asg", &victim.instance_id, pid, &ids, 2);
+    lab.wait_until_serving_on(L4_PORT, &new, Duration::from_secs(30));
     println!(
         "measured: L4: a killed instance's replacement served through VIP:{L4_PORT} {:?} after the kill",
         killed_at.elapsed()
@@ -314,7 +227,7 @@ const EXEC_SUBNET: &str = "198.18.0.192/26";
 
 #[test]
 fn an_exec_group_launches_serves_scales_in_and_heals_through_its_hook() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     let hook_dir = std::env::temp_dir().join(format!("lb-asg-exec-hook-{}", std::process::id()));
@@ -381,17 +294,8 @@ fn an_exec_group_launches_serves_scales_in_and_heals_through_its_hook() {
     // An instance the hook reports not running is replaced (through the hook).
     let victim = group.instances[0].instance_id.clone();
     let pid = launched[&victim]["pid"].as_i64().expect("a pid");
-    let killed = Instant::now();
-    // SAFETY: a plain kill(2) of a process the hook started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let (healed, _) = lab.wait_for("web-asg", Duration::from_secs(30), "healed", |g| {
-        g.instances.iter().all(|i| i.instance_id != victim) && in_state(g, "InService").len() == 2
-    });
-    let replacement = in_state(&healed, "InService")
-        .into_iter()
-        .find(|id| !ids.iter().any(|old| old == id))
-        .expect("a replacement")
-        .to_owned();
+    let (replacement, killed) =
+        lab.kill_and_wait_for_replacement("web-asg", &victim, pid as u32, &ids, 2);
     lab.wait_until_serving(&replacement, Duration::from_secs(30));
     println!(
         "measured: exec: a killed instance's replacement served through the VIP {:?} after the kill",
@@ -440,7 +344,7 @@ fn an_exec_group_launches_serves_scales_in_and_heals_through_its_hook() {
 
 #[test]
 fn a_one_off_scheduled_action_grows_the_group_at_its_time() {
-    if !root() {
+    if !running_as_root() {
         return;
     }
     let lab = AsgLab::up("asg-sched", &config(SERVER, (1, 1, 3), "5s", ""));
