@@ -383,6 +383,11 @@ impl Group {
         Ok(self.refresh.insert(refresh))
     }
 
+    /// A refresh in progress when the agent stopped, taken up again.
+    pub fn resume_refresh(&mut self, refresh: Refresh) {
+        self.refresh = Some(refresh);
+    }
+
     /// `cancel-instance-refresh`: the batch under way finishes, no other starts.
     pub fn cancel_refresh(&mut self, now: Duration) -> Result<&Refresh, RefreshError> {
         match self.refresh.as_mut() {

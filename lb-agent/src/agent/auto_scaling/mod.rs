@@ -335,6 +335,9 @@ impl Engine {
                 .filter_map(|p| serde_json::from_value(serde_json::Value::String(p.clone())).ok())
                 .collect();
             group.set_suspended(&kept_suspended, true);
+            if let Some(refresh) = &k.refresh {
+                group.resume_refresh(refresh.refresh());
+            }
             for instance in &k.instances {
                 records.insert(instance.record.instance_id.clone(), instance.record.clone());
                 group.adopt(instance.instance());

@@ -16,6 +16,7 @@ use crate::scaling::{
     activity::{Activity, ActivityLog, ActivityStatus},
     group::{Group, Instance, Phase},
     provider::InstanceRecord,
+    refresh::{Refresh, RefreshStatus},
     termination::LaunchSource,
 };
 
@@ -43,6 +44,9 @@ pub struct SavedGroup {
     /// Processes suspended (EC2's names).
     #[serde(default)]
     pub suspended: Vec<String>,
+    /// The instance refresh in progress, if one is.
+    #[serde(default)]
+    pub refresh: Option<SavedRefresh>,
 }
 
 /// One instance of a group.
@@ -55,6 +59,49 @@ pub struct SavedInstance {
     /// Launched from a launch configuration (the record's template is then its name).
     #[serde(default)]
     pub from_launch_configuration: bool,
+}
+
+/// An instance refresh in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedRefresh {
+    pub id: u64,
+    pub min_healthy_percentage: u32,
+    pub instance_warmup_seconds: u64,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub to_replace: u32,
+    pub replaced: u32,
+    pub batch: Vec<String>,
+}
+
+impl SavedRefresh {
+    /// What a restart keeps of `refresh` (only one in progress is kept).
+    pub fn of(refresh: &Refresh) -> Option<Self> {
+        refresh.is_in_progress().then(|| Self {
+            id: refresh.id,
+            min_healthy_percentage: refresh.min_healthy_percentage,
+            instance_warmup_seconds: refresh.instance_warmup.as_secs(),
+            started_at: refresh.started_at.as_secs(),
+            to_replace: refresh.to_replace,
+            replaced: refresh.replaced,
+            batch: refresh.batch.clone(),
+        })
+    }
+
+    /// The refresh, in progress again.
+    pub fn refresh(&self) -> Refresh {
+        Refresh {
+            id: self.id,
+            status: RefreshStatus::InProgress,
+            min_healthy_percentage: self.min_healthy_percentage,
+            instance_warmup: Duration::from_secs(self.instance_warmup_seconds),
+            started_at: Duration::from_secs(self.started_at),
+            ended_at: None,
+            to_replace: self.to_replace,
+            replaced: self.replaced,
+            batch: self.batch.clone(),
+        }
+    }
 }
 
 /// One activity of the history.
@@ -229,6 +276,7 @@ impl super::Engine {
                     next_activity_id: running.group.activities().next_id(),
                     activities: activities(&running.group),
                     suspended: super::views::process_names(running.group.suspended()),
+                    refresh: running.group.refresh().and_then(SavedRefresh::of),
                 },
             );
         }
@@ -241,5 +289,34 @@ impl super::Engine {
                 tracing::error!(error = %e, "keeping the auto scaling groups' state failed (a restart may not adopt new instances)")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_in_progress_is_kept_and_resumes_and_an_ended_one_is_not_kept() {
+        let mut refresh =
+            Refresh::new(3, 50, Duration::from_secs(30), 4, Duration::from_secs(1000)).unwrap();
+        refresh.replaced = 2;
+        refresh.batch = vec!["i-0123456789abcdef0".into()];
+        let kept = SavedRefresh::of(&refresh).expect("in progress: kept");
+        let text = serde_json::to_string(&kept).unwrap();
+        let back: SavedRefresh = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.refresh(), refresh);
+        refresh.status = RefreshStatus::Cancelled;
+        assert_eq!(SavedRefresh::of(&refresh), None);
+    }
+
+    #[test]
+    fn a_file_without_the_newer_fields_still_reads() {
+        let text = r#"{"groups": {"web-asg": {"min_size": 1, "desired_capacity": 2,
+            "max_size": 3, "config_sizes": [1, null, 3], "instances": [],
+            "next_activity_id": 4}}}"#;
+        let saved: Saved = serde_json::from_str(text).unwrap();
+        let group = &saved.groups["web-asg"];
+        assert!(group.suspended.is_empty() && group.refresh.is_none());
     }
 }
