@@ -369,9 +369,8 @@ impl Engine {
         if !records.is_empty() {
             let list: Vec<InstanceRecord> = records.values().cloned().collect();
             let adopter = provider.clone();
-            let adopted = tokio::task::spawn_blocking(move || adopter.adopt(&list))
+            let adopted = blocking(move || adopter.adopt(&list))
                 .await
-                .map_err(|e| e.to_string())?
                 .map_err(|e| format!("group {}: adopting its instances: {e}", config.name))?;
             tracing::info!(
                 group = config.name,
@@ -440,21 +439,18 @@ impl Engine {
             .filter(|r| r.config.provider == ProviderKind::Local)
             .flat_map(|r| r.records.values().cloned())
             .collect();
-        let adopted = tokio::task::spawn_blocking(move || {
+        let adopted = blocking(move || {
             instance_links::adopt(&writer, &records, instance_links::WRITER_TIMEOUT)
         })
         .await;
         match adopted {
-            Ok(Ok(links)) => {
+            Ok(links) => {
                 for (id, e) in &links.failed {
                     tracing::warn!(instance = id, error = %e, "an adopted instance's veth has no XDP: it gets no L4 traffic");
                 }
                 if !links.attached.is_empty() || !links.dropped.is_empty() {
                     tracing::info!(attached = ?links.attached, dropped = ?links.dropped, "took over the instances' veth links");
                 }
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "taking over the instances' veth links failed");
             }
             Err(e) => tracing::warn!(error = %e, "taking over the instances' veth links failed"),
         }
@@ -624,18 +620,15 @@ impl Engine {
         }
         for provider in providers {
             let key = provider_key(&provider);
-            match tokio::task::spawn_blocking(move || provider.describe()).await {
-                Ok(Ok(statuses)) => {
+            match blocking(move || provider.describe()).await {
+                Ok(statuses) => {
                     answered.insert(key);
                     for status in statuses {
                         self.statuses.insert(status.instance_id.clone(), status);
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "a provider's describe failed: its groups wait")
-                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "a provider's describe failed: its groups wait")
+                    tracing::warn!(error = %e, "a provider's describe failed: its groups wait");
                 }
             }
         }
@@ -690,29 +683,26 @@ impl Engine {
                 }
             }
             let actions = running.group.step(now, &seen);
-            // Terminations that failed before are tried again.
-            let retry: Vec<String> = running
-                .group
-                .instances()
-                .iter()
-                .filter(|i| i.phase == Phase::Stopping)
-                .filter(|i| match running.stopping.get(&i.id) {
-                    None => true,
-                    Some(Some(at)) => now >= *at,
-                    Some(None) => false,
-                })
-                .map(|i| i.id.clone())
-                .collect();
             for action in actions {
                 self.act(&name, action).await;
             }
+            // Stopping instances with no terminate under way (one failed before, or the agent
+            // restarted meanwhile) are stopped again once due.
+            let retry: Vec<String> = self.groups.get(&name).map_or_else(Vec::new, |r| {
+                r.group
+                    .instances()
+                    .iter()
+                    .filter(|i| i.phase == Phase::Stopping)
+                    .filter(|i| match r.stopping.get(&i.id) {
+                        None => true,
+                        Some(Some(at)) => now >= *at,
+                        Some(None) => false,
+                    })
+                    .map(|i| i.id.clone())
+                    .collect()
+            });
             for instance in retry {
-                if self.groups.get(&name).is_some_and(|r| {
-                    !r.stopping.contains_key(&instance)
-                        || r.stopping.get(&instance).is_some_and(Option::is_some)
-                }) {
-                    self.act(&name, Action::Stop { instance }).await;
-                }
+                self.act(&name, Action::Stop { instance }).await;
             }
         }
         // A removed group goes once it has no instance left.
@@ -823,7 +813,7 @@ impl Engine {
                     .flatten();
                 tokio::spawn(async move {
                     let id = instance.clone();
-                    let result = tokio::task::spawn_blocking(move || {
+                    let result = blocking(move || {
                         provider.terminate(&id, stop_timeout)?;
                         // After the instance is gone, not before: the replies of flows still
                         // draining pass the LB end's program until then.
@@ -838,9 +828,7 @@ impl Engine {
                         }
                         Ok::<(), crate::scaling::provider::ProviderError>(())
                     })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                    .await;
                     let _ = events.send(Event::Stopped {
                         group,
                         instance,
@@ -904,10 +892,7 @@ impl Engine {
         let group = name.to_owned();
         tracing::info!(group, instance = id, %address, "launching an instance");
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || provider.launch(&spec))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map(Box::new).map_err(|e| e.to_string()));
+            let result = blocking(move || provider.launch(&spec).map(Box::new)).await;
             let _ = events.send(Event::Launched {
                 group,
                 source,
@@ -1017,6 +1002,19 @@ fn saved_group_config(name: &str, _kept: &saved::SavedGroup) -> AutoScalingGroup
     AutoScalingGroup {
         name: name.to_owned(),
         ..AutoScalingGroup::default()
+    }
+}
+
+/// Runs `work` (a provider's or the writer's blocking call) on a blocking thread; its error, or
+/// the thread's, as text.
+async fn blocking<T, E>(work: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
