@@ -156,6 +156,17 @@ impl AsgLab {
         }
     }
 
+    /// Waits (at most 60 s) until `count` instances of `group` are in service; the group then
+    /// and how long it took.
+    pub fn wait_in_service(&self, group: &str, count: usize) -> (AsgView, Duration) {
+        self.wait_for(
+            group,
+            Duration::from_secs(60),
+            &format!("{count} in service"),
+            |g| in_state(g, "InService").len() == count,
+        )
+    }
+
     /// `count` requests to `http://VIP/` from the client, one connection each; how many each
     /// instance answered (failures count under `"failed"`).
     pub fn answers(&self, count: usize) -> BTreeMap<String, usize> {

@@ -23,9 +23,7 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
         return;
     }
     let lab = AsgLab::up("asg-heal", &config(SERVER, (1, 2, 4), "5s", ""));
-    let (group, took) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
-        in_state(g, "InService").len() == 2
-    });
+    let (group, took) = lab.wait_in_service("web-asg", 2);
     println!("measured: 2 instances in service {took:?} after the agent started");
     let ids: Vec<String> = group
         .instances
@@ -110,9 +108,7 @@ fn scale_in_drains_a_long_download_to_its_last_byte_and_then_stops_the_instance(
     }
     // A long deregistration delay: the instance must stop when its download ends, not then.
     let lab = AsgLab::up("asg-drain", &config(SERVER, (1, 2, 2), "120s", ""));
-    let (group, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
-        in_state(g, "InService").len() == 2
-    });
+    let (group, _) = lab.wait_in_service("web-asg", 2);
     for i in &group.instances {
         lab.wait_until_serving(&i.instance_id, Duration::from_secs(30));
     }
@@ -170,9 +166,7 @@ fn an_agent_restart_keeps_every_instance_running_and_adopts_them() {
         return;
     }
     let mut lab = AsgLab::up("asg-adopt", &config(SERVER, (2, 2, 3), "5s", ""));
-    let (before, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
-        in_state(g, "InService").len() == 2
-    });
+    let (before, _) = lab.wait_in_service("web-asg", 2);
     let launches = lab.activities("web-asg").len();
     // A probe through the VIP while the agent restarts: the data plane and the instances
     // keep serving; the proxy is the agent's, so requests fail only while it is down.
@@ -222,9 +216,7 @@ target = 40.0
 period = "10s"
 "#;
     let lab = AsgLab::up("asg-cpu", &config(SERVER, (1, 1, 3), "300s", policy));
-    let (group, _) = lab.wait_for("web-asg", Duration::from_secs(60), "1 in service", |g| {
-        in_state(g, "InService").len() == 1
-    });
+    let (group, _) = lab.wait_in_service("web-asg", 1);
     lab.wait_until_serving(&group.instances[0].instance_id, Duration::from_secs(30));
     // Load: 4 clients asking for 200 ms of CPU each, back to back, on an instance of half a
     // core: it runs at its limit. Bounded: at most 180 s, stopped once the group has grown.
@@ -349,9 +341,7 @@ fn an_instance_refresh_to_version_2_keeps_a_probe_loop_through_the_vip_error_fre
         r#"launch_template = { name = "web", version = "$Latest" }"#,
     );
     let lab = AsgLab::up("asg-refresh", &v1);
-    let (before, _) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
-        in_state(g, "InService").len() == 2
-    });
+    let (before, _) = lab.wait_in_service("web-asg", 2);
     for i in &before.instances {
         lab.wait_until_serving(&i.instance_id, Duration::from_secs(30));
         assert_eq!(i.launch_template_version, Some(1));

@@ -24,9 +24,7 @@ fn instances_behind_an_l4_listener_get_traffic_heal_and_drain_on_scale_in() {
         return;
     }
     let lab = AsgLab::up("asg-l4", &l4_config(SERVER, (1, 2, 2), "60s", ""));
-    let (group, took) = lab.wait_for("web-asg", Duration::from_secs(60), "2 in service", |g| {
-        in_state(g, "InService").len() == 2
-    });
+    let (group, took) = lab.wait_in_service("web-asg", 2);
     println!("measured: L4: 2 instances in service {took:?} after the agent started");
     let ids: Vec<String> = group
         .instances
@@ -348,9 +346,7 @@ fn a_one_off_scheduled_action_grows_the_group_at_its_time() {
         return;
     }
     let lab = AsgLab::up("asg-sched", &config(SERVER, (1, 1, 3), "5s", ""));
-    lab.wait_for("web-asg", Duration::from_secs(60), "1 in service", |g| {
-        in_state(g, "InService").len() == 1
-    });
+    lab.wait_in_service("web-asg", 1);
     // The action is added by a reload once the agent runs (its start can take longer than
     // "a few seconds"): 8 s from now, to the second, in UTC.
     let at = jiff::Timestamp::now()
