@@ -319,9 +319,8 @@ pub const L4_PORT: u16 = 9000;
 /// to `tcp` target group `l4` (port 8080, HTTP health checks on `/health`), whose targets are
 /// the group's instances. Nothing but the XDP program carries a request to an instance.
 ///
-/// The data plane counts a closed flow as live for the agent's `closed_timeout` (60 s by
-/// default, its TIME_WAIT), so a target that served one drains that long at least; 5 s here,
-/// so that draining ends within the test soon after the last flow closes.
+/// Draining ends once both sides have closed a target's last flow (not at the closed
+/// timeout), so the agent's defaults stand.
 pub fn l4_config(
     server: &str,
     sizes: (u32, u32, u32),
@@ -329,10 +328,6 @@ pub fn l4_config(
     extra: &str,
 ) -> String {
     config(server, sizes, deregistration_delay, extra)
-        .replace(
-            "interface = \"eth0\"\n",
-            "interface = \"eth0\"\nclosed_timeout = \"5s\"\n",
-        )
         .replace(
             "[[listener]]\nname = \"site\"",
             &format!(

@@ -786,12 +786,7 @@ impl State {
             return Ok(());
         }
         self.next_drain_scan = Some(now + DRAIN_SCAN_EVERY);
-        let live: std::collections::HashSet<u32> = self
-            .judged_flows(dp)?
-            .iter()
-            .filter(|(_, _, live)| *live)
-            .map(|(_, flow, _)| flow.backend_id)
-            .collect();
+        let live = self.backends_with_open_flows(dp)?;
         for (group, address, backend_id) in draining {
             if !live.contains(&backend_id) {
                 self.finish_draining(dp, &group, address, "no live flow left")?;

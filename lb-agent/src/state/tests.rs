@@ -749,3 +749,38 @@ fn a_reload_that_changes_a_groups_protocol_version_replaces_its_check() {
         probe(&bed)
     );
 }
+
+#[test]
+fn draining_ends_at_the_next_look_once_both_sides_have_closed_the_last_flow() {
+    let mut bed = Bed::new(&plain());
+    let leaving = "198.18.0.21:8080";
+    bed.flow("web", leaving, 1000);
+    let (key, flow) = bed.maps.flows[0];
+    let reverse = lb_common::ReverseFlow {
+        client: key.src,
+        vip: key.dst,
+        client_port: key.sport,
+        vip_port: key.dport,
+        backend_id: flow.backend_id,
+        answered: 1,
+        last_seen: bed.maps.clock_ns,
+        ..lb_common::ReverseFlow::default()
+    };
+    let reverse_key = lb_common::conntrack::reverse_key(&key, &flow);
+    bed.maps.reverse_flows.push((reverse_key, reverse));
+    // Only the client has closed: the target may still send (a half-close).
+    bed.maps.flows[0].1.closing = 1;
+    bed.state
+        .remove_target(&mut bed.maps, "web", addr(leaving), at(bed.t0, 0.0))
+        .unwrap();
+    bed.state.tick(&mut bed.maps, at(bed.t0, 1.0)).unwrap();
+    assert!(
+        bed.state.backend_id("web", addr(leaving)).is_some(),
+        "a half-closed flow is still open"
+    );
+    // The target closes too: nothing more can pass, well within closed_timeout.
+    bed.maps.reverse_flows[0].1.closing = 1;
+    bed.maps.clock_ns += 1_000_000_000;
+    bed.state.tick(&mut bed.maps, at(bed.t0, 6.0)).unwrap();
+    assert_eq!(bed.state.backend_id("web", addr(leaving)), None);
+}

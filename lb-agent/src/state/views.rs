@@ -260,6 +260,31 @@ impl State {
             .collect())
     }
 
+    /// The backends with a flow still open, as draining sees it: live, and not closed by
+    /// both sides. A flow both sides have closed carries nothing more; the closed timeout
+    /// only keeps its entry for stray retransmissions (AWS ends a deregistration once a
+    /// target has "no in-flight requests and no active connections").
+    pub(super) fn backends_with_open_flows(
+        &self,
+        dp: &(impl MapReader + ?Sized),
+    ) -> Result<std::collections::HashSet<u32>> {
+        let now = dp.clock_ns();
+        let reverse: std::collections::HashMap<FlowKey, ReverseFlow> =
+            dp.reverse_flows()?.into_iter().collect();
+        Ok(dp
+            .flows()?
+            .into_iter()
+            .filter_map(|(key, flow)| {
+                let half = reverse
+                    .get(&conntrack::reverse_key(&key, &flow))
+                    .filter(|r| conntrack::belongs(r, &key));
+                let over = conntrack::over(&self.settings, key.proto, Some(&flow), half, now);
+                let closed_both = flow.closing != 0 && half.is_some_and(|r| r.closing != 0);
+                (!over && !closed_both).then_some(flow.backend_id)
+            })
+            .collect())
+    }
+
     /// A group's id in the data plane (for tests).
     pub fn group_id(&self, name: &str) -> Option<u32> {
         self.groups.get(name).map(|g| g.id)
