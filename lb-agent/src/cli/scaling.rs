@@ -453,6 +453,15 @@ fn describe(g: &AsgView) {
             format!(", suspended [{}]", g.suspended_processes.join(", "))
         }
     );
+    if let Some(m) = &g.instance_maintenance_policy {
+        println!(
+            "    instance maintenance policy: min healthy {}%, max healthy {}%",
+            m.min_healthy_percentage, m.max_healthy_percentage
+        );
+    }
+    if let Some(at) = &g.launches_wait_until {
+        println!("    launches failed: the next waits until {at}");
+    }
     if let Some(r) = &g.instance_refresh {
         print!("    ");
         print_refresh(r);

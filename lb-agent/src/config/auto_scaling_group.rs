@@ -64,6 +64,9 @@ pub struct AutoScalingGroup {
     /// Instances older than this are replaced (none: never; else 1 day to 365 days, as EC2).
     #[serde(default, deserialize_with = "duration::deserialize_optional")]
     pub max_instance_lifetime: Option<Duration>,
+    /// How instances failing health checks or outliving their lifetime are replaced
+    /// (none: terminated and replaced at once, as EC2's default).
+    pub instance_maintenance_policy: Option<MaintenancePolicy>,
     /// Processes suspended from the start (`suspend`/`resume` change them at run time).
     #[serde(default)]
     pub suspended_processes: Vec<ScalingProcess>,
@@ -107,6 +110,7 @@ pub const GROUP_FIELDS: &[&str] = &[
     "termination_policies",
     "new_instances_protected_from_scale_in",
     "max_instance_lifetime",
+    "instance_maintenance_policy",
     "suspended_processes",
     "policy",
     "alarm",
@@ -131,6 +135,16 @@ pub fn refused_field(field: &str) -> Option<&'static str> {
         "context" | "traffic_sources" | "tags" => "not meaningful on one machine",
         _ => return None,
     })
+}
+
+/// `instance_maintenance_policy = { min_healthy_percentage = 100, max_healthy_percentage =
+/// 110 }`: the share of the desired capacity kept in service (0-100) and the share that may
+/// be in service or pending (100-200) while instances are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenancePolicy {
+    pub min_healthy_percentage: u32,
+    pub max_healthy_percentage: u32,
 }
 
 /// Which launch template version a group launches.

@@ -43,9 +43,10 @@ pub use self::{
     agent::AgentConfig,
     auto_scaling_group::{
         AdjustmentType, Alarm, AutoScalingGroup, ComparisonOperator, DEFAULT_COOLDOWN,
-        HealthCheckType, LifecycleActionResult, LifecycleHook, LifecycleTransition, PolicyKind,
-        ProviderKind, ScalingMetric, ScalingPolicy, ScalingProcess, ScheduledAction, Statistic,
-        Step, TemplateRef, TemplateVersion, TerminationError, TerminationPolicy, TreatMissingData,
+        HealthCheckType, LifecycleActionResult, LifecycleHook, LifecycleTransition,
+        MaintenancePolicy, PolicyKind, ProviderKind, ScalingMetric, ScalingPolicy, ScalingProcess,
+        ScheduledAction, Statistic, Step, TemplateRef, TemplateVersion, TerminationError,
+        TerminationPolicy, TreatMissingData,
     },
     cidr::Cidr,
     duration::{duration_text, parse_duration},

@@ -105,6 +105,10 @@ fn a_group_gets_ec2_auto_scalings_defaults() {
     assert_eq!(g.default_cooldown, Duration::from_secs(300));
     assert_eq!(g.termination_policies, [TerminationPolicy::Default]);
     assert!(!g.new_instances_protected_from_scale_in);
+    assert_eq!(
+        g.instance_maintenance_policy, None,
+        "EC2: no policy by default"
+    );
     let PolicyKind::TargetTracking {
         metric,
         disable_scale_in,

@@ -27,6 +27,10 @@ pub struct AsgView {
     pub termination_policies: Vec<String>,
     pub new_instances_protected_from_scale_in: bool,
     pub suspended_processes: Vec<String>,
+    /// How failing instances are replaced (none: each terminated and replaced at once).
+    pub instance_maintenance_policy: Option<MaintenancePolicyView>,
+    /// After failed launches, when the next may start (RFC 3339).
+    pub launches_wait_until: Option<String>,
     pub instances: Vec<AsgInstanceView>,
     /// Its alarms, named ones and those of its target tracking policies.
     pub alarms: Vec<AlarmView>,
@@ -34,6 +38,13 @@ pub struct AsgView {
     pub instance_refresh: Option<RefreshView>,
     /// Removed from the config: its instances are terminating, then it goes.
     pub deleting: bool,
+}
+
+/// A group's instance maintenance policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenancePolicyView {
+    pub min_healthy_percentage: u32,
+    pub max_healthy_percentage: u32,
 }
 
 /// An instance refresh (`describe-instance-refreshes`).

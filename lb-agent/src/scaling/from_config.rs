@@ -1,5 +1,6 @@
 //! The config's auto scaling sections as this module's types, and what only they can check:
-//! CloudWatch's alarm limits, cron expressions, time zones and times. The config module checks
+//! CloudWatch's alarm limits, cron expressions, time zones and times, EC2's bounds of an
+//! instance maintenance policy. The config module checks
 //! the rest (names, references, sizes); these checks join it wherever a config is checked whole
 //! (start-up, reload, `config validate`), as the proxy's do.
 
@@ -7,14 +8,25 @@ use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
 use super::{
     alarm::AlarmSpec,
+    maintenance::InstanceMaintenancePolicy,
     schedule::{DEFAULT_TIME_ZONE, Recurrence, ScheduledAction, ScheduledTime},
 };
 use crate::config::{self, Config};
 
-/// Every problem of `config`'s alarms and scheduled actions, as (dotted field, message).
+/// Every problem of `config`'s alarms, scheduled actions and instance maintenance policies,
+/// as (dotted field, message).
 pub fn problems(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     for (i, group) in config.auto_scaling_groups.iter().enumerate() {
+        if let Some(m) = group.instance_maintenance_policy
+            && let Err(e) =
+                InstanceMaintenancePolicy::new(m.min_healthy_percentage, m.max_healthy_percentage)
+        {
+            problems.push((
+                format!("auto_scaling_group[{i}].instance_maintenance_policy"),
+                e.to_string(),
+            ));
+        }
         for (k, alarm) in group.alarms.iter().enumerate() {
             let at = format!("auto_scaling_group[{i}].alarm[{k}]");
             for e in alarm_spec(alarm).errors() {
@@ -183,6 +195,34 @@ max_size = 2
 "#,
         );
         assert_eq!(problems, []);
+    }
+
+    #[test]
+    fn an_instance_maintenance_policy_out_of_ec2s_bounds_is_refused() {
+        let ok = "instance_maintenance_policy = { min_healthy_percentage = 100, max_healthy_percentage = 110 }\n";
+        assert_eq!(checked(ok), []);
+        for (policy, says) in [
+            (
+                "min_healthy_percentage = 50, max_healthy_percentage = 160",
+                "at most 100",
+            ),
+            (
+                "min_healthy_percentage = 90, max_healthy_percentage = 90",
+                "100..=200",
+            ),
+            (
+                "min_healthy_percentage = 100, max_healthy_percentage = 100",
+                "no instance",
+            ),
+        ] {
+            let problems = checked(&format!("instance_maintenance_policy = {{ {policy} }}\n"));
+            assert_eq!(problems.len(), 1, "{policy}: {problems:?}");
+            assert_eq!(
+                problems[0].0,
+                "auto_scaling_group[0].instance_maintenance_policy"
+            );
+            assert!(problems[0].1.contains(says), "{policy}: {}", problems[0].1);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::{
     activity::{self, ActivityLog, ActivityStatus, OutOfService},
     capacity::{CapacityChange, Cause, GroupCapacity},
     lifecycle::{GroupLifecycle, LifecycleEvent, LifecycleHook, LifecycleTransition},
+    maintenance::{self, InstanceMaintenancePolicy},
     refresh::{Refresh, RefreshError, RefreshStatus},
     termination::{self, Candidate, CurrentLaunch, LaunchSource, TerminationPolicy},
 };
@@ -37,6 +38,9 @@ pub struct GroupSettings {
     pub termination_policies: Vec<TerminationPolicy>,
     pub new_instances_protected_from_scale_in: bool,
     pub max_instance_lifetime: Option<Duration>,
+    /// How instances failing their health checks or outliving their lifetime are replaced
+    /// (none: each terminated and replaced at once, AWS's default).
+    pub maintenance_policy: Option<InstanceMaintenancePolicy>,
     /// What the group launches from now.
     pub current_launch: CurrentLaunch,
     /// Its lifecycle hooks: launching instances wait on those of `Launching` before they go
@@ -158,6 +162,10 @@ pub struct Observation {
     pub unhealthy_in_target_groups: BTreeSet<String>,
     /// Draining instances with no flow or request left.
     pub drained: BTreeSet<String>,
+    /// Instances in service that a target group of the group has not yet found healthy
+    /// (registered, checks undecided or failing): not yet ready to take the place of an
+    /// instance being replaced.
+    pub not_ready: BTreeSet<String>,
 }
 
 /// An auto scaling group's instances, capacity and activities.
@@ -179,6 +187,14 @@ pub struct Group {
     refresh: Option<Refresh>,
     /// Where each instance is in its lifecycle hooks.
     lifecycle: GroupLifecycle,
+    /// Instances in service marked for replacement, and why, in the order marked: they stay
+    /// until the instance maintenance policy (or the refresh under way) lets them go.
+    marked: Vec<(String, OutOfService)>,
+    /// Failed launches in a row (a launch that failed, an instance that stopped right after
+    /// its launch), the last one's time, and when the next launch may be asked for.
+    launch_failures: u32,
+    last_launch_failure: Duration,
+    next_launch_at: Duration,
     activities: ActivityLog,
     /// Why the desired capacity last changed (EC2's sentence), until the group reaches it:
     /// the launches and terminations it causes start their cause with it, as EC2's do.
@@ -199,6 +215,10 @@ impl Group {
             suspended: BTreeSet::new(),
             refresh: None,
             lifecycle,
+            marked: Vec::new(),
+            launch_failures: 0,
+            last_launch_failure: Duration::ZERO,
+            next_launch_at: Duration::ZERO,
             activities: ActivityLog::default(),
             capacity_cause: None,
         }
@@ -465,6 +485,12 @@ impl Group {
     /// One launch the engine was asked for failed (the next step asks again).
     pub fn launch_failed(&mut self, why: &str, now: Duration) {
         self.launching = self.launching.saturating_sub(1);
+        let wait = self.launch_back_off(now);
+        let why = if wait.is_zero() {
+            format!("{why} (tried again at once)")
+        } else {
+            format!("{why} (the next launch in {} s)", wait.as_secs())
+        };
         let (from, to) = self.launch_batch;
         let id = self.activities.start(
             &self.settings.name,
@@ -473,7 +499,7 @@ impl Group {
             time(now),
         );
         self.activities
-            .update(id, ActivityStatus::Failed, Some(why.to_owned()), time(now));
+            .update(id, ActivityStatus::Failed, Some(why), time(now));
     }
 
     /// The provider has stopped `id`: it leaves the group, its activity done.
@@ -496,8 +522,16 @@ impl Group {
         let mut actions = Vec::new();
         let mut out_of_service: Vec<(String, OutOfService)> = Vec::new();
         let mut events: Vec<(String, LifecycleEvent)> = Vec::new();
+        // Instances gone right after their launch, and whether one launched since the last
+        // failure has run long enough to end the back-off.
+        let mut exited_early = 0;
+        let mut started = false;
         for instance in &mut self.instances {
             let running = seen.running.contains(&instance.id);
+            let past_early_exit = seen.taken_at >= instance.launched_at + maintenance::EARLY_EXIT;
+            if running && past_early_exit && instance.launched_at >= self.last_launch_failure {
+                started = true;
+            }
             match instance.phase {
                 Phase::Pending if running => {
                     // Pending:Wait on the launch hooks; none: on into service at once.
@@ -516,6 +550,9 @@ impl Group {
                     // The process is gone: EC2's check, no grace period (AWS applies the
                     // grace period to ELB checks of a running instance).
                     out_of_service.push((instance.id.clone(), OutOfService::Ec2HealthCheck));
+                    if !past_early_exit {
+                        exited_early += 1;
+                    }
                 }
                 Phase::InService => {
                     let past_grace =
@@ -556,6 +593,13 @@ impl Group {
                 Phase::Pending | Phase::PendingWait | Phase::TerminatingWait | Phase::Stopping => {}
             }
         }
+        if started {
+            self.launch_failures = 0;
+            self.next_launch_at = Duration::ZERO;
+        }
+        for _ in 0..exited_early {
+            self.launch_back_off(now);
+        }
         events.extend(self.lifecycle.expire(now));
         for (id, event) in events {
             self.lifecycle_event(&id, event, now, &mut actions, &mut out_of_service);
@@ -567,19 +611,37 @@ impl Group {
             && !self.suspended.contains(&ScalingProcess::Terminate);
         if replaces {
             for (id, why) in out_of_service {
-                self.take_out_of_service(&id, &why, now, &mut actions);
+                if matches!(
+                    why,
+                    OutOfService::ElbHealthCheck | OutOfService::MaxInstanceLifetime
+                ) {
+                    self.mark_for_replacement(&id, why);
+                } else {
+                    self.take_out_of_service(&id, &why, now, &mut actions);
+                }
             }
         }
-        self.refresh_step(now, &mut actions);
+        self.refresh_step(now);
+        let fill_to = self.replace_marked(now, seen, replaces, &mut actions);
         let desired = self.capacity.desired();
         let current = self.current_capacity();
         let terminates = !self.suspended.contains(&ScalingProcess::Terminate);
         let launches = !self.suspended.contains(&ScalingProcess::Launch);
-        if current > desired && self.launching == 0 && terminates {
+        if current > fill_to && self.launching == 0 && terminates {
+            // Instances marked for replacement go first.
+            let excess = (current - fill_to) as usize;
+            let mut chosen: Vec<String> = self
+                .replaceable(replaces)
+                .into_iter()
+                .map(|(id, _)| id)
+                .take(excess)
+                .collect();
             let candidates: Vec<Candidate> = self
                 .instances
                 .iter()
-                .filter(|i| i.phase == Phase::InService)
+                .filter(|i| {
+                    i.phase == Phase::InService && !self.marked.iter().any(|(m, _)| *m == i.id)
+                })
                 .map(|i| Candidate {
                     instance_id: i.id.clone(),
                     launched_at: i.launched_at,
@@ -587,21 +649,21 @@ impl Group {
                     protected_from_scale_in: i.protected_from_scale_in,
                 })
                 .collect();
-            let excess = (current - desired) as usize;
-            let chosen = termination::choose(
-                excess,
+            chosen.extend(termination::choose(
+                excess - chosen.len(),
                 &candidates,
                 &self.settings.termination_policies,
                 &self.settings.current_launch,
-            );
-            self.shrink_batch = Some((current, desired));
+            ));
+            self.shrink_batch = Some((current, fill_to));
             for id in chosen {
+                self.marked.retain(|(m, _)| *m != id);
                 self.take_out_of_service(&id, &OutOfService::Shrinking, now, &mut actions);
             }
             self.shrink_batch = None;
-        } else if current < desired && launches {
-            let count = desired - current;
-            self.launch_batch = (current, desired);
+        } else if current < fill_to && launches && now >= self.next_launch_at {
+            let count = fill_to - current;
+            self.launch_batch = (current, desired.max(current + count));
             self.launching += count;
             actions.push(Action::Launch { count });
         } else if self.launching == 0 {
@@ -612,9 +674,10 @@ impl Group {
 
     /// Moves an instance refresh on: once the batch under way is gone and its replacements
     /// are in service and warmed up, the next batch of instances launched before the refresh
-    /// drains (protected ones are left, as AWS's default `ScaleInProtectedInstances`
-    /// `Ignore`); none left: the refresh has succeeded.
-    fn refresh_step(&mut self, now: Duration, actions: &mut Vec<Action>) {
+    /// is marked for replacement (protected ones are left, as AWS's default
+    /// `ScaleInProtectedInstances` `Ignore`), replaced within the refresh's minimum healthy
+    /// percentage and the maintenance policy's maximum; none left: the refresh has succeeded.
+    fn refresh_step(&mut self, now: Duration) {
         if self.suspended.contains(&ScalingProcess::InstanceRefresh)
             || self.suspended.contains(&ScalingProcess::Terminate)
         {
@@ -628,7 +691,18 @@ impl Group {
         refresh
             .batch
             .retain(|id| instances.iter().any(|i| &i.id == id));
-        if !refresh.batch.is_empty() || refresh.status != RefreshStatus::InProgress {
+        if !refresh.batch.is_empty() {
+            // The batch under way stays marked (again after an agent restart, which keeps
+            // the batch but not the marks).
+            let batch = refresh.batch.clone();
+            for id in batch {
+                if phase_of(&self.instances, &id) == Some(Phase::InService) {
+                    self.mark_for_replacement(&id, OutOfService::InstanceRefresh);
+                }
+            }
+            return;
+        }
+        if refresh.status != RefreshStatus::InProgress {
             return;
         }
         let settled = self.launching == 0
@@ -659,7 +733,7 @@ impl Group {
         refresh.replaced += u32::try_from(batch.len()).unwrap_or(0);
         refresh.batch.clone_from(&batch);
         for id in batch {
-            self.take_out_of_service(&id, &OutOfService::InstanceRefresh, now, actions);
+            self.mark_for_replacement(&id, OutOfService::InstanceRefresh);
         }
     }
 
@@ -738,6 +812,11 @@ impl Group {
     }
 }
 
+/// The phase of instance `id`, if it is one of `instances`.
+fn phase_of(instances: &[Instance], id: &str) -> Option<Phase> {
+    instances.iter().find(|i| i.id == id).map(|i| i.phase)
+}
+
 /// `now` as an instant for the activity history.
 fn time(now: Duration) -> Timestamp {
     let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
@@ -746,5 +825,6 @@ fn time(now: Duration) -> Timestamp {
 }
 
 mod hooks;
+mod replacement;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ pub mod controller;
 mod from_config;
 pub mod group;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod policy;
 pub mod provider;
 pub mod refresh;

@@ -11,6 +11,7 @@ use crate::{
         capacity::{CapacityError, GroupCapacity},
         group::GroupSettings,
         lifecycle::LifecycleHook,
+        maintenance::InstanceMaintenancePolicy,
         provider::{Image, InboundRule, InstanceSpec, InstanceType, RuleProtocol},
         termination::{CurrentLaunch, LaunchSource},
     },
@@ -38,6 +39,10 @@ pub fn settings(group: &AutoScalingGroup, config: &Config) -> GroupSettings {
         termination_policies: group.termination_policies.clone(),
         new_instances_protected_from_scale_in: group.new_instances_protected_from_scale_in,
         max_instance_lifetime: group.max_instance_lifetime,
+        // The config's checks refuse a policy out of EC2's bounds first.
+        maintenance_policy: group.instance_maintenance_policy.and_then(|m| {
+            InstanceMaintenancePolicy::new(m.min_healthy_percentage, m.max_healthy_percentage).ok()
+        }),
         current_launch: current_launch(group),
         // The config's checks refuse hooks these cannot build first.
         lifecycle_hooks: group

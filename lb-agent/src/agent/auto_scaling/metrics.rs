@@ -166,6 +166,8 @@ mod tests {
                 threshold: 70.0,
             }],
             instance_refresh: None,
+            instance_maintenance_policy: None,
+            launches_wait_until: None,
             deleting: false,
         }
     }

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Handle, instance_links};
 use crate::{
-    config::{AutoScalingGroup, Config, ProviderKind},
+    config::{AutoScalingGroup, Config, HealthCheckType, ProviderKind},
     health::TargetState,
     protocol::{
         Answer, Request,
@@ -665,6 +665,15 @@ impl Engine {
                 if states.contains(&Some(&TargetState::Unhealthy)) {
                     seen.unhealthy_in_target_groups.insert(instance.id.clone());
                     running.unhealthy.insert(instance.id.clone());
+                }
+                // ELB health: an instance is ready to take an old one's place once every
+                // target group finds it healthy (EC2 health: once it runs, as AWS).
+                if running.config.health_check_type == HealthCheckType::Elb
+                    && !states
+                        .iter()
+                        .all(|s| matches!(s, Some(TargetState::Healthy | TargetState::Unavailable)))
+                {
+                    seen.not_ready.insert(instance.id.clone());
                 }
                 // Drained: gone from every target group (the writer ends a target's draining
                 // once no flow is left, or at the delay), and no request of the proxy's in

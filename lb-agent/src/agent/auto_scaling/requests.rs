@@ -158,8 +158,8 @@ impl Engine {
                     .groups
                     .get_mut(&group)
                     .ok_or_else(|| no_group(&group))?;
-                // AWS's defaults: 90%, and the group's default instance warmup, else its
-                // health check grace period.
+                // AWS's defaults: the instance maintenance policy's minimum, else 90%; the
+                // group's default instance warmup, else its health check grace period.
                 let warmup = instance_warmup_seconds.map_or(
                     running
                         .config
@@ -170,7 +170,12 @@ impl Engine {
                 let refresh = running
                     .group
                     .start_refresh(
-                        min_healthy_percentage.unwrap_or(DEFAULT_MIN_HEALTHY_PERCENTAGE),
+                        min_healthy_percentage
+                            .or(running
+                                .config
+                                .instance_maintenance_policy
+                                .map(|m| m.min_healthy_percentage))
+                            .unwrap_or(DEFAULT_MIN_HEALTHY_PERCENTAGE),
                         warmup,
                         now,
                     )

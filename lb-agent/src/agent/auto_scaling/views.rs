@@ -8,7 +8,9 @@ use jiff::Timestamp;
 use super::{Engine, Running, Views};
 use crate::{
     config::{ProviderKind, TemplateVersion},
-    protocol::scaling::{ActivityView, AlarmView, AsgInstanceView, AsgView, RefreshView},
+    protocol::scaling::{
+        ActivityView, AlarmView, AsgInstanceView, AsgView, MaintenancePolicyView, RefreshView,
+    },
     scaling::{
         group::{Phase, ScalingProcess},
         refresh::Refresh,
@@ -68,6 +70,13 @@ impl Engine {
                 .collect(),
             new_instances_protected_from_scale_in: config.new_instances_protected_from_scale_in,
             suspended_processes: process_names(running.group.suspended()),
+            instance_maintenance_policy: running.group.settings().maintenance_policy.map(|m| {
+                MaintenancePolicyView {
+                    min_healthy_percentage: m.min_healthy_percentage(),
+                    max_healthy_percentage: m.max_healthy_percentage(),
+                }
+            }),
+            launches_wait_until: running.group.launches_wait_until().map(rfc3339),
             instance_refresh: running
                 .group
                 .refresh()

@@ -14,6 +14,7 @@ fn settings() -> GroupSettings {
         termination_policies: vec![TerminationPolicy::OldestInstance],
         new_instances_protected_from_scale_in: false,
         max_instance_lifetime: None,
+        maintenance_policy: None,
         current_launch: CurrentLaunch::LaunchTemplate { name: "web".into() },
         lifecycle_hooks: Vec::new(),
     }
@@ -237,7 +238,7 @@ fn an_instance_past_its_maximum_lifetime_is_replaced() {
 }
 
 #[test]
-fn a_failed_launch_is_an_activity_and_is_asked_for_again() {
+fn a_failed_launch_is_an_activity_retried_at_once_and_then_after_a_back_off() {
     let mut g = group(1, 1, 2);
     assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 1 }]);
     g.launch_failed("no address left in 198.18.8.0/30", at(1));
@@ -245,9 +246,259 @@ fn a_failed_launch_is_an_activity_and_is_asked_for_again() {
     assert_eq!(failed.status, ActivityStatus::Failed);
     assert_eq!(
         failed.status_message.as_deref(),
-        Some("no address left in 198.18.8.0/30")
+        Some("no address left in 198.18.8.0/30 (tried again at once)")
     );
     assert_eq!(g.step(at(2), &seen(2, &[])), [Action::Launch { count: 1 }]);
+    // A second failure in a row waits 10 s, a third 20 s.
+    g.launch_failed("again", at(3));
+    let failed = g.activities().newest_first().next().unwrap();
+    assert_eq!(
+        failed.status_message.as_deref(),
+        Some("again (the next launch in 10 s)")
+    );
+    assert_eq!(g.step(at(4), &seen(4, &[])), [], "backing off");
+    assert_eq!(g.launches_wait_until(), Some(at(13)));
+    assert_eq!(
+        g.step(at(13), &seen(13, &[])),
+        [Action::Launch { count: 1 }]
+    );
+    g.launch_failed("and again", at(14));
+    assert_eq!(g.step(at(33), &seen(33, &[])), []);
+    assert_eq!(
+        g.step(at(34), &seen(34, &[])),
+        [Action::Launch { count: 1 }]
+    );
+}
+
+#[test]
+fn instances_that_exit_right_after_their_launch_back_off_and_one_that_lasts_ends_it() {
+    let mut g = group(1, 1, 2);
+    assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 1 }]);
+    g.launched("i-a", address(2), from_v1(), at(0));
+    // Seen running for a moment (into service), then gone 3 s after its launch: replaced
+    // at once the first time.
+    assert_eq!(
+        g.step(at(1), &seen(1, &["i-a"])),
+        [Action::Register {
+            instance: "i-a".into()
+        }]
+    );
+    assert_eq!(
+        g.step(at(3), &seen(3, &[])),
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    g.launched("i-b", address(3), from_v1(), at(3));
+    // Never seen running, gone: the second failure in a row waits 10 s.
+    assert_eq!(
+        g.step(at(4), &seen(4, &[])),
+        [Action::Stop {
+            instance: "i-b".into()
+        }]
+    );
+    g.stopped("i-b", at(4));
+    assert_eq!(g.launches_wait_until(), Some(at(14)));
+    assert_eq!(g.step(at(5), &seen(5, &[])), []);
+    assert_eq!(
+        g.step(at(14), &seen(14, &[])),
+        [Action::Launch { count: 1 }]
+    );
+    g.launched("i-c", address(4), from_v1(), at(14));
+    assert_eq!(
+        g.step(at(15), &seen(15, &["i-c"])),
+        [Action::Register {
+            instance: "i-c".into()
+        }]
+    );
+    assert_eq!(g.launches_wait_until(), Some(at(14)), "not yet past 5 s");
+    // Running 5 s after its launch: started; the back-off ends.
+    assert_eq!(g.step(at(19), &seen(19, &["i-c"])), []);
+    assert_eq!(g.launches_wait_until(), None);
+    // Killed later: replaced in the same step, no back-off.
+    let actions = g.step(at(30), &seen(30, &[]));
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-c".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+}
+
+/// `in_service` with an instance maintenance policy.
+fn with_policy(ids: &[&str], min: u32, max: u32) -> Group {
+    let mut g = in_service(ids);
+    g.settings.maintenance_policy =
+        Some(crate::scaling::maintenance::InstanceMaintenancePolicy::new(min, max).unwrap());
+    g
+}
+
+/// The provider and the target groups at `seconds`: `running` run, `unhealthy` fail their
+/// target groups' checks, `not_ready` are not yet found healthy.
+fn seen_health(
+    seconds: u64,
+    running: &[&str],
+    unhealthy: &[&str],
+    not_ready: &[&str],
+) -> Observation {
+    let mut o = seen(seconds, running);
+    o.unhealthy_in_target_groups = unhealthy.iter().map(|s| (*s).to_owned()).collect();
+    o.not_ready = unhealthy
+        .iter()
+        .chain(not_ready)
+        .map(|s| (*s).to_owned())
+        .collect();
+    o
+}
+
+#[test]
+fn launch_before_terminating_keeps_an_unhealthy_instance_until_its_replacement_is_healthy() {
+    // 100/110 on 2 (AWS's "launch before terminating"): a third instance first.
+    let mut g = with_policy(&["i-a", "i-b"], 100, 110);
+    let actions = g.step(at(400), &seen_health(400, &["i-a", "i-b"], &["i-a"], &[]));
+    assert_eq!(actions, [Action::Launch { count: 1 }]);
+    assert_eq!(phase(&g, "i-a"), Some(Phase::InService));
+    g.launched("i-c", address(9), from_v1(), at(401));
+    let running = ["i-a", "i-b", "i-c"];
+    assert_eq!(
+        g.step(at(402), &seen_health(402, &running, &["i-a"], &["i-c"])),
+        [Action::Register {
+            instance: "i-c".into()
+        }]
+    );
+    // Registered, checks not yet passed: i-a stays.
+    assert_eq!(
+        g.step(at(403), &seen_health(403, &running, &["i-a"], &["i-c"])),
+        []
+    );
+    // Healthy: i-a drains, and nothing more is launched.
+    assert_eq!(
+        g.step(at(404), &seen_health(404, &running, &["i-a"], &[])),
+        [Action::Deregister {
+            instance: "i-a".into()
+        }]
+    );
+    let cause = &g.activities().newest_first().next().unwrap().cause;
+    assert!(
+        cause.ends_with("an ELB system health check failure."),
+        "{cause}"
+    );
+    assert_eq!(g.step(at(405), &seen_health(405, &running, &[], &[])), []);
+    assert_eq!(g.current_capacity(), 2);
+}
+
+#[test]
+fn terminate_and_launch_replaces_unhealthy_instances_a_tenth_at_a_time() {
+    // 90/100 on 10 with 3 failing: one at a time, each after the last replacement serves.
+    let ids: Vec<String> = (0..10).map(|k| format!("i-{k}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut g = with_policy(&refs, 90, 100);
+    let failing = ["i-0", "i-1", "i-2"];
+    let actions = g.step(at(400), &seen_health(400, &refs, &failing, &[]));
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-0".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+    // The replacement is on its way: the others wait.
+    g.launched("i-n1", address(40), from_v1(), at(401));
+    let mut running: Vec<&str> = refs.clone();
+    running.push("i-n1");
+    assert_eq!(
+        g.step(at(402), &seen_health(402, &running, &failing, &["i-n1"])),
+        [Action::Register {
+            instance: "i-n1".into()
+        }]
+    );
+    assert_eq!(
+        g.step(at(403), &seen_health(403, &running, &failing, &["i-n1"])),
+        []
+    );
+    // It serves: the next one goes.
+    let actions = g.step(at(404), &seen_health(404, &running, &failing, &[]));
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-1".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+}
+
+#[test]
+fn without_a_policy_every_unhealthy_instance_is_replaced_at_once() {
+    let mut g = in_service(&["i-a", "i-b", "i-c"]);
+    let actions = g.step(
+        at(400),
+        &seen_health(400, &["i-a", "i-b", "i-c"], &["i-a", "i-b"], &[]),
+    );
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Deregister {
+                instance: "i-b".into()
+            },
+            Action::Launch { count: 2 }
+        ]
+    );
+}
+
+#[test]
+fn a_dead_instance_is_replaced_at_once_whatever_the_policy() {
+    let mut g = with_policy(&["i-a", "i-b"], 100, 110);
+    let actions = g.step(at(400), &seen_health(400, &["i-b"], &[], &[]));
+    assert_eq!(
+        actions,
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
+    );
+}
+
+#[test]
+fn a_refresh_launches_ahead_under_a_policy_above_100_percent() {
+    // The refresh's 100 % with the policy's 150 % on 2: both replacements are launched
+    // before either old instance goes.
+    let mut g = with_policy(&["i-a", "i-b"], 100, 150);
+    g.start_refresh(100, Duration::ZERO, at(100)).unwrap();
+    // One batch of one (100 %): launched ahead.
+    assert_eq!(
+        g.step(at(100), &seen_health(100, &["i-a", "i-b"], &[], &[])),
+        [Action::Launch { count: 1 }]
+    );
+    assert_eq!(phase(&g, "i-a"), Some(Phase::InService));
+    g.launched("i-c", address(9), from_v2(), at(101));
+    let running = ["i-a", "i-b", "i-c"];
+    assert_eq!(
+        g.step(at(102), &seen_health(102, &running, &[], &["i-c"])),
+        [Action::Register {
+            instance: "i-c".into()
+        }]
+    );
+    assert_eq!(
+        g.step(at(103), &seen_health(103, &running, &[], &[])),
+        [Action::Deregister {
+            instance: "i-a".into()
+        }]
+    );
 }
 
 #[test]
@@ -604,5 +855,25 @@ fn a_terminate_hook_waits_after_the_drain_and_continue_stops_the_instance() {
         [Action::Stop {
             instance: "i-a".into()
         }]
+    );
+}
+
+#[test]
+fn a_refresh_resumed_after_a_restart_goes_on_with_its_batch() {
+    // The agent stopped with i-a marked in the batch under way: the marks are not kept,
+    // the batch is.
+    let mut g = in_service(&["i-a", "i-b"]);
+    let mut refresh = Refresh::new(1, 90, Duration::ZERO, 2, at(100)).unwrap();
+    refresh.replaced = 1;
+    refresh.batch = vec!["i-a".into()];
+    g.resume_refresh(refresh);
+    assert_eq!(
+        g.step(at(101), &seen(101, &["i-a", "i-b"])),
+        [
+            Action::Deregister {
+                instance: "i-a".into()
+            },
+            Action::Launch { count: 1 }
+        ]
     );
 }

@@ -489,6 +489,78 @@ mod tests {
         assert_eq!(cpu_quota_us(0.001), 1000);
     }
 
+    /// A directory standing in for a cgroup file system (its files are what the kernel's
+    /// would read and write), removed first.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-cgroup-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn on_v2_the_parent_delegates_cpu_and_memory_and_the_limits_go_in_cpu_max_and_memory_max() {
+        let root = scratch("v2");
+        let dir = CgroupDir {
+            version: Version::V2,
+            path: root.join("lb-instances/i-1"),
+            controllers: ["cpu", "cpuacct", "memory"].map(String::from).into(),
+        };
+        dir.create(0.5, 256 << 20).unwrap();
+        assert_eq!(
+            read(&root.join("lb-instances/cgroup.subtree_control")),
+            "+cpu +memory"
+        );
+        assert_eq!(read(&dir.path.join("cpu.max")), "50000 100000");
+        assert_eq!(read(&dir.path.join("memory.max")), "268435456");
+        assert!(!dir.path.join("cpu.cfs_quota_us").exists());
+        // CPU time from cpu.stat (µs), in ns.
+        fs::write(
+            dir.path.join("cpu.stat"),
+            "usage_usec 2500\nuser_usec 2000\n",
+        )
+        .unwrap();
+        assert_eq!(dir.cpu_usage_ns(), Some(2_500_000));
+        fs::write(dir.path.join("cgroup.procs"), "41\n42\n").unwrap();
+        assert_eq!(dir.pids(), [41, 42]);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn on_v1_the_limits_go_in_the_cfs_quota_and_limit_in_bytes() {
+        let root = scratch("v1");
+        let cpu = CgroupDir {
+            version: Version::V1,
+            path: root.join("cpu/lb-instances/i-1"),
+            controllers: ["cpu", "cpuacct"].map(String::from).into(),
+        };
+        let memory = CgroupDir {
+            version: Version::V1,
+            path: root.join("memory/lb-instances/i-1"),
+            controllers: ["memory".to_owned()].into(),
+        };
+        cpu.create(1.5, 256 << 20).unwrap();
+        memory.create(1.5, 256 << 20).unwrap();
+        assert_eq!(read(&cpu.path.join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(&cpu.path.join("cpu.cfs_quota_us")), "150000");
+        assert_eq!(
+            read(&memory.path.join("memory.limit_in_bytes")),
+            "268435456"
+        );
+        assert!(
+            !root
+                .join("cpu/lb-instances/cgroup.subtree_control")
+                .exists()
+        );
+        fs::write(cpu.path.join("cpuacct.usage"), "987654\n").unwrap();
+        assert_eq!(cpu.cpu_usage_ns(), Some(987_654));
+        assert_eq!(memory.cpu_usage_ns(), None, "memory accounts no CPU");
+        let _ = fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn v2_usage_is_read_from_cpu_stat() {
         let stat = "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n";
