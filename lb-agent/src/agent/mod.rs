@@ -311,10 +311,12 @@ fn read(
             Answer::Validation(match Config::parse(&text, &name) {
                 Ok(config) => {
                     // What only the proxy can check (rules, certificate files, policies),
-                    // and auto scaling's alarms and schedules.
+                    // auto scaling's alarms and schedules, and what a reload could not
+                    // change of the config in force (launch template versions).
                     let errors: Vec<ConfigProblem> = crate::proxy::problems(&config)
                         .into_iter()
                         .chain(crate::scaling::problems(&config))
+                        .chain(snapshot.config.immutable_changes(&config))
                         .map(|(field, message)| ConfigProblem {
                             line: 0,
                             column: 0,

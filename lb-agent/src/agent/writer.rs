@@ -507,6 +507,14 @@ impl<M: Maps + Detach + InstanceLinks> Writer<M> {
         now: Instant,
     ) -> Result<Changes, ApiError> {
         let config = with_overrides(&file, &overrides).map_err(|m| ApiError::new(422, m))?;
+        let immutable = self.config.immutable_changes(&config);
+        if !immutable.is_empty() {
+            let lines: Vec<String> = immutable
+                .into_iter()
+                .map(|(field, message)| format!("{field}: {message}"))
+                .collect();
+            return Err(ApiError::new(422, lines.join("\n")));
+        }
         let snat = (self.node.snat_addresses)(&config).map_err(|m| ApiError::new(500, m))?;
         // As at start: the file check cannot see the interface's own addresses.
         let clashes = config.listeners_on_snat_ports(&snat);
@@ -1038,6 +1046,41 @@ default_action = { forward = "raw" }
             again.listeners[0].rules[0].conditions.host,
             ["api.example.com"]
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_reload_that_edits_a_launch_template_version_is_refused_whole() {
+        let dir = scratch("template-edit");
+        let template = "\n[[launch_template]]\nname = \"t\"\n[[launch_template.version]]\n\
+                        command = [\"/srv/web\"]\n";
+        let mut writer = writer_of(&dir, &format!("{RULES_CONFIG}{template}"));
+        let version = writer.version;
+        // Edited in place, with another change beside it: nothing is applied.
+        let edited = format!("{RULES_CONFIG}{template}").replace("/srv/web\"", "/srv/web2\"");
+        let edited = edited.replace("api.example.com", "api.example.org");
+        std::fs::write(dir.join("lb.toml"), edited).unwrap();
+        let refused = send(&mut writer, Request::Reload, None).unwrap_err();
+        assert_eq!(refused.status, 422);
+        assert!(
+            refused
+                .message
+                .contains("version 1 of launch template `t` changed"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(writer.version, version);
+        assert_eq!(
+            writer.config.listeners[0].rules[0].conditions.host,
+            ["api.example.com"]
+        );
+        // As a new version: applied.
+        let added = format!(
+            "{RULES_CONFIG}{template}[[launch_template.version]]\ncommand = [\"/srv/web2\"]\n"
+        );
+        std::fs::write(dir.join("lb.toml"), added).unwrap();
+        send(&mut writer, Request::Reload, None).unwrap();
+        assert_eq!(writer.config.launch_templates[0].versions.len(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -63,7 +63,7 @@ pub struct LaunchConfiguration {
 }
 
 /// What an instance is: one launch template version, or a launch configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct InstanceDefinition {
     /// What to run, with its arguments (the instance's main process).
     #[serde(default)]
@@ -162,6 +162,54 @@ pub fn refused_field(field: &str) -> Option<&'static str> {
     })
 }
 
+impl super::Config {
+    /// What `new` would change of this config's launch templates and configurations that EC2
+    /// never lets change, as (dotted field of `new`, message): a version of a template is
+    /// immutable (a change is a new version; EC2's `CreateLaunchTemplateVersion`), and so is
+    /// a launch configuration (EC2 has no `UpdateLaunchConfiguration`). Removing trailing
+    /// versions or a whole template is fine; the default version must exist, which the
+    /// config's own checks see. Instances record the version they were launched from, so an
+    /// edited version would make that record lie.
+    pub fn immutable_changes(&self, new: &super::Config) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        for (i, t) in new.launch_templates.iter().enumerate() {
+            let Some(old) = self.launch_templates.iter().find(|o| o.name == t.name) else {
+                continue;
+            };
+            for (k, (was, is)) in old.versions.iter().zip(&t.versions).enumerate() {
+                if was != is {
+                    problems.push((
+                        format!("launch_template[{i}].version[{k}]"),
+                        format!(
+                            "version {} of launch template `{}` changed: versions are immutable; \
+                             add a new `[[launch_template.version]]` after the last (and set \
+                             `default_version` to use it by default)",
+                            k + 1,
+                            t.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, c) in new.launch_configurations.iter().enumerate() {
+            if let Some(old) = self.launch_configurations.iter().find(|o| o.name == c.name)
+                && old.definition != c.definition
+            {
+                problems.push((
+                    format!("launch_configuration[{i}]"),
+                    format!(
+                        "launch configuration `{}` changed: launch configurations cannot be \
+                         changed; create one with another name and point the group at it (or \
+                         move to a launch template, whose versions can follow changes)",
+                        c.name
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+}
+
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -219,6 +267,61 @@ mod tests {
         assert_eq!(parse_memory("4096"), Ok(4096));
         assert!(parse_memory("12XB").unwrap_err().contains("unknown unit"));
         assert!(parse_memory("MiB").unwrap_err().contains("not a size"));
+    }
+
+    const TEMPLATES: &str = r#"
+[instance_types]
+small = { cpu = 0.5, memory = "256MiB" }
+
+[[launch_template]]
+name = "web"
+[[launch_template.version]]
+command = ["/srv/web", "--port", "8080"]
+ports = [8080]
+[[launch_template.version]]
+command = ["/srv/web", "--port", "8080", "--fast"]
+ports = [8080]
+
+[[launch_configuration]]
+name = "old-web"
+command = ["/srv/web"]
+instance_type = "small"
+"#;
+
+    fn config(text: &str) -> crate::config::Config {
+        crate::config::Config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_new_version_is_a_change_and_an_edited_one_is_refused() {
+        let old = config(TEMPLATES);
+        let added = TEMPLATES.replace(
+            "\n[[launch_configuration]]",
+            "[[launch_template.version]]\ncommand = [\"/srv/web\", \"--v3\"]\nports = [8080]\n\n[[launch_configuration]]",
+        );
+        assert_eq!(old.immutable_changes(&config(&added)), []);
+        // The last version removed, and the whole template: fine.
+        let removed = TEMPLATES.replacen(
+            "[[launch_template.version]]\ncommand = [\"/srv/web\", \"--port\", \"8080\", \"--fast\"]\nports = [8080]\n",
+            "",
+            1,
+        );
+        assert_eq!(config(&removed).launch_templates[0].versions.len(), 1);
+        assert_eq!(old.immutable_changes(&config(&removed)), []);
+        let edited = TEMPLATES.replace("\"--fast\"", "\"--faster\"");
+        let problems = old.immutable_changes(&config(&edited));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "launch_template[0].version[1]");
+        assert!(
+            problems[0]
+                .1
+                .contains("version 2 of launch template `web` changed")
+        );
+        let changed = TEMPLATES.replace("command = [\"/srv/web\"]", "command = [\"/srv/web2\"]");
+        let problems = old.immutable_changes(&config(&changed));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "launch_configuration[0]");
+        assert!(problems[0].1.contains("cannot be changed"));
     }
 
     #[test]
