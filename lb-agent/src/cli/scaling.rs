@@ -80,6 +80,10 @@ pub enum AsgCommand {
         /// The share of the desired capacity kept in service (EC2's default 90).
         #[arg(long)]
         min_healthy_percentage: Option<u32>,
+        /// The share that may be in service or pending, 100-200 (default: the group's
+        /// instance maintenance policy's, else 100: terminate before launching).
+        #[arg(long)]
+        max_healthy_percentage: Option<u32>,
         /// Seconds a replacement warms up before the next batch (default: the group's
         /// default instance warmup, else its health check grace period).
         #[arg(long)]
@@ -261,6 +265,7 @@ pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
         AsgCommand::StartRefresh {
             group,
             min_healthy_percentage,
+            max_healthy_percentage,
             instance_warmup,
             json,
             socket,
@@ -268,6 +273,7 @@ pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
             let request = Request::AsgStartRefresh {
                 group,
                 min_healthy_percentage,
+                max_healthy_percentage,
                 instance_warmup_seconds: instance_warmup,
             };
             let r = call!(&socket, request, InstanceRefresh);
@@ -388,13 +394,14 @@ pub fn asg(command: AsgCommand) -> anyhow::Result<()> {
 
 fn print_refresh(r: &RefreshView) {
     println!(
-        "{}: instance refresh {} {}  {}% complete, {} to update, min healthy {}%, warmup {}s, started {}{}",
+        "{}: instance refresh {} {}  {}% complete, {} to update, min healthy {}%, max healthy {}%, warmup {}s, started {}{}",
         r.group,
         r.instance_refresh_id,
         r.status,
         r.percentage_complete,
         r.instances_to_update,
         r.min_healthy_percentage,
+        r.max_healthy_percentage,
         r.instance_warmup_seconds,
         r.start_time,
         r.end_time

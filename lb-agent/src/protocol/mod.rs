@@ -128,6 +128,9 @@ pub enum Request {
     AsgStartRefresh {
         group: String,
         min_healthy_percentage: Option<u32>,
+        /// The share that may be in service or pending (100-200; above 100 a batch's
+        /// replacements are launched before it goes).
+        max_healthy_percentage: Option<u32>,
         instance_warmup_seconds: Option<u64>,
     },
     /// Cancel a group's instance refresh in progress.

@@ -233,6 +233,8 @@ struct Termination {
 #[serde(deny_unknown_fields)]
 struct RefreshPreferences {
     min_healthy_percentage: Option<u32>,
+    #[serde(default)]
+    max_healthy_percentage: Option<u32>,
     instance_warmup_seconds: Option<u64>,
 }
 
@@ -424,11 +426,13 @@ impl Request {
             Self::AsgStartRefresh {
                 group,
                 min_healthy_percentage,
+                max_healthy_percentage,
                 instance_warmup_seconds,
             } => {
                 params.push(("group", group.clone()));
                 body = serde_json::to_vec(&RefreshPreferences {
                     min_healthy_percentage: *min_healthy_percentage,
+                    max_healthy_percentage: *max_healthy_percentage,
                     instance_warmup_seconds: *instance_warmup_seconds,
                 })?;
             }
@@ -631,6 +635,7 @@ impl Endpoint {
                 let b: RefreshPreferences = if body.is_empty() {
                     RefreshPreferences {
                         min_healthy_percentage: None,
+                        max_healthy_percentage: None,
                         instance_warmup_seconds: None,
                     }
                 } else {
@@ -639,6 +644,7 @@ impl Endpoint {
                 Request::AsgStartRefresh {
                     group: param("group"),
                     min_healthy_percentage: b.min_healthy_percentage,
+                    max_healthy_percentage: b.max_healthy_percentage,
                     instance_warmup_seconds: b.instance_warmup_seconds,
                 }
             }
@@ -900,6 +906,7 @@ mod tests {
             Request::AsgStartRefresh {
                 group: "web".into(),
                 min_healthy_percentage: Some(50),
+                max_healthy_percentage: Some(150),
                 instance_warmup_seconds: None,
             },
             Request::AsgCancelRefresh {

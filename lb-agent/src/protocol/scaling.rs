@@ -57,6 +57,7 @@ pub struct RefreshView {
     pub percentage_complete: u32,
     pub instances_to_update: u32,
     pub min_healthy_percentage: u32,
+    pub max_healthy_percentage: u32,
     pub instance_warmup_seconds: u64,
     /// RFC 3339.
     pub start_time: String,

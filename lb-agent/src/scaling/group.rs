@@ -375,10 +375,11 @@ impl Group {
     }
 
     /// `start-instance-refresh`: replaces every instance running now, in batches that keep
-    /// `min_healthy_percentage` of the desired capacity in service, `instance_warmup` apart.
+    /// the minimum healthy percentage of the desired capacity in service and launch ahead up
+    /// to the maximum, `instance_warmup` apart.
     pub fn start_refresh(
         &mut self,
-        min_healthy_percentage: u32,
+        healthy_percentages: (u32, u32),
         instance_warmup: Duration,
         now: Duration,
     ) -> Result<&Refresh, RefreshError> {
@@ -395,7 +396,7 @@ impl Group {
         let id = self.refresh.as_ref().map_or(1, |r| r.id + 1);
         let refresh = Refresh::new(
             id,
-            min_healthy_percentage,
+            healthy_percentages,
             instance_warmup,
             u32::try_from(to_replace).unwrap_or(u32::MAX),
             now,

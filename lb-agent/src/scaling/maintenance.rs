@@ -83,9 +83,8 @@ impl InstanceMaintenancePolicy {
         })
     }
 
-    /// A refresh's own minimum healthy percentage (0-100, checked by the refresh) with the
-    /// group's maximum: 100 and 100 replace one instance at a time, terminated first (AWS's
-    /// rule for a refresh at 100 %).
+    /// A refresh's own percentages (checked by the refresh): 100 and 100 replace one
+    /// instance at a time, terminated first (AWS's rule for a refresh at 100 %).
     pub fn for_refresh(min_healthy_percentage: u32, max_healthy_percentage: u32) -> Self {
         Self {
             min_healthy_percentage: min_healthy_percentage.min(100),

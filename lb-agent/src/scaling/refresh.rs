@@ -8,7 +8,9 @@
 //! AWS's rules ("Instance refresh", EC2 Auto Scaling user guide): MinHealthyPercentage
 //! defaults to 90; the batch is the capacity above that minimum, at least one instance ("a
 //! setting of 100 percent ... replaces one instance at a time"); with the default maximum
-//! healthy percentage (100) an instance is terminated before its replacement is launched.
+//! healthy percentage (100) an instance is terminated before its replacement is launched;
+//! above it, replacements are launched first (`MaxHealthyPercentage`, 100-200, at most 100
+//! above the minimum).
 //! Pure: the group decides with it.
 
 use std::time::Duration;
@@ -42,6 +44,9 @@ pub struct Refresh {
     pub id: u64,
     pub status: RefreshStatus,
     pub min_healthy_percentage: u32,
+    /// In service or pending at most (100-200); above 100 a batch's replacements are
+    /// launched before it goes.
+    pub max_healthy_percentage: u32,
     pub instance_warmup: Duration,
     pub started_at: Duration,
     pub ended_at: Option<Duration>,
@@ -64,19 +69,33 @@ pub enum RefreshError {
     NoneInProgress { group: String },
     #[error("min_healthy_percentage {0} is not a percentage of 0..=100")]
     MinHealthy(u32),
+    #[error("max_healthy_percentage {0} is not within 100..=200")]
+    MaxHealthy(u32),
+    #[error(
+        "max_healthy_percentage {max} is more than 100 above min_healthy_percentage {min} \
+         (EC2 allows a range of at most 100)"
+    )]
+    Range { min: u32, max: u32 },
 }
 
 impl Refresh {
     /// A refresh started at `now` replacing `to_replace` instances.
     pub fn new(
         id: u64,
-        min_healthy_percentage: u32,
+        (min_healthy_percentage, max_healthy_percentage): (u32, u32),
         instance_warmup: Duration,
         to_replace: u32,
         now: Duration,
     ) -> Result<Self, RefreshError> {
-        if min_healthy_percentage > 100 {
-            return Err(RefreshError::MinHealthy(min_healthy_percentage));
+        let (min, max) = (min_healthy_percentage, max_healthy_percentage);
+        if min > 100 {
+            return Err(RefreshError::MinHealthy(min));
+        }
+        if !(100..=200).contains(&max) {
+            return Err(RefreshError::MaxHealthy(max));
+        }
+        if max - min > 100 {
+            return Err(RefreshError::Range { min, max });
         }
         Ok(Self {
             id,
@@ -86,6 +105,7 @@ impl Refresh {
                 RefreshStatus::InProgress
             },
             min_healthy_percentage,
+            max_healthy_percentage,
             instance_warmup,
             started_at: now,
             ended_at: (to_replace == 0).then_some(now),
@@ -125,7 +145,14 @@ mod tests {
     use super::*;
 
     fn refresh(min_healthy: u32) -> Refresh {
-        Refresh::new(1, min_healthy, Duration::from_secs(30), 4, Duration::ZERO).unwrap()
+        Refresh::new(
+            1,
+            (min_healthy, 100),
+            Duration::from_secs(30),
+            4,
+            Duration::ZERO,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -144,10 +171,20 @@ mod tests {
     #[test]
     fn percentages_above_100_are_refused_and_nothing_to_replace_is_done_at_once() {
         assert_eq!(
-            Refresh::new(1, 101, Duration::ZERO, 1, Duration::ZERO),
+            Refresh::new(1, (101, 150), Duration::ZERO, 1, Duration::ZERO),
             Err(RefreshError::MinHealthy(101))
         );
-        let empty = Refresh::new(1, 90, Duration::ZERO, 0, Duration::ZERO).unwrap();
+        assert_eq!(
+            Refresh::new(1, (90, 99), Duration::ZERO, 1, Duration::ZERO),
+            Err(RefreshError::MaxHealthy(99))
+        );
+        assert_eq!(
+            Refresh::new(1, (50, 160), Duration::ZERO, 1, Duration::ZERO),
+            Err(RefreshError::Range { min: 50, max: 160 })
+        );
+        // 100 and 100: one at a time, terminated first (AWS's rule).
+        assert!(Refresh::new(1, (100, 100), Duration::ZERO, 1, Duration::ZERO).is_ok());
+        let empty = Refresh::new(1, (90, 100), Duration::ZERO, 0, Duration::ZERO).unwrap();
         assert_eq!(empty.status, RefreshStatus::Successful);
         assert_eq!(empty.percentage_complete(), 100);
     }

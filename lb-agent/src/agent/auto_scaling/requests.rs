@@ -152,14 +152,17 @@ impl Engine {
             Request::AsgStartRefresh {
                 group,
                 min_healthy_percentage,
+                max_healthy_percentage,
                 instance_warmup_seconds,
             } => {
                 let running = self
                     .groups
                     .get_mut(&group)
                     .ok_or_else(|| no_group(&group))?;
-                // AWS's defaults: the instance maintenance policy's minimum, else 90%; the
-                // group's default instance warmup, else its health check grace period.
+                // AWS's defaults: the instance maintenance policy's percentages, else 90% and
+                // 100%; the group's default instance warmup, else its health check grace
+                // period.
+                let policy = running.config.instance_maintenance_policy;
                 let warmup = instance_warmup_seconds.map_or(
                     running
                         .config
@@ -170,12 +173,14 @@ impl Engine {
                 let refresh = running
                     .group
                     .start_refresh(
-                        min_healthy_percentage
-                            .or(running
-                                .config
-                                .instance_maintenance_policy
-                                .map(|m| m.min_healthy_percentage))
-                            .unwrap_or(DEFAULT_MIN_HEALTHY_PERCENTAGE),
+                        (
+                            min_healthy_percentage
+                                .or(policy.map(|m| m.min_healthy_percentage))
+                                .unwrap_or(DEFAULT_MIN_HEALTHY_PERCENTAGE),
+                            max_healthy_percentage
+                                .or(policy.map(|m| m.max_healthy_percentage))
+                                .unwrap_or(100),
+                        ),
                         warmup,
                         now,
                     )

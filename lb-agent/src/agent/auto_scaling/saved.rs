@@ -66,6 +66,9 @@ pub struct SavedInstance {
 pub struct SavedRefresh {
     pub id: u64,
     pub min_healthy_percentage: u32,
+    /// 100 in files written before refreshes had a maximum.
+    #[serde(default = "terminate_first")]
+    pub max_healthy_percentage: u32,
     pub instance_warmup_seconds: u64,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
@@ -80,6 +83,7 @@ impl SavedRefresh {
         refresh.is_in_progress().then(|| Self {
             id: refresh.id,
             min_healthy_percentage: refresh.min_healthy_percentage,
+            max_healthy_percentage: refresh.max_healthy_percentage,
             instance_warmup_seconds: refresh.instance_warmup.as_secs(),
             started_at: refresh.started_at.as_secs(),
             to_replace: refresh.to_replace,
@@ -94,6 +98,7 @@ impl SavedRefresh {
             id: self.id,
             status: RefreshStatus::InProgress,
             min_healthy_percentage: self.min_healthy_percentage,
+            max_healthy_percentage: self.max_healthy_percentage,
             instance_warmup: Duration::from_secs(self.instance_warmup_seconds),
             started_at: Duration::from_secs(self.started_at),
             ended_at: None,
@@ -102,6 +107,11 @@ impl SavedRefresh {
             batch: self.batch.clone(),
         }
     }
+}
+
+/// A refresh's maximum healthy percentage before it could be set: terminate, then launch.
+fn terminate_first() -> u32 {
+    100
 }
 
 /// One activity of the history.
@@ -298,8 +308,14 @@ mod tests {
 
     #[test]
     fn a_refresh_in_progress_is_kept_and_resumes_and_an_ended_one_is_not_kept() {
-        let mut refresh =
-            Refresh::new(3, 50, Duration::from_secs(30), 4, Duration::from_secs(1000)).unwrap();
+        let mut refresh = Refresh::new(
+            3,
+            (50, 120),
+            Duration::from_secs(30),
+            4,
+            Duration::from_secs(1000),
+        )
+        .unwrap();
         refresh.replaced = 2;
         refresh.batch = vec!["i-0123456789abcdef0".into()];
         let kept = SavedRefresh::of(&refresh).expect("in progress: kept");

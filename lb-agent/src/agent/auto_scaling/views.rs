@@ -163,6 +163,7 @@ pub(super) fn refresh_view(group: &str, r: &Refresh) -> RefreshView {
         instances_to_update: r.to_replace.saturating_sub(r.replaced)
             + u32::try_from(r.batch.len()).unwrap_or(0),
         min_healthy_percentage: r.min_healthy_percentage,
+        max_healthy_percentage: r.max_healthy_percentage,
         instance_warmup_seconds: r.instance_warmup.as_secs(),
         start_time: rfc3339(r.started_at),
         end_time: r.ended_at.map(rfc3339),

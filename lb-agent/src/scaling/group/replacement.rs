@@ -26,18 +26,14 @@ impl Group {
             .collect()
     }
 
-    /// The bounds replacements keep to: while a refresh runs, its minimum healthy
-    /// percentage with the policy's maximum (AWS: a refresh's preferences override the
-    /// policy); else the group's policy, if any.
+    /// The bounds replacements keep to: while a refresh runs, its own (AWS: a refresh's
+    /// preferences override the policy, which gives their defaults); else the group's
+    /// policy, if any.
     fn replacement_policy(&self) -> Option<InstanceMaintenancePolicy> {
-        let max = self
-            .settings
-            .maintenance_policy
-            .map_or(100, InstanceMaintenancePolicy::max_healthy_percentage);
         match &self.refresh {
             Some(r) if r.is_in_progress() => Some(InstanceMaintenancePolicy::for_refresh(
                 r.min_healthy_percentage,
-                max,
+                r.max_healthy_percentage,
             )),
             _ => self.settings.maintenance_policy,
         }

@@ -474,11 +474,11 @@ fn a_dead_instance_is_replaced_at_once_whatever_the_policy() {
 }
 
 #[test]
-fn a_refresh_launches_ahead_under_a_policy_above_100_percent() {
-    // The refresh's 100 % with the policy's 150 % on 2: both replacements are launched
-    // before either old instance goes.
-    let mut g = with_policy(&["i-a", "i-b"], 100, 150);
-    g.start_refresh(100, Duration::ZERO, at(100)).unwrap();
+fn a_refresh_with_a_maximum_above_100_percent_launches_ahead() {
+    // 100 % and 150 % on 2: each batch's replacement is launched before it goes.
+    let mut g = in_service(&["i-a", "i-b"]);
+    g.start_refresh((100, 150), Duration::ZERO, at(100))
+        .unwrap();
     // One batch of one (100 %): launched ahead.
     assert_eq!(
         g.step(at(100), &seen_health(100, &["i-a", "i-b"], &[], &[])),
@@ -624,12 +624,12 @@ fn from_v2() -> LaunchSource {
 fn an_instance_refresh_replaces_one_at_a_time_after_warmup_and_then_succeeds() {
     let mut g = in_service(&["i-a", "i-b"]);
     let started = g
-        .start_refresh(90, Duration::from_secs(10), at(100))
+        .start_refresh((90, 100), Duration::from_secs(10), at(100))
         .unwrap()
         .clone();
     assert_eq!(started.to_replace, 2);
     assert!(
-        g.start_refresh(90, Duration::ZERO, at(100)).is_err(),
+        g.start_refresh((90, 100), Duration::ZERO, at(100)).is_err(),
         "one at a time"
     );
     // 90% of 2 keeps 2 healthy: one at a time, the oldest first; its replacement launches.
@@ -693,7 +693,7 @@ fn an_instance_refresh_replaces_one_at_a_time_after_warmup_and_then_succeeds() {
 #[test]
 fn a_cancelled_refresh_starts_no_further_batch() {
     let mut g = in_service(&["i-a", "i-b"]);
-    g.start_refresh(90, Duration::ZERO, at(100)).unwrap();
+    g.start_refresh((90, 100), Duration::ZERO, at(100)).unwrap();
     g.step(at(101), &seen(101, &["i-a", "i-b"]));
     g.cancel_refresh(at(102)).unwrap();
     assert!(
@@ -863,7 +863,7 @@ fn a_refresh_resumed_after_a_restart_goes_on_with_its_batch() {
     // The agent stopped with i-a marked in the batch under way: the marks are not kept,
     // the batch is.
     let mut g = in_service(&["i-a", "i-b"]);
-    let mut refresh = Refresh::new(1, 90, Duration::ZERO, 2, at(100)).unwrap();
+    let mut refresh = Refresh::new(1, (90, 100), Duration::ZERO, 2, at(100)).unwrap();
     refresh.replaced = 1;
     refresh.batch = vec!["i-a".into()];
     g.resume_refresh(refresh);
