@@ -264,6 +264,34 @@ impl ActivityLog {
         true
     }
 
+    /// The newest activity in progress described as `description`.
+    pub fn in_progress(&self, description: &str) -> Option<u64> {
+        self.activities
+            .iter()
+            .rev()
+            .find(|a| !a.status.is_final() && a.description == description)
+            .map(|a| a.id)
+    }
+
+    /// Ends every activity in progress but those of `kept` as `status`, with `message`.
+    pub fn end_all_but(
+        &mut self,
+        kept: &[u64],
+        status: ActivityStatus,
+        message: &str,
+        at: Timestamp,
+    ) {
+        let open: Vec<u64> = self
+            .activities
+            .iter()
+            .filter(|a| !a.status.is_final() && !kept.contains(&a.id))
+            .map(|a| a.id)
+            .collect();
+        for id in open {
+            self.update(id, status, Some(message.to_owned()), at);
+        }
+    }
+
     /// Newest first, as `describe-scaling-activities` lists them.
     pub fn newest_first(&self) -> impl Iterator<Item = &Activity> {
         self.activities.iter().rev()

@@ -257,14 +257,36 @@ impl Group {
         self.settings = settings;
     }
 
-    /// Takes over an instance launched before an agent restart.
-    pub fn adopt(&mut self, instance: Instance) {
+    /// Takes over an instance launched before an agent restart, and the activity that was
+    /// launching or terminating it.
+    pub fn adopt(&mut self, mut instance: Instance) {
         if instance.phase == Phase::InService {
             self.lifecycle.adopt_in_service(&instance.id);
         }
+        let description = match instance.phase {
+            Phase::Pending | Phase::PendingWait => Some(activity::launch_description(&instance.id)),
+            Phase::InService => None,
+            Phase::Draining { .. } | Phase::TerminatingWait | Phase::Stopping => {
+                Some(activity::termination_description(&instance.id))
+            }
+        };
+        instance.activity = description.and_then(|d| self.activities.in_progress(&d));
         if !self.instances.iter().any(|i| i.id == instance.id) {
             self.instances.push(instance);
         }
+    }
+
+    /// After the adoptions of a restart: activities still in progress that no adopted
+    /// instance carries on (a launch that never returned, an instance gone meanwhile) end,
+    /// cancelled.
+    pub fn end_orphaned_activities(&mut self, now: Duration) {
+        let kept: Vec<u64> = self.instances.iter().filter_map(|i| i.activity).collect();
+        self.activities.end_all_but(
+            &kept,
+            ActivityStatus::Cancelled,
+            "the agent restarted before it ended",
+            time(now),
+        );
     }
 
     /// A change of the desired capacity (a policy, a scheduled action, `set-desired`, a
@@ -454,6 +476,19 @@ impl Group {
             .saturating_add(self.launching)
     }
 
+    /// The engine has begun launching `id` (one of the launches asked for): its activity is
+    /// in progress from now.
+    pub fn launch_begun(&mut self, id: &str, now: Duration) {
+        let (from, to) = self.launch_batch;
+        let cause = self.with_capacity_cause(activity::launch_cause(time(now), from, to));
+        self.activities.start(
+            &self.settings.name,
+            activity::launch_description(id),
+            cause,
+            time(now),
+        );
+    }
+
     /// One launch the engine was asked for has started: the instance is pending.
     pub fn launched(
         &mut self,
@@ -463,14 +498,16 @@ impl Group {
         now: Duration,
     ) {
         self.launching = self.launching.saturating_sub(1);
-        let (from, to) = self.launch_batch;
-        let cause = self.with_capacity_cause(activity::launch_cause(time(now), from, to));
-        let activity = self.activities.start(
-            &self.settings.name,
-            activity::launch_description(id),
-            cause,
-            time(now),
-        );
+        let description = activity::launch_description(id);
+        let activity = match self.activities.in_progress(&description) {
+            Some(begun) => begun,
+            None => {
+                let (from, to) = self.launch_batch;
+                let cause = self.with_capacity_cause(activity::launch_cause(time(now), from, to));
+                self.activities
+                    .start(&self.settings.name, description, cause, time(now))
+            }
+        };
         self.instances.push(Instance {
             id: id.to_owned(),
             address,
@@ -483,8 +520,9 @@ impl Group {
         });
     }
 
-    /// One launch the engine was asked for failed (the next step asks again).
-    pub fn launch_failed(&mut self, why: &str, now: Duration) {
+    /// One launch the engine was asked for failed (of instance `id`, when it had begun); a
+    /// later step asks again.
+    pub fn launch_failed(&mut self, id: Option<&str>, why: &str, now: Duration) {
         self.launching = self.launching.saturating_sub(1);
         let wait = self.launch_back_off(now);
         let why = if wait.is_zero() {
@@ -492,13 +530,22 @@ impl Group {
         } else {
             format!("{why} (the next launch in {} s)", wait.as_secs())
         };
-        let (from, to) = self.launch_batch;
-        let id = self.activities.start(
-            &self.settings.name,
-            "Launching a new instance.  Status Reason: the launch failed".to_owned(),
-            self.with_capacity_cause(activity::launch_cause(time(now), from, to)),
-            time(now),
-        );
+        let begun = id.and_then(|id| {
+            self.activities
+                .in_progress(&activity::launch_description(id))
+        });
+        let id = match begun {
+            Some(begun) => begun,
+            None => {
+                let (from, to) = self.launch_batch;
+                self.activities.start(
+                    &self.settings.name,
+                    "Launching a new instance.  Status Reason: the launch failed".to_owned(),
+                    self.with_capacity_cause(activity::launch_cause(time(now), from, to)),
+                    time(now),
+                )
+            }
+        };
         self.activities
             .update(id, ActivityStatus::Failed, Some(why), time(now));
     }

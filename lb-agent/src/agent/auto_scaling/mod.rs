@@ -93,6 +93,8 @@ pub struct Views {
 enum Event {
     Launched {
         group: String,
+        /// The id the launch was given.
+        instance: String,
         source: LaunchSource,
         address: IpAddr,
         result: Result<Box<InstanceRecord>, String>,
@@ -366,6 +368,7 @@ impl Engine {
                 records.insert(record.instance_id.clone(), record);
             }
         }
+        group.end_orphaned_activities(now());
         if !records.is_empty() {
             let list: Vec<InstanceRecord> = records.values().cloned().collect();
             let adopter = provider.clone();
@@ -860,7 +863,7 @@ impl Engine {
             Ok(r) => r,
             Err(why) => {
                 if let Some(running) = self.groups.get_mut(name) {
-                    running.group.launch_failed(&why, now);
+                    running.group.launch_failed(None, &why, now);
                 }
                 return;
             }
@@ -875,9 +878,11 @@ impl Engine {
                     Some(a) => a,
                     None => {
                         if let Some(running) = self.groups.get_mut(name) {
-                            running
-                                .group
-                                .launch_failed(&format!("no free address left in {subnet}"), now);
+                            running.group.launch_failed(
+                                None,
+                                &format!("no free address left in {subnet}"),
+                                now,
+                            );
                         }
                         return;
                     }
@@ -900,10 +905,14 @@ impl Engine {
         let events = self.events.clone();
         let group = name.to_owned();
         tracing::info!(group, instance = id, %address, "launching an instance");
+        if let Some(running) = self.groups.get_mut(name) {
+            running.group.launch_begun(&id, now);
+        }
         tokio::spawn(async move {
             let result = blocking(move || provider.launch(&spec).map(Box::new)).await;
             let _ = events.send(Event::Launched {
                 group,
+                instance: id,
                 source,
                 address,
                 result,
@@ -917,6 +926,7 @@ impl Engine {
         match event {
             Event::Launched {
                 group,
+                instance,
                 source,
                 address,
                 result,
@@ -935,7 +945,7 @@ impl Engine {
                     }
                     Err(why) => {
                         tracing::error!(group, error = %why, "launching an instance failed");
-                        running.group.launch_failed(&why, now);
+                        running.group.launch_failed(Some(&instance), &why, now);
                     }
                 }
             }

@@ -241,7 +241,7 @@ fn an_instance_past_its_maximum_lifetime_is_replaced() {
 fn a_failed_launch_is_an_activity_retried_at_once_and_then_after_a_back_off() {
     let mut g = group(1, 1, 2);
     assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 1 }]);
-    g.launch_failed("no address left in 198.18.8.0/30", at(1));
+    g.launch_failed(None, "no address left in 198.18.8.0/30", at(1));
     let failed = g.activities().newest_first().next().unwrap();
     assert_eq!(failed.status, ActivityStatus::Failed);
     assert_eq!(
@@ -250,7 +250,7 @@ fn a_failed_launch_is_an_activity_retried_at_once_and_then_after_a_back_off() {
     );
     assert_eq!(g.step(at(2), &seen(2, &[])), [Action::Launch { count: 1 }]);
     // A second failure in a row waits 10 s, a third 20 s.
-    g.launch_failed("again", at(3));
+    g.launch_failed(None, "again", at(3));
     let failed = g.activities().newest_first().next().unwrap();
     assert_eq!(
         failed.status_message.as_deref(),
@@ -262,7 +262,7 @@ fn a_failed_launch_is_an_activity_retried_at_once_and_then_after_a_back_off() {
         g.step(at(13), &seen(13, &[])),
         [Action::Launch { count: 1 }]
     );
-    g.launch_failed("and again", at(14));
+    g.launch_failed(None, "and again", at(14));
     assert_eq!(g.step(at(33), &seen(33, &[])), []);
     assert_eq!(
         g.step(at(34), &seen(34, &[])),
@@ -876,4 +876,80 @@ fn a_refresh_resumed_after_a_restart_goes_on_with_its_batch() {
             Action::Launch { count: 1 }
         ]
     );
+}
+
+#[test]
+fn a_launch_is_an_activity_from_when_it_begins_and_a_failed_one_ends_it() {
+    let mut g = group(1, 2, 2);
+    assert_eq!(g.step(at(0), &seen(0, &[])), [Action::Launch { count: 2 }]);
+    g.launch_begun("i-a", at(0));
+    g.launch_begun("i-b", at(0));
+    // While the provider works, the launches are in progress.
+    let open: Vec<&str> = g
+        .activities()
+        .newest_first()
+        .filter(|a| a.status == ActivityStatus::InProgress)
+        .map(|a| a.description.as_str())
+        .collect();
+    assert_eq!(
+        open,
+        ["Launching a new instance: i-b", "Launching a new instance: i-a"]
+    );
+    g.launched("i-a", address(2), from_v1(), at(40));
+    g.launch_failed(Some("i-b"), "the hook said no", at(41));
+    let all: Vec<&crate::scaling::activity::Activity> = g.activities().newest_first().collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let (b, a) = (all[0], all[1]);
+    assert_eq!(a.start, time(at(0)), "from when the launch began");
+    assert_eq!(a.status, ActivityStatus::InProgress, "until it is in service");
+    assert_eq!(b.description, "Launching a new instance: i-b");
+    assert_eq!(b.status, ActivityStatus::Failed);
+    assert_eq!(
+        b.status_message.as_deref(),
+        Some("the hook said no (tried again at once)")
+    );
+}
+
+#[test]
+fn a_restart_carries_on_the_activities_of_adopted_instances_and_cancels_the_rest() {
+    // Before the restart: i-a launched (pending), i-b's and i-c's launches never returned.
+    let mut before = group(1, 2, 2);
+    before.step(at(0), &seen(0, &[]));
+    for id in ["i-a", "i-b", "i-c"] {
+        before.launch_begun(id, at(0));
+    }
+    let log = before.activities().clone();
+    let mut g = group(1, 1, 2).with_activities(log);
+    g.adopt(Instance::adopted(
+        "i-a".into(),
+        address(2),
+        from_v1(),
+        at(1),
+        Phase::Pending,
+        false,
+    ));
+    g.end_orphaned_activities(at(50));
+    let status = |g: &Group, id: &str| {
+        g.activities()
+            .newest_first()
+            .find(|a| a.description == format!("Launching a new instance: {id}"))
+            .map(|a| (a.status, a.status_message.clone()))
+            .unwrap()
+    };
+    assert_eq!(status(&g, "i-a"), (ActivityStatus::InProgress, None));
+    assert_eq!(
+        status(&g, "i-c"),
+        (
+            ActivityStatus::Cancelled,
+            Some("the agent restarted before it ended".into())
+        )
+    );
+    // The adopted instance's launch ends when it goes into service.
+    assert_eq!(
+        g.step(at(51), &seen(51, &["i-a"])),
+        [Action::Register {
+            instance: "i-a".into()
+        }]
+    );
+    assert_eq!(status(&g, "i-a").0, ActivityStatus::Successful);
 }
