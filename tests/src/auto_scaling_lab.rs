@@ -250,7 +250,16 @@ fn read<T: serde::de::DeserializeOwned>(agent: &LabAgent, args: &[&str]) -> T {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}: {out}", args.join(" ")))
 }
 
-/// The instances of `group` in `state` (`InService`, `Pending`, ...).
+/// The ids of `group`'s instances.
+pub fn instance_ids(group: &AsgView) -> Vec<String> {
+    group
+        .instances
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
+/// The ids of `group`'s instances in lifecycle state `state` (`InService`, `Pending`, ...).
 pub fn in_state<'a>(group: &'a AsgView, state: &str) -> Vec<&'a str> {
     group
         .instances

@@ -11,7 +11,7 @@ use std::{
 };
 
 use tests::auto_scaling_lab::{
-    AsgLab, config, finish_downloads, in_state, running_as_root, start_downloads,
+    AsgLab, config, finish_downloads, in_state, instance_ids, running_as_root, start_downloads,
 };
 use xtask::lab::VIP4;
 
@@ -25,11 +25,7 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
     let lab = AsgLab::up("asg-heal", &config(SERVER, (1, 2, 4), "5s", ""));
     let (group, took) = lab.wait_in_service("web-asg", 2);
     println!("measured: 2 instances in service {took:?} after the agent started");
-    let ids: Vec<String> = group
-        .instances
-        .iter()
-        .map(|i| i.instance_id.clone())
-        .collect();
+    let ids = instance_ids(&group);
     for id in &ids {
         lab.wait_until_serving(id, Duration::from_secs(30));
     }

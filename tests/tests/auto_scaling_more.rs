@@ -12,7 +12,7 @@ use std::{
 };
 
 use tests::auto_scaling_lab::{
-    AsgLab, L4_PORT, config, finish_downloads, in_state, l4_config, running_as_root,
+    AsgLab, L4_PORT, config, finish_downloads, in_state, instance_ids, l4_config, running_as_root,
     start_downloads,
 };
 
@@ -26,11 +26,7 @@ fn instances_behind_an_l4_listener_get_traffic_heal_and_drain_on_scale_in() {
     let lab = AsgLab::up("asg-l4", &l4_config(SERVER, (1, 2, 2), "60s", ""));
     let (group, took) = lab.wait_in_service("web-asg", 2);
     println!("measured: L4: 2 instances in service {took:?} after the agent started");
-    let ids: Vec<String> = group
-        .instances
-        .iter()
-        .map(|i| i.instance_id.clone())
-        .collect();
+    let ids = instance_ids(&group);
     for id in &ids {
         let took = lab.wait_until_serving_on(L4_PORT, id, Duration::from_secs(30));
         println!("measured: L4: {id} answered through VIP:{L4_PORT} {took:?} after in service");
@@ -257,11 +253,7 @@ fn an_exec_group_launches_serves_scales_in_and_heals_through_its_hook() {
         g.provider == "exec" && in_state(g, "InService").len() == 2
     });
     println!("measured: exec: 2 instances in service {took:?} after the reload");
-    let ids: Vec<String> = group
-        .instances
-        .iter()
-        .map(|i| i.instance_id.clone())
-        .collect();
+    let ids = instance_ids(&group);
     // Launched through the hook, each on an address of its own (the hook put it on the
     // backend), registered on the template's port.
     let launched = instances.state();

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::auto_scaling_lab::{AsgLab, config, in_state, running_as_root};
+use tests::auto_scaling_lab::{AsgLab, config, in_state, instance_ids, running_as_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_instance-server");
 
@@ -21,11 +21,7 @@ fn launch_before_terminating_keeps_an_impaired_instance_until_its_replacement_is
                  instance_maintenance_policy = { min_healthy_percentage = 100, max_healthy_percentage = 110 }\n";
     let lab = AsgLab::up("asg-imp", &config(SERVER, (1, 2, 4), "5s", extra));
     let (group, _) = lab.wait_in_service("web-asg", 2);
-    let ids: Vec<String> = group
-        .instances
-        .iter()
-        .map(|i| i.instance_id.clone())
-        .collect();
+    let ids = instance_ids(&group);
     for id in &ids {
         lab.wait_until_serving(id, Duration::from_secs(30));
     }

@@ -244,17 +244,12 @@ impl State {
     /// rule (`lb_common::conntrack::over`), which looks at both directions: a flow where only
     /// the target still sends (a UDP stream from the server) is live.
     pub(super) fn judged_flows(&self, dp: &(impl MapReader + ?Sized)) -> Result<Vec<JudgedFlow>> {
-        let now = dp.clock_ns();
-        let reverse: std::collections::HashMap<FlowKey, ReverseFlow> =
-            dp.reverse_flows()?.into_iter().collect();
-        Ok(dp
-            .flows()?
+        let (now, flows) = flows_with_replies(dp)?;
+        Ok(flows
             .into_iter()
-            .map(|(key, flow)| {
-                let half = reverse
-                    .get(&conntrack::reverse_key(&key, &flow))
-                    .filter(|r| conntrack::belongs(r, &key));
-                let over = conntrack::over(&self.settings, key.proto, Some(&flow), half, now);
+            .map(|(key, flow, half)| {
+                let over =
+                    conntrack::over(&self.settings, key.proto, Some(&flow), half.as_ref(), now);
                 (key, flow, !over)
             })
             .collect())
@@ -268,17 +263,12 @@ impl State {
         &self,
         dp: &(impl MapReader + ?Sized),
     ) -> Result<std::collections::HashSet<u32>> {
-        let now = dp.clock_ns();
-        let reverse: std::collections::HashMap<FlowKey, ReverseFlow> =
-            dp.reverse_flows()?.into_iter().collect();
-        Ok(dp
-            .flows()?
+        let (now, flows) = flows_with_replies(dp)?;
+        Ok(flows
             .into_iter()
-            .filter_map(|(key, flow)| {
-                let half = reverse
-                    .get(&conntrack::reverse_key(&key, &flow))
-                    .filter(|r| conntrack::belongs(r, &key));
-                let over = conntrack::over(&self.settings, key.proto, Some(&flow), half, now);
+            .filter_map(|(key, flow, half)| {
+                let over =
+                    conntrack::over(&self.settings, key.proto, Some(&flow), half.as_ref(), now);
                 let closed_both = flow.closing != 0 && half.is_some_and(|r| r.closing != 0);
                 (!over && !closed_both).then_some(flow.backend_id)
             })
@@ -299,4 +289,26 @@ impl State {
             .find(|t| t.address == address)
             .map(|t| t.backend_id)
     }
+}
+
+/// A connection-table entry with its reply half, if it has one that belongs to it.
+type FlowWithReply = (FlowKey, Flow, Option<ReverseFlow>);
+
+/// The data plane's clock, and every connection-table entry with its reply half.
+fn flows_with_replies(dp: &(impl MapReader + ?Sized)) -> Result<(u64, Vec<FlowWithReply>)> {
+    let now = dp.clock_ns();
+    let reverse: std::collections::HashMap<FlowKey, ReverseFlow> =
+        dp.reverse_flows()?.into_iter().collect();
+    let flows = dp
+        .flows()?
+        .into_iter()
+        .map(|(key, flow)| {
+            let half = reverse
+                .get(&conntrack::reverse_key(&key, &flow))
+                .filter(|r| conntrack::belongs(r, &key))
+                .copied();
+            (key, flow, half)
+        })
+        .collect();
+    Ok((now, flows))
 }

@@ -893,7 +893,10 @@ fn a_launch_is_an_activity_from_when_it_begins_and_a_failed_one_ends_it() {
         .collect();
     assert_eq!(
         open,
-        ["Launching a new instance: i-b", "Launching a new instance: i-a"]
+        [
+            "Launching a new instance: i-b",
+            "Launching a new instance: i-a"
+        ]
     );
     g.launched("i-a", address(2), from_v1(), at(40));
     g.launch_failed(Some("i-b"), "the hook said no", at(41));
@@ -901,7 +904,11 @@ fn a_launch_is_an_activity_from_when_it_begins_and_a_failed_one_ends_it() {
     assert_eq!(all.len(), 2, "{all:#?}");
     let (b, a) = (all[0], all[1]);
     assert_eq!(a.start, time(at(0)), "from when the launch began");
-    assert_eq!(a.status, ActivityStatus::InProgress, "until it is in service");
+    assert_eq!(
+        a.status,
+        ActivityStatus::InProgress,
+        "until it is in service"
+    );
     assert_eq!(b.description, "Launching a new instance: i-b");
     assert_eq!(b.status, ActivityStatus::Failed);
     assert_eq!(
