@@ -214,6 +214,48 @@ impl EchoFlow {
     }
 }
 
+/// An idle TCP connection from the client to VIP:`port` that backend `backend` greeted (it
+/// connects from source ports `first_port`.. until one lands there, at most 64 tries), held
+/// open until dropped: a draining target with it keeps draining.
+pub struct IdleConnection(std::process::Child);
+
+impl IdleConnection {
+    pub fn open(lab: &Lab, port: u16, backend: &str, first_port: u16) -> Self {
+        use std::io::BufRead as _;
+        let script = format!(
+            "import socket, sys\n\
+             for i in range(64):\n\
+             \x20   s = socket.create_connection(('{VIP4}', {port}), timeout=3, source_address=('', {first_port} + i))\n\
+             \x20   if s.makefile('r').readline().strip() == '{backend}':\n\
+             \x20       print('held', flush=True)\n\
+             \x20       sys.stdin.readline()\n\
+             \x20       sys.exit(0)\n\
+             \x20   s.close()\n\
+             print('none', flush=True)\n"
+        );
+        let mut child = lab
+            .cmd(lab.client(), "python3")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("idle client");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "held", "no connection landed on {backend}");
+        Self(child)
+    }
+}
+
+impl Drop for IdleConnection {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `iperf3 -c VIP4 -p 5201 -t SECONDS -J` on the client in the background; its pid.
 pub fn start_iperf3(lab: &Lab, seconds: u32) -> u32 {
     lab.spawn(

@@ -14,9 +14,9 @@ use lb_agent::{config::HealthProtocol, health::TargetState};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
-        EchoFlow, iperf3_report, lab_up, lab_with_agent, lab_with_agent_and_servers,
-        short_connections, short_connections_to, start_agent, start_iperf3, target, wait_for_state,
-        write_config,
+        EchoFlow, IdleConnection, iperf3_report, lab_up, lab_with_agent,
+        lab_with_agent_and_servers, short_connections, short_connections_to, start_agent,
+        start_iperf3, target, wait_for_state, write_config,
     },
 };
 use xtask::{
@@ -280,7 +280,7 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
     let address = echo_address(&lab, index);
     // An idle connection to the same backend, held past the delay: draining would otherwise
     // end as soon as both sides close the echo flow.
-    let held = IdleConnection::open_to(&lab, &serving);
+    let held = IdleConnection::open(&lab, 80, &serving, 24000);
     let removed_at = Instant::now();
     let said = agent
         .cli(&["targets", "remove", "--group", "echo", &address])
@@ -364,46 +364,6 @@ fn draining_keeps_the_flow_sends_no_new_flows_and_purges_after_the_delay() {
     assert!(!still, "{targets:?}");
     assert_eq!(transitions(&agent, "draining->removed"), 1);
     drop(held);
-}
-
-/// An idle TCP connection from the client to VIP:80 greeted by a given backend (it connects
-/// from successive source ports until one lands there, at most 64 tries), held until closed.
-struct IdleConnection(std::process::Child);
-
-impl IdleConnection {
-    fn open_to(lab: &Lab, backend: &str) -> Self {
-        let script = format!(
-            "import socket, sys\n\
-             for i in range(64):\n\
-             \x20   s = socket.create_connection(('{VIP4}', 80), timeout=3, source_address=('', 24000 + i))\n\
-             \x20   if s.makefile('r').readline().strip() == '{backend}':\n\
-             \x20       print('held', flush=True)\n\
-             \x20       sys.stdin.readline()\n\
-             \x20       sys.exit(0)\n\
-             \x20   s.close()\n\
-             print('none', flush=True)\n"
-        );
-        let mut child = lab
-            .cmd(lab.client(), "python3")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("idle client");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        assert_eq!(line.trim(), "held", "no connection landed on {backend}");
-        Self(child)
-    }
-}
-
-impl Drop for IdleConnection {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A client holding `per_listener` connections open to VIP:80 and VIP:81; after a line on

@@ -8,8 +8,8 @@ use lb_agent::{health::TargetState, overrides::Overrides};
 use tests::{
     agent_views::AgentViews as _,
     lab_traffic::{
-        config_path, end_agent, lab_with_agent, short_connections, short_connections_to,
-        start_agent, target, wait_for_state, write_config,
+        IdleConnection, config_path, end_agent, lab_with_agent, short_connections,
+        short_connections_to, start_agent, target, wait_for_state, write_config,
     },
 };
 use xtask::{agent::LabAgent, lab::VIP4};
@@ -250,9 +250,9 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         TargetState::Healthy,
         Duration::from_secs(4),
     );
-    // Flows to b1, so that it has something to drain (with none, deregistration ends at once).
-    let before = short_connections(&lab, 42900, 30);
-    assert!(before.contains_key("b1"), "{before:?}");
+    // A connection open to b1, so that it has something to drain (with none, or only closed
+    // ones, deregistration ends at the next look).
+    let held = IdleConnection::open(&lab, 80, "b1", 42900);
     // web loses b1; a new listener on :82 forwards to a new group; api and its listener go.
     let next = Plan {
         web: &[("198.18.0.22", 1), ("198.18.0.23", 1)],
@@ -302,6 +302,7 @@ fn a_reload_adds_a_listener_drains_a_removed_target_and_removes_a_group() {
         refused.is_err(),
         "a connection to the removed listener succeeded"
     );
+    drop(held);
 }
 
 #[test]
@@ -368,6 +369,8 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     assert_eq!(agent.status().overrides, 3);
     let api = short_connections_to(&lab, &VIP4.to_string(), 81, 44000, 60);
     assert!(api.contains_key("b3"), "{api:?}");
+    // Open while the API's changes are cleared: b3 has something to drain.
+    let held = IdleConnection::open(&lab, 81, "b3", 44100);
 
     // Cleared: the file rules again, at once.
     let said = agent.cli(&["overrides", "clear"]).expect("clear");
@@ -381,4 +384,5 @@ fn api_changes_survive_a_reload_and_a_restart_until_cleared() {
     let listed = agent.cli(&["overrides", "list"]).expect("list");
     assert!(listed.contains("no API changes"), "{listed}");
     assert_eq!(agent.overrides(), Overrides::default());
+    drop(held);
 }
