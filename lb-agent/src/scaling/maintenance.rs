@@ -65,15 +65,7 @@ impl InstanceMaintenancePolicy {
         max_healthy_percentage: u32,
     ) -> Result<Self, MaintenanceError> {
         let (min, max) = (min_healthy_percentage, max_healthy_percentage);
-        if min > 100 {
-            return Err(MaintenanceError::Min(min));
-        }
-        if !(100..=200).contains(&max) {
-            return Err(MaintenanceError::Max(max));
-        }
-        if max - min > 100 {
-            return Err(MaintenanceError::Range { min, max });
-        }
+        check_percentages(min, max)?;
         if min == 100 && max == 100 {
             return Err(MaintenanceError::NoRoom);
         }
@@ -109,6 +101,21 @@ impl InstanceMaintenancePolicy {
     pub fn max_in_service_or_pending(self, desired: u32) -> u32 {
         share(desired, self.max_healthy_percentage)
     }
+}
+
+/// EC2's bounds of a minimum and a maximum healthy percentage (a policy's, a refresh's):
+/// 0-100, 100-200, at most 100 apart.
+pub fn check_percentages(min: u32, max: u32) -> Result<(), MaintenanceError> {
+    if min > 100 {
+        return Err(MaintenanceError::Min(min));
+    }
+    if !(100..=200).contains(&max) {
+        return Err(MaintenanceError::Max(max));
+    }
+    if max - min > 100 {
+        return Err(MaintenanceError::Range { min, max });
+    }
+    Ok(())
 }
 
 /// `percent` of `of`, rounded up.

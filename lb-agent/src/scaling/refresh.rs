@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+use super::maintenance::{MaintenanceError, check_percentages};
+
 /// AWS's default minimum healthy percentage.
 pub const DEFAULT_MIN_HEALTHY_PERCENTAGE: u32 = 90;
 
@@ -67,15 +69,9 @@ pub enum RefreshError {
     /// EC2's `ActiveInstanceRefreshNotFound`.
     #[error("no instance refresh is in progress for group {group}")]
     NoneInProgress { group: String },
-    #[error("min_healthy_percentage {0} is not a percentage of 0..=100")]
-    MinHealthy(u32),
-    #[error("max_healthy_percentage {0} is not within 100..=200")]
-    MaxHealthy(u32),
-    #[error(
-        "max_healthy_percentage {max} is more than 100 above min_healthy_percentage {min} \
-         (EC2 allows a range of at most 100)"
-    )]
-    Range { min: u32, max: u32 },
+    /// Percentages out of EC2's bounds.
+    #[error(transparent)]
+    Percentages(#[from] MaintenanceError),
 }
 
 impl Refresh {
@@ -87,16 +83,7 @@ impl Refresh {
         to_replace: u32,
         now: Duration,
     ) -> Result<Self, RefreshError> {
-        let (min, max) = (min_healthy_percentage, max_healthy_percentage);
-        if min > 100 {
-            return Err(RefreshError::MinHealthy(min));
-        }
-        if !(100..=200).contains(&max) {
-            return Err(RefreshError::MaxHealthy(max));
-        }
-        if max - min > 100 {
-            return Err(RefreshError::Range { min, max });
-        }
+        check_percentages(min_healthy_percentage, max_healthy_percentage)?;
         Ok(Self {
             id,
             status: if to_replace == 0 {
@@ -172,15 +159,15 @@ mod tests {
     fn percentages_above_100_are_refused_and_nothing_to_replace_is_done_at_once() {
         assert_eq!(
             Refresh::new(1, (101, 150), Duration::ZERO, 1, Duration::ZERO),
-            Err(RefreshError::MinHealthy(101))
+            Err(MaintenanceError::Min(101).into())
         );
         assert_eq!(
             Refresh::new(1, (90, 99), Duration::ZERO, 1, Duration::ZERO),
-            Err(RefreshError::MaxHealthy(99))
+            Err(MaintenanceError::Max(99).into())
         );
         assert_eq!(
             Refresh::new(1, (50, 160), Duration::ZERO, 1, Duration::ZERO),
-            Err(RefreshError::Range { min: 50, max: 160 })
+            Err(MaintenanceError::Range { min: 50, max: 160 }.into())
         );
         // 100 and 100: one at a time, terminated first (AWS's rule).
         assert!(Refresh::new(1, (100, 100), Duration::ZERO, 1, Duration::ZERO).is_ok());
