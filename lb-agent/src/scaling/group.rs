@@ -479,8 +479,7 @@ impl Group {
     /// The engine has begun launching `id` (one of the launches asked for): its activity is
     /// in progress from now.
     pub fn launch_begun(&mut self, id: &str, now: Duration) {
-        let (from, to) = self.launch_batch;
-        let cause = self.with_capacity_cause(activity::launch_cause(time(now), from, to));
+        let cause = self.launch_batch_cause(now);
         self.activities.start(
             &self.settings.name,
             activity::launch_description(id),
@@ -502,8 +501,7 @@ impl Group {
         let activity = match self.activities.in_progress(&description) {
             Some(begun) => begun,
             None => {
-                let (from, to) = self.launch_batch;
-                let cause = self.with_capacity_cause(activity::launch_cause(time(now), from, to));
+                let cause = self.launch_batch_cause(now);
                 self.activities
                     .start(&self.settings.name, description, cause, time(now))
             }
@@ -534,20 +532,20 @@ impl Group {
             self.activities
                 .in_progress(&activity::launch_description(id))
         });
-        let id = match begun {
+        let activity = match begun {
             Some(begun) => begun,
             None => {
-                let (from, to) = self.launch_batch;
+                let cause = self.launch_batch_cause(now);
                 self.activities.start(
                     &self.settings.name,
                     "Launching a new instance.  Status Reason: the launch failed".to_owned(),
-                    self.with_capacity_cause(activity::launch_cause(time(now), from, to)),
+                    cause,
                     time(now),
                 )
             }
         };
         self.activities
-            .update(id, ActivityStatus::Failed, Some(why), time(now));
+            .update(activity, ActivityStatus::Failed, Some(why), time(now));
     }
 
     /// The provider has stopped `id`: it leaves the group, its activity done.
@@ -705,7 +703,6 @@ impl Group {
             ));
             self.shrink_batch = Some((current, fill_to));
             for id in chosen {
-                self.marked.retain(|(m, _)| *m != id);
                 self.take_out_of_service(&id, &OutOfService::Shrinking, now, &mut actions);
             }
             self.shrink_batch = None;
@@ -785,6 +782,12 @@ impl Group {
         }
     }
 
+    /// The cause of a launch of the batch under way, in EC2's words.
+    fn launch_batch_cause(&self, now: Duration) -> String {
+        let (from, to) = self.launch_batch;
+        self.with_capacity_cause(activity::launch_cause(time(now), from, to))
+    }
+
     /// `cause`, after the capacity change that led to it if there is one.
     fn with_capacity_cause(&self, cause: String) -> String {
         match &self.capacity_cause {
@@ -793,7 +796,8 @@ impl Group {
         }
     }
 
-    /// Starts `id`'s termination: it drains if it was registered, else stops at once.
+    /// Starts `id`'s termination: it drains if it was registered, else stops at once. It is
+    /// no longer marked for replacement (only instances in service are).
     fn take_out_of_service(
         &mut self,
         id: &str,
@@ -801,6 +805,7 @@ impl Group {
         now: Duration,
         actions: &mut Vec<Action>,
     ) {
+        self.marked.retain(|(m, _)| m != id);
         let before = self.current_capacity();
         let Some(instance) = self.instances.iter_mut().find(|i| i.id == id) else {
             return;

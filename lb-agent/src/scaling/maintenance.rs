@@ -119,7 +119,7 @@ pub fn check_percentages(min: u32, max: u32) -> Result<(), MaintenanceError> {
 }
 
 /// `percent` of `of`, rounded up.
-fn share(of: u32, percent: u32) -> u32 {
+pub fn share(of: u32, percent: u32) -> u32 {
     let v = (u64::from(of) * u64::from(percent)).div_ceil(100);
     u32::try_from(v).unwrap_or(u32::MAX)
 }
@@ -145,6 +145,17 @@ pub struct ReplacementRoom {
     pub terminations: u32,
 }
 
+/// The capacity launches may fill to while `marked` instances wait for replacement: the
+/// desired capacity, plus replacements launched ahead up to the policy's maximum.
+pub fn fill_to(policy: Option<InstanceMaintenancePolicy>, desired: u32, marked: u32) -> u32 {
+    match policy {
+        Some(policy) => desired
+            .saturating_add(marked)
+            .min(policy.max_in_service_or_pending(desired).max(desired)),
+        None => desired,
+    }
+}
+
 /// The room for replacing `marked` instances (in service, counted in `in_service`) when
 /// `counted` instances are in service, pending or launching; `settled` says nothing is
 /// pending or launching. Without a policy every marked instance goes at once.
@@ -156,15 +167,13 @@ pub fn replacement_room(
     counted: u32,
     settled: bool,
 ) -> ReplacementRoom {
+    let fill_to = fill_to(policy, desired, marked);
     let Some(policy) = policy else {
         return ReplacementRoom {
-            fill_to: desired,
+            fill_to,
             terminations: marked,
         };
     };
-    let fill_to = desired
-        .saturating_add(marked)
-        .min(policy.max_in_service_or_pending(desired).max(desired));
     let mut terminations = in_service
         .saturating_sub(policy.min_in_service(desired))
         .min(marked);

@@ -15,10 +15,12 @@
 
 use std::time::Duration;
 
-use super::maintenance::{MaintenanceError, check_percentages};
+use super::maintenance::{MaintenanceError, check_percentages, share};
 
 /// AWS's default minimum healthy percentage.
 pub const DEFAULT_MIN_HEALTHY_PERCENTAGE: u32 = 90;
+/// AWS's default maximum healthy percentage: terminate, then launch.
+pub const DEFAULT_MAX_HEALTHY_PERCENTAGE: u32 = 100;
 
 /// A refresh's state, as `describe-instance-refreshes` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +107,8 @@ impl Refresh {
     /// How many instances a batch takes out of `desired`: those above the minimum healthy
     /// share (rounded up), at least one.
     pub fn batch_size(&self, desired: u32) -> u32 {
-        let healthy = (u64::from(desired) * u64::from(self.min_healthy_percentage)).div_ceil(100);
         desired
-            .saturating_sub(u32::try_from(healthy).unwrap_or(u32::MAX))
+            .saturating_sub(share(desired, self.min_healthy_percentage))
             .max(1)
     }
 

@@ -19,7 +19,7 @@ use crate::{
         capacity::Cooldown,
         group::ScalingProcess,
         lifecycle::{LifecycleActionResult, LifecycleError},
-        refresh::{DEFAULT_MIN_HEALTHY_PERCENTAGE, RefreshError},
+        refresh::{DEFAULT_MAX_HEALTHY_PERCENTAGE, DEFAULT_MIN_HEALTHY_PERCENTAGE, RefreshError},
     },
 };
 use std::sync::Arc;
@@ -179,7 +179,7 @@ impl Engine {
                                 .unwrap_or(DEFAULT_MIN_HEALTHY_PERCENTAGE),
                             max_healthy_percentage
                                 .or(policy.map(|m| m.max_healthy_percentage))
-                                .unwrap_or(100),
+                                .unwrap_or(DEFAULT_MAX_HEALTHY_PERCENTAGE),
                         ),
                         warmup,
                         now,

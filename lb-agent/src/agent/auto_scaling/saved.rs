@@ -16,7 +16,7 @@ use crate::scaling::{
     activity::{Activity, ActivityLog, ActivityStatus},
     group::{Group, Instance, Phase},
     provider::InstanceRecord,
-    refresh::{Refresh, RefreshStatus},
+    refresh::{DEFAULT_MAX_HEALTHY_PERCENTAGE, Refresh, RefreshStatus},
     termination::LaunchSource,
 };
 
@@ -111,7 +111,7 @@ impl SavedRefresh {
 
 /// A refresh's maximum healthy percentage before it could be set: terminate, then launch.
 fn terminate_first() -> u32 {
-    100
+    DEFAULT_MAX_HEALTHY_PERCENTAGE
 }
 
 /// One activity of the history.

@@ -48,12 +48,6 @@ impl Group {
         replaces_unhealthy: bool,
         actions: &mut Vec<Action>,
     ) -> u32 {
-        let instances = &self.instances;
-        self.marked.retain(|(id, _)| {
-            instances
-                .iter()
-                .any(|i| &i.id == id && i.phase == Phase::InService)
-        });
         let desired = self.capacity.desired();
         if self.suspended.contains(&ScalingProcess::Terminate) {
             return desired;
@@ -93,11 +87,10 @@ impl Group {
             .take(room.terminations as usize)
             .collect();
         for (id, why) in &going {
-            self.marked.retain(|(m, _)| m != id);
             self.take_out_of_service(id, why, now, actions);
         }
         let left = count(self.replaceable(replaces_unhealthy).len());
-        maintenance::replacement_room(policy, desired, left, 0, 0, false).fill_to
+        maintenance::fill_to(policy, desired, left)
     }
 
     /// One more failed launch: the next waits longer. How long.
@@ -113,11 +106,6 @@ impl Group {
     pub fn launches_wait_until(&self) -> Option<Duration> {
         (!maintenance::launch_backoff(self.launch_failures).is_zero())
             .then_some(self.next_launch_at)
-    }
-
-    /// The instances marked for replacement and why.
-    pub fn marked_for_replacement(&self) -> &[(String, OutOfService)] {
-        &self.marked
     }
 }
 
