@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    config::{Config, Listener, ListenerProtocol, Rule},
+    config::{Config, Listener, ListenerProtocol, Rule, problem_text},
     dataplane::{DataplaneError, Detach, InstanceAttached, InstanceLinks, InstanceVeth, Maps},
     health::probe::ProbeResult,
     overrides::{Overrides, TargetOverride},
@@ -509,11 +509,7 @@ impl<M: Maps + Detach + InstanceLinks> Writer<M> {
         let config = with_overrides(&file, &overrides).map_err(|m| ApiError::new(422, m))?;
         let immutable = self.config.immutable_changes(&config);
         if !immutable.is_empty() {
-            let lines: Vec<String> = immutable
-                .into_iter()
-                .map(|(field, message)| format!("{field}: {message}"))
-                .collect();
-            return Err(ApiError::new(422, lines.join("\n")));
+            return Err(ApiError::new(422, problem_text(immutable, "\n")));
         }
         let snat = (self.node.snat_addresses)(&config).map_err(|m| ApiError::new(500, m))?;
         // As at start: the file check cannot see the interface's own addresses.
@@ -600,13 +596,9 @@ pub fn with_overrides(file: &Config, overrides: &Overrides) -> Result<Config, St
     problems.extend(crate::proxy::problems(&config));
     problems.extend(crate::scaling::problems(&config));
     if !problems.is_empty() {
-        let lines: Vec<String> = problems
-            .into_iter()
-            .map(|(field, message)| format!("{field}: {message}"))
-            .collect();
         return Err(format!(
             "the config with the API's changes (`lb-agent overrides list`) would be invalid:\n{}",
-            lines.join("\n")
+            problem_text(problems, "\n")
         ));
     }
     Ok(config)

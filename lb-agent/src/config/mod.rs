@@ -65,6 +65,7 @@ pub use self::{
     },
     location::{ConfigError, ConfigErrors},
     target_group::{GroupProtocol, MAX_WEIGHT, Stickiness, Target, TargetGroup},
+    validate::problem_text,
 };
 
 /// The whole config.

@@ -181,6 +181,15 @@ pub(super) fn check_duration(
         p.add(field, format!("{d:?} is out of range {min:?}..={max:?}"));
     }
 }
+/// `problems` (field, message) as one text, `field: message` each, joined by `separator`.
+pub fn problem_text(problems: Vec<(String, String)>, separator: &str) -> String {
+    problems
+        .into_iter()
+        .map(|(field, message)| format!("{field}: {message}"))
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
 impl Config {
     /// What is wrong with a config built in memory (a file's with overrides applied), as
     /// (field, message); empty when it can run.

@@ -54,9 +54,5 @@ pub fn check(config: &Config) -> Result<(), String> {
     if problems.is_empty() {
         return Ok(());
     }
-    Err(problems
-        .into_iter()
-        .map(|(field, message)| format!("{field}: {message}"))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Err(crate::config::problem_text(problems, "\n"))
 }

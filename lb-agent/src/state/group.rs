@@ -52,11 +52,7 @@ impl GroupCheck {
         let config = &config.clone().for_version(version);
         let problems = config.problems(version);
         if !problems.is_empty() {
-            let text: Vec<String> = problems
-                .into_iter()
-                .map(|(field, message)| format!("{field}: {message}"))
-                .collect();
-            return Err(text.join("; "));
+            return Err(crate::config::problem_text(problems, "; "));
         }
         Ok(Self {
             probe: Arc::new(Probe::new(config, version)?),
