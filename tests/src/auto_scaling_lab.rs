@@ -126,6 +126,15 @@ impl AsgLab {
         )
     }
 
+    /// The activity terminating `instance` of `group` (EC2's "Terminating instance: ID").
+    pub fn termination_activity(&self, group: &str, instance: &str) -> ActivityView {
+        let description = format!("Terminating instance: {instance}");
+        self.activities(group)
+            .into_iter()
+            .find(|a| a.description == description)
+            .unwrap_or_else(|| panic!("no activity `{description}` in {group}"))
+    }
+
     /// `lb-agent ARGS` against the agent.
     pub fn cli(&self, args: &[&str]) -> String {
         self.agent()

@@ -47,11 +47,7 @@ fn instances_serve_through_the_vip_and_a_killed_one_is_replaced() {
     let answers = lab.answers(20);
     assert!(!answers.contains_key(&victim.instance_id), "{answers:?}");
     // The history says why, in EC2's words.
-    let activities = lab.activities("web-asg");
-    let termination = activities
-        .iter()
-        .find(|a| a.description == format!("Terminating instance: {}", victim.instance_id))
-        .expect("the dead instance's termination is an activity");
+    let termination = lab.termination_activity("web-asg", &victim.instance_id);
     assert!(
         termination.cause.contains("EC2 health check"),
         "{termination:?}"
