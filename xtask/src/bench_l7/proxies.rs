@@ -368,8 +368,9 @@ pub fn start(lab: &Lab, proxy: Proxy, configs: &Configs) -> anyhow::Result<Runni
             )?;
             // The same receive path as ours: with an XDP program attached, a veth receives
             // through NAPI and copies each frame into a page-pool page (a real NIC receives
-            // into those pages anyway), which costs a proxy behind it about 10% here. Ours
-            // has its own program attached; a peer gets the lab's pass program.
+            // into those pages anyway), which moves a proxy's rate by 5-10% here (either
+            // way, from one day to the next: see the README). Ours has its own program
+            // attached; a peer gets the lab's pass program.
             lab.attach_pass_program(&lab.lb().ns, "eth0")?;
             let args: Vec<&str> = match proxy {
                 Proxy::Haproxy => vec!["haproxy", "-db", "-f", path_str(&configs.haproxy)?],
