@@ -181,6 +181,7 @@ pub(super) fn check_duration(
         p.add(field, format!("{d:?} is out of range {min:?}..={max:?}"));
     }
 }
+
 /// `problems` (field, message) as one text, `field: message` each, joined by `separator`.
 pub fn problem_text(problems: Vec<(String, String)>, separator: &str) -> String {
     problems
