@@ -27,6 +27,7 @@ pub mod pattern;
 pub mod plan;
 pub mod redirect;
 pub mod rules;
+pub mod send_batch;
 pub mod server;
 pub mod sticky;
 pub mod target_client;

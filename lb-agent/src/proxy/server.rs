@@ -34,6 +34,7 @@ use super::{
     forward::{ConnInfo, TlsInfo, handle},
     framing::{Framing, FramingGuard, FramingVerdicts},
     plan::ListenerPlan,
+    send_batch::BatchedTcp,
     tls_forward,
 };
 use crate::config::ListenerProtocol;
@@ -142,6 +143,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let stream = BatchedTcp::new(stream);
     let mut conn = ConnInfo::new(listener.name.clone(), client, listener.address.port());
     let head_limit = listener.settings.max_header_bytes as usize;
     let Some(tls) = &listener.tls else {

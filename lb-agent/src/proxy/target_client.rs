@@ -43,7 +43,7 @@ use tokio::{
 
 mod lean_h1;
 
-use super::{plan::ConfigMap, tls_policy::SecurityPolicy};
+use super::{plan::ConfigMap, send_batch::BatchedTcp, tls_policy::SecurityPolicy};
 use crate::config::{GroupL7, GroupProtocol, ProtocolVersion, TargetGroup};
 
 /// The body type every request and response of the proxy carries.
@@ -347,7 +347,7 @@ impl TargetClient {
 
     /// A connection to `target`: TCP, then TLS for an `https` group.
     async fn connect(&self, target: SocketAddr) -> Result<Box<dyn TargetIo>, BoxError> {
-        let tcp = connect_tcp(target).await?;
+        let tcp = BatchedTcp::new(connect_tcp(target).await?);
         Ok(match &self.tls {
             None => Box::new(tcp),
             Some(tls) => Box::new(connect_tls(tls, target, tcp).await?),
@@ -365,15 +365,15 @@ trait TargetIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {
     fn tcp(&self) -> &TcpStream;
 }
 
-impl TargetIo for TcpStream {
+impl TargetIo for BatchedTcp {
     fn tcp(&self) -> &TcpStream {
-        self
+        BatchedTcp::tcp(self)
     }
 }
 
-impl TargetIo for tokio_rustls::client::TlsStream<TcpStream> {
+impl TargetIo for tokio_rustls::client::TlsStream<BatchedTcp> {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+        self.get_ref().0.tcp()
     }
 }
 
@@ -394,8 +394,8 @@ async fn connect_tcp(target: SocketAddr) -> Result<TcpStream, BoxError> {
 async fn connect_tls(
     (connector, name): &(tokio_rustls::TlsConnector, Option<ServerName<'static>>),
     target: SocketAddr,
-    tcp: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+    tcp: BatchedTcp,
+) -> Result<tokio_rustls::client::TlsStream<BatchedTcp>, BoxError> {
     // Without a configured name, the target's address (no SNI is sent for it).
     let name = name
         .clone()

@@ -64,7 +64,17 @@ impl Workers {
                     .spawn(move || {
                         INDEX.with(|i| i.set(index));
                         // Serves whatever is spawned on it until told to stop.
-                        let _ = runtime.block_on(stopped);
+                        let _ = runtime.block_on(async move {
+                            match super::send_batch::start() {
+                                Ok(flusher) => {
+                                    tokio::spawn(flusher);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "io_uring is not available: each connection sends its own bytes");
+                                }
+                            }
+                            stopped.await
+                        });
                     })?,
             );
         }

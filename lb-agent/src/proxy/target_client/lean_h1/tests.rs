@@ -53,9 +53,9 @@ fn get(path: &str) -> Request<ProxyBody> {
 }
 
 async fn connect(address: SocketAddr) -> LeanConn {
-    LeanConn::new(Box::new(
+    LeanConn::new(Box::new(crate::proxy::send_batch::BatchedTcp::new(
         TcpStream::connect(address).await.expect("connect"),
-    ))
+    )))
 }
 
 /// One exchange of `request` on `conn`: status, body, trailers.
