@@ -680,6 +680,15 @@ fn metrics_and_the_access_log_count_each_request_by_rule_group_target_and_status
         6,
         "{metrics}"
     );
+    // The workers sent in batches (io_uring): at least the five requests to targets and the
+    // six responses to clients, each a send of its own (they are on different connections or
+    // in different turns), carried by one call or more.
+    let batches = sample(&metrics, "lb_http_send_batches_total", &[]);
+    let sends = sample(&metrics, "lb_http_batched_sends_total", &[]);
+    assert!(
+        batches >= 1 && sends >= 11 && sends >= batches,
+        "{batches} batches, {sends} sends\n{metrics}"
+    );
     // One response time per request a web target answered, counted under that target.
     for address in WEB {
         let answered = served_by.values().filter(|a| **a == address).count() as u64;

@@ -27,7 +27,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::access_log::{AccessLog, DropCounter};
+use super::{
+    access_log::{AccessLog, DropCounter},
+    send_batch,
+};
 use crate::metrics::{MetricsError, counter, gauge};
 
 /// Upper bounds of the target response time histogram's buckets, in nanoseconds (0.001 s to
@@ -250,6 +253,11 @@ impl ProxyMetrics {
     /// Appends the proxy's families to `out` in the Prometheus text format 0.0.4, the format
     /// of `crate::metrics::render`; every family is described even when it has no series yet.
     pub fn render(&self, out: &mut String) -> Result<(), MetricsError> {
+        self.render_with(out, send_batch::totals())
+    }
+
+    /// `render`, with `sends` as the workers' batched sends.
+    fn render_with(&self, out: &mut String, sends: send_batch::Totals) -> Result<(), MetricsError> {
         let scrape = {
             let series = self.series();
             Scrape {
@@ -269,6 +277,7 @@ impl ProxyMetrics {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 access_log: series.access_log.clone(),
+                sends,
             }
         };
         let mut registry = Registry::default();
@@ -466,6 +475,7 @@ struct Scrape {
     rules: Vec<(RuleKey, Arc<RuleMetrics>)>,
     targets: Vec<(TargetKey, Arc<TargetMetrics>)>,
     access_log: AccessLogDrops,
+    sends: send_batch::Totals,
 }
 
 impl Collector for Scrape {
@@ -473,6 +483,7 @@ impl Collector for Scrape {
         self.encode_listeners(&mut encoder)?;
         self.encode_rules(&mut encoder)?;
         self.encode_targets(&mut encoder)?;
+        self.encode_sends(&mut encoder)?;
         ConstCounter::new(self.access_log.total()).encode(encoder.encode_descriptor(
             "lb_access_log_dropped",
             "Access log records dropped because the writer fell behind the requests.",
@@ -653,6 +664,40 @@ impl Scrape {
         }
         Ok(())
     }
+
+    /// The workers' batched sends (`proxy::send_batch`), over every listener.
+    fn encode_sends(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let send_batch::Totals {
+            calls,
+            sends,
+            short,
+        } = self.sends;
+        for (name, help, n) in [
+            (
+                "lb_http_send_batches",
+                "io_uring_enter calls in which a proxy worker sent what its connections wrote during one turn of its event loop.",
+                calls,
+            ),
+            (
+                "lb_http_batched_sends",
+                "Sends those calls carried, one per connection with bytes to send; per call, the mean batch.",
+                sends,
+            ),
+            (
+                "lb_http_short_sends",
+                "Batched sends the socket did not take whole; their connections sent the rest themselves when the socket had room.",
+                short,
+            ),
+        ] {
+            ConstCounter::new(n).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// One sample per status class, `labels` then `class`.
@@ -676,11 +721,22 @@ fn by_class<const N: usize>(
 mod tests {
     use super::*;
 
+    /// What `metrics` renders, with no batched sends (the workers' totals are the process's,
+    /// which other tests add to).
     fn text(metrics: &ProxyMetrics) -> String {
         let mut out = String::new();
-        metrics.render(&mut out).expect("render");
+        metrics
+            .render_with(&mut out, send_batch::Totals::default())
+            .expect("render");
         out
     }
+
+    /// The batched-send samples of no sends, which every rendering has.
+    const NO_SENDS: [&str; 3] = [
+        "lb_http_send_batches_total 0",
+        "lb_http_batched_sends_total 0",
+        "lb_http_short_sends_total 0",
+    ];
 
     fn samples(text: &str) -> Vec<&str> {
         text.lines().filter(|l| !l.starts_with('#')).collect()
@@ -714,11 +770,39 @@ mod tests {
                 "lb_http_target_responses_total counter",
                 "lb_http_target_response_seconds histogram",
                 "lb_http_target_errors_total counter",
+                "lb_http_send_batches_total counter",
+                "lb_http_batched_sends_total counter",
+                "lb_http_short_sends_total counter",
                 "lb_access_log_dropped_total counter",
             ]
         );
         assert_eq!(text.matches("# HELP ").count(), types.len());
-        assert_eq!(samples(&text), ["lb_access_log_dropped_total 0"], "{text}");
+        let mut expected = NO_SENDS.to_vec();
+        expected.push("lb_access_log_dropped_total 0");
+        assert_eq!(samples(&text), expected, "{text}");
+    }
+
+    #[test]
+    fn batched_sends_render_as_three_counters() {
+        let mut out = String::new();
+        let sends = send_batch::Totals {
+            calls: 3,
+            sends: 10,
+            short: 1,
+        };
+        ProxyMetrics::new()
+            .render_with(&mut out, sends)
+            .expect("render");
+        assert_eq!(
+            samples(&out),
+            [
+                "lb_http_send_batches_total 3",
+                "lb_http_batched_sends_total 10",
+                "lb_http_short_sends_total 1",
+                "lb_access_log_dropped_total 0",
+            ],
+            "{out}"
+        );
     }
 
     #[test]
@@ -755,8 +839,11 @@ mod tests {
             format!("lb_http_bad_requests_total{{{l}}} 1"),
             format!("lb_http2_reset_floods_total{{{l}}} 1"),
             format!("lb_http_request_header_timeouts_total{{{l}}} 1"),
-            "lb_access_log_dropped_total 0".to_owned(),
-        ];
+        ]
+        .into_iter()
+        .chain(NO_SENDS.map(str::to_owned))
+        .chain(["lb_access_log_dropped_total 0".to_owned()])
+        .collect::<Vec<_>>();
         assert_eq!(samples(&text), expected, "{text}");
     }
 

@@ -19,7 +19,10 @@ use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     task::{Context, Poll, Waker, ready},
     time::Duration,
 };
@@ -41,6 +44,45 @@ const OUTBOX_LIMIT: usize = 64 * 1024;
 const DIRECT_WRITE: usize = 16 * 1024;
 /// How long a connection's last bytes may take to leave after it is dropped.
 const LINGER: Duration = Duration::from_secs(5);
+
+/// Copies of the totals: workers beyond this share them (worker `i` adds to copy `i % SHARDS`).
+const SHARDS: usize = 4;
+
+/// What every worker has sent in batches since the agent started (`/metrics`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// `io_uring_enter` calls that carried sends.
+    pub calls: u64,
+    /// Sends those calls carried: one per connection with bytes to send.
+    pub sends: u64,
+    /// Sends the socket did not take whole (its connection wrote the rest itself).
+    pub short: u64,
+}
+
+/// A worker's copy of the totals, on cache lines of its own.
+#[repr(align(128))]
+struct WorkerTotals {
+    calls: AtomicU64,
+    sends: AtomicU64,
+    short: AtomicU64,
+}
+
+static TOTALS: [WorkerTotals; SHARDS] = [const {
+    WorkerTotals {
+        calls: AtomicU64::new(0),
+        sends: AtomicU64::new(0),
+        short: AtomicU64::new(0),
+    }
+}; SHARDS];
+
+/// The totals over every worker.
+pub fn totals() -> Totals {
+    TOTALS.iter().fold(Totals::default(), |sum, w| Totals {
+        calls: sum.calls + w.calls.load(Relaxed),
+        sends: sum.sends + w.sends.load(Relaxed),
+        short: sum.short + w.short.load(Relaxed),
+    })
+}
 
 thread_local! {
     /// This worker's batch; `None` off the workers.
@@ -101,10 +143,16 @@ fn flush(cx: &mut Context<'_>) {
             let take = batch.queue.len().min(RING_ENTRIES as usize);
             let queued: Vec<Arc<Outbox>> = batch.queue.drain(..take).collect();
             match send_all(&mut batch.ring, &queued) {
-                Ok(0) => {}
-                Ok(sends) => {
+                Ok(Sent { sends: 0, .. }) => {}
+                Ok(Sent { sends, short }) => {
                     batch.calls += 1;
                     batch.sends += sends as u64;
+                    let totals = &TOTALS[super::workers::current() % SHARDS];
+                    totals.calls.fetch_add(1, Relaxed);
+                    totals.sends.fetch_add(sends as u64, Relaxed);
+                    if short > 0 {
+                        totals.short.fetch_add(short as u64, Relaxed);
+                    }
                 }
                 Err(e) => {
                     // Not expected (the entries were valid). Entries may be left unsubmitted
@@ -125,9 +173,16 @@ fn flush(cx: &mut Context<'_>) {
     });
 }
 
+/// What one call sent.
+struct Sent {
+    sends: usize,
+    /// Sends the socket did not take whole.
+    short: usize,
+}
+
 /// One `SEND` per outbox in one call; each outbox then holds what its send did not take.
-/// Gives the number of sends; on an error, every outbox is left to its connection.
-fn send_all(ring: &mut IoUring, queued: &[Arc<Outbox>]) -> io::Result<usize> {
+/// On an error, every outbox is left to its connection.
+fn send_all(ring: &mut IoUring, queued: &[Arc<Outbox>]) -> io::Result<Sent> {
     let mut states: Vec<MutexGuard<'_, OutState>> = queued.iter().map(|o| o.lock()).collect();
     let mut submitted = 0;
     {
@@ -153,10 +208,11 @@ fn send_all(ring: &mut IoUring, queued: &[Arc<Outbox>]) -> io::Result<usize> {
         }
     }
     if submitted == 0 {
-        return Ok(0);
+        return Ok(Sent { sends: 0, short: 0 });
     }
     // MSG_DONTWAIT: every send completes within the call (a full buffer answers EAGAIN).
     let mut completed = 0;
+    let mut short = 0;
     while completed < submitted {
         let waited = ring.submit_and_wait(submitted - completed);
         for cqe in ring.completion() {
@@ -172,10 +228,12 @@ fn send_all(ring: &mut IoUring, queued: &[Arc<Outbox>]) -> io::Result<usize> {
                 let sent = (result as usize).min(state.pending.len());
                 state.pending.drain(..sent);
                 if !state.pending.is_empty() {
+                    short += 1;
                     state.stuck = true;
                     state.wake();
                 }
             } else if result == -libc::EAGAIN {
+                short += 1;
                 state.stuck = true;
                 state.wake();
             } else {
@@ -198,7 +256,10 @@ fn send_all(ring: &mut IoUring, queued: &[Arc<Outbox>]) -> io::Result<usize> {
             state.pending = Vec::new();
         }
     }
-    Ok(submitted)
+    Ok(Sent {
+        sends: submitted,
+        short,
+    })
 }
 
 /// The calls this worker made and the sends they carried.

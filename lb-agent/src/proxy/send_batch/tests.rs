@@ -51,6 +51,7 @@ async fn pair() -> (BatchedTcp, TcpStream) {
 
 #[test]
 fn the_writes_of_one_turn_leave_in_one_call_and_each_arrives() {
+    let totals_before = totals();
     let (batched, calls_and_sends, received) = on_a_worker(async {
         let mut pairs = Vec::new();
         for _ in 0..8 {
@@ -79,6 +80,12 @@ fn the_writes_of_one_turn_leave_in_one_call_and_each_arrives() {
     });
     assert!(batched, "connections made on a worker are batched");
     assert_eq!(calls_and_sends, (1, 8), "one call carried the eight sends");
+    // Other tests add to the process's totals meanwhile, never take from them.
+    let totals = totals();
+    assert!(
+        totals.calls > totals_before.calls && totals.sends >= totals_before.sends + 8,
+        "/metrics counts them: {totals_before:?} then {totals:?}"
+    );
     let expected: Vec<String> = (0..8).map(|i| format!("message {i}\n")).collect();
     assert_eq!(received, expected);
 }
@@ -86,6 +93,7 @@ fn the_writes_of_one_turn_leave_in_one_call_and_each_arrives() {
 #[test]
 fn what_a_full_socket_cannot_take_the_connection_sends_itself_without_holding_up_its_worker() {
     const SIZE: usize = 8 << 20;
+    let short_before = totals().short;
     let (intact, ticks) = on_a_worker(async {
         let (mut conn, mut peer) = pair().await;
         let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
@@ -124,6 +132,10 @@ fn what_a_full_socket_cannot_take_the_connection_sends_itself_without_holding_up
     assert_eq!(
         ticks, 200,
         "the worker ran its other task while the socket was full"
+    );
+    assert!(
+        totals().short > short_before,
+        "/metrics counts the sends the full socket cut short"
     );
 }
 
