@@ -807,8 +807,10 @@ default_action = {{ forward = "many" }}
     write_config(&lab, &config);
     let started = Instant::now();
     let agent = start_agent(&lab);
+    let serving = Instant::now();
     println!("agent serving {:?} after its start", started.elapsed());
-    // Every target passes its first check within one interval (plus start-up).
+    // Every target passes its first check within one interval of the agent serving (its
+    // start-up with 1,000 targets took 0.5-2.4 s here), plus time for the checks to answer.
     loop {
         let healthy = agent
             .targets()
@@ -823,8 +825,9 @@ default_action = {{ forward = "many" }}
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_millis(7500),
-            "{healthy} of {count} healthy"
+            serving.elapsed() < Duration::from_millis(6500),
+            "{healthy} of {count} healthy {:?} after the agent was serving",
+            serving.elapsed()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
