@@ -57,7 +57,7 @@ const SHARDS: usize = 4;
 
 /// A value with a copy per worker, each on its own cache lines.
 #[derive(Debug, Default)]
-struct PerWorker<T>([Padded<T>; SHARDS]);
+pub(super) struct PerWorker<T>([Padded<T>; SHARDS]);
 
 /// Aligned to 128 bytes: a cache line, and the pair the adjacent-line prefetcher fetches.
 #[derive(Debug, Default)]
@@ -76,11 +76,16 @@ impl<T> PerWorker<T> {
 }
 
 impl PerWorker<AtomicU64> {
-    fn add(&self, n: u64) {
+    /// At zero; for a `static`.
+    pub(super) const fn new() -> Self {
+        Self([const { Padded(AtomicU64::new(0)) }; SHARDS])
+    }
+
+    pub(super) fn add(&self, n: u64) {
         self.local().fetch_add(n, Relaxed);
     }
 
-    fn sum(&self) -> u64 {
+    pub(super) fn sum(&self) -> u64 {
         self.all().map(|c| c.load(Relaxed)).sum()
     }
 }

@@ -19,10 +19,7 @@ use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
     pin::Pin,
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicU64},
     task::{Context, Poll, Waker, ready},
     time::Duration,
 };
@@ -32,6 +29,8 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+
+use super::metrics::PerWorker;
 
 /// Entries in a worker's ring: the most sends one call submits (a longer queue takes
 /// several).
@@ -45,9 +44,6 @@ const DIRECT_WRITE: usize = 16 * 1024;
 /// How long a connection's last bytes may take to leave after it is dropped.
 const LINGER: Duration = Duration::from_secs(5);
 
-/// Copies of the totals: workers beyond this share them (worker `i` adds to copy `i % SHARDS`).
-const SHARDS: usize = 4;
-
 /// What every worker has sent in batches since the agent started (`/metrics`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -59,29 +55,18 @@ pub struct Totals {
     pub short: u64,
 }
 
-/// A worker's copy of the totals, on cache lines of its own.
-#[repr(align(128))]
-struct WorkerTotals {
-    calls: AtomicU64,
-    sends: AtomicU64,
-    short: AtomicU64,
-}
-
-static TOTALS: [WorkerTotals; SHARDS] = [const {
-    WorkerTotals {
-        calls: AtomicU64::new(0),
-        sends: AtomicU64::new(0),
-        short: AtomicU64::new(0),
-    }
-}; SHARDS];
+/// The parts of `Totals`, a copy per worker.
+static CALLS: PerWorker<AtomicU64> = PerWorker::new();
+static SENDS: PerWorker<AtomicU64> = PerWorker::new();
+static SHORT: PerWorker<AtomicU64> = PerWorker::new();
 
 /// The totals over every worker.
 pub fn totals() -> Totals {
-    TOTALS.iter().fold(Totals::default(), |sum, w| Totals {
-        calls: sum.calls + w.calls.load(Relaxed),
-        sends: sum.sends + w.sends.load(Relaxed),
-        short: sum.short + w.short.load(Relaxed),
-    })
+    Totals {
+        calls: CALLS.sum(),
+        sends: SENDS.sum(),
+        short: SHORT.sum(),
+    }
 }
 
 thread_local! {
@@ -95,8 +80,11 @@ struct Batch {
     queue: Vec<Arc<Outbox>>,
     /// The flusher's waker, while it waits for a queue.
     flusher: Option<Waker>,
-    /// Calls made and sends submitted, since the worker started.
+    /// Calls made and sends submitted by this worker, for tests (the process's `Totals` add
+    /// up every test's).
+    #[cfg(test)]
     calls: u64,
+    #[cfg(test)]
     sends: u64,
 }
 
@@ -118,7 +106,9 @@ pub fn start() -> io::Result<impl Future<Output = ()> + Send + 'static> {
             ring,
             queue: Vec::new(),
             flusher: None,
+            #[cfg(test)]
             calls: 0,
+            #[cfg(test)]
             sends: 0,
         });
     });
@@ -145,13 +135,15 @@ fn flush(cx: &mut Context<'_>) {
             match send_all(&mut batch.ring, &queued) {
                 Ok(Sent { sends: 0, .. }) => {}
                 Ok(Sent { sends, short }) => {
-                    batch.calls += 1;
-                    batch.sends += sends as u64;
-                    let totals = &TOTALS[super::workers::current() % SHARDS];
-                    totals.calls.fetch_add(1, Relaxed);
-                    totals.sends.fetch_add(sends as u64, Relaxed);
+                    #[cfg(test)]
+                    {
+                        batch.calls += 1;
+                        batch.sends += sends as u64;
+                    }
+                    CALLS.add(1);
+                    SENDS.add(sends as u64);
                     if short > 0 {
-                        totals.short.fetch_add(short as u64, Relaxed);
+                        SHORT.add(short as u64);
                     }
                 }
                 Err(e) => {
