@@ -810,7 +810,7 @@ default_action = {{ forward = "many" }}
     let serving = Instant::now();
     println!("agent serving {:?} after its start", started.elapsed());
     // Every target passes its first check within one interval of the agent serving (its
-    // start-up with 1,000 targets took 0.5-2.4 s here), plus time for the checks to answer.
+    // start-up with 1,000 targets took 1.4-2.4 s here), plus time for the checks to answer.
     loop {
         let healthy = agent
             .targets()
